@@ -1,0 +1,39 @@
+"""onnxq: post-training quantization of ONNX models.
+
+The public API is small: :func:`calibrate` makes a ranges file, :func:`quantize`
+writes a quantized model and reports what it cost, :func:`compare` measures a
+candidate against its reference. Configuration is :class:`QuantConfig` and
+:class:`CalibrationConfig`; every user error is an :class:`OnnxqError`.
+"""
+
+from onnxq._version import __version__
+from onnxq.calibration.calibrate import calibrate
+from onnxq.calibration.ranges import RangesFile, read_ranges
+from onnxq.config import CalibrationConfig, CalibrationMethod, Granularity, QuantConfig, RangeMode, Scheme
+from onnxq.errors import ConfigError, DataError, ModelError, OnnxqError, RangesError, RuntimeFailure
+from onnxq.quantize import QuantizeReport, quantize
+from onnxq.report.compare import CompareReport, Thresholds, compare
+
+__all__ = [
+    "CalibrationConfig",
+    "CalibrationMethod",
+    "CompareReport",
+    "ConfigError",
+    "DataError",
+    "Granularity",
+    "ModelError",
+    "OnnxqError",
+    "QuantConfig",
+    "QuantizeReport",
+    "RangeMode",
+    "RangesError",
+    "RangesFile",
+    "RuntimeFailure",
+    "Scheme",
+    "Thresholds",
+    "__version__",
+    "calibrate",
+    "compare",
+    "quantize",
+    "read_ranges",
+]

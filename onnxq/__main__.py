@@ -1,0 +1,3 @@
+from onnxq.cli.main import main
+
+main()

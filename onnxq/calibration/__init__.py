@@ -1,0 +1,1 @@
+"""Calibration: streaming observers, the calibration pass, and the ranges file."""

@@ -1,0 +1,76 @@
+"""The calibration pass: run data through onnxruntime once, batch by batch, feeding
+every needed activation to its observer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from onnxq._version import __version__
+from onnxq.calibration.observers import MinMaxObserver, TensorRange
+from onnxq.calibration.ranges import RangesFile
+from onnxq.config import CalibrationConfig, Granularity
+from onnxq.data import Dataset, open_dataset
+from onnxq.graph.model_io import input_specs, load_model
+from onnxq.graph.outputs import with_outputs
+from onnxq.graph.plan import candidate_tensors, channel_axis
+from onnxq.graph.rules import GraphIndex
+from onnxq.prepare import PreparedModel, prepare
+from onnxq.runtime import Runner
+
+__all__ = ["Progress", "calibrate", "observe"]
+
+Progress = Callable[[int, int], None]  # (samples done, samples in all)
+
+
+def calibrate(
+    model_path: str | Path,
+    data_path: str | Path,
+    config: CalibrationConfig | None = None,
+    *,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> RangesFile:
+    """Ranges of every activation tensor any quantization setting may need."""
+    config = config or CalibrationConfig()
+    model = load_model(model_path)
+    dataset = open_dataset(data_path, input_specs(model))
+    prepared = prepare(model)
+    tensors = candidate_tensors(prepared.model)
+    ranges = observe(prepared, dataset, tensors, config, threads=threads, progress=progress)
+    return RangesFile(
+        model_fingerprint=prepared.fingerprint,
+        model_path=str(model_path),
+        method=config.method.value,
+        params={"batch_size": config.batch_size},
+        granularity=config.granularity.value,
+        samples=dataset.num_samples,
+        onnxq_version=__version__,
+        tensors=ranges,
+    )
+
+
+def observe(
+    prepared: PreparedModel,
+    dataset: Dataset,
+    tensors: Sequence[str],
+    config: CalibrationConfig,
+    *,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, TensorRange]:
+    """Stream ``dataset`` through the model once and return each tensor's range."""
+    idx = GraphIndex(prepared.model)
+    channel = config.granularity is Granularity.CHANNEL
+    observers = {t: MinMaxObserver(channel_axis(t, idx) if channel else None) for t in tensors}
+    runner = Runner(with_outputs(prepared.model, tensors), threads=threads, what="model")
+    done = 0
+    for batch in dataset.batches(config.batch_size):
+        values = runner.run(batch.feed, list(tensors))
+        for name, value in values.items():
+            observers[name].update(value)
+        done += batch.size
+        if progress is not None:
+            progress(done, dataset.num_samples)
+    return {t: obs.result() for t, obs in observers.items()}
+

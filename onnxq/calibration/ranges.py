@@ -1,0 +1,108 @@
+"""The ranges file: versioned, human-readable JSON of calibrated activation ranges."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxq.calibration.observers import TensorRange
+from onnxq.errors import RangesError
+
+__all__ = ["FORMAT", "VERSION", "RangesFile", "read_ranges"]
+
+FORMAT = "onnxq-ranges"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class RangesFile:
+    """Calibrated ranges of one model, with how they were made."""
+
+    model_fingerprint: str
+    model_path: str
+    method: str
+    params: dict[str, Any]
+    granularity: str
+    samples: int
+    onnxq_version: str
+    tensors: dict[str, TensorRange] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "onnxq_version": self.onnxq_version,
+            "model": {"path": self.model_path, "fingerprint": self.model_fingerprint},
+            "method": {"name": self.method, "params": self.params},
+            "granularity": self.granularity,
+            "samples": self.samples,
+            "tensors": {name: _encode(r) for name, r in self.tensors.items()},
+        }
+        return json.dumps(doc, indent=1, allow_nan=False) + "\n"
+
+    def check_model(self, fingerprint: str, source: str | Path) -> None:
+        if fingerprint != self.model_fingerprint:
+            raise RangesError(
+                f"ranges file '{source}' was made for a different model "
+                f"('{self.model_path}'); run onnxq calibrate on this model first"
+            )
+
+
+def _number(v: float) -> float | str:
+    return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+
+
+def _encode(r: TensorRange) -> dict[str, Any]:
+    if r.axis is None:
+        return {"min": _number(float(r.min)), "max": _number(float(r.max))}
+    return {
+        "axis": r.axis,
+        "min": [_number(float(v)) for v in r.min],
+        "max": [_number(float(v)) for v in r.max],
+    }
+
+
+def _decode_values(value: Any) -> np.ndarray:
+    return np.asarray(value, dtype=np.float64).astype(np.float32)
+
+
+def read_ranges(path: str | Path) -> RangesFile:
+    """Read and validate a ranges file; :class:`RangesError` names what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise RangesError(f"ranges file '{path}' does not exist")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RangesError(f"ranges file '{path}' is not JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise RangesError(f"'{path}' is not an onnxq ranges file (no \"format\": \"{FORMAT}\")")
+    if doc.get("version") != VERSION:
+        raise RangesError(
+            f"ranges file '{path}' has version {doc.get('version')}; this onnxq reads "
+            f"version {VERSION}: recalibrate"
+        )
+    try:
+        tensors = {}
+        for name, entry in doc["tensors"].items():
+            lo, hi = _decode_values(entry["min"]), _decode_values(entry["max"])
+            if lo.shape != hi.shape or np.isnan(lo).any() or np.isnan(hi).any():
+                raise ValueError(f"tensor '{name}' has malformed min/max")
+            tensors[name] = TensorRange(lo, hi, entry.get("axis"))
+        return RangesFile(
+            model_fingerprint=str(doc["model"]["fingerprint"]),
+            model_path=str(doc["model"].get("path", "")),
+            method=str(doc["method"]["name"]),
+            params=dict(doc["method"].get("params", {})),
+            granularity=str(doc.get("granularity", "tensor")),
+            samples=int(doc["samples"]),
+            onnxq_version=str(doc.get("onnxq_version", "")),
+            tensors=tensors,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RangesError(f"ranges file '{path}' is malformed: {exc}") from exc

@@ -1,0 +1,269 @@
+"""``onnxq`` commands. Each builds configuration, calls one library function and hands
+the result to :mod:`onnxq.cli.render`. Exit status: 0 ok, 1 a quality threshold was
+violated, 2 bad usage or input, 3 an internal error (a bug: please report it)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from onnxq._version import __version__
+from onnxq.calibration.calibrate import calibrate as run_calibrate
+from onnxq.cli import render
+from onnxq.config import CalibrationConfig, Granularity, QuantConfig, RangeMode, Scheme
+from onnxq.errors import ConfigError, OnnxqError
+from onnxq.graph.model_io import check_distinct, write_atomic
+from onnxq.inspect import inspect_model
+from onnxq.quantize import quantize as run_quantize
+from onnxq.report.compare import Thresholds
+from onnxq.report.compare import compare as run_compare
+
+EXIT_THRESHOLD = 1
+EXIT_INPUT = 2
+EXIT_INTERNAL = 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class InputError(click.ClickException):
+    """A user error: one line on stderr, exit status 2."""
+
+    exit_code = EXIT_INPUT
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def handle_errors(func: F) -> F:
+    """Map library errors to one-line messages and exit codes; never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except OnnxqError as exc:
+            raise InputError(str(exc)) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            if logging.getLogger("onnxq").isEnabledFor(logging.DEBUG):
+                raise
+            click.echo(
+                f"Error: internal error {type(exc).__name__}: {exc} (a bug in onnxq; "
+                "rerun with --debug for the traceback)".replace("\n", " "),
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _enum(enum: type, **kwargs: Any) -> Any:
+    return click.Choice([e.value for e in enum]), kwargs
+
+
+def data_option(required: bool = True, help_text: str = "") -> Callable[[F], F]:
+    return click.option(
+        "--data",
+        "data",
+        type=click.Path(path_type=Path),
+        required=required,
+        help=help_text or ".npz file (keys = input names) or a folder of .npz files.",
+    )
+
+
+def common_run_options(func: F) -> F:
+    for decorator in reversed(
+        [
+            click.option(
+                "--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                help="Samples per onnxruntime run (data in the batched layout).",
+            ),
+            click.option(
+                "--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                help="onnxruntime intra-op threads (0: onnxruntime's default).",
+            ),
+            click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="onnxq")
+@click.option("--debug", is_flag=True, help="Log details to stderr; show tracebacks of bugs.")
+def cli(debug: bool) -> None:
+    """Post-training quantization of ONNX models.
+
+    \b
+    Example:
+      onnxq quantize model.onnx -o model.int8.onnx --data calib.npz
+    """
+    render.setup_logging(debug)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--exclude", multiple=True, help="Node name or op type (glob) kept in float.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_errors
+def inspect(model: Path, exclude: tuple[str, ...], as_json: bool) -> None:
+    """Show a model's opset, inputs, outputs, ops, parameters and quantization plan.
+
+    \b
+    Example:
+      onnxq inspect sample_models/digits_cnn.onnx
+    """
+    result = inspect_model(model, QuantConfig(exclude=exclude))
+    render.inspection(result, as_json)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@data_option()
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Ranges file to write (JSON).")
+@click.option("--granularity", type=click.Choice([g.value for g in Granularity]),
+              default="tensor", show_default=True,
+              help="One range per activation tensor, or one per channel.")
+@click.option("--method", type=click.Choice(["minmax"]), default="minmax", show_default=True,
+              help="How ranges are chosen from the observed values.")
+@common_run_options
+@handle_errors
+def calibrate(
+    model: Path, data: Path, output: Path, granularity: str, method: str,
+    batch_size: int, threads: int, quiet: bool,
+) -> None:
+    """Run DATA through MODEL once and write the activation ranges to a JSON file.
+
+    \b
+    Example:
+      onnxq calibrate model.onnx --data calib.npz -o ranges.json --granularity channel
+    """
+    check_distinct(model, output)
+    config = CalibrationConfig(granularity=Granularity(granularity), batch_size=batch_size)
+    with render.progress(quiet) as progress:
+        ranges = run_calibrate(model, data, config, threads=threads,
+                               progress=progress("calibrating"))
+    write_atomic(output, ranges.to_json().encode())
+    render.calibration(ranges, output)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Quantized model to write.")
+@data_option(required=False, help_text="Calibration data (.npz or folder); or use --ranges.")
+@click.option("--ranges", type=click.Path(path_type=Path), help="Ranges file from onnxq calibrate.")
+@click.option("--scheme", type=click.Choice([s.value for s in Scheme]),
+              help="Scheme of weights and activations (sym: int8, zero point 0; asym: uint8).")
+@click.option("--weight-scheme", type=click.Choice([s.value for s in Scheme]),
+              help="Override --scheme for weights.  [default: sym]")
+@click.option("--activation-scheme", type=click.Choice([s.value for s in Scheme]),
+              help="Override --scheme for activations.  [default: asym]")
+@click.option("--granularity", type=click.Choice([g.value for g in Granularity]),
+              default="channel", show_default=True, help="Weight ranges per tensor or per output channel.")
+@click.option("--range", "range_mode", type=click.Choice([r.value for r in RangeMode]),
+              default="full", show_default=True,
+              help="Integer range: full, or restricted (int8 [-127, 127], uint8 [1, 255]).")
+@click.option("--bits", type=int, default=8, show_default=True, help="Bit width (8).")
+@click.option("--exclude", multiple=True, help="Node name or op type (glob) kept in float; repeatable.")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
+              help="Data to measure fidelity on (default: the calibration data).")
+@click.option("--labels", help="Key of integer labels in the data, to report accuracy.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
+@common_run_options
+@handle_errors
+def quantize(
+    model: Path, output: Path, data: Path | None, ranges: Path | None, scheme: str | None,
+    weight_scheme: str | None, activation_scheme: str | None, granularity: str,
+    range_mode: str, bits: int, exclude: tuple[str, ...], eval_data: Path | None,
+    labels: str | None, as_json: bool, report_path: Path | None, batch_size: int,
+    threads: int, quiet: bool,
+) -> None:
+    """Quantize MODEL to int8 with QuantizeLinear/DequantizeLinear nodes and report the cost.
+
+    \b
+    Examples:
+      onnxq quantize model.onnx -o model.int8.onnx --data calib.npz
+      onnxq quantize model.onnx -o q.onnx --ranges ranges.json --eval eval.npz --labels labels
+      onnxq quantize model.onnx -o q.onnx --data calib.npz --scheme asym --granularity channel
+    """
+    if data is not None and ranges is not None:
+        raise InputError("--data and --ranges are mutually exclusive: give one")
+    if data is None and ranges is None:
+        raise InputError("give --data (calibrate now) or --ranges (a file from onnxq calibrate)")
+    if report_path is not None:
+        check_distinct(model, report_path)
+        check_distinct(output, report_path)
+    config = QuantConfig(
+        weight_scheme=Scheme(weight_scheme or scheme or QuantConfig.weight_scheme.value),
+        activation_scheme=Scheme(activation_scheme or scheme or QuantConfig.activation_scheme.value),
+        granularity=Granularity(granularity),
+        range_mode=RangeMode(range_mode),
+        bits=bits,
+        exclude=exclude,
+    )
+    with render.progress(quiet) as progress:
+        result = run_quantize(
+            model, output, config, data=data, ranges=ranges, eval_data=eval_data,
+            labels=labels, calibration=CalibrationConfig(batch_size=batch_size),
+            threads=threads, progress=progress.staged if progress else None,
+        )
+    if report_path is not None:
+        write_atomic(report_path, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
+    render.quantization(result, as_json)
+
+
+@cli.command()
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@data_option()
+@click.option("--labels", help="Key of integer labels in the data: report accuracy of both.")
+@click.option("--max-drop", type=float, help="Fail (exit 1) if accuracy drops by more than PP points.")
+@click.option("--min-agreement", type=float, help="Fail if top-1 agreement is below PCT percent.")
+@click.option("--min-cosine", type=float, help="Fail if any output's mean cosine is below this.")
+@click.option("--min-sqnr", type=float, help="Fail if any output's SQNR is below this many dB.")
+@click.option("--latency-runs", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Timed runs of each model on one sample (0: skip latency).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (schema onnxq-compare v1).")
+@common_run_options
+@handle_errors
+def compare(
+    reference: Path, candidate: Path, data: Path, labels: str | None, max_drop: float | None,
+    min_agreement: float | None, min_cosine: float | None, min_sqnr: float | None,
+    latency_runs: int, as_json: bool, batch_size: int, threads: int, quiet: bool,
+) -> None:
+    """Measure CANDIDATE against REFERENCE; exit 1 when a threshold is violated.
+
+    \b
+    Example:
+      onnxq compare model.onnx model.int8.onnx --data eval.npz --labels labels \\
+          --max-drop 1 --min-agreement 99 --json
+    """
+    thresholds = Thresholds(max_drop, min_agreement, min_cosine, min_sqnr)
+    report = run_compare(
+        reference, candidate, data, labels=labels, thresholds=thresholds,
+        batch_size=batch_size, threads=threads, latency_runs=latency_runs,
+    )
+    render.comparison(report, as_json)
+    if not report.ok:
+        sys.exit(EXIT_THRESHOLD)
+
+
+def main() -> None:
+    cli(prog_name="onnxq")
+
+
+__all__ = ["ConfigError", "cli", "main"]

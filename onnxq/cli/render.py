@@ -1,0 +1,190 @@
+"""Everything onnxq shows a person: rich tables on stdout, progress and logs on stderr,
+or exactly one JSON document on stdout with ``--json``. Colour only on a terminal."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from onnxq.calibration.ranges import RangesFile
+from onnxq.inspect import Inspection
+from onnxq.quantize import QuantizeReport
+from onnxq.report.compare import CompareReport
+from onnxq.report.metrics import OutputFidelity
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def setup_logging(debug: bool) -> None:
+    logger = logging.getLogger("onnxq")
+    logger.handlers[:] = [RichHandler(console=err, show_path=False, show_time=False)]
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def emit_json(doc: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+
+
+class _Stages:
+    """Progress callbacks for the library: one bar per stage, on stderr."""
+
+    def __init__(self, bar: Progress) -> None:
+        self._bar = bar
+        self._tasks: dict[str, Any] = {}
+
+    def __call__(self, stage: str) -> Callable[[int, int], None]:
+        return lambda done, total: self.staged(stage, done, total)
+
+    def staged(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._bar.add_task(stage, total=total)
+        self._bar.update(self._tasks[stage], completed=done, total=total)
+
+
+class _Silent:
+    def __call__(self, stage: str) -> None:
+        return None
+
+    staged = None
+
+    def __bool__(self) -> bool:
+        return False
+
+
+@contextmanager
+def progress(quiet: bool) -> Iterator[Any]:
+    """A progress bar with ETA on stderr when it is a terminal and not ``--quiet``."""
+    if quiet or not err.is_terminal:
+        yield _Silent()
+        return
+    bar = Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} samples"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    with bar:
+        yield _Stages(bar)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _db(v: float) -> str:
+    return "inf" if math.isinf(v) and v > 0 else f"{v:.2f}"
+
+
+def _fidelity_table(title: str, outputs: tuple[OutputFidelity, ...]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("output", "cosine mean", "cosine min", "SQNR dB", "max abs err", "top-1 agree"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for o in outputs:
+        table.add_row(
+            o.name, f"{o.cosine_mean:.5f}", f"{o.cosine_min:.5f}", _db(o.sqnr_db),
+            f"{o.max_abs_error:.4g}", _pct(o.top1_agreement),
+        )
+    return table
+
+
+def inspection(result: Inspection, as_json: bool) -> None:
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    s = result.summary
+    out.print(f"[bold]{result.path}[/]  opset {s.opset}  {s.producer}")
+    out.print(f"{s.nodes} nodes, {s.parameters:,} parameters ({_mb(s.parameter_bytes)})")
+    io = Table(title="inputs and outputs", title_justify="left")
+    for col in ("", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind, infos in (("input", s.inputs), ("output", s.outputs)):
+        for t in infos:
+            shape = "[" + ", ".join("?" if d is None else str(d) for d in t.shape) + "]"
+            io.add_row(kind, t.name, t.dtype, shape)
+    out.print(io)
+    ops = Table(title="op types", title_justify="left")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in s.op_histogram.items():
+        ops.add_row(op, str(n))
+    out.print(ops)
+    plan = Table(title="quantization plan (default settings, after preparation)", title_justify="left")
+    for col in ("node", "op", "action", "why"):
+        plan.add_column(col)
+    for d in result.decisions:
+        plan.add_row(d.name, d.op_type, d.action, d.reason)
+    out.print(plan)
+
+
+def calibration(ranges: RangesFile, path: Path) -> None:
+    err.print(
+        f"wrote {path}: {len(ranges.tensors)} tensors, {ranges.samples} samples, "
+        f"method {ranges.method}, granularity {ranges.granularity}"
+    )
+
+
+def quantization(report: QuantizeReport, as_json: bool) -> None:
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    table = Table(title=f"quantized {report.model_path} -> {report.output_path}", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("size float", _mb(report.float_bytes))
+    table.add_row("size quantized", f"{_mb(report.quantized_bytes)} ({100 * report.size_ratio:.1f}%)")
+    table.add_row("quantized nodes", str(report.quantized_nodes))
+    table.add_row("quantized weights", str(report.quantized_weights))
+    table.add_row("Q/DQ pairs", str(report.qdq_pairs))
+    table.add_row("onnxruntime integer kernels", str(report.integer_kernels))
+    table.add_row("ranges", report.ranges_source)
+    out.print(table)
+    if report.fidelity is not None:
+        out.print(_fidelity_table(f"fidelity on {report.fidelity_data} "
+                                  f"({report.fidelity.samples} samples)", report.fidelity.outputs))
+        cls = report.fidelity.classifier
+        if cls is not None and cls.reference_accuracy is not None:
+            drop = 100 * (cls.reference_accuracy - (cls.candidate_accuracy or 0.0))
+            out.print(f"accuracy float {_pct(cls.reference_accuracy)}, quantized "
+                      f"{_pct(cls.candidate_accuracy)} (drop {drop:.2f} pp)")
+    if report.float_biases:
+        err.print(f"kept {len(report.float_biases)} biases in float (int32 would overflow)")
+
+
+def comparison(report: CompareReport, as_json: bool) -> None:
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        out.print(_fidelity_table(f"{report.candidate} vs {report.reference} on {report.data} "
+                                  f"({report.fidelity.samples} samples)", report.fidelity.outputs))
+        doc = report.to_dict()
+        if doc["accuracy"]:
+            a = doc["accuracy"]
+            out.print(f"accuracy reference {_pct(a['reference'])}, candidate {_pct(a['candidate'])}"
+                      f" (drop {a['drop_pp']:.2f} pp)")
+        out.print(f"size {_mb(report.reference_bytes)} -> {_mb(report.candidate_bytes)} "
+                  f"({100 * doc['size_ratio']:.1f}%)")
+        if report.latency is not None:
+            lat = report.latency
+            out.print(f"latency (median of {lat.runs}, {lat.threads} threads, one sample): "
+                      f"{lat.reference_ms:.3f} ms -> {lat.candidate_ms:.3f} ms ({lat.speedup:.2f}x)")
+    for v in report.violations:
+        err.print(f"threshold violated: {v}")

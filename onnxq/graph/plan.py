@@ -1,0 +1,292 @@
+"""The quantization plan: which nodes become integer, which tensors need a calibrated
+range, which initializers are stored as integers. Pure data, computed from the graph
+and the configuration; nothing is rewritten here."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxq.config import QuantConfig, Scheme
+from onnxq.graph.rules import (
+    ACTIVATION_FUSIONS,
+    CONV_LIKE,
+    RULES,
+    TRANSPARENT,
+    GraphIndex,
+    InputRole,
+    OutputPolicy,
+    Role,
+    clip_from_zero,
+    transparent_check,
+)
+
+__all__ = [
+    "NodeDecision",
+    "QuantPlan",
+    "WeightUse",
+    "candidate_tensors",
+    "channel_axis",
+    "make_plan",
+]
+
+
+@dataclass(frozen=True)
+class NodeDecision:
+    """What happens to one node, in words."""
+
+    name: str
+    op_type: str
+    action: str  # "quantize", "integer passthrough", "fused", "float"
+    reason: str
+
+    @property
+    def quantized(self) -> bool:
+        return self.action != "float"
+
+
+@dataclass(frozen=True)
+class WeightUse:
+    """One float initializer input of a quantized node, to be stored as integers."""
+
+    node: str
+    index: int
+    tensor: str
+    role: Role
+    axis: int | None = None
+    activation: str | None = None  # for a bias: the input whose scale it multiplies
+    weight: str | None = None  # for a bias: the weight whose scale it multiplies
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """Everything the rewrite needs, keyed by node and tensor names."""
+
+    decisions: tuple[NodeDecision, ...]
+    roots: tuple[str, ...]  # activation tensors with their own calibrated range
+    aliases: dict[str, str]  # integer-domain tensor -> the root whose qparams it shares
+    passthrough: frozenset[str]  # nodes run on integer tensors
+    fused: dict[str, str]  # removed activation node -> node whose output it clamps
+    weights: tuple[WeightUse, ...]
+    channel_axes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def quantized_nodes(self) -> list[NodeDecision]:
+        return [d for d in self.decisions if d.action == "quantize"]
+
+    def root_of(self, tensor: str) -> str:
+        return self.aliases.get(tensor, tensor)
+
+
+def _excluded(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
+    for pat in patterns:
+        if fnmatch.fnmatchcase(node.name, pat) or fnmatch.fnmatchcase(node.op_type, pat):
+            return pat
+    return None
+
+
+def make_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
+    """Decide, node by node, what the rewrite does. ``model`` must be prepared (named
+    nodes, constants as initializers, shapes inferred)."""
+    idx = GraphIndex(model)
+    decisions: dict[str, NodeDecision] = {}
+    roles: dict[str, list[InputRole]] = {}
+    for node in model.graph.node:
+        decisions[node.name] = _decide(node, idx, config, roles)
+
+    need: set[str] = set()
+    for node in model.graph.node:
+        for r in roles.get(node.name, []):
+            if r.role is Role.ACTIVATION:
+                need.add(node.input[r.index])
+    fused = _fuse_activations(model, idx, config, roles, decisions, need)
+    for node in model.graph.node:
+        if node.name in roles and RULES[node.op_type].output_policy is OutputPolicy.ALWAYS:
+            need.add(_quantized_output(node, fused, idx))
+    aliases, passthrough = _close_over_passthrough(model, idx, config, need, decisions)
+    weights = _weight_uses(model, roles, aliases, config)
+    roots = tuple(t for t in _ordered(model, need) if t not in aliases)
+    axes = {t: channel_axis(t, idx) for t in roots}
+    ordered = tuple(decisions[n.name] for n in model.graph.node)
+    return QuantPlan(ordered, roots, aliases, frozenset(passthrough), fused, tuple(weights), axes)
+
+
+def _decide(
+    node: onnx.NodeProto,
+    idx: GraphIndex,
+    config: QuantConfig,
+    roles: dict[str, list[InputRole]],
+) -> NodeDecision:
+    def float_(reason: str) -> NodeDecision:
+        return NodeDecision(node.name, node.op_type, "float", reason)
+
+    pattern = _excluded(node, config.exclude)
+    if pattern is not None:
+        return float_(f"excluded by --exclude {pattern}")
+    if node.domain not in ("", "ai.onnx"):
+        return float_(f"op domain '{node.domain}' is not quantized")
+    rule = RULES.get(node.op_type)
+    if rule is None:
+        if node.op_type in TRANSPARENT or node.op_type in ACTIVATION_FUSIONS:
+            return float_("no quantized neighbour")
+        return float_(f"no integer rule for {node.op_type}; kept in float")
+    outputs = [o for o in node.output if o]
+    if len(outputs) != 1 or not idx.is_float(outputs[0]):
+        return float_("output is not a single float32 tensor")
+    result = rule.roles(node, idx)
+    if isinstance(result, str):
+        return float_(result)
+    roles[node.name] = result
+    kinds = ", ".join(sorted({r.role.value for r in result}))
+    return NodeDecision(node.name, node.op_type, "quantize", f"integer inputs: {kinds}")
+
+
+def _quantized_output(node: onnx.NodeProto, fused: dict[str, str], idx: GraphIndex) -> str:
+    out = node.output[0]
+    for consumer in idx.consumers.get(out, []):
+        if fused.get(consumer.name) == node.name:
+            return str(consumer.output[0])
+    return str(out)
+
+
+def _fuse_activations(
+    model: onnx.ModelProto,
+    idx: GraphIndex,
+    config: QuantConfig,
+    roles: dict[str, list[InputRole]],
+    decisions: dict[str, NodeDecision],
+    need: set[str],
+) -> dict[str, str]:
+    """Relu / Clip(0, …) directly after a quantized node, as that node's only consumer:
+    with asymmetric activations the zero point is the lowest code, so the output Q
+    clamps at 0 exactly as the activation does, and the activation node is removed."""
+    if config.activation_scheme is not Scheme.ASYM:
+        return {}
+    fused: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.name not in roles:
+            continue
+        out = node.output[0]
+        consumers = idx.consumers.get(out, [])
+        if len(consumers) != 1 or out in idx.graph_outputs:
+            continue
+        act = consumers[0]
+        if act.op_type not in ACTIVATION_FUSIONS or not clip_from_zero(act, idx):
+            continue
+        if _excluded(act, config.exclude) or not idx.is_float(act.output[0]):
+            continue
+        policy = RULES[node.op_type].output_policy
+        if policy is OutputPolicy.IF_CONSUMED and act.output[0] not in need:
+            continue
+        fused[act.name] = node.name
+        decisions[act.name] = NodeDecision(
+            act.name, act.op_type, "fused", f"clamp done by the quantized output of '{node.name}'"
+        )
+    return fused
+
+
+def _close_over_passthrough(
+    model: onnx.ModelProto,
+    idx: GraphIndex,
+    config: QuantConfig,
+    need: set[str],
+    decisions: dict[str, NodeDecision],
+) -> tuple[dict[str, str], set[str]]:
+    """Shape-only ops next to a quantized tensor run on the integer tensor; their output
+    shares the input's range (a worklist, linear in the graph size)."""
+    candidates: dict[str, onnx.NodeProto] = {}
+    for node in model.graph.node:
+        if node.op_type in TRANSPARENT and node.domain in ("", "ai.onnx"):
+            if _excluded(node, config.exclude) is None and transparent_check(node, idx) is None:
+                candidates[node.name] = node
+    by_tensor: dict[str, list[onnx.NodeProto]] = {}
+    for node in candidates.values():
+        by_tensor.setdefault(node.input[0], []).append(node)
+        by_tensor.setdefault(node.output[0], []).append(node)
+    passthrough: set[str] = set()
+    work = list(need)
+    while work:
+        tensor = work.pop()
+        for node in by_tensor.get(tensor, []):
+            if node.name in passthrough:
+                continue
+            passthrough.add(node.name)
+            for t in (node.input[0], node.output[0]):
+                if t not in need:
+                    need.add(t)
+                    work.append(t)
+    aliases: dict[str, str] = {}
+    for node in model.graph.node:  # topological order: inputs resolve first
+        if node.name in passthrough:
+            src = node.input[0]
+            aliases[node.output[0]] = aliases.get(src, src)
+            decisions[node.name] = NodeDecision(
+                node.name, node.op_type, "integer passthrough", f"shares the range of '{aliases[node.output[0]]}'"
+            )
+    return aliases, passthrough
+
+
+def _weight_uses(
+    model: onnx.ModelProto,
+    roles: dict[str, list[InputRole]],
+    aliases: dict[str, str],
+    config: QuantConfig,
+) -> list[WeightUse]:
+    uses = []
+    per_channel = config.granularity.value == "channel"
+    for node in model.graph.node:
+        node_roles = roles.get(node.name, [])
+        weight = next((r for r in node_roles if r.role is Role.WEIGHT), None)
+        for r in node_roles:
+            name = node.input[r.index]
+            if r.role is Role.WEIGHT:
+                axis = r.axis if per_channel else None
+                uses.append(WeightUse(node.name, r.index, name, r.role, axis))
+            elif r.role is Role.CONSTANT:
+                uses.append(WeightUse(node.name, r.index, name, r.role))
+            elif r.role is Role.BIAS and weight is not None:
+                act = node.input[0]
+                uses.append(
+                    WeightUse(
+                        node.name, r.index, name, r.role,
+                        activation=aliases.get(act, act), weight=node.input[weight.index],
+                    )
+                )
+    return uses
+
+
+def _ordered(model: onnx.ModelProto, tensors: set[str]) -> list[str]:
+    order: list[str] = [v.name for v in model.graph.input if v.name in tensors]
+    seen = set(order)
+    for node in model.graph.node:
+        for t in (*node.input, *node.output):
+            if t in tensors and t not in seen:
+                seen.add(t)
+                order.append(t)
+    return order
+
+
+def channel_axis(tensor: str, idx: GraphIndex) -> int:
+    """Axis of per-channel activation statistics: 1 for NCHW tensors, else the last."""
+    ops = [n.op_type for n in idx.consumers.get(tensor, [])]
+    if tensor in idx.producer:
+        ops.append(idx.producer[tensor].op_type)
+    rank = idx.ranks.get(tensor, 0)
+    if rank >= 4 or (rank == 3 and any(op in CONV_LIKE for op in ops)):
+        return 1
+    return -1
+
+
+def candidate_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float activation that some quantization setting may need a range for:
+    inputs and outputs of nodes with a rule, passthrough or fusable activation."""
+    idx = GraphIndex(model)
+    kinds = set(RULES) | TRANSPARENT | ACTIVATION_FUSIONS
+    wanted: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in kinds and node.domain in ("", "ai.onnx"):
+            wanted.update(t for t in (*node.input, *node.output) if idx.is_float_activation(t))
+    return _ordered(model, wanted)

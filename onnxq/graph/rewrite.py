@@ -1,0 +1,311 @@
+"""The Q/DQ rewrite: turns a plan and activation qparams into a quantized model.
+
+Activations get QuantizeLinear -> DequantizeLinear pairs right after the tensor is
+made; weights are stored as integer initializers with a DequantizeLinear; biases of
+Conv/Gemm as int32 with scale = input scale × weight scale. This is the layout that
+onnxruntime's CPU provider fuses into integer kernels (QLinearConv, QGemm, …).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxq.config import QuantConfig
+from onnxq.graph.names import NameFactory
+from onnxq.graph.plan import QuantPlan, WeightUse
+from onnxq.graph.rules import GraphIndex, Role
+from onnxq.quant import QParams, QType, compute_qparams, quantize
+
+__all__ = ["RewriteResult", "rewrite"]
+
+_INT32_MAX = float(np.iinfo(np.int32).max)
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    model: onnx.ModelProto
+    quantized_nodes: int
+    quantized_weights: int
+    qdq_pairs: int
+    float_biases: tuple[str, ...]  # biases kept in float (int32 would overflow)
+
+
+class _Builder:
+    """Collects new nodes and initializers for one rewrite."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.names = NameFactory(model)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def constant(self, base: str, value: np.ndarray) -> str:
+        name = self.names.new(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def qparams(self, base: str, qp: QParams) -> tuple[str, str]:
+        scale = self.constant(f"{base}_scale", qp.scale.astype(np.float32))
+        zp = self.constant(f"{base}_zero_point", qp.zero_point)
+        return scale, zp
+
+    def node(self, op: str, inputs: list[str], output: str, base: str, axis: int | None) -> None:
+        attrs = {"axis": axis} if axis is not None else {}
+        self.nodes.append(helper.make_node(op, inputs, [output], name=self.names.new(base), **attrs))
+
+
+def rewrite(
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    activation_qparams: dict[str, QParams],
+    config: QuantConfig,
+) -> RewriteResult:
+    """The quantized copy of ``model``. ``activation_qparams`` holds one entry per
+    ``plan.roots``; ``model`` is left untouched."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    idx = GraphIndex(out)
+    b = _Builder(out)
+    by_name = {n.name: n for n in out.graph.node}
+
+    qname = _quantize_activations(out, idx, plan, activation_qparams, b, by_name)
+    _rewire_passthrough(out, idx, plan, activation_qparams, qname, b, by_name)
+    float_biases = _quantize_weights(plan, activation_qparams, config, b, by_name, idx)
+
+    removed = set(plan.fused)
+    nodes = [n for n in out.graph.node if n.name not in removed] + b.nodes
+    del out.graph.node[:]
+    out.graph.node.extend(_topological(nodes, out.graph))
+    out.graph.initializer.extend(b.inits)
+    _drop_unused_initializers(out)
+    counts = Counter(n.op_type for n in b.nodes)
+    return RewriteResult(
+        model=out,
+        quantized_nodes=len(plan.quantized_nodes),
+        quantized_weights=len({(w.tensor, w.role) for w in plan.weights}) - len(float_biases),
+        qdq_pairs=counts["QuantizeLinear"],
+        float_biases=tuple(float_biases),
+    )
+
+
+def _quantize_activations(
+    model: onnx.ModelProto,
+    idx: GraphIndex,
+    plan: QuantPlan,
+    qparams: dict[str, QParams],
+    b: _Builder,
+    by_name: dict[str, onnx.NodeProto],
+) -> dict[str, str]:
+    """One Q (and a DQ where a float reader remains) per root tensor. Returns the name
+    of each tensor's integer version."""
+    producer_of = {t: p for t, p in idx.producer.items()}
+    for act, owner in plan.fused.items():  # the fused node now makes the activation's output
+        producer_of[by_name[act].output[0]] = by_name[owner]
+    qname: dict[str, str] = {}
+    for root in plan.roots:
+        scale, zp = b.qparams(root, qparams[root])
+        q = b.names.new(f"{root}_quantized")
+        qname[root] = q
+        readers = [n for n in idx.consumers.get(root, []) if n.name not in plan.passthrough]
+        producer = producer_of.get(root)
+        if producer is None:  # a graph input: Q reads it, consumers read the DQ copy
+            source, dq = root, b.names.new(f"{root}_dequantized")
+            for node in readers:
+                _replace_input(node, root, dq)
+        else:
+            source, dq = b.names.new(f"{root}_float"), root
+            owner = by_name[producer.name]
+            _replace_output(owner, _fused_source(owner, root, plan, by_name), source)
+        b.node("QuantizeLinear", [source, scale, zp], q, f"{root}_QuantizeLinear", None)
+        if readers or root in idx.graph_outputs:
+            b.node("DequantizeLinear", [q, scale, zp], dq, f"{root}_DequantizeLinear", None)
+        for node in idx.consumers.get(root, []):
+            if node.name in plan.passthrough:
+                _replace_input(node, root, q)
+    return qname
+
+
+def _fused_source(
+    owner: onnx.NodeProto, root: str, plan: QuantPlan, by_name: dict[str, onnx.NodeProto]
+) -> str:
+    """The output of ``owner`` that becomes ``root``: itself, or the input of a removed
+    activation node whose output ``root`` is."""
+    for act, node_name in plan.fused.items():
+        if node_name == owner.name and by_name[act].output[0] == root:
+            return str(by_name[act].input[0])
+    return root
+
+
+def _rewire_passthrough(
+    model: onnx.ModelProto,
+    idx: GraphIndex,
+    plan: QuantPlan,
+    qparams: dict[str, QParams],
+    qname: dict[str, str],
+    b: _Builder,
+    by_name: dict[str, onnx.NodeProto],
+) -> None:
+    shared: dict[str, tuple[str, str]] = {}
+    for node in model.graph.node:
+        if node.name not in plan.passthrough:
+            continue
+        out = node.output[0]
+        root = plan.root_of(out)
+        q = b.names.new(f"{out}_quantized")
+        qname[out] = q
+        node.output[0] = q
+        for consumer in idx.consumers.get(out, []):
+            if consumer.name in plan.passthrough:
+                _replace_input(consumer, out, q)
+        readers = [n for n in idx.consumers.get(out, []) if n.name not in plan.passthrough]
+        if readers or out in idx.graph_outputs:
+            if root not in shared:
+                shared[root] = b.qparams(f"{root}_shared", qparams[root])
+            scale, zp = shared[root]
+            b.node("DequantizeLinear", [q, scale, zp], out, f"{out}_DequantizeLinear", None)
+
+
+def _quantize_weights(
+    plan: QuantPlan,
+    act_qparams: dict[str, QParams],
+    config: QuantConfig,
+    b: _Builder,
+    by_name: dict[str, onnx.NodeProto],
+    idx: GraphIndex,
+) -> list[str]:
+    done: dict[tuple[str, Role, int | None], tuple[str, QParams]] = {}
+    float_biases: list[str] = []
+    for use in plan.weights:
+        if use.role is Role.BIAS:
+            continue
+        key = (use.tensor, use.role, use.axis)
+        if key not in done:
+            done[key] = _store_weight(use, config, b, idx)
+        by_name[use.node].input[use.index] = done[key][0]
+    for use in plan.weights:
+        if use.role is not Role.BIAS:
+            continue
+        w_use = next(w for w in plan.weights if w.node == use.node and w.role is Role.WEIGHT)
+        w_qp = done[(w_use.tensor, Role.WEIGHT, w_use.axis)][1]
+        x_qp = act_qparams[use.activation or ""]
+        name = _store_bias(use, x_qp, w_qp, b, idx)
+        if name is None:
+            float_biases.append(use.tensor)
+        else:
+            by_name[use.node].input[use.index] = name
+    return float_biases
+
+
+def _store_weight(use: WeightUse, config: QuantConfig, b: _Builder, idx: GraphIndex) -> tuple[str, QParams]:
+    w = numpy_helper.to_array(idx.initializers[use.tensor]).astype(np.float32)
+    if use.role is Role.WEIGHT:
+        qtype, symmetric = config.weight_qtype, config.weight_scheme.value == "sym"
+    else:
+        qtype, symmetric = config.activation_qtype, config.activation_scheme.value == "sym"
+    axis = use.axis % w.ndim if use.axis is not None and w.ndim else None
+    reduce = tuple(i for i in range(w.ndim) if i != axis) if axis is not None else None
+    lo, hi = w.min(axis=reduce), w.max(axis=reduce)
+    qp = compute_qparams(lo, hi, qtype, symmetric=symmetric, restricted=config.restricted, axis=axis)
+    q_name = b.constant(f"{use.tensor}_quantized", quantize(w, qp))
+    scale, zp = b.qparams(use.tensor, qp)
+    dq = b.names.new(f"{use.tensor}_dequantized")
+    b.node("DequantizeLinear", [q_name, scale, zp], dq, f"{use.tensor}_DequantizeLinear", axis)
+    return dq, qp
+
+
+def _store_bias(
+    use: WeightUse, x_qp: QParams, w_qp: QParams, b: _Builder, idx: GraphIndex
+) -> str | None:
+    """int32 bias with scale = input scale × weight scale (zero point 0), or None when
+    a value would not fit in int32 (the bias then stays float)."""
+    bias = numpy_helper.to_array(idx.initializers[use.tensor]).astype(np.float64).reshape(-1)
+    scale = (x_qp.scale.astype(np.float64) * w_qp.scale.astype(np.float64)).reshape(-1)
+    if scale.size not in (1, bias.size):
+        return None
+    q = np.rint(bias / scale)
+    if np.abs(q).max(initial=0.0) > _INT32_MAX:
+        return None
+    per_channel = scale.size > 1
+    qp = QParams(
+        scale=scale.astype(np.float32),
+        zero_point=np.zeros(scale.shape if per_channel else (), np.int32),
+        qtype=QType.INT32,
+        axis=0 if per_channel else None,
+    )
+    q_name = b.constant(f"{use.tensor}_quantized", q.astype(np.int32))
+    s_name = b.constant(f"{use.tensor}_scale", qp.scale if per_channel else qp.scale.reshape(()))
+    z_name = b.constant(f"{use.tensor}_zero_point", qp.zero_point)
+    dq = b.names.new(f"{use.tensor}_dequantized")
+    b.node("DequantizeLinear", [q_name, s_name, z_name], dq, f"{use.tensor}_DequantizeLinear", qp.axis)
+    return dq
+
+
+def _replace_input(node: onnx.NodeProto, old: str, new: str) -> None:
+    for i, name in enumerate(node.input):
+        if name == old:
+            node.input[i] = new
+    for attr in node.attribute:  # outer-scope references inside subgraphs
+        if attr.type == onnx.AttributeProto.GRAPH:
+            for sub in attr.g.node:
+                _replace_input(sub, old, new)
+
+
+def _replace_output(node: onnx.NodeProto, old: str, new: str) -> None:
+    for i, name in enumerate(node.output):
+        if name == old:
+            node.output[i] = new
+
+
+def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Kahn's order, stable with respect to the given order."""
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    waiting: dict[int, int] = {}
+    dependents: dict[int, list[int]] = {}
+    for i, n in enumerate(nodes):
+        deps = {producer[t] for t in _inputs(n) if t not in available and t in producer}
+        waiting[i] = len(deps)
+        for d in deps:
+            dependents.setdefault(d, []).append(i)
+    ready = [i for i in range(len(nodes)) if waiting[i] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for j in dependents.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        raise RuntimeError("rewrite produced a cycle; this is a bug in onnxq")
+    return order
+
+
+def _inputs(node: onnx.NodeProto) -> list[str]:
+    names = list(node.input)
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            for sub in attr.g.node:
+                names.extend(_inputs(sub))
+    return names
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Remove float initializers that no node reads any more (and their graph inputs)."""
+    used: set[str] = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        used.update(_inputs(node))
+    dropped = {t.name for t in model.graph.initializer if t.name not in used}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    inputs = [v for v in model.graph.input if v.name not in dropped]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)

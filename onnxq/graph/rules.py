@@ -1,0 +1,268 @@
+"""Per-op-type rules: which inputs of a node are activations, weights, biases or
+constants, and why a node is not quantized. Pattern / check in the onnx-ir sense:
+``check`` returns ``None`` when the node can be quantized, else the reason in words."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = [
+    "ACTIVATION_FUSIONS",
+    "CONV_LIKE",
+    "GraphIndex",
+    "InputRole",
+    "OutputPolicy",
+    "Role",
+    "RULES",
+    "TRANSPARENT",
+    "clip_from_zero",
+    "transparent_check",
+]
+
+FLOAT = onnx.TensorProto.FLOAT
+
+
+class Role(str, Enum):
+    ACTIVATION = "activation"
+    WEIGHT = "weight"
+    BIAS = "bias"
+    CONSTANT = "constant"
+
+
+@dataclass(frozen=True)
+class InputRole:
+    index: int
+    role: Role
+    axis: int | None = None  # per-channel axis of a weight
+
+
+class OutputPolicy(str, Enum):
+    ALWAYS = "always"  # integer kernels need the output quantized (QLinearConv, QLinearAdd)
+    IF_CONSUMED = "if_consumed"  # float output is fine (QGemm, MatMulIntegerToFloat)
+
+
+class GraphIndex:
+    """Producers, consumers, initializers and element types of one graph, looked up
+    by tensor name (relations between tensors are data, never parsed from names)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        self.opset = next(
+            (int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 1
+        )
+        self.initializers = {t.name: t for t in g.initializer}
+        self.graph_inputs = {v.name for v in g.input if v.name not in self.initializers}
+        self.graph_outputs = {v.name for v in g.output}
+        self.elem_types: dict[str, int] = {}
+        self.ranks: dict[str, int] = {}
+        for vi in (*g.input, *g.output, *g.value_info):
+            if vi.type.HasField("tensor_type"):
+                tt = vi.type.tensor_type
+                self.elem_types[vi.name] = tt.elem_type
+                if tt.HasField("shape"):
+                    self.ranks[vi.name] = len(tt.shape.dim)
+        for t in g.initializer:
+            self.elem_types[t.name] = t.data_type
+            self.ranks[t.name] = len(t.dims)
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in g.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers.setdefault(inp, []).append(node)
+
+    def is_float(self, name: str) -> bool:
+        return self.elem_types.get(name) == FLOAT
+
+    def is_float_activation(self, name: str) -> bool:
+        return bool(name) and name not in self.initializers and self.is_float(name)
+
+    def is_float_initializer(self, name: str) -> bool:
+        return name in self.initializers and self.initializers[name].data_type == FLOAT
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """How one op type is quantized."""
+
+    output_policy: OutputPolicy
+
+    def roles(self, node: onnx.NodeProto, idx: GraphIndex) -> list[InputRole] | str:
+        """Roles of the node's inputs, or the reason it cannot be quantized."""
+        raise NotImplementedError
+
+
+def _activation_or_constant(name: str, i: int, idx: GraphIndex) -> InputRole | str:
+    if idx.is_float_initializer(name):
+        return InputRole(i, Role.CONSTANT)
+    if idx.is_float_activation(name):
+        return InputRole(i, Role.ACTIVATION)
+    return f"input '{name}' is not a float32 tensor"
+
+
+@dataclass(frozen=True)
+class ElementwiseRule(OpRule):
+    """Add, Mul, Concat, pooling: every float input is an activation or a constant."""
+
+    max_inputs: int | None = None
+
+    def roles(self, node: onnx.NodeProto, idx: GraphIndex) -> list[InputRole] | str:
+        inputs = list(node.input)[: self.max_inputs] if self.max_inputs else list(node.input)
+        roles = []
+        for i, name in enumerate(inputs):
+            role = _activation_or_constant(name, i, idx)
+            if isinstance(role, str):
+                return role
+            roles.append(role)
+        if not any(r.role is Role.ACTIVATION for r in roles):
+            return "all inputs are constants (constant folding should remove this node)"
+        return roles
+
+
+@dataclass(frozen=True)
+class ConvRule(OpRule):
+    """Conv / ConvTranspose: activation, constant weight per output channel, int32 bias."""
+
+    transpose: bool = False
+
+    def roles(self, node: onnx.NodeProto, idx: GraphIndex) -> list[InputRole] | str:
+        x, w = node.input[0], node.input[1]
+        if not idx.is_float_activation(x):
+            return f"input '{x}' is not a float32 activation"
+        if not idx.is_float_initializer(w):
+            return f"weight '{w}' is not a float32 constant"
+        axis = 0
+        if self.transpose:
+            axis = 1 if int(_attr(node, "group", 1)) == 1 else -1  # type: ignore[call-overload]
+        roles = [InputRole(0, Role.ACTIVATION), InputRole(1, Role.WEIGHT, axis if axis >= 0 else None)]
+        if len(node.input) > 2 and node.input[2]:
+            if not idx.is_float_initializer(node.input[2]):
+                return f"bias '{node.input[2]}' is not a float32 constant"
+            roles.append(InputRole(2, Role.BIAS))
+        return roles
+
+
+@dataclass(frozen=True)
+class GemmRule(OpRule):
+    """Gemm: A activation, B constant weight (axis by transB) or activation, C int32 bias
+    when alpha = beta = 1."""
+
+    def roles(self, node: onnx.NodeProto, idx: GraphIndex) -> list[InputRole] | str:
+        a, b = node.input[0], node.input[1]
+        if not idx.is_float_activation(a) or int(_attr(node, "transA", 0)):  # type: ignore[call-overload]
+            return f"input A '{a}' is not a float32 activation in normal layout"
+        roles = [InputRole(0, Role.ACTIVATION)]
+        if idx.is_float_initializer(b):
+            roles.append(InputRole(1, Role.WEIGHT, 0 if int(_attr(node, "transB", 0)) else 1))  # type: ignore[call-overload]
+        elif idx.is_float_activation(b):
+            roles.append(InputRole(1, Role.ACTIVATION))
+        else:
+            return f"input B '{b}' is not a float32 tensor"
+        if len(node.input) > 2 and node.input[2]:
+            c = node.input[2]
+            plain = float(_attr(node, "alpha", 1.0)) == 1.0 and float(_attr(node, "beta", 1.0)) == 1.0  # type: ignore[arg-type]
+            if plain and roles[1].role is Role.WEIGHT and idx.is_float_initializer(c):
+                roles.append(InputRole(2, Role.BIAS))
+        return roles
+
+
+@dataclass(frozen=True)
+class MatMulRule(OpRule):
+    """MatMul: activation × constant weight (per last-axis column) or × activation."""
+
+    def roles(self, node: onnx.NodeProto, idx: GraphIndex) -> list[InputRole] | str:
+        a, b = node.input[0], node.input[1]
+        if not idx.is_float_activation(a):
+            return f"input A '{a}' is not a float32 activation"
+        if idx.is_float_initializer(b):
+            rank = idx.ranks.get(b, 0)
+            return [InputRole(0, Role.ACTIVATION), InputRole(1, Role.WEIGHT, rank - 1 if rank >= 2 else None)]
+        if idx.is_float_activation(b):
+            return [InputRole(0, Role.ACTIVATION), InputRole(1, Role.ACTIVATION)]
+        return f"input B '{b}' is not a float32 tensor"
+
+
+RULES: dict[str, OpRule] = {
+    "Conv": ConvRule(OutputPolicy.ALWAYS),
+    "ConvTranspose": ConvRule(OutputPolicy.ALWAYS, transpose=True),
+    "Gemm": GemmRule(OutputPolicy.IF_CONSUMED),
+    "MatMul": MatMulRule(OutputPolicy.IF_CONSUMED),
+    "Add": ElementwiseRule(OutputPolicy.ALWAYS),
+    "Mul": ElementwiseRule(OutputPolicy.ALWAYS),
+    "Concat": ElementwiseRule(OutputPolicy.ALWAYS),
+    "AveragePool": ElementwiseRule(OutputPolicy.ALWAYS, max_inputs=1),
+    "GlobalAveragePool": ElementwiseRule(OutputPolicy.ALWAYS, max_inputs=1),
+}
+
+# Ops that only move, select or take the max of values: they run on the integer tensor
+# itself, the output sharing the input's scale and zero point (no Q/DQ pair of their own).
+TRANSPARENT = frozenset(
+    {
+        "Reshape",
+        "Transpose",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Slice",
+        "MaxPool",
+        "Resize",
+        "DepthToSpace",
+        "SpaceToDepth",
+    }
+)
+
+# Activation functions removed when they follow a quantized node: the Q of the node's
+# output then clamps exactly as they do (their output range starts at 0 = zero point).
+ACTIVATION_FUSIONS = frozenset({"Relu", "Clip"})
+
+# Ops whose tensors are NCHW: per-channel activation statistics use axis 1.
+CONV_LIKE = frozenset(
+    {"Conv", "ConvTranspose", "AveragePool", "GlobalAveragePool", "MaxPool", "BatchNormalization"}
+)
+
+
+def transparent_check(node: onnx.NodeProto, idx: GraphIndex) -> str | None:
+    """None when ``node`` may run on integer tensors, else why not."""
+    if len([o for o in node.output if o]) != 1:
+        return "has more than one output"
+    if node.op_type == "MaxPool" and idx.opset < 12:
+        return "MaxPool takes integer tensors from opset 12"
+    if node.op_type == "Resize":
+        mode = _attr(node, "mode", b"nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        if mode not in ("nearest", "linear"):
+            return f"Resize mode '{mode}' can leave the input's range"
+    if not idx.is_float_activation(node.input[0]) or not idx.is_float(node.output[0]):
+        return f"input '{node.input[0]}' is not a float32 activation"
+    return None
+
+
+def clip_from_zero(node: onnx.NodeProto, idx: GraphIndex) -> bool:
+    """True for Relu, and for a Clip whose lower bound is the constant 0."""
+    if node.op_type == "Relu":
+        return True
+    if node.op_type != "Clip":
+        return False
+    if idx.opset < 11:
+        return float(_attr(node, "min", -3.4e38)) == 0.0  # type: ignore[arg-type]
+    if len(node.input) < 2 or node.input[1] not in idx.initializers:
+        return False
+    low = numpy_helper.to_array(idx.initializers[node.input[1]])
+    if len(node.input) > 2 and node.input[2] and node.input[2] not in idx.initializers:
+        return False
+    return low.size == 1 and float(low.reshape(-1)[0]) == 0.0

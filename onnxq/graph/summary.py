@@ -1,0 +1,66 @@
+"""What is in a model: opset, inputs and outputs, op histogram, parameters."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxq.graph.model_io import opset_version
+
+__all__ = ["ModelSummary", "TensorInfo", "summarize"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    opset: int
+    producer: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    op_histogram: dict[str, int]
+    nodes: int
+    parameters: int
+    parameter_bytes: int
+
+
+def _info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    tt = vi.type.tensor_type
+    dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))) if tt.elem_type else "?"
+    dims: list[int | str | None] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or None)
+    return TensorInfo(vi.name, dtype, tuple(dims))
+
+
+def summarize(model: onnx.ModelProto) -> ModelSummary:
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in g.initializer)
+    nbytes = 0
+    for t in g.initializer:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        nbytes += int(np.prod(t.dims, dtype=np.int64)) * itemsize
+    producer = f"{model.producer_name} {model.producer_version}".strip()
+    return ModelSummary(
+        opset=opset_version(model),
+        producer=producer,
+        inputs=tuple(_info(v) for v in g.input if v.name not in inits),
+        outputs=tuple(_info(v) for v in g.output),
+        op_histogram=dict(Counter(n.op_type for n in g.node).most_common()),
+        nodes=len(g.node),
+        parameters=params,
+        parameter_bytes=nbytes,
+    )

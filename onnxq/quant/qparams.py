@@ -1,0 +1,118 @@
+"""Scale and zero point from a clipping range, and (de)quantization.
+
+onnxq writes formulas in ONNX's sign convention (QuantizeLinear / DequantizeLinear)::
+
+    q = saturate(round_half_even(r / S) + zp)        r~ = (q - zp) * S
+
+The survey writes ``Q(r) = Int(r/S) - Z``; its ``Z`` is ``-zp``.
+
+Granularity is only a reduction axis: ``axis=None`` gives one range for the
+whole tensor, ``axis=k`` one range per index along axis ``k``. The same
+function computes scale and zero point for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from onnxq.quant.qtypes import QType
+
+__all__ = ["QParams", "compute_qparams", "dequantize", "observed_range", "quantize"]
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Scale and zero point of one tensor (scalars) or one per channel (1-D, ``axis``)."""
+
+    scale: npt.NDArray[np.float32]
+    zero_point: npt.NDArray[np.generic]
+    qtype: QType
+    axis: int | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+
+def observed_range(
+    x: npt.ArrayLike, axis: int | None = None
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Min and max of ``x``: scalars when ``axis`` is None, else one per index of ``axis``."""
+    arr = np.asarray(x, dtype=np.float32)
+    if axis is None:
+        return np.asarray(arr.min(), np.float32), np.asarray(arr.max(), np.float32)
+    axis = axis % arr.ndim
+    others = tuple(i for i in range(arr.ndim) if i != axis)
+    return arr.min(axis=others).astype(np.float32), arr.max(axis=others).astype(np.float32)
+
+
+def compute_qparams(
+    rmin: npt.ArrayLike,
+    rmax: npt.ArrayLike,
+    qtype: QType,
+    *,
+    symmetric: bool,
+    restricted: bool = False,
+    axis: int | None = None,
+) -> QParams:
+    """Scale and zero point that map the clipping range [rmin, rmax] onto ``qtype``.
+
+    The range is first widened to contain 0, so that zero is exactly representable
+    (padding and ReLU outputs depend on it), and clamped to finite float32 values.
+    With ``qmin, qmax`` the codes of ``qtype`` (``qmin`` one higher when restricted):
+
+    * asymmetric: ``S = (rmax - rmin) / (qmax - qmin)``,
+      ``zp = clip(round(qmin - rmin / S), qmin, qmax)``;
+    * symmetric: ``a = max(|rmin|, |rmax|)``, ``S = 2a / (qmax - qmin)``, and
+      ``zp = (qmin + qmax + 1) // 2``, the middle code (0 for signed types). Full-range int8 gives the
+      survey's ``S = 2 max|r| / (2^b - 1)``; restricted int8 gives ``max|r| / 127``.
+
+    Degenerate case: a range of width zero (all values zero) gets ``S = 1``,
+    and any scale below float32's smallest normal number is raised to it, so
+    ``S`` is always a positive normal float32.
+    """
+    qmin, qmax = qtype.min(restricted=restricted), qtype.max
+    lo = np.minimum(np.clip(np.asarray(rmin, np.float64), -_F32_MAX, _F32_MAX), 0.0)
+    hi = np.maximum(np.clip(np.asarray(rmax, np.float64), -_F32_MAX, _F32_MAX), 0.0)
+    if symmetric:
+        amax = np.maximum(-lo, hi)
+        lo, hi = -amax, amax
+    width = hi - lo
+    scale64 = np.where(width > 0, width / (qmax - qmin), 1.0)
+    scale = np.maximum(scale64, _F32_TINY).astype(np.float32)
+    if symmetric:
+        zp = np.full(scale.shape, (qmin + qmax + 1) // 2)
+    else:
+        zp = np.clip(np.rint(qmin - lo / scale.astype(np.float64)), qmin, qmax)
+    return QParams(scale=scale, zero_point=zp.astype(qtype.dtype), qtype=qtype, axis=axis)
+
+
+def _broadcast(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+    if axis is None or values.ndim == 0:
+        return values
+    shape = [1] * ndim
+    shape[axis % ndim] = values.size
+    return values.reshape(shape)
+
+
+def quantize(x: npt.ArrayLike, qp: QParams) -> np.ndarray:
+    """``saturate(round_half_even(x / S) + zp)`` in ``qp.qtype``, as ONNX QuantizeLinear."""
+    arr = np.asarray(x, dtype=np.float32)
+    scale = _broadcast(qp.scale, arr.ndim, qp.axis)
+    zp = _broadcast(qp.zero_point.astype(np.float64), arr.ndim, qp.axis)
+    q = np.rint(arr / scale) + zp
+    return np.clip(q, qp.qtype.min(), qp.qtype.max).astype(qp.qtype.dtype)
+
+
+def dequantize(q: npt.ArrayLike, qp: QParams) -> npt.NDArray[np.float32]:
+    """``(q - zp) * S`` as ONNX DequantizeLinear."""
+    arr = np.asarray(q)
+    scale = _broadcast(qp.scale, arr.ndim, qp.axis)
+    zp = _broadcast(qp.zero_point.astype(np.int64), arr.ndim, qp.axis)
+    return ((arr.astype(np.int64) - zp) * scale).astype(np.float32)

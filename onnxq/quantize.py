@@ -1,0 +1,204 @@
+"""``onnxq.quantize``: prepare, get ranges, plan, rewrite, check, write, evaluate."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxq._version import __version__
+from onnxq.calibration.calibrate import observe
+from onnxq.calibration.observers import TensorRange
+from onnxq.calibration.ranges import RangesFile, read_ranges
+from onnxq.config import CalibrationConfig, QuantConfig, Scheme
+from onnxq.data import open_dataset
+from onnxq.errors import ConfigError, RangesError
+from onnxq.graph.model_io import check_distinct, input_specs, load_model, save_model
+from onnxq.graph.plan import NodeDecision, QuantPlan, make_plan
+from onnxq.graph.rewrite import rewrite
+from onnxq.prepare import prepare
+from onnxq.quant import QParams, compute_qparams
+from onnxq.report.fidelity import Fidelity, evaluate
+from onnxq.runtime import Runner, optimized_op_types
+
+__all__ = ["QuantizeReport", "is_integer_kernel", "quantize"]
+
+_INTEGER_OPS = frozenset(
+    {"QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+)
+
+
+def is_integer_kernel(op_type: str) -> bool:
+    """True for onnxruntime kernels that compute on integers (``domain:`` prefix ignored)."""
+    op = op_type.rsplit(":", 1)[-1]
+    return op.startswith("QLinear") or op in _INTEGER_OPS
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    model_path: str
+    output_path: str
+    float_bytes: int
+    quantized_bytes: int
+    quantized_nodes: int
+    quantized_weights: int
+    qdq_pairs: int
+    decisions: tuple[NodeDecision, ...]
+    ranges_source: str
+    preparation: tuple[str, ...]
+    runtime_kernels: dict[str, int]
+    fidelity: Fidelity | None
+    fidelity_data: str | None
+    float_biases: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.quantized_bytes / self.float_bytes if self.float_bytes else 0.0
+
+    @property
+    def integer_kernels(self) -> int:
+        return sum(n for op, n in self.runtime_kernels.items() if is_integer_kernel(op))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report (schema ``onnxq-quantize``, version 1)."""
+        fid = self.fidelity
+        cls = fid.classifier if fid else None
+        accuracy = None
+        if cls is not None and cls.reference_accuracy is not None:
+            accuracy = {
+                "output": cls.name,
+                "float": cls.reference_accuracy,
+                "quantized": cls.candidate_accuracy,
+                "drop_pp": 100.0 * (cls.reference_accuracy - (cls.candidate_accuracy or 0.0)),
+            }
+        return {
+            "schema": "onnxq-quantize",
+            "schema_version": 1,
+            "onnxq_version": __version__,
+            "model": self.model_path,
+            "output": self.output_path,
+            "size": {
+                "float_bytes": self.float_bytes,
+                "quantized_bytes": self.quantized_bytes,
+                "ratio": self.size_ratio,
+            },
+            "quantized_nodes": self.quantized_nodes,
+            "quantized_weights": self.quantized_weights,
+            "qdq_pairs": self.qdq_pairs,
+            "float_biases": list(self.float_biases),
+            "ranges": self.ranges_source,
+            "preparation": list(self.preparation),
+            "runtime": {"integer_kernels": self.integer_kernels, "op_types": self.runtime_kernels},
+            "fidelity": None if fid is None else {
+                "data": self.fidelity_data,
+                "samples": fid.samples,
+                "outputs": [o.to_dict() for o in fid.outputs],
+                "accuracy": accuracy,
+            },
+            "nodes": [asdict(d) for d in self.decisions],
+        }
+
+
+def quantize(
+    model_path: str | Path,
+    output_path: str | Path,
+    config: QuantConfig | None = None,
+    *,
+    data: str | Path | None = None,
+    ranges: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    labels: str | None = None,
+    calibration: CalibrationConfig | None = None,
+    threads: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> QuantizeReport:
+    """Quantize ``model_path`` to ``output_path`` and measure the result.
+
+    Ranges come from ``data`` (calibrated here) or a ``ranges`` file made by
+    :func:`onnxq.calibrate`. Fidelity is measured on ``eval_data`` (else ``data``).
+    Everything is validated before anything is written; the output is written
+    atomically and only once onnxruntime has loaded it.
+    """
+    config = config or QuantConfig()
+    calibration = calibration or CalibrationConfig()
+    if (data is None) == (ranges is None):
+        raise ConfigError("give exactly one of --data (calibrate now) or --ranges (reuse a file)")
+    check_distinct(model_path, output_path)
+    model = load_model(model_path)
+    specs = input_specs(model)
+    calib_set = open_dataset(data, specs) if data is not None else None
+    eval_path = eval_data if eval_data is not None else data
+    eval_set = open_dataset(eval_path, specs, label_key=labels) if eval_path is not None else None
+    ranges_file = read_ranges(ranges) if ranges is not None else None
+
+    prepared = prepare(model)
+    plan = make_plan(prepared.model, config)
+    if ranges_file is not None:
+        ranges_file.check_model(prepared.fingerprint, str(ranges))
+        observed = _ranges_for(plan, ranges_file, str(ranges))
+    else:
+        assert calib_set is not None
+        observed = observe(
+            prepared, calib_set, plan.roots, calibration, threads=threads,
+            progress=_stage(progress, "calibrating"),
+        )
+    qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
+    result = rewrite(prepared.model, plan, qparams, config)
+    candidate = Runner(result.model, threads=threads, what="quantized model")
+    kernels = dict(optimized_op_types(result.model))
+    size = save_model(result.model, output_path)
+
+    fidelity = None
+    if eval_set is not None:
+        reference = Runner(model, threads=threads, what="float model")
+        fidelity = evaluate(
+            reference, candidate, eval_set, batch_size=calibration.batch_size,
+            progress=_stage(progress, "evaluating"),
+        )
+    return QuantizeReport(
+        model_path=str(model_path),
+        output_path=str(output_path),
+        float_bytes=Path(model_path).stat().st_size,
+        quantized_bytes=size,
+        quantized_nodes=result.quantized_nodes,
+        quantized_weights=result.quantized_weights,
+        qdq_pairs=result.qdq_pairs,
+        decisions=plan.decisions,
+        ranges_source=str(ranges) if ranges is not None else f"calibrated on {data}",
+        preparation=prepared.steps,
+        runtime_kernels=dict(sorted(Counter(kernels).items())),
+        fidelity=fidelity,
+        fidelity_data=str(eval_path) if eval_path is not None else None,
+        float_biases=result.float_biases,
+    )
+
+
+def _stage(
+    progress: Callable[[str, int, int], None] | None, stage: str
+) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
+
+
+def _ranges_for(plan: QuantPlan, ranges: RangesFile, source: str) -> dict[str, TensorRange]:
+    missing = [t for t in plan.roots if t not in ranges.tensors]
+    if missing:
+        raise RangesError(
+            f"ranges file '{source}' has no range for tensor '{missing[0]}' "
+            f"({len(missing)} missing); recalibrate with this onnxq version"
+        )
+    return {t: ranges.tensors[t] for t in plan.roots}
+
+
+def _activation_qparams(r: TensorRange, config: QuantConfig) -> QParams:
+    whole = r.per_tensor() if r.axis is not None else r
+    return compute_qparams(
+        np.asarray(whole.min), np.asarray(whole.max), config.activation_qtype,
+        symmetric=config.activation_scheme is Scheme.SYM, restricted=config.restricted,
+    )
+

@@ -1,0 +1,185 @@
+"""``onnxq.compare``: a candidate model against its reference, with CI thresholds."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from onnxq._version import __version__
+from onnxq.config import CalibrationConfig
+from onnxq.data import open_dataset
+from onnxq.errors import ConfigError, ModelError
+from onnxq.graph.model_io import input_specs, load_model
+from onnxq.report.fidelity import Fidelity, evaluate
+from onnxq.report.metrics import OutputFidelity
+from onnxq.runtime import Runner, measure_latency, runtime_version
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "CompareReport", "Latency", "Thresholds", "compare"]
+
+SCHEMA = "onnxq-compare"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Quality gates; ``None`` disables one. Percentages are 0–100."""
+
+    max_drop: float | None = None  # accuracy drop against labels, percentage points
+    min_agreement: float | None = None  # top-1 agreement with the reference, percent
+    min_cosine: float | None = None  # mean cosine similarity of every output
+    min_sqnr: float | None = None  # SQNR of every output, dB
+
+    def __post_init__(self) -> None:
+        for name, value, low, high in (
+            ("--max-drop", self.max_drop, 0.0, 100.0),
+            ("--min-agreement", self.min_agreement, 0.0, 100.0),
+            ("--min-cosine", self.min_cosine, -1.0, 1.0),
+        ):
+            if value is not None and not (low <= value <= high):
+                raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+
+
+@dataclass(frozen=True)
+class Latency:
+    reference_ms: float
+    candidate_ms: float
+    threads: int
+    runs: int
+
+    @property
+    def speedup(self) -> float:
+        return self.reference_ms / self.candidate_ms if self.candidate_ms else math.inf
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    reference: str
+    candidate: str
+    data: str
+    reference_bytes: int
+    candidate_bytes: int
+    fidelity: Fidelity
+    latency: Latency | None
+    labels: str | None
+    thresholds: Thresholds
+    violations: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented JSON document (schema ``onnxq-compare``, version 1)."""
+        cls = self.fidelity.classifier
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "onnxq_version": __version__,
+            "onnxruntime_version": runtime_version(),
+            "reference": {"path": self.reference, "bytes": self.reference_bytes},
+            "candidate": {"path": self.candidate, "bytes": self.candidate_bytes},
+            "size_ratio": self.candidate_bytes / self.reference_bytes,
+            "data": {"path": self.data, "samples": self.fidelity.samples, "labels": self.labels},
+            "outputs": [o.to_dict() for o in self.fidelity.outputs],
+            "accuracy": _accuracy_dict(cls) if cls and cls.reference_accuracy is not None else None,
+            "latency": None if self.latency is None else {
+                "reference_ms": self.latency.reference_ms,
+                "candidate_ms": self.latency.candidate_ms,
+                "speedup": self.latency.speedup,
+                "threads": self.latency.threads,
+                "runs": self.latency.runs,
+            },
+            "thresholds": {
+                "max_drop": self.thresholds.max_drop,
+                "min_agreement": self.thresholds.min_agreement,
+                "min_cosine": self.thresholds.min_cosine,
+                "min_sqnr": self.thresholds.min_sqnr,
+            },
+            "violations": list(self.violations),
+            "ok": self.ok,
+        }
+
+
+def _accuracy_dict(o: OutputFidelity) -> dict[str, Any]:
+    assert o.reference_accuracy is not None and o.candidate_accuracy is not None
+    return {
+        "output": o.name,
+        "reference": o.reference_accuracy,
+        "candidate": o.candidate_accuracy,
+        "drop_pp": 100.0 * (o.reference_accuracy - o.candidate_accuracy),
+    }
+
+
+def compare(
+    reference_path: str | Path,
+    candidate_path: str | Path,
+    data_path: str | Path,
+    *,
+    labels: str | None = None,
+    thresholds: Thresholds | None = None,
+    batch_size: int = CalibrationConfig().batch_size,
+    threads: int = 0,
+    latency_runs: int = 20,
+) -> CompareReport:
+    """Fidelity, accuracy, size and latency of ``candidate`` against ``reference``."""
+    thresholds = thresholds or Thresholds()
+    if thresholds.max_drop is not None and labels is None:
+        raise ConfigError("--max-drop needs --labels KEY naming the labels in the data")
+    reference, candidate = load_model(reference_path), load_model(candidate_path)
+    specs = input_specs(reference)
+    if [s.name for s in input_specs(candidate)] != [s.name for s in specs]:
+        raise ModelError("the two models have different inputs; compare a model with its own quantization")
+    ref_outputs = [o.name for o in reference.graph.output]
+    if [o.name for o in candidate.graph.output] != ref_outputs:
+        raise ModelError("the two models have different outputs; compare a model with its own quantization")
+    dataset = open_dataset(data_path, specs, label_key=labels)
+    threads = threads or (os.cpu_count() or 1)
+    ref_runner = Runner(reference, threads=threads, what="reference model")
+    cand_runner = Runner(candidate, threads=threads, what="candidate model")
+    fidelity = evaluate(ref_runner, cand_runner, dataset, batch_size=batch_size)
+    latency = None
+    if latency_runs > 0:
+        first = next(dataset.batches(1)).feed
+        ref_ms, cand_ms = measure_latency([ref_runner, cand_runner], first, runs=latency_runs)
+        latency = Latency(ref_ms, cand_ms, threads, latency_runs)
+    report = CompareReport(
+        reference=str(reference_path),
+        candidate=str(candidate_path),
+        data=str(data_path),
+        reference_bytes=Path(reference_path).stat().st_size,
+        candidate_bytes=Path(candidate_path).stat().st_size,
+        fidelity=fidelity,
+        latency=latency,
+        labels=labels,
+        thresholds=thresholds,
+    )
+    return replace(report, violations=tuple(check(report)))
+
+
+def check(report: CompareReport) -> list[str]:
+    """Every threshold the report violates, in words."""
+    t, out = report.thresholds, []
+    cls = report.fidelity.classifier
+    if t.min_agreement is not None:
+        if cls is None or cls.top1_agreement is None:
+            raise ConfigError("--min-agreement needs a classifier-shaped output [batch, classes]")
+        if 100.0 * cls.top1_agreement < t.min_agreement:
+            out.append(
+                f"top-1 agreement of '{cls.name}' is {100 * cls.top1_agreement:.2f}% "
+                f"< --min-agreement {t.min_agreement:g}%"
+            )
+    if t.max_drop is not None:
+        if cls is None or cls.reference_accuracy is None or cls.candidate_accuracy is None:
+            raise ConfigError("--max-drop needs a classifier-shaped output and --labels")
+        drop = 100.0 * (cls.reference_accuracy - cls.candidate_accuracy)
+        if drop > t.max_drop:
+            out.append(f"accuracy drop is {drop:.2f} pp > --max-drop {t.max_drop:g} pp")
+    for o in report.fidelity.outputs:
+        if t.min_cosine is not None and o.cosine_mean < t.min_cosine:
+            out.append(f"mean cosine of '{o.name}' is {o.cosine_mean:.5f} < --min-cosine {t.min_cosine:g}")
+        if t.min_sqnr is not None and o.sqnr_db < t.min_sqnr:
+            out.append(f"SQNR of '{o.name}' is {o.sqnr_db:.2f} dB < --min-sqnr {t.min_sqnr:g} dB")
+    return out

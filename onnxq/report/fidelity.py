@@ -1,0 +1,46 @@
+"""Running a reference and a candidate model side by side over a dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from onnxq.data import Dataset
+from onnxq.report.metrics import OutputFidelity, OutputStats
+from onnxq.runtime import Runner
+
+__all__ = ["Fidelity", "evaluate"]
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    samples: int
+    outputs: tuple[OutputFidelity, ...]
+
+    @property
+    def classifier(self) -> OutputFidelity | None:
+        """The first classifier-shaped output (top-1 agreement and accuracy apply to it)."""
+        return next((o for o in self.outputs if o.top1_agreement is not None), None)
+
+
+def evaluate(
+    reference: Runner,
+    candidate: Runner,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> Fidelity:
+    """Metrics of every output of ``reference`` over ``dataset``, streamed batch by batch."""
+    names = list(reference.output_names)
+    stats = {n: OutputStats(n) for n in names}
+    done = 0
+    for batch in dataset.batches(batch_size):
+        ref = reference.run(batch.feed, names)
+        cand = candidate.run(batch.feed, names)
+        for n in names:
+            stats[n].update(ref[n], cand[n], batch.labels)
+        done += batch.size
+        if progress is not None:
+            progress(done, dataset.num_samples)
+    return Fidelity(done, tuple(stats[n].result() for n in names))

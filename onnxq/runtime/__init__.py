@@ -1,0 +1,11 @@
+"""The only part of onnxq that talks to onnxruntime."""
+
+from onnxq.runtime.session import (
+    Runner,
+    measure_latency,
+    optimize_model,
+    optimized_op_types,
+    runtime_version,
+)
+
+__all__ = ["Runner", "measure_latency", "optimize_model", "optimized_op_types", "runtime_version"]

@@ -1,0 +1,143 @@
+"""onnxruntime sessions: running models, saving optimized graphs, timing.
+
+This is the only module that imports onnxruntime. Errors from it become
+:class:`RuntimeFailure` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxq.errors import RuntimeFailure
+
+__all__ = [
+    "OptLevel",
+    "Runner",
+    "measure_latency",
+    "optimize_model",
+    "optimized_op_types",
+    "runtime_version",
+]
+
+ort.set_default_logger_severity(3)
+
+
+class OptLevel(str, Enum):
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+    @property
+    def ort(self) -> ort.GraphOptimizationLevel:
+        return {
+            OptLevel.BASIC: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            OptLevel.EXTENDED: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            OptLevel.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self]
+
+
+def runtime_version() -> str:
+    return str(ort.__version__)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _options(threads: int, level: OptLevel, optimized_path: Path | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = level.ort
+    opts.log_severity_level = 3
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    return opts
+
+
+class Runner:
+    """One onnxruntime CPU session over a model, with the output names to fetch."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        *,
+        threads: int = 0,
+        level: OptLevel = OptLevel.ALL,
+        what: str = "model",
+        _optimized_path: Path | None = None,
+    ) -> None:
+        self.what = what
+        try:
+            self._session = ort.InferenceSession(
+                model.SerializeToString(),
+                sess_options=_options(threads, level, _optimized_path),
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:
+            raise RuntimeFailure(f"onnxruntime cannot load the {what}: {_one_line(exc)}") from exc
+        self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
+
+    def run(
+        self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else list(self.output_names)
+        try:
+            values = self._session.run(names, dict(feed))
+        except Exception as exc:
+            raise RuntimeFailure(f"onnxruntime failed to run the {self.what}: {_one_line(exc)}") from exc
+        return dict(zip(names, values))
+
+
+def optimize_model(model: onnx.ModelProto, level: OptLevel = OptLevel.BASIC) -> onnx.ModelProto:
+    """The graph onnxruntime makes of ``model`` at ``level`` (written to a private
+    temporary folder, read back, removed)."""
+    with tempfile.TemporaryDirectory(prefix="onnxq-") as tmp:
+        path = Path(tmp) / "optimized.onnx"
+        Runner(model, threads=1, level=level, _optimized_path=path)
+        return onnx.load(str(path))
+
+
+def optimized_op_types(model: onnx.ModelProto) -> Counter[str]:
+    """Op types (``domain:OpType`` outside the default domain) that onnxruntime's CPU
+    provider runs after its full optimization: shows which Q/DQ groups were fused
+    into integer kernels."""
+    optimized = optimize_model(model, OptLevel.ALL)
+    return Counter(
+        f"{n.domain}:{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+        for n in optimized.graph.node
+    )
+
+
+def measure_latency(
+    runners: Sequence[Runner],
+    feed: Mapping[str, np.ndarray],
+    *,
+    warmup: int = 3,
+    runs: int = 20,
+) -> list[float]:
+    """Median wall time in milliseconds of one run of each runner on ``feed``.
+
+    Runners alternate run by run, so that drift in machine load hits all alike.
+    """
+    for _ in range(warmup):
+        for runner in runners:
+            runner.run(feed)
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(runs):
+        for i, runner in enumerate(runners):
+            start = time.perf_counter()
+            runner.run(feed)
+            times[i].append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(t) for t in times]
