@@ -63,7 +63,7 @@ def load_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 class DigitsCNN(nn.Module):
     """Small CNN with a residual Add, a channel Concat, MaxPool, GlobalAveragePool and Gemm."""
 
-    def __init__(self, width: int = 16, n_classes: int = 10) -> None:
+    def __init__(self, width: int = 48, n_classes: int = 10) -> None:
         super().__init__()
         # ReLUs are modules (not F.relu) so the exported nodes get readable names.
         self.stem = nn.Conv2d(1, width, 3, padding=1)

@@ -55,3 +55,102 @@ def cnn(seed: int = 0, opset: int = OPSET) -> onnx.ModelProto:
         inits,
         opset,
     )
+
+
+def _vi(name: str, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def single_op(kind: str, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A model around one op type, with a matching random feed generator's first feed.
+
+    Each graph starts with a Conv or MatMul so that the op under test sees a quantized
+    activation, as in a real network.
+    """
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    x = rng.normal(0, 1, (4, 3, 8, 8)).astype(f32)
+    w0 = _init("w0", rng.normal(0, 0.3, (8, 3, 3, 3)).astype(f32))
+    b0 = _init("b0", rng.normal(0, 0.1, 8).astype(f32))
+    stem = helper.make_node("Conv", ["x", "w0", "b0"], ["h"], name="stem", pads=[1, 1, 1, 1])
+    inits = [w0, b0]
+    nodes = [stem]
+    out_shape: list = ["N", 8, 8, 8]
+    if kind == "conv":
+        inits.append(_init("w1", rng.normal(0, 0.2, (6, 8, 3, 3)).astype(f32)))
+        nodes.append(helper.make_node("Conv", ["h", "w1"], ["y"], name="op", strides=[2, 2]))
+        out_shape = ["N", 6, 3, 3]
+    elif kind == "conv_transpose":
+        inits.append(_init("w1", rng.normal(0, 0.2, (8, 5, 2, 2)).astype(f32)))
+        inits.append(_init("b1", rng.normal(0, 0.1, 5).astype(f32)))
+        nodes.append(
+            helper.make_node("ConvTranspose", ["h", "w1", "b1"], ["y"], name="op", strides=[2, 2])
+        )
+        out_shape = ["N", 5, 16, 16]
+    elif kind in ("gemm", "gemm_transb"):
+        trans = kind == "gemm_transb"
+        wshape = (7, 512) if trans else (512, 7)
+        inits.append(_init("wf", rng.normal(0, 0.05, wshape).astype(f32)))
+        inits.append(_init("bf", rng.normal(0, 0.1, 7).astype(f32)))
+        inits.append(_init("shape", np.array([-1, 512], np.int64)))
+        nodes.append(helper.make_node("Reshape", ["h", "shape"], ["flat"], name="flatten"))
+        nodes.append(
+            helper.make_node("Gemm", ["flat", "wf", "bf"], ["y"], name="op", transB=int(trans))
+        )
+        out_shape = ["N", 7]
+    elif kind == "matmul":
+        inits.append(_init("wm", rng.normal(0, 0.2, (8, 5)).astype(f32)))
+        nodes.append(helper.make_node("Transpose", ["h"], ["t"], name="nhwc", perm=[0, 2, 3, 1]))
+        nodes.append(helper.make_node("MatMul", ["t", "wm"], ["y"], name="op"))
+        out_shape = ["N", 8, 8, 5]
+    elif kind == "matmul_act":
+        nodes.append(helper.make_node("Transpose", ["h"], ["t"], name="tr", perm=[0, 1, 3, 2]))
+        nodes.append(helper.make_node("MatMul", ["h", "t"], ["y"], name="op"))
+    elif kind in ("add", "mul"):
+        inits.append(_init("w1", rng.normal(0, 0.2, (8, 8, 1, 1)).astype(f32)))
+        nodes.append(helper.make_node("Conv", ["x", "w0"], ["h2"], name="side", pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node(kind.capitalize(), ["h", "h2"], ["y"], name="op"))
+    elif kind == "concat":
+        nodes.append(helper.make_node("Conv", ["x", "w0"], ["h2"], name="side", pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Concat", ["h", "h2"], ["y"], name="op", axis=1))
+        out_shape = ["N", 16, 8, 8]
+    elif kind == "avgpool":
+        nodes.append(
+            helper.make_node("AveragePool", ["h"], ["y"], name="op", kernel_shape=[2, 2], strides=[2, 2])
+        )
+        out_shape = ["N", 8, 4, 4]
+    elif kind == "globalavgpool":
+        nodes.append(helper.make_node("GlobalAveragePool", ["h"], ["y"], name="op"))
+        out_shape = ["N", 8, 1, 1]
+    elif kind in ("maxpool", "resize"):
+        if kind == "maxpool":
+            nodes.append(
+                helper.make_node("MaxPool", ["h"], ["p"], name="op", kernel_shape=[2, 2], strides=[2, 2])
+            )
+        else:
+            inits.append(_init("scales", np.array([1, 1, 2, 2], f32)))
+            nodes.append(helper.make_node("Resize", ["h", "", "scales"], ["p"], name="op", mode="nearest"))
+        inits.append(_init("w1", rng.normal(0, 0.2, (4, 8, 1, 1)).astype(f32)))
+        nodes.append(helper.make_node("Conv", ["p", "w1"], ["y"], name="after"))
+        out_shape = ["N", 4, 4, 4] if kind == "maxpool" else ["N", 4, 16, 16]
+    else:
+        raise ValueError(kind)
+    model = _model(nodes, [_vi("x", ["N", 3, 8, 8])], [_vi("y", out_shape)], inits)
+    return model, {"x": x}
+
+
+SINGLE_OP_KINDS = (
+    "conv",
+    "conv_transpose",
+    "gemm",
+    "gemm_transb",
+    "matmul",
+    "matmul_act",
+    "add",
+    "mul",
+    "concat",
+    "avgpool",
+    "globalavgpool",
+    "maxpool",
+    "resize",
+)

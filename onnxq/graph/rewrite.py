@@ -50,10 +50,11 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def qparams(self, base: str, qp: QParams) -> tuple[str, str]:
+    def qparams(self, base: str, qp: QParams) -> list[str]:
+        """Scale and zero-point initializers. The zero point is written even when it is
+        zero: onnxruntime's QGemm fusion needs it."""
         scale = self.constant(f"{base}_scale", qp.scale.astype(np.float32))
-        zp = self.constant(f"{base}_zero_point", qp.zero_point)
-        return scale, zp
+        return [scale, self.constant(f"{base}_zero_point", qp.zero_point)]
 
     def node(self, op: str, inputs: list[str], output: str, base: str, axis: int | None) -> None:
         attrs = {"axis": axis} if axis is not None else {}
@@ -109,7 +110,7 @@ def _quantize_activations(
         producer_of[by_name[act].output[0]] = by_name[owner]
     qname: dict[str, str] = {}
     for root in plan.roots:
-        scale, zp = b.qparams(root, qparams[root])
+        params = b.qparams(root, qparams[root])
         q = b.names.new(f"{root}_quantized")
         qname[root] = q
         readers = [n for n in idx.consumers.get(root, []) if n.name not in plan.passthrough]
@@ -122,9 +123,9 @@ def _quantize_activations(
             source, dq = b.names.new(f"{root}_float"), root
             owner = by_name[producer.name]
             _replace_output(owner, _fused_source(owner, root, plan, by_name), source)
-        b.node("QuantizeLinear", [source, scale, zp], q, f"{root}_QuantizeLinear", None)
+        b.node("QuantizeLinear", [source, *params], q, f"{root}_QuantizeLinear", None)
         if readers or root in idx.graph_outputs:
-            b.node("DequantizeLinear", [q, scale, zp], dq, f"{root}_DequantizeLinear", None)
+            b.node("DequantizeLinear", [q, *params], dq, f"{root}_DequantizeLinear", None)
         for node in idx.consumers.get(root, []):
             if node.name in plan.passthrough:
                 _replace_input(node, root, q)
@@ -151,7 +152,7 @@ def _rewire_passthrough(
     b: _Builder,
     by_name: dict[str, onnx.NodeProto],
 ) -> None:
-    shared: dict[str, tuple[str, str]] = {}
+    shared: dict[str, list[str]] = {}
     for node in model.graph.node:
         if node.name not in plan.passthrough:
             continue
@@ -167,8 +168,7 @@ def _rewire_passthrough(
         if readers or out in idx.graph_outputs:
             if root not in shared:
                 shared[root] = b.qparams(f"{root}_shared", qparams[root])
-            scale, zp = shared[root]
-            b.node("DequantizeLinear", [q, scale, zp], out, f"{out}_DequantizeLinear", None)
+            b.node("DequantizeLinear", [q, *shared[root]], out, f"{out}_DequantizeLinear", None)
 
 
 def _quantize_weights(
@@ -213,9 +213,9 @@ def _store_weight(use: WeightUse, config: QuantConfig, b: _Builder, idx: GraphIn
     lo, hi = w.min(axis=reduce), w.max(axis=reduce)
     qp = compute_qparams(lo, hi, qtype, symmetric=symmetric, restricted=config.restricted, axis=axis)
     q_name = b.constant(f"{use.tensor}_quantized", quantize(w, qp))
-    scale, zp = b.qparams(use.tensor, qp)
+    params = b.qparams(use.tensor, qp)
     dq = b.names.new(f"{use.tensor}_dequantized")
-    b.node("DequantizeLinear", [q_name, scale, zp], dq, f"{use.tensor}_DequantizeLinear", axis)
+    b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DequantizeLinear", axis)
     return dq, qp
 
 
@@ -239,10 +239,9 @@ def _store_bias(
         axis=0 if per_channel else None,
     )
     q_name = b.constant(f"{use.tensor}_quantized", q.astype(np.int32))
-    s_name = b.constant(f"{use.tensor}_scale", qp.scale if per_channel else qp.scale.reshape(()))
-    z_name = b.constant(f"{use.tensor}_zero_point", qp.zero_point)
+    params = b.qparams(use.tensor, qp)
     dq = b.names.new(f"{use.tensor}_dequantized")
-    b.node("DequantizeLinear", [q_name, s_name, z_name], dq, f"{use.tensor}_DequantizeLinear", qp.axis)
+    b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DequantizeLinear", qp.axis)
     return dq
 
 
