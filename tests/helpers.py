@@ -1,0 +1,55 @@
+"""Shared checks for graph tests: onnxruntime sessions and scale-derived tolerances."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from onnxq.calibration.calibrate import observe
+from onnxq.config import CalibrationConfig, QuantConfig
+from onnxq.data import open_dataset
+from onnxq.graph.model_io import input_specs
+from onnxq.graph.plan import QuantPlan, make_plan
+from onnxq.graph.rewrite import RewriteResult, rewrite
+from onnxq.prepare import prepare
+from onnxq.quantize import _activation_qparams
+
+
+def run(model: onnx.ModelProto, feed: dict, *, optimize: bool = True) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)
+
+
+def quantize_in_memory(
+    model: onnx.ModelProto, feed: dict, config: QuantConfig | None = None, tmp_path=None
+) -> tuple[RewriteResult, QuantPlan]:
+    config = config or QuantConfig()
+    prepared = prepare(model)
+    plan = make_plan(prepared.model, config)
+    path = tmp_path / "calib.npz"
+    np.savez(path, **feed)
+    dataset = open_dataset(path, input_specs(model))
+    observed = observe(prepared, dataset, plan.roots, CalibrationConfig())
+    qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
+    return rewrite(prepared.model, plan, qparams, config), plan
+
+
+def output_step(model: onnx.ModelProto, output: str, reference: np.ndarray) -> float:
+    """The quantization step of ``output``: the scale of the DequantizeLinear that makes
+    it, or, for float-output integer kernels, the range of the reference over 255."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.output[0] == output:
+            return float(numpy_helper.to_array(inits[node.input[1]]).max())
+    return float(np.ptp(reference)) / 255
+
+
+def op_types(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]

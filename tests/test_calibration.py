@@ -1,0 +1,117 @@
+"""Calibration: streaming observers, batch-size and order independence, ranges files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import models
+from onnxq import CalibrationConfig, Granularity, QuantConfig, calibrate, quantize, read_ranges
+from onnxq.calibration.observers import MinMaxObserver
+from onnxq.errors import RangesError
+
+values = hnp.arrays(
+    np.float32, st.tuples(st.integers(2, 12), st.integers(1, 4), st.integers(1, 3)),
+    elements=st.floats(-100, 100, width=32),
+)
+
+
+@given(x=values, cut=st.integers(1, 11), axis=st.sampled_from([None, 1]))
+def test_merging_shards_equals_one_pass(x, cut, axis):
+    cut = min(cut, x.shape[0] - 1)
+    whole = MinMaxObserver(axis)
+    whole.update(x)
+    a, b = MinMaxObserver(axis), MinMaxObserver(axis)
+    a.update(x[:cut])
+    b.update(x[cut:])
+    a.merge(b)
+    ra, rw = a.result(), whole.result()
+    np.testing.assert_array_equal(ra.min, rw.min)
+    np.testing.assert_array_equal(ra.max, rw.max)
+    assert ra.axis == rw.axis
+
+
+def _ranges_doc(model, data, tmp_path, name, **kw):
+    ranges = calibrate(model, data, CalibrationConfig(**kw))
+    path = tmp_path / name
+    path.write_text(ranges.to_json())
+    return json.loads(path.read_text())["tensors"]
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_batch_size_and_order_do_not_change_ranges(cnn_files, granularity, tmp_path):
+    x = np.load(cnn_files["data"])["input"]
+    shuffled = tmp_path / "shuffled.npz"
+    np.savez(shuffled, input=x[np.random.default_rng(3).permutation(len(x))])
+    g = Granularity(granularity)
+    one = _ranges_doc(cnn_files["model"], cnn_files["data"], tmp_path, "a.json", batch_size=1, granularity=g)
+    sixteen = _ranges_doc(cnn_files["model"], cnn_files["data"], tmp_path, "b.json", batch_size=16, granularity=g)
+    other = _ranges_doc(cnn_files["model"], shuffled, tmp_path, "c.json", batch_size=7, granularity=g)
+    assert one == sixteen == other
+    assert len(one) >= 8
+    if granularity == "channel":
+        assert one["c1"]["axis"] == 1 and len(one["c1"]["min"]) == 8
+
+
+def test_folder_of_files_equals_one_file(cnn_files, tmp_path):
+    x = np.load(cnn_files["data"])["input"]
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(4):
+        np.savez(folder / f"part{i}.npz", input=x[i * 16:(i + 1) * 16])
+    whole = _ranges_doc(cnn_files["model"], cnn_files["data"], tmp_path, "a.json")
+    sharded = _ranges_doc(cnn_files["model"], folder, tmp_path, "b.json")
+    assert whole == sharded
+
+
+def test_ranges_are_the_true_min_and_max(cnn_files):
+    import onnxruntime as ort
+
+    from onnxq.graph.outputs import with_outputs
+
+    ranges = calibrate(cnn_files["model"], cnn_files["data"])
+    model = with_outputs(onnx.load(str(cnn_files["model"])), ["c1", "sum"])
+    x = np.load(cnn_files["data"])["input"]
+    c1, s = ort.InferenceSession(model.SerializeToString()).run(["c1", "sum"], {"input": x})
+    assert float(ranges.tensors["c1"].min) == c1.min() and float(ranges.tensors["c1"].max) == c1.max()
+    assert float(ranges.tensors["sum"].max) == s.max()
+
+
+def test_ranges_file_records_provenance_and_round_trips(cnn_files, tmp_path):
+    ranges = calibrate(cnn_files["model"], cnn_files["data"], CalibrationConfig(batch_size=8))
+    path = tmp_path / "r.json"
+    path.write_text(ranges.to_json())
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "onnxq-ranges" and doc["version"] == 1
+    assert doc["model"]["fingerprint"].startswith("sha256:")
+    assert doc["samples"] == 64 and doc["method"]["name"] == "minmax"
+    back = read_ranges(path)
+    assert back.tensors.keys() == ranges.tensors.keys()
+    assert all(float(back.tensors[k].max) == float(v.max) for k, v in ranges.tensors.items())
+
+
+def test_quantize_with_a_ranges_file_equals_quantize_with_data(cnn_files, tmp_path):
+    ranges = calibrate(cnn_files["model"], cnn_files["data"])
+    rpath = tmp_path / "r.json"
+    rpath.write_text(ranges.to_json())
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    quantize(cnn_files["model"], a, data=cnn_files["data"])
+    quantize(cnn_files["model"], b, ranges=rpath, eval_data=cnn_files["data"])
+    assert onnx.load(str(a)).graph == onnx.load(str(b)).graph
+
+
+def test_ranges_for_another_model_are_refused(cnn_files, tmp_path):
+    ranges = calibrate(cnn_files["model"], cnn_files["data"])
+    rpath = tmp_path / "r.json"
+    rpath.write_text(ranges.to_json())
+    other = tmp_path / "other.onnx"
+    onnx.save(models.cnn(seed=5), str(other))
+    with pytest.raises(RangesError, match="different model"):
+        quantize(other, tmp_path / "q.onnx", ranges=rpath, config=QuantConfig())
+    assert not (tmp_path / "q.onnx").exists()
