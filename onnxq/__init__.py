@@ -9,7 +9,14 @@ candidate against its reference. Configuration is :class:`QuantConfig` and
 from onnxq._version import __version__
 from onnxq.calibration.calibrate import calibrate
 from onnxq.calibration.ranges import RangesFile, read_ranges
-from onnxq.config import CalibrationConfig, CalibrationMethod, Granularity, QuantConfig, RangeMode, Scheme
+from onnxq.config import (
+    CalibrationConfig,
+    CalibrationMethod,
+    Granularity,
+    QuantConfig,
+    RangeMode,
+    Scheme,
+)
 from onnxq.errors import ConfigError, DataError, ModelError, OnnxqError, RangesError, RuntimeFailure
 from onnxq.quantize import QuantizeReport, quantize
 from onnxq.report.compare import CompareReport, Thresholds, compare

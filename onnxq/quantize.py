@@ -18,6 +18,7 @@ from onnxq.config import CalibrationConfig, QuantConfig, Scheme
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError, RangesError
 from onnxq.graph.model_io import check_distinct, input_specs, load_model, save_model
+from onnxq.graph.outputs import restrict_value_info
 from onnxq.graph.plan import NodeDecision, QuantPlan, make_plan
 from onnxq.graph.rewrite import rewrite
 from onnxq.prepare import prepare
@@ -93,7 +94,9 @@ class QuantizeReport:
             "ranges": self.ranges_source,
             "preparation": list(self.preparation),
             "runtime": {"integer_kernels": self.integer_kernels, "op_types": self.runtime_kernels},
-            "fidelity": None if fid is None else {
+            "fidelity": None
+            if fid is None
+            else {
                 "data": self.fidelity_data,
                 "samples": fid.samples,
                 "outputs": [o.to_dict() for o in fid.outputs],
@@ -143,11 +146,16 @@ def quantize(
     else:
         assert calib_set is not None
         observed = observe(
-            prepared, calib_set, plan.roots, calibration, threads=threads,
+            prepared,
+            calib_set,
+            plan.roots,
+            calibration,
+            threads=threads,
             progress=_stage(progress, "calibrating"),
         )
     qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
     result = rewrite(prepared.model, plan, qparams, config)
+    restrict_value_info(result.model, (vi.name for vi in model.graph.value_info))
     candidate = Runner(result.model, threads=threads, what="quantized model")
     kernels = dict(optimized_op_types(result.model))
     size = save_model(result.model, output_path)
@@ -156,7 +164,10 @@ def quantize(
     if eval_set is not None:
         reference = Runner(model, threads=threads, what="float model")
         fidelity = evaluate(
-            reference, candidate, eval_set, batch_size=calibration.batch_size,
+            reference,
+            candidate,
+            eval_set,
+            batch_size=calibration.batch_size,
             progress=_stage(progress, "evaluating"),
         )
     return QuantizeReport(
@@ -198,7 +209,9 @@ def _ranges_for(plan: QuantPlan, ranges: RangesFile, source: str) -> dict[str, T
 def _activation_qparams(r: TensorRange, config: QuantConfig) -> QParams:
     whole = r.per_tensor() if r.axis is not None else r
     return compute_qparams(
-        np.asarray(whole.min), np.asarray(whole.max), config.activation_qtype,
-        symmetric=config.activation_scheme is Scheme.SYM, restricted=config.restricted,
+        np.asarray(whole.min),
+        np.asarray(whole.max),
+        config.activation_qtype,
+        symmetric=config.activation_scheme is Scheme.SYM,
+        restricted=config.restricted,
     )
-

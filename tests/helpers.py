@@ -20,7 +20,8 @@ from onnxq.quantize import _activation_qparams
 def run(model: onnx.ModelProto, feed: dict, *, optimize: bool = True) -> list[np.ndarray]:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

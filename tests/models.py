@@ -42,9 +42,13 @@ def cnn(seed: int = 0, opset: int = OPSET) -> onnx.ModelProto:
         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
         helper.make_node("Conv", ["r1", "w3"], ["c3"], name="conv3"),
         helper.make_node("Add", ["r2", "c3"], ["sum"], name="add"),
-        helper.make_node("MaxPool", ["sum"], ["p1"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node(
+            "MaxPool", ["sum"], ["p1"], name="pool", kernel_shape=[2, 2], strides=[2, 2]
+        ),
         helper.make_node("Concat", ["p1", "p1"], ["cat"], name="concat", axis=1),
-        helper.make_node("AveragePool", ["cat"], ["p2"], name="avg", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node(
+            "AveragePool", ["cat"], ["p2"], name="avg", kernel_shape=[2, 2], strides=[2, 2]
+        ),
         helper.make_node("Reshape", ["p2", "shape"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["logits"], name="fc", transB=1),
     ]
@@ -116,7 +120,9 @@ def single_op(kind: str, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.n
         out_shape = ["N", 16, 8, 8]
     elif kind == "avgpool":
         nodes.append(
-            helper.make_node("AveragePool", ["h"], ["y"], name="op", kernel_shape=[2, 2], strides=[2, 2])
+            helper.make_node(
+                "AveragePool", ["h"], ["y"], name="op", kernel_shape=[2, 2], strides=[2, 2]
+            )
         )
         out_shape = ["N", 8, 4, 4]
     elif kind == "globalavgpool":
@@ -125,11 +131,15 @@ def single_op(kind: str, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.n
     elif kind in ("maxpool", "resize"):
         if kind == "maxpool":
             nodes.append(
-                helper.make_node("MaxPool", ["h"], ["p"], name="op", kernel_shape=[2, 2], strides=[2, 2])
+                helper.make_node(
+                    "MaxPool", ["h"], ["p"], name="op", kernel_shape=[2, 2], strides=[2, 2]
+                )
             )
         else:
             inits.append(_init("scales", np.array([1, 1, 2, 2], f32)))
-            nodes.append(helper.make_node("Resize", ["h", "", "scales"], ["p"], name="op", mode="nearest"))
+            nodes.append(
+                helper.make_node("Resize", ["h", "", "scales"], ["p"], name="op", mode="nearest")
+            )
         inits.append(_init("w1", rng.normal(0, 0.2, (4, 8, 1, 1)).astype(f32)))
         nodes.append(helper.make_node("Conv", ["p", "w1"], ["y"], name="after"))
         out_shape = ["N", 4, 4, 4] if kind == "maxpool" else ["N", 4, 16, 16]

@@ -11,13 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import models
 from onnxq import CalibrationConfig, Granularity, QuantConfig, calibrate, quantize, read_ranges
 from onnxq.calibration.observers import MinMaxObserver
 from onnxq.errors import RangesError
 
+import models
+
 values = hnp.arrays(
-    np.float32, st.tuples(st.integers(2, 12), st.integers(1, 4), st.integers(1, 3)),
+    np.float32,
+    st.tuples(st.integers(2, 12), st.integers(1, 4), st.integers(1, 3)),
     elements=st.floats(-100, 100, width=32),
 )
 
@@ -50,9 +52,15 @@ def test_batch_size_and_order_do_not_change_ranges(cnn_files, granularity, tmp_p
     shuffled = tmp_path / "shuffled.npz"
     np.savez(shuffled, input=x[np.random.default_rng(3).permutation(len(x))])
     g = Granularity(granularity)
-    one = _ranges_doc(cnn_files["model"], cnn_files["data"], tmp_path, "a.json", batch_size=1, granularity=g)
-    sixteen = _ranges_doc(cnn_files["model"], cnn_files["data"], tmp_path, "b.json", batch_size=16, granularity=g)
-    other = _ranges_doc(cnn_files["model"], shuffled, tmp_path, "c.json", batch_size=7, granularity=g)
+    one = _ranges_doc(
+        cnn_files["model"], cnn_files["data"], tmp_path, "a.json", batch_size=1, granularity=g
+    )
+    sixteen = _ranges_doc(
+        cnn_files["model"], cnn_files["data"], tmp_path, "b.json", batch_size=16, granularity=g
+    )
+    other = _ranges_doc(
+        cnn_files["model"], shuffled, tmp_path, "c.json", batch_size=7, granularity=g
+    )
     assert one == sixteen == other
     assert len(one) >= 8
     if granularity == "channel":
@@ -64,7 +72,7 @@ def test_folder_of_files_equals_one_file(cnn_files, tmp_path):
     folder = tmp_path / "shards"
     folder.mkdir()
     for i in range(4):
-        np.savez(folder / f"part{i}.npz", input=x[i * 16:(i + 1) * 16])
+        np.savez(folder / f"part{i}.npz", input=x[i * 16 : (i + 1) * 16])
     whole = _ranges_doc(cnn_files["model"], cnn_files["data"], tmp_path, "a.json")
     sharded = _ranges_doc(cnn_files["model"], folder, tmp_path, "b.json")
     assert whole == sharded
@@ -79,7 +87,9 @@ def test_ranges_are_the_true_min_and_max(cnn_files):
     model = with_outputs(onnx.load(str(cnn_files["model"])), ["c1", "sum"])
     x = np.load(cnn_files["data"])["input"]
     c1, s = ort.InferenceSession(model.SerializeToString()).run(["c1", "sum"], {"input": x})
-    assert float(ranges.tensors["c1"].min) == c1.min() and float(ranges.tensors["c1"].max) == c1.max()
+    assert (
+        float(ranges.tensors["c1"].min) == c1.min() and float(ranges.tensors["c1"].max) == c1.max()
+    )
     assert float(ranges.tensors["sum"].max) == s.max()
 
 

@@ -29,8 +29,17 @@ def assert_one_line_error(result, *fragments):
 
 def test_quantize_json_is_one_document_and_the_file_runs(cnn_files):
     out = cnn_files["dir"] / "q.onnx"
-    result = invoke("quantize", cnn_files["model"], "-o", out, "--data", cnn_files["data"],
-                    "--labels", "labels", "--json")
+    result = invoke(
+        "quantize",
+        cnn_files["model"],
+        "-o",
+        out,
+        "--data",
+        cnn_files["data"],
+        "--labels",
+        "labels",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["schema"] == "onnxq-quantize" and doc["quantized_nodes"] == 7
@@ -43,28 +52,54 @@ def test_quantize_json_is_one_document_and_the_file_runs(cnn_files):
 
 def test_quantize_report_file_matches_stdout(cnn_files):
     out, report = cnn_files["dir"] / "q.onnx", cnn_files["dir"] / "report.json"
-    result = invoke("quantize", cnn_files["model"], "-o", out, "--data", cnn_files["data"],
-                    "--report", report)
+    result = invoke(
+        "quantize", cnn_files["model"], "-o", out, "--data", cnn_files["data"], "--report", report
+    )
     assert result.exit_code == 0
     assert "quantized nodes" in result.stdout
     assert json.loads(report.read_text())["quantized_nodes"] == 7
 
 
 def test_human_output_has_no_colour_codes_when_piped(cnn_files):
-    result = invoke("quantize", cnn_files["model"], "-o", cnn_files["dir"] / "q.onnx",
-                    "--data", cnn_files["data"])
+    result = invoke(
+        "quantize",
+        cnn_files["model"],
+        "-o",
+        cnn_files["dir"] / "q.onnx",
+        "--data",
+        cnn_files["data"],
+    )
     assert "\x1b[" not in result.output
 
 
 def test_calibrate_then_quantize_with_ranges(cnn_files):
     ranges, out = cnn_files["dir"] / "r.json", cnn_files["dir"] / "q.onnx"
-    result = invoke("calibrate", cnn_files["model"], "--data", cnn_files["data"], "-o", ranges,
-                    "--granularity", "channel", "--batch-size", "5")
+    result = invoke(
+        "calibrate",
+        cnn_files["model"],
+        "--data",
+        cnn_files["data"],
+        "-o",
+        ranges,
+        "--granularity",
+        "channel",
+        "--batch-size",
+        "5",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == ""  # nothing on stdout but requested output
     assert json.loads(ranges.read_text())["granularity"] == "channel"
-    result = invoke("quantize", cnn_files["model"], "-o", out, "--ranges", ranges,
-                    "--eval", cnn_files["data"], "--json")
+    result = invoke(
+        "quantize",
+        cnn_files["model"],
+        "-o",
+        out,
+        "--ranges",
+        ranges,
+        "--eval",
+        cnn_files["data"],
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["fidelity"]["samples"] == 64
 
@@ -72,15 +107,39 @@ def test_calibrate_then_quantize_with_ranges(cnn_files):
 def test_compare_exit_codes_follow_thresholds(cnn_files):
     out = cnn_files["dir"] / "q.onnx"
     invoke("quantize", cnn_files["model"], "-o", out, "--data", cnn_files["data"])
-    ok = invoke("compare", cnn_files["model"], out, "--data", cnn_files["data"], "--labels", "labels",
-                "--json", "--min-cosine", "0.99", "--latency-runs", "3")
+    ok = invoke(
+        "compare",
+        cnn_files["model"],
+        out,
+        "--data",
+        cnn_files["data"],
+        "--labels",
+        "labels",
+        "--json",
+        "--min-cosine",
+        "0.99",
+        "--latency-runs",
+        "3",
+    )
     assert ok.exit_code == 0, ok.output
     doc = json.loads(ok.stdout)
     assert doc["schema"] == "onnxq-compare" and doc["schema_version"] == 1 and doc["ok"]
     assert doc["latency"]["runs"] == 3 and doc["latency"]["reference_ms"] > 0
     assert doc["accuracy"]["reference"] == pytest.approx(doc["accuracy"]["candidate"], abs=0.1)
-    bad = invoke("compare", cnn_files["model"], out, "--data", cnn_files["data"], "--json",
-                 "--min-agreement", "100.0", "--min-sqnr", "90", "--latency-runs", "0")
+    bad = invoke(
+        "compare",
+        cnn_files["model"],
+        out,
+        "--data",
+        cnn_files["data"],
+        "--json",
+        "--min-agreement",
+        "100.0",
+        "--min-sqnr",
+        "90",
+        "--latency-runs",
+        "0",
+    )
     assert bad.exit_code == 1
     doc = json.loads(bad.stdout)
     assert not doc["ok"] and any("--min-sqnr 90" in v for v in doc["violations"])
@@ -88,16 +147,38 @@ def test_compare_exit_codes_follow_thresholds(cnn_files):
 
 
 def test_compare_identical_models_passes_every_gate(cnn_files):
-    result = invoke("compare", cnn_files["model"], cnn_files["model"], "--data", cnn_files["data"],
-                    "--labels", "labels", "--max-drop", "0", "--min-agreement", "100",
-                    "--min-sqnr", "200", "--latency-runs", "0", "--json")
+    result = invoke(
+        "compare",
+        cnn_files["model"],
+        cnn_files["model"],
+        "--data",
+        cnn_files["data"],
+        "--labels",
+        "labels",
+        "--max-drop",
+        "0",
+        "--min-agreement",
+        "100",
+        "--min-sqnr",
+        "200",
+        "--latency-runs",
+        "0",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["outputs"][0]["sqnr_db"] is None  # infinite
 
 
 def test_max_drop_without_labels_is_a_usage_error(cnn_files):
-    result = invoke("compare", cnn_files["model"], cnn_files["model"], "--data", cnn_files["data"],
-                    "--max-drop", "1")
+    result = invoke(
+        "compare",
+        cnn_files["model"],
+        cnn_files["model"],
+        "--data",
+        cnn_files["data"],
+        "--max-drop",
+        "1",
+    )
     assert_one_line_error(result, "--max-drop needs --labels")
 
 
@@ -105,8 +186,22 @@ def test_max_drop_without_labels_is_a_usage_error(cnn_files):
 def test_missing_model_file(command, cnn_files):
     missing = cnn_files["dir"] / "missing.onnx"
     args = {
-        "quantize": ["quantize", missing, "-o", cnn_files["dir"] / "q.onnx", "--data", cnn_files["data"]],
-        "calibrate": ["calibrate", missing, "-o", cnn_files["dir"] / "r.json", "--data", cnn_files["data"]],
+        "quantize": [
+            "quantize",
+            missing,
+            "-o",
+            cnn_files["dir"] / "q.onnx",
+            "--data",
+            cnn_files["data"],
+        ],
+        "calibrate": [
+            "calibrate",
+            missing,
+            "-o",
+            cnn_files["dir"] / "r.json",
+            "--data",
+            cnn_files["data"],
+        ],
         "compare": ["compare", missing, cnn_files["model"], "--data", cnn_files["data"]],
         "inspect": ["inspect", missing],
     }[command]
@@ -129,7 +224,11 @@ def _bad_inputs(files):
     np.savez(empty, input=np.zeros((0, 1, 8, 8), np.float32))
     return [
         ("model-not-onnx", [not_onnx, "--data", files["data"]], ["not an ONNX model"]),
-        ("missing-data", [files["model"], "--data", d / "none.npz"], ["none.npz", "does not exist"]),
+        (
+            "missing-data",
+            [files["model"], "--data", d / "none.npz"],
+            ["none.npz", "does not exist"],
+        ),
         ("wrong-dtype", [files["model"], "--data", wrong_dtype], ["'input'", "float32", "float64"]),
         ("unknown-name", [files["model"], "--data", wrong_name], ["'input'", "image"]),
         ("nan", [files["model"], "--data", nan], ["'input'", "NaN"]),
@@ -152,7 +251,9 @@ def test_bad_input_gives_one_line_and_leaves_no_file(case, cnn_files):
 
 def test_output_equal_to_input_is_refused(cnn_files):
     before = cnn_files["model"].read_bytes()
-    result = invoke("quantize", cnn_files["model"], "-o", cnn_files["model"], "--data", cnn_files["data"])
+    result = invoke(
+        "quantize", cnn_files["model"], "-o", cnn_files["model"], "--data", cnn_files["data"]
+    )
     assert_one_line_error(result, "is the input model")
     assert cnn_files["model"].read_bytes() == before
 
@@ -165,15 +266,30 @@ def test_output_equal_to_input_is_refused(cnn_files):
     ],
 )
 def test_bad_options_name_the_option(cnn_files, extra, fragment):
-    result = invoke("quantize", cnn_files["model"], "-o", cnn_files["dir"] / "q.onnx",
-                    "--data", cnn_files["data"], *extra)
+    result = invoke(
+        "quantize",
+        cnn_files["model"],
+        "-o",
+        cnn_files["dir"] / "q.onnx",
+        "--data",
+        cnn_files["data"],
+        *extra,
+    )
     assert_one_line_error(result, fragment)
     assert not (cnn_files["dir"] / "q.onnx").exists()
 
 
 def test_unknown_option_and_choice_exit_2(cnn_files):
-    result = invoke("quantize", cnn_files["model"], "-o", "q.onnx", "--data", cnn_files["data"],
-                    "--scheme", "wobbly")
+    result = invoke(
+        "quantize",
+        cnn_files["model"],
+        "-o",
+        "q.onnx",
+        "--data",
+        cnn_files["data"],
+        "--scheme",
+        "wobbly",
+    )
     assert result.exit_code == 2 and "wobbly" in result.stderr
     result = invoke("quantize", cnn_files["model"], "--frobnicate")
     assert result.exit_code == 2 and "--frobnicate" in result.stderr
@@ -207,5 +323,7 @@ def test_python_module_entry_point(cnn_files):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "onnxq", "--version"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxq", "--version"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "onnxq" in proc.stdout

@@ -7,10 +7,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import models
-from helpers import op_types, output_step, quantize_in_memory, run
 from onnxq.config import Granularity, QuantConfig, RangeMode, Scheme
 from onnxq.runtime import optimized_op_types
+
+import models
+from helpers import op_types, output_step, quantize_in_memory, run
 
 # Which onnxruntime integer kernel each op type must become under default settings.
 FUSED = {
@@ -79,7 +80,9 @@ def test_relu_is_fused_into_the_quantized_conv_output(tmp_path):
     assert "Relu" not in op_types(result.model)
     assert {d.name for d in plan.decisions if d.action == "fused"} == {"relu1", "relu2"}
     # with symmetric activations the zero point is not the lowest code: Relu must stay
-    sym, plan = quantize_in_memory(model, feed, QuantConfig(activation_scheme=Scheme.SYM), tmp_path=tmp_path)
+    sym, plan = quantize_in_memory(
+        model, feed, QuantConfig(activation_scheme=Scheme.SYM), tmp_path=tmp_path
+    )
     assert op_types(sym.model).count("Relu") == 2
     (a,), (b,) = run(model, feed), run(sym.model, feed)
     assert np.abs(a - b).max() <= 8 * output_step(sym.model, "logits", a)
@@ -98,8 +101,13 @@ def test_weights_are_stored_as_integers_with_per_channel_axes(tmp_path):
     assert axis == 1  # Gemm without transB: one range per column of B
     scale_w = inits[dq[w].input[1]]
     scale_b = inits[dq[b].input[1]]
-    x_scale = inits[next(n for n in result.model.graph.node
-                         if n.op_type == "QuantizeLinear" and n.input[0].startswith("h")).input[1]]
+    x_scale = inits[
+        next(
+            n
+            for n in result.model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0].startswith("h")
+        ).input[1]
+    ]
     np.testing.assert_allclose(scale_b, scale_w * x_scale, rtol=1e-6)
 
 
@@ -110,9 +118,13 @@ def test_per_channel_axis_follows_the_op(kind, axis, tmp_path):
     model, feed = models.single_op(kind)
     result, plan = quantize_in_memory(model, feed, tmp_path=tmp_path)
     op_inputs = set(next(n for n in result.model.graph.node if n.name == "op").input)
-    dq = next(n for n in result.model.graph.node
-              if n.op_type == "DequantizeLinear" and n.output[0] in op_inputs
-              and n.input[0].startswith("w"))
+    dq = next(
+        n
+        for n in result.model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.output[0] in op_inputs
+        and n.input[0].startswith("w")
+    )
     assert next(a.i for a in dq.attribute if a.name == "axis") == axis
 
 
@@ -162,7 +174,9 @@ def test_shared_weight_is_quantized_once(tmp_path):
             node.attribute.extend([onnx.helper.make_attribute("pads", [1, 1, 1, 1])])
     feed = {"input": np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)}
     result, _ = quantize_in_memory(model, feed, tmp_path=tmp_path)
-    quantized = [t.name for t in result.model.graph.initializer if t.name.startswith("w2_quantized")]
+    quantized = [
+        t.name for t in result.model.graph.initializer if t.name.startswith("w2_quantized")
+    ]
     assert len(quantized) == 1
     (a,), (b,) = run(model, feed), run(result.model, feed)
     assert np.abs(a - b).max() <= 8 * output_step(result.model, "logits", a)
@@ -185,5 +199,7 @@ def test_constant_node_weights_are_quantized_as_weights(tmp_path):
     feed = {"input": np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)}
     result, plan = quantize_in_memory(model, feed, tmp_path=tmp_path)
     assert any(u.tensor == "w2" for u in plan.weights)
-    assert any(t.name.startswith("w2_quantized") and t.data_type == onnx.TensorProto.INT8
-               for t in result.model.graph.initializer)
+    assert any(
+        t.name.startswith("w2_quantized") and t.data_type == onnx.TensorProto.INT8
+        for t in result.model.graph.initializer
+    )

@@ -12,7 +12,9 @@ from onnxq.quant import QType, compute_qparams, dequantize, observed_range, quan
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, width=32)
 qtypes = st.sampled_from([QType.INT8, QType.UINT8])
-arrays = hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6), elements=finite)
+arrays = hnp.arrays(
+    np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6), elements=finite
+)
 
 
 def _tol(scale: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -39,7 +41,9 @@ def test_zero_is_exactly_representable(lo, hi, qtype, symmetric, restricted):
 
 @given(lo=finite, hi=finite, restricted=st.booleans())
 def test_symmetric_signed_has_zero_point_zero(lo, hi, restricted):
-    qp = compute_qparams(min(lo, hi), max(lo, hi), QType.INT8, symmetric=True, restricted=restricted)
+    qp = compute_qparams(
+        min(lo, hi), max(lo, hi), QType.INT8, symmetric=True, restricted=restricted
+    )
     assert int(qp.zero_point) == 0
 
 
@@ -67,7 +71,11 @@ def test_asymmetric_uint8_maps_the_range_onto_all_codes():
 
 
 @given(
-    x=hnp.arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 4), st.integers(1, 4)), elements=finite),
+    x=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 5), st.integers(1, 4), st.integers(1, 4)),
+        elements=finite,
+    ),
     axis=st.integers(0, 2),
     qtype=qtypes,
     symmetric=st.booleans(),

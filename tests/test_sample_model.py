@@ -7,18 +7,34 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from conftest import SAMPLES
 from onnxq.cli.main import cli
+
+from conftest import SAMPLES
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("sample") / "digits_cnn.int8.onnx"
-    result = CliRunner().invoke(cli, [
-        "quantize", str(SAMPLES / "digits_cnn.onnx"), "-o", str(out),
-        "--data", str(SAMPLES / "digits_calib.npz"), "--eval", str(SAMPLES / "digits_eval.npz"),
-        "--labels", "labels", "--scheme", "asym", "--granularity", "channel", "--json",
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "quantize",
+            str(SAMPLES / "digits_cnn.onnx"),
+            "-o",
+            str(out),
+            "--data",
+            str(SAMPLES / "digits_calib.npz"),
+            "--eval",
+            str(SAMPLES / "digits_eval.npz"),
+            "--labels",
+            "labels",
+            "--scheme",
+            "asym",
+            "--granularity",
+            "channel",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout), out
 
@@ -46,10 +62,24 @@ def test_sample_model_runs_on_integer_kernels(report):
 
 def test_compare_gates_the_sample_model_in_ci(report):
     _, out = report
-    result = CliRunner().invoke(cli, [
-        "compare", str(SAMPLES / "digits_cnn.onnx"), str(out),
-        "--data", str(SAMPLES / "digits_eval.npz"), "--labels", "labels",
-        "--max-drop", "1", "--min-agreement", "99", "--latency-runs", "5", "--json",
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "compare",
+            str(SAMPLES / "digits_cnn.onnx"),
+            str(out),
+            "--data",
+            str(SAMPLES / "digits_eval.npz"),
+            "--labels",
+            "labels",
+            "--max-drop",
+            "1",
+            "--min-agreement",
+            "99",
+            "--latency-runs",
+            "5",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["ok"] is True

@@ -73,4 +73,3 @@ def observe(
         if progress is not None:
             progress(done, dataset.num_samples)
     return {t: obs.result() for t, obs in observers.items()}
-

@@ -81,7 +81,7 @@ def read_ranges(path: str | Path) -> RangesFile:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RangesError(f"ranges file '{path}' is not JSON ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise RangesError(f"'{path}' is not an onnxq ranges file (no \"format\": \"{FORMAT}\")")
+        raise RangesError(f'\'{path}\' is not an onnxq ranges file (no "format": "{FORMAT}")')
     if doc.get("version") != VERSION:
         raise RangesError(
             f"ranges file '{path}' has version {doc.get('version')}; this onnxq reads "

@@ -67,10 +67,6 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _enum(enum: type, **kwargs: Any) -> Any:
-    return click.Choice([e.value for e in enum]), kwargs
-
-
 def data_option(required: bool = True, help_text: str = "") -> Callable[[F], F]:
     return click.option(
         "--data",
@@ -85,11 +81,17 @@ def common_run_options(func: F) -> F:
     for decorator in reversed(
         [
             click.option(
-                "--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                "--batch-size",
+                type=click.IntRange(min=1),
+                default=32,
+                show_default=True,
                 help="Samples per onnxruntime run (data in the batched layout).",
             ),
             click.option(
-                "--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                "--threads",
+                type=click.IntRange(min=0),
+                default=0,
+                show_default=True,
                 help="onnxruntime intra-op threads (0: onnxruntime's default).",
             ),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
@@ -131,18 +133,38 @@ def inspect(model: Path, exclude: tuple[str, ...], as_json: bool) -> None:
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @data_option()
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Ranges file to write (JSON).")
-@click.option("--granularity", type=click.Choice([g.value for g in Granularity]),
-              default="tensor", show_default=True,
-              help="One range per activation tensor, or one per channel.")
-@click.option("--method", type=click.Choice(["minmax"]), default="minmax", show_default=True,
-              help="How ranges are chosen from the observed values.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Ranges file to write (JSON).",
+)
+@click.option(
+    "--granularity",
+    type=click.Choice([g.value for g in Granularity]),
+    default="tensor",
+    show_default=True,
+    help="One range per activation tensor, or one per channel.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["minmax"]),
+    default="minmax",
+    show_default=True,
+    help="How ranges are chosen from the observed values.",
+)
 @common_run_options
 @handle_errors
 def calibrate(
-    model: Path, data: Path, output: Path, granularity: str, method: str,
-    batch_size: int, threads: int, quiet: bool,
+    model: Path,
+    data: Path,
+    output: Path,
+    granularity: str,
+    method: str,
+    batch_size: int,
+    threads: int,
+    quiet: bool,
 ) -> None:
     """Run DATA through MODEL once and write the activation ranges to a JSON file.
 
@@ -153,44 +175,93 @@ def calibrate(
     check_distinct(model, output)
     config = CalibrationConfig(granularity=Granularity(granularity), batch_size=batch_size)
     with render.progress(quiet) as progress:
-        ranges = run_calibrate(model, data, config, threads=threads,
-                               progress=progress("calibrating"))
+        ranges = run_calibrate(
+            model, data, config, threads=threads, progress=progress("calibrating")
+        )
     write_atomic(output, ranges.to_json().encode())
     render.calibration(ranges, output)
 
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Quantized model to write.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Quantized model to write.",
+)
 @data_option(required=False, help_text="Calibration data (.npz or folder); or use --ranges.")
 @click.option("--ranges", type=click.Path(path_type=Path), help="Ranges file from onnxq calibrate.")
-@click.option("--scheme", type=click.Choice([s.value for s in Scheme]),
-              help="Scheme of weights and activations (sym: int8, zero point 0; asym: uint8).")
-@click.option("--weight-scheme", type=click.Choice([s.value for s in Scheme]),
-              help="Override --scheme for weights.  [default: sym]")
-@click.option("--activation-scheme", type=click.Choice([s.value for s in Scheme]),
-              help="Override --scheme for activations.  [default: asym]")
-@click.option("--granularity", type=click.Choice([g.value for g in Granularity]),
-              default="channel", show_default=True, help="Weight ranges per tensor or per output channel.")
-@click.option("--range", "range_mode", type=click.Choice([r.value for r in RangeMode]),
-              default="full", show_default=True,
-              help="Integer range: full, or restricted (int8 [-127, 127], uint8 [1, 255]).")
+@click.option(
+    "--scheme",
+    type=click.Choice([s.value for s in Scheme]),
+    help="Scheme of weights and activations (sym: int8, zero point 0; asym: uint8).",
+)
+@click.option(
+    "--weight-scheme",
+    type=click.Choice([s.value for s in Scheme]),
+    help="Override --scheme for weights.  [default: sym]",
+)
+@click.option(
+    "--activation-scheme",
+    type=click.Choice([s.value for s in Scheme]),
+    help="Override --scheme for activations.  [default: asym]",
+)
+@click.option(
+    "--granularity",
+    type=click.Choice([g.value for g in Granularity]),
+    default="channel",
+    show_default=True,
+    help="Weight ranges per tensor or per output channel.",
+)
+@click.option(
+    "--range",
+    "range_mode",
+    type=click.Choice([r.value for r in RangeMode]),
+    default="full",
+    show_default=True,
+    help="Integer range: full, or restricted (int8 [-127, 127], uint8 [1, 255]).",
+)
 @click.option("--bits", type=int, default=8, show_default=True, help="Bit width (8).")
-@click.option("--exclude", multiple=True, help="Node name or op type (glob) kept in float; repeatable.")
-@click.option("--eval", "eval_data", type=click.Path(path_type=Path),
-              help="Data to measure fidelity on (default: the calibration data).")
+@click.option(
+    "--exclude", multiple=True, help="Node name or op type (glob) kept in float; repeatable."
+)
+@click.option(
+    "--eval",
+    "eval_data",
+    type=click.Path(path_type=Path),
+    help="Data to measure fidelity on (default: the calibration data).",
+)
 @click.option("--labels", help="Key of integer labels in the data, to report accuracy.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the JSON report here.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path),
+    help="Also write the JSON report here.",
+)
 @common_run_options
 @handle_errors
 def quantize(
-    model: Path, output: Path, data: Path | None, ranges: Path | None, scheme: str | None,
-    weight_scheme: str | None, activation_scheme: str | None, granularity: str,
-    range_mode: str, bits: int, exclude: tuple[str, ...], eval_data: Path | None,
-    labels: str | None, as_json: bool, report_path: Path | None, batch_size: int,
-    threads: int, quiet: bool,
+    model: Path,
+    output: Path,
+    data: Path | None,
+    ranges: Path | None,
+    scheme: str | None,
+    weight_scheme: str | None,
+    activation_scheme: str | None,
+    granularity: str,
+    range_mode: str,
+    bits: int,
+    exclude: tuple[str, ...],
+    eval_data: Path | None,
+    labels: str | None,
+    as_json: bool,
+    report_path: Path | None,
+    batch_size: int,
+    threads: int,
+    quiet: bool,
 ) -> None:
     """Quantize MODEL to int8 with QuantizeLinear/DequantizeLinear nodes and report the cost.
 
@@ -209,7 +280,9 @@ def quantize(
         check_distinct(output, report_path)
     config = QuantConfig(
         weight_scheme=Scheme(weight_scheme or scheme or QuantConfig.weight_scheme.value),
-        activation_scheme=Scheme(activation_scheme or scheme or QuantConfig.activation_scheme.value),
+        activation_scheme=Scheme(
+            activation_scheme or scheme or QuantConfig.activation_scheme.value
+        ),
         granularity=Granularity(granularity),
         range_mode=RangeMode(range_mode),
         bits=bits,
@@ -217,9 +290,16 @@ def quantize(
     )
     with render.progress(quiet) as progress:
         result = run_quantize(
-            model, output, config, data=data, ranges=ranges, eval_data=eval_data,
-            labels=labels, calibration=CalibrationConfig(batch_size=batch_size),
-            threads=threads, progress=progress.staged if progress else None,
+            model,
+            output,
+            config,
+            data=data,
+            ranges=ranges,
+            eval_data=eval_data,
+            labels=labels,
+            calibration=CalibrationConfig(batch_size=batch_size),
+            threads=threads,
+            progress=progress.staged if progress else None,
         )
     if report_path is not None:
         write_atomic(report_path, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
@@ -231,19 +311,38 @@ def quantize(
 @click.argument("candidate", type=click.Path(path_type=Path))
 @data_option()
 @click.option("--labels", help="Key of integer labels in the data: report accuracy of both.")
-@click.option("--max-drop", type=float, help="Fail (exit 1) if accuracy drops by more than PP points.")
+@click.option(
+    "--max-drop", type=float, help="Fail (exit 1) if accuracy drops by more than PP points."
+)
 @click.option("--min-agreement", type=float, help="Fail if top-1 agreement is below PCT percent.")
 @click.option("--min-cosine", type=float, help="Fail if any output's mean cosine is below this.")
 @click.option("--min-sqnr", type=float, help="Fail if any output's SQNR is below this many dB.")
-@click.option("--latency-runs", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Timed runs of each model on one sample (0: skip latency).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (schema onnxq-compare v1).")
+@click.option(
+    "--latency-runs",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Timed runs of each model on one sample (0: skip latency).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON document on stdout (schema onnxq-compare v1)."
+)
 @common_run_options
 @handle_errors
 def compare(
-    reference: Path, candidate: Path, data: Path, labels: str | None, max_drop: float | None,
-    min_agreement: float | None, min_cosine: float | None, min_sqnr: float | None,
-    latency_runs: int, as_json: bool, batch_size: int, threads: int, quiet: bool,
+    reference: Path,
+    candidate: Path,
+    data: Path,
+    labels: str | None,
+    max_drop: float | None,
+    min_agreement: float | None,
+    min_cosine: float | None,
+    min_sqnr: float | None,
+    latency_runs: int,
+    as_json: bool,
+    batch_size: int,
+    threads: int,
+    quiet: bool,
 ) -> None:
     """Measure CANDIDATE against REFERENCE; exit 1 when a threshold is violated.
 
@@ -254,8 +353,14 @@ def compare(
     """
     thresholds = Thresholds(max_drop, min_agreement, min_cosine, min_sqnr)
     report = run_compare(
-        reference, candidate, data, labels=labels, thresholds=thresholds,
-        batch_size=batch_size, threads=threads, latency_runs=latency_runs,
+        reference,
+        candidate,
+        data,
+        labels=labels,
+        thresholds=thresholds,
+        batch_size=batch_size,
+        threads=threads,
+        latency_runs=latency_runs,
     )
     render.comparison(report, as_json)
     if not report.ok:

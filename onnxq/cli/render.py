@@ -100,8 +100,12 @@ def _fidelity_table(title: str, outputs: tuple[OutputFidelity, ...]) -> Table:
         table.add_column(col, justify="left" if col == "output" else "right")
     for o in outputs:
         table.add_row(
-            o.name, f"{o.cosine_mean:.5f}", f"{o.cosine_min:.5f}", _db(o.sqnr_db),
-            f"{o.max_abs_error:.4g}", _pct(o.top1_agreement),
+            o.name,
+            f"{o.cosine_mean:.5f}",
+            f"{o.cosine_min:.5f}",
+            _db(o.sqnr_db),
+            f"{o.max_abs_error:.4g}",
+            _pct(o.top1_agreement),
         )
     return table
 
@@ -127,7 +131,9 @@ def inspection(result: Inspection, as_json: bool) -> None:
     for op, n in s.op_histogram.items():
         ops.add_row(op, str(n))
     out.print(ops)
-    plan = Table(title="quantization plan (default settings, after preparation)", title_justify="left")
+    plan = Table(
+        title="quantization plan (default settings, after preparation)", title_justify="left"
+    )
     for col in ("node", "op", "action", "why"):
         plan.add_column(col)
     for d in result.decisions:
@@ -146,11 +152,15 @@ def quantization(report: QuantizeReport, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_dict())
         return
-    table = Table(title=f"quantized {report.model_path} -> {report.output_path}", title_justify="left")
+    table = Table(
+        title=f"quantized {report.model_path} -> {report.output_path}", title_justify="left"
+    )
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("size float", _mb(report.float_bytes))
-    table.add_row("size quantized", f"{_mb(report.quantized_bytes)} ({100 * report.size_ratio:.1f}%)")
+    table.add_row(
+        "size quantized", f"{_mb(report.quantized_bytes)} ({100 * report.size_ratio:.1f}%)"
+    )
     table.add_row("quantized nodes", str(report.quantized_nodes))
     table.add_row("quantized weights", str(report.quantized_weights))
     table.add_row("Q/DQ pairs", str(report.qdq_pairs))
@@ -158,13 +168,19 @@ def quantization(report: QuantizeReport, as_json: bool) -> None:
     table.add_row("ranges", report.ranges_source)
     out.print(table)
     if report.fidelity is not None:
-        out.print(_fidelity_table(f"fidelity on {report.fidelity_data} "
-                                  f"({report.fidelity.samples} samples)", report.fidelity.outputs))
+        out.print(
+            _fidelity_table(
+                f"fidelity on {report.fidelity_data} ({report.fidelity.samples} samples)",
+                report.fidelity.outputs,
+            )
+        )
         cls = report.fidelity.classifier
         if cls is not None and cls.reference_accuracy is not None:
             drop = 100 * (cls.reference_accuracy - (cls.candidate_accuracy or 0.0))
-            out.print(f"accuracy float {_pct(cls.reference_accuracy)}, quantized "
-                      f"{_pct(cls.candidate_accuracy)} (drop {drop:.2f} pp)")
+            out.print(
+                f"accuracy float {_pct(cls.reference_accuracy)}, quantized "
+                f"{_pct(cls.candidate_accuracy)} (drop {drop:.2f} pp)"
+            )
     if report.float_biases:
         err.print(f"kept {len(report.float_biases)} biases in float (int32 would overflow)")
 
@@ -173,18 +189,29 @@ def comparison(report: CompareReport, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_dict())
     else:
-        out.print(_fidelity_table(f"{report.candidate} vs {report.reference} on {report.data} "
-                                  f"({report.fidelity.samples} samples)", report.fidelity.outputs))
+        out.print(
+            _fidelity_table(
+                f"{report.candidate} vs {report.reference} on {report.data} "
+                f"({report.fidelity.samples} samples)",
+                report.fidelity.outputs,
+            )
+        )
         doc = report.to_dict()
         if doc["accuracy"]:
             a = doc["accuracy"]
-            out.print(f"accuracy reference {_pct(a['reference'])}, candidate {_pct(a['candidate'])}"
-                      f" (drop {a['drop_pp']:.2f} pp)")
-        out.print(f"size {_mb(report.reference_bytes)} -> {_mb(report.candidate_bytes)} "
-                  f"({100 * doc['size_ratio']:.1f}%)")
+            out.print(
+                f"accuracy reference {_pct(a['reference'])}, candidate {_pct(a['candidate'])}"
+                f" (drop {a['drop_pp']:.2f} pp)"
+            )
+        out.print(
+            f"size {_mb(report.reference_bytes)} -> {_mb(report.candidate_bytes)} "
+            f"({100 * doc['size_ratio']:.1f}%)"
+        )
         if report.latency is not None:
             lat = report.latency
-            out.print(f"latency (median of {lat.runs}, {lat.threads} threads, one sample): "
-                      f"{lat.reference_ms:.3f} ms -> {lat.candidate_ms:.3f} ms ({lat.speedup:.2f}x)")
+            out.print(
+                f"latency (median of {lat.runs}, {lat.threads} threads, one sample): "
+                f"{lat.reference_ms:.3f} ms -> {lat.candidate_ms:.3f} ms ({lat.speedup:.2f}x)"
+            )
     for v in report.violations:
         err.print(f"threshold violated: {v}")

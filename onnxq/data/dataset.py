@@ -172,7 +172,7 @@ def _check_array(path: Path, spec: InputSpec, arr: np.ndarray) -> Layout:
         raise DataError(
             f"{where} expects {spec.describe()} (rank {rank}{feeds}); found shape {arr.shape}"
         )
-    for i, (want, got) in enumerate(zip(expect, sample_dims)):
+    for i, (want, got) in enumerate(zip(expect, sample_dims, strict=True)):
         if want is not None and want != got:
             dim = i + (1 if layout is Layout.BATCHED else 0)
             raise DataError(
@@ -228,7 +228,8 @@ def _check_fixed_batch(
 def _check_labels(path: Path, key: str, labels: np.ndarray, count: int) -> None:
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(
-            f"{path}: labels '{key}' must be a 1-D integer array, found {labels.dtype}{labels.shape}"
+            f"{path}: labels '{key}' must be a 1-D integer array, "
+            f"found {labels.dtype}{labels.shape}"
         )
     if labels.shape[0] != count:
         raise DataError(f"{path}: labels '{key}' has {labels.shape[0]} entries for {count} samples")

@@ -1,4 +1,5 @@
-"""Exposing intermediate tensors as graph outputs, for calibration."""
+"""Graph outputs and value_info: exposing intermediate tensors for calibration, and
+trimming inferred shapes from a written model."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterable
 import onnx
 from onnx import helper
 
-__all__ = ["with_outputs"]
+__all__ = ["restrict_value_info", "with_outputs"]
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
@@ -29,3 +30,12 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
             vi = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
         g.output.append(vi)
     return out
+
+
+def restrict_value_info(model: onnx.ModelProto, keep: Iterable[str]) -> None:
+    """Drop value_info entries not named in ``keep`` (shapes inferred during preparation
+    are not worth their bytes in the written model; onnxruntime infers them again)."""
+    wanted = set(keep)
+    entries = [vi for vi in model.graph.value_info if vi.name in wanted]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(entries)

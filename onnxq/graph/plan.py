@@ -224,7 +224,10 @@ def _close_over_passthrough(
             src = node.input[0]
             aliases[node.output[0]] = aliases.get(src, src)
             decisions[node.name] = NodeDecision(
-                node.name, node.op_type, "integer passthrough", f"shares the range of '{aliases[node.output[0]]}'"
+                node.name,
+                node.op_type,
+                "integer passthrough",
+                f"shares the range of '{aliases[node.output[0]]}'",
             )
     return aliases, passthrough
 
@@ -251,8 +254,12 @@ def _weight_uses(
                 act = node.input[0]
                 uses.append(
                     WeightUse(
-                        node.name, r.index, name, r.role,
-                        activation=aliases.get(act, act), weight=node.input[weight.index],
+                        node.name,
+                        r.index,
+                        name,
+                        r.role,
+                        activation=aliases.get(act, act),
+                        weight=node.input[weight.index],
                     )
                 )
     return uses

@@ -50,15 +50,19 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def qparams(self, base: str, qp: QParams) -> list[str]:
-        """Scale and zero-point initializers. The zero point is written even when it is
-        zero: onnxruntime's QGemm fusion needs it."""
+    def qparams(self, base: str, qp: QParams, *, omit_zero: bool = False) -> list[str]:
+        """Scale and zero-point initializers; with ``omit_zero`` an all-zero zero point
+        (an optional input) is left out."""
         scale = self.constant(f"{base}_scale", qp.scale.astype(np.float32))
-        return [scale, self.constant(f"{base}_zero_point", qp.zero_point)]
+        if omit_zero and not np.any(qp.zero_point):
+            return [scale]
+        return [scale, self.constant(f"{base}_zp", qp.zero_point)]
 
     def node(self, op: str, inputs: list[str], output: str, base: str, axis: int | None) -> None:
-        attrs = {"axis": axis} if axis is not None else {}
-        self.nodes.append(helper.make_node(op, inputs, [output], name=self.names.new(base), **attrs))
+        node = helper.make_node(op, inputs, [output], name=self.names.new(base))
+        if axis is not None:
+            node.attribute.append(helper.make_attribute("axis", axis))
+        self.nodes.append(node)
 
 
 def rewrite(
@@ -116,16 +120,16 @@ def _quantize_activations(
         readers = [n for n in idx.consumers.get(root, []) if n.name not in plan.passthrough]
         producer = producer_of.get(root)
         if producer is None:  # a graph input: Q reads it, consumers read the DQ copy
-            source, dq = root, b.names.new(f"{root}_dequantized")
+            source, dq = root, b.names.new(f"{root}_dq")
             for node in readers:
                 _replace_input(node, root, dq)
         else:
             source, dq = b.names.new(f"{root}_float"), root
             owner = by_name[producer.name]
             _replace_output(owner, _fused_source(owner, root, plan, by_name), source)
-        b.node("QuantizeLinear", [source, *params], q, f"{root}_QuantizeLinear", None)
+        b.node("QuantizeLinear", [source, *params], q, f"{root}_Q", None)
         if readers or root in idx.graph_outputs:
-            b.node("DequantizeLinear", [q, *params], dq, f"{root}_DequantizeLinear", None)
+            b.node("DequantizeLinear", [q, *params], dq, f"{root}_DQ", None)
         for node in idx.consumers.get(root, []):
             if node.name in plan.passthrough:
                 _replace_input(node, root, q)
@@ -168,7 +172,7 @@ def _rewire_passthrough(
         if readers or out in idx.graph_outputs:
             if root not in shared:
                 shared[root] = b.qparams(f"{root}_shared", qparams[root])
-            b.node("DequantizeLinear", [q, *shared[root]], out, f"{out}_DequantizeLinear", None)
+            b.node("DequantizeLinear", [q, *shared[root]], out, f"{out}_DQ", None)
 
 
 def _quantize_weights(
@@ -202,7 +206,9 @@ def _quantize_weights(
     return float_biases
 
 
-def _store_weight(use: WeightUse, config: QuantConfig, b: _Builder, idx: GraphIndex) -> tuple[str, QParams]:
+def _store_weight(
+    use: WeightUse, config: QuantConfig, b: _Builder, idx: GraphIndex
+) -> tuple[str, QParams]:
     w = numpy_helper.to_array(idx.initializers[use.tensor]).astype(np.float32)
     if use.role is Role.WEIGHT:
         qtype, symmetric = config.weight_qtype, config.weight_scheme.value == "sym"
@@ -211,11 +217,13 @@ def _store_weight(use: WeightUse, config: QuantConfig, b: _Builder, idx: GraphIn
     axis = use.axis % w.ndim if use.axis is not None and w.ndim else None
     reduce = tuple(i for i in range(w.ndim) if i != axis) if axis is not None else None
     lo, hi = w.min(axis=reduce), w.max(axis=reduce)
-    qp = compute_qparams(lo, hi, qtype, symmetric=symmetric, restricted=config.restricted, axis=axis)
+    qp = compute_qparams(
+        lo, hi, qtype, symmetric=symmetric, restricted=config.restricted, axis=axis
+    )
     q_name = b.constant(f"{use.tensor}_quantized", quantize(w, qp))
     params = b.qparams(use.tensor, qp)
-    dq = b.names.new(f"{use.tensor}_dequantized")
-    b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DequantizeLinear", axis)
+    dq = b.names.new(f"{use.tensor}_dq")
+    b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DQ", axis)
     return dq, qp
 
 
@@ -239,9 +247,9 @@ def _store_bias(
         axis=0 if per_channel else None,
     )
     q_name = b.constant(f"{use.tensor}_quantized", q.astype(np.int32))
-    params = b.qparams(use.tensor, qp)
-    dq = b.names.new(f"{use.tensor}_dequantized")
-    b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DequantizeLinear", qp.axis)
+    params = b.qparams(use.tensor, qp, omit_zero=True)
+    dq = b.names.new(f"{use.tensor}_dq")
+    b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DQ", qp.axis)
     return dq
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import onnx
 from onnx import helper, numpy_helper
@@ -88,7 +89,7 @@ class GraphIndex:
         return name in self.initializers and self.initializers[name].data_type == FLOAT
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -147,8 +148,11 @@ class ConvRule(OpRule):
             return f"weight '{w}' is not a float32 constant"
         axis = 0
         if self.transpose:
-            axis = 1 if int(_attr(node, "group", 1)) == 1 else -1  # type: ignore[call-overload]
-        roles = [InputRole(0, Role.ACTIVATION), InputRole(1, Role.WEIGHT, axis if axis >= 0 else None)]
+            axis = 1 if int(_attr(node, "group", 1)) == 1 else -1
+        roles = [
+            InputRole(0, Role.ACTIVATION),
+            InputRole(1, Role.WEIGHT, axis if axis >= 0 else None),
+        ]
         if len(node.input) > 2 and node.input[2]:
             if not idx.is_float_initializer(node.input[2]):
                 return f"bias '{node.input[2]}' is not a float32 constant"
@@ -163,18 +167,20 @@ class GemmRule(OpRule):
 
     def roles(self, node: onnx.NodeProto, idx: GraphIndex) -> list[InputRole] | str:
         a, b = node.input[0], node.input[1]
-        if not idx.is_float_activation(a) or int(_attr(node, "transA", 0)):  # type: ignore[call-overload]
+        if not idx.is_float_activation(a) or int(_attr(node, "transA", 0)):
             return f"input A '{a}' is not a float32 activation in normal layout"
         roles = [InputRole(0, Role.ACTIVATION)]
         if idx.is_float_initializer(b):
-            roles.append(InputRole(1, Role.WEIGHT, 0 if int(_attr(node, "transB", 0)) else 1))  # type: ignore[call-overload]
+            roles.append(InputRole(1, Role.WEIGHT, 0 if int(_attr(node, "transB", 0)) else 1))
         elif idx.is_float_activation(b):
             roles.append(InputRole(1, Role.ACTIVATION))
         else:
             return f"input B '{b}' is not a float32 tensor"
         if len(node.input) > 2 and node.input[2]:
             c = node.input[2]
-            plain = float(_attr(node, "alpha", 1.0)) == 1.0 and float(_attr(node, "beta", 1.0)) == 1.0  # type: ignore[arg-type]
+            plain = (
+                float(_attr(node, "alpha", 1.0)) == 1.0 and float(_attr(node, "beta", 1.0)) == 1.0
+            )
             if plain and roles[1].role is Role.WEIGHT and idx.is_float_initializer(c):
                 roles.append(InputRole(2, Role.BIAS))
         return roles
@@ -190,7 +196,10 @@ class MatMulRule(OpRule):
             return f"input A '{a}' is not a float32 activation"
         if idx.is_float_initializer(b):
             rank = idx.ranks.get(b, 0)
-            return [InputRole(0, Role.ACTIVATION), InputRole(1, Role.WEIGHT, rank - 1 if rank >= 2 else None)]
+            return [
+                InputRole(0, Role.ACTIVATION),
+                InputRole(1, Role.WEIGHT, rank - 1 if rank >= 2 else None),
+            ]
         if idx.is_float_activation(b):
             return [InputRole(0, Role.ACTIVATION), InputRole(1, Role.ACTIVATION)]
         return f"input B '{b}' is not a float32 tensor"
@@ -259,7 +268,7 @@ def clip_from_zero(node: onnx.NodeProto, idx: GraphIndex) -> bool:
     if node.op_type != "Clip":
         return False
     if idx.opset < 11:
-        return float(_attr(node, "min", -3.4e38)) == 0.0  # type: ignore[arg-type]
+        return float(_attr(node, "min", -3.4e38)) == 0.0
     if len(node.input) < 2 or node.input[1] not in idx.initializers:
         return False
     low = numpy_helper.to_array(idx.initializers[node.input[1]])

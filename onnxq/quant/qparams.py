@@ -70,8 +70,8 @@ def compute_qparams(
     * asymmetric: ``S = (rmax - rmin) / (qmax - qmin)``,
       ``zp = clip(round(qmin - rmin / S), qmin, qmax)``;
     * symmetric: ``a = max(|rmin|, |rmax|)``, ``S = 2a / (qmax - qmin)``, and
-      ``zp = (qmin + qmax + 1) // 2``, the middle code (0 for signed types). Full-range int8 gives the
-      survey's ``S = 2 max|r| / (2^b - 1)``; restricted int8 gives ``max|r| / 127``.
+      ``zp = (qmin + qmax + 1) // 2``, the middle code (0 for signed types). Full-range
+      int8 gives the survey's ``S = 2 max|r| / (2^b - 1)``; restricted int8 gives ``max|r| / 127``.
 
     Degenerate case: a range of width zero (all values zero) gets ``S = 1``,
     and any scale below float32's smallest normal number is raised to it, so

@@ -85,7 +85,9 @@ class CompareReport:
             "data": {"path": self.data, "samples": self.fidelity.samples, "labels": self.labels},
             "outputs": [o.to_dict() for o in self.fidelity.outputs],
             "accuracy": _accuracy_dict(cls) if cls and cls.reference_accuracy is not None else None,
-            "latency": None if self.latency is None else {
+            "latency": None
+            if self.latency is None
+            else {
                 "reference_ms": self.latency.reference_ms,
                 "candidate_ms": self.latency.candidate_ms,
                 "speedup": self.latency.speedup,
@@ -131,10 +133,14 @@ def compare(
     reference, candidate = load_model(reference_path), load_model(candidate_path)
     specs = input_specs(reference)
     if [s.name for s in input_specs(candidate)] != [s.name for s in specs]:
-        raise ModelError("the two models have different inputs; compare a model with its own quantization")
+        raise ModelError(
+            "the two models have different inputs; compare a model with its own quantization"
+        )
     ref_outputs = [o.name for o in reference.graph.output]
     if [o.name for o in candidate.graph.output] != ref_outputs:
-        raise ModelError("the two models have different outputs; compare a model with its own quantization")
+        raise ModelError(
+            "the two models have different outputs; compare a model with its own quantization"
+        )
     dataset = open_dataset(data_path, specs, label_key=labels)
     threads = threads or (os.cpu_count() or 1)
     ref_runner = Runner(reference, threads=threads, what="reference model")
@@ -179,7 +185,9 @@ def check(report: CompareReport) -> list[str]:
             out.append(f"accuracy drop is {drop:.2f} pp > --max-drop {t.max_drop:g} pp")
     for o in report.fidelity.outputs:
         if t.min_cosine is not None and o.cosine_mean < t.min_cosine:
-            out.append(f"mean cosine of '{o.name}' is {o.cosine_mean:.5f} < --min-cosine {t.min_cosine:g}")
+            out.append(
+                f"mean cosine of '{o.name}' is {o.cosine_mean:.5f} < --min-cosine {t.min_cosine:g}"
+            )
         if t.min_sqnr is not None and o.sqnr_db < t.min_sqnr:
             out.append(f"SQNR of '{o.name}' is {o.sqnr_db:.2f} dB < --min-sqnr {t.min_sqnr:g} dB")
     return out

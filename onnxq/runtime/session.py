@@ -96,8 +96,10 @@ class Runner:
         try:
             values = self._session.run(names, dict(feed))
         except Exception as exc:
-            raise RuntimeFailure(f"onnxruntime failed to run the {self.what}: {_one_line(exc)}") from exc
-        return dict(zip(names, values))
+            raise RuntimeFailure(
+                f"onnxruntime failed to run the {self.what}: {_one_line(exc)}"
+            ) from exc
+        return dict(zip(names, values, strict=True))
 
 
 def optimize_model(model: onnx.ModelProto, level: OptLevel = OptLevel.BASIC) -> onnx.ModelProto:
