@@ -7,8 +7,9 @@ import re
 import click
 import pytest
 
-from conftest import ROOT
 from onnxq.cli.main import cli
+
+from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 CLI_DOC = ROOT / "docs" / "cli.md"
