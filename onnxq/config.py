@@ -13,6 +13,7 @@ __all__ = [
     "CalibrationConfig",
     "CalibrationMethod",
     "Granularity",
+    "Mode",
     "QuantConfig",
     "RangeMode",
     "Scheme",
@@ -47,9 +48,23 @@ class RangeMode(str, Enum):
 
 
 class CalibrationMethod(str, Enum):
-    """How a clipping range is chosen from observed activations."""
+    """How a clipping range is chosen from observed values."""
 
     MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    MSE = "mse"
+
+    @property
+    def uses_histogram(self) -> bool:
+        return self is not CalibrationMethod.MINMAX
+
+
+class Mode(str, Enum):
+    """Static: activation ranges fixed by calibration. Dynamic: computed at run time."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
 
 
 def _check_bits(bits: int, option: str) -> None:
@@ -62,15 +77,58 @@ def _check_bits(bits: int, option: str) -> None:
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """Settings of one calibration pass."""
+    """Settings of one calibration pass.
+
+    ``scheme`` and ``bits`` name the activation quantization the ranges are chosen
+    for (entropy and MSE depend on them); a ranges file records them and ``quantize``
+    refuses a file made for another activation scheme.
+    """
 
     method: CalibrationMethod = CalibrationMethod.MINMAX
     granularity: Granularity = Granularity.TENSOR
     batch_size: int = 32
+    percentile: float = 99.99
+    bins: int = 2048
+    moving_average: float | None = None
+    scheme: Scheme = Scheme.ASYM
+    bits: int = 8
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"--percentile must be in (50, 100], got {self.percentile:g}")
+        levels = 2 ** (self.bits - 1)
+        if self.bins < 2 * levels or self.bins % 2:
+            raise ConfigError(
+                f"--bins must be an even number of at least {2 * levels} for {self.bits}-bit "
+                f"ranges, got {self.bins}"
+            )
+        if self.moving_average is not None:
+            if self.method is not CalibrationMethod.MINMAX:
+                raise ConfigError("--moving-average applies to --method minmax only")
+            if not 0.0 < self.moving_average <= 1.0:
+                raise ConfigError(
+                    f"--moving-average must be in (0, 1], got {self.moving_average:g}"
+                )
+        if self.method.uses_histogram and self.granularity is Granularity.CHANNEL:
+            raise ConfigError(
+                f"--method {self.method.value} gives one range per tensor; "
+                "use --granularity tensor (per-channel statistics are min/max)"
+            )
+        _check_bits(self.bits, "--bits")
+
+    @property
+    def params(self) -> dict[str, object]:
+        """The method's parameters, as recorded in a ranges file."""
+        params: dict[str, object] = {"scheme": self.scheme.value, "bits": self.bits}
+        if self.method is CalibrationMethod.PERCENTILE:
+            params["percentile"] = self.percentile
+        if self.method.uses_histogram:
+            params["bins"] = self.bins
+        if self.moving_average is not None:
+            params["moving_average"] = self.moving_average
+        return params
 
 
 @dataclass(frozen=True)
@@ -87,9 +145,20 @@ class QuantConfig:
     range_mode: RangeMode = RangeMode.FULL
     bits: int = 8
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    mode: Mode = Mode.STATIC
+    weight_method: CalibrationMethod = CalibrationMethod.MINMAX
+    weight_percentile: float = 99.99
 
     def __post_init__(self) -> None:
         _check_bits(self.bits, "--bits")
+        if self.weight_method is CalibrationMethod.ENTROPY:
+            raise ConfigError(
+                "--weight-method entropy is not offered: use minmax, percentile or mse"
+            )
+        if not 50.0 < self.weight_percentile <= 100.0:
+            raise ConfigError(
+                f"--weight-percentile must be in (50, 100], got {self.weight_percentile:g}"
+            )
         for name in self.exclude:
             if not name:
                 raise ConfigError("--exclude needs a node name or op type, got an empty string")

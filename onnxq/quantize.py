@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,10 @@ from onnxq._version import __version__
 from onnxq.calibration.calibrate import observe
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.ranges import RangesFile, read_ranges
-from onnxq.config import CalibrationConfig, QuantConfig, Scheme
+from onnxq.config import CalibrationConfig, Mode, QuantConfig, Scheme
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError, RangesError
+from onnxq.graph.dynamic import rewrite_dynamic
 from onnxq.graph.model_io import check_distinct, input_specs, load_model, save_model
 from onnxq.graph.outputs import restrict_value_info
 from onnxq.graph.plan import NodeDecision, QuantPlan, make_plan
@@ -127,34 +128,49 @@ def quantize(
     atomically and only once onnxruntime has loaded it.
     """
     config = config or QuantConfig()
-    calibration = calibration or CalibrationConfig()
-    if (data is None) == (ranges is None):
-        raise ConfigError("give exactly one of --data (calibrate now) or --ranges (reuse a file)")
+    calibration = replace(
+        calibration or CalibrationConfig(), scheme=config.activation_scheme, bits=config.bits
+    )
+    dynamic = config.mode is Mode.DYNAMIC
+    if data is not None and ranges is not None:
+        raise ConfigError("give one of --data (calibrate now) or --ranges (reuse a file), not both")
+    if not dynamic and data is None and ranges is None:
+        raise ConfigError("give --data (calibrate now) or --ranges (a file from onnxq calibrate)")
+    if dynamic and ranges is not None:
+        raise ConfigError("--mode dynamic computes activation ranges at run time: drop --ranges")
     check_distinct(model_path, output_path)
     model = load_model(model_path)
     specs = input_specs(model)
-    calib_set = open_dataset(data, specs) if data is not None else None
+    calib_set = open_dataset(data, specs) if data is not None and not dynamic else None
     eval_path = eval_data if eval_data is not None else data
     eval_set = open_dataset(eval_path, specs, label_key=labels) if eval_path is not None else None
     ranges_file = read_ranges(ranges) if ranges is not None else None
 
     prepared = prepare(model)
-    plan = make_plan(prepared.model, config)
-    if ranges_file is not None:
-        ranges_file.check_model(prepared.fingerprint, str(ranges))
-        observed = _ranges_for(plan, ranges_file, str(ranges))
+    if dynamic:
+        result, decisions = rewrite_dynamic(prepared.model, config)
+        source = "dynamic (computed at run time)"
     else:
-        assert calib_set is not None
-        observed = observe(
-            prepared,
-            calib_set,
-            plan.roots,
-            calibration,
-            threads=threads,
-            progress=_stage(progress, "calibrating"),
-        )
-    qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
-    result = rewrite(prepared.model, plan, qparams, config)
+        plan = make_plan(prepared.model, config)
+        if ranges_file is not None:
+            ranges_file.check_model(prepared.fingerprint, str(ranges))
+            ranges_file.check_scheme(config.activation_scheme.value, str(ranges))
+            observed = _ranges_for(plan, ranges_file, str(ranges))
+            source = f"{ranges} ({ranges_file.method})"
+        else:
+            assert calib_set is not None
+            observed = observe(
+                prepared,
+                calib_set,
+                plan.roots,
+                calibration,
+                threads=threads,
+                progress=_stage(progress, "calibrating"),
+            )
+            source = f"calibrated on {data} ({calibration.method.value})"
+        qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
+        result = rewrite(prepared.model, plan, qparams, config)
+        decisions = plan.decisions
     restrict_value_info(result.model, (vi.name for vi in model.graph.value_info))
     candidate = Runner(result.model, threads=threads, what="quantized model")
     kernels = dict(optimized_op_types(result.model))
@@ -178,8 +194,8 @@ def quantize(
         quantized_nodes=result.quantized_nodes,
         quantized_weights=result.quantized_weights,
         qdq_pairs=result.qdq_pairs,
-        decisions=plan.decisions,
-        ranges_source=str(ranges) if ranges is not None else f"calibrated on {data}",
+        decisions=decisions,
+        ranges_source=source,
         preparation=prepared.steps,
         runtime_kernels=dict(sorted(Counter(kernels).items())),
         fidelity=fidelity,

@@ -164,3 +164,22 @@ SINGLE_OP_KINDS = (
     "maxpool",
     "resize",
 )
+
+
+def outlier_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv -> Relu -> Conv on 8x16x16 inputs (for outlier-robust ranges)."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [
+        _init("w1", rng.normal(0, 0.3, (16, 8, 3, 3)).astype(f32)),
+        _init("w2", rng.normal(0, 0.1, (16, 16, 3, 3)).astype(f32)),
+        _init("w3", rng.normal(0, 0.1, (8, 16, 1, 1)).astype(f32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3"),
+    ]
+    return _model(nodes, [_vi("x", ["N", 8, 16, 16])], [_vi("y", ["N", 8, 16, 16])], inits)

@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from onnxq._version import __version__
-from onnxq.calibration.observers import MinMaxObserver, TensorRange
+from onnxq.calibration.estimate import finish, make_observer
+from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.ranges import RangesFile
 from onnxq.config import CalibrationConfig, Granularity
 from onnxq.data import Dataset, open_dataset
@@ -42,7 +43,7 @@ def calibrate(
         model_fingerprint=prepared.fingerprint,
         model_path=str(model_path),
         method=config.method.value,
-        params={"batch_size": config.batch_size},
+        params={**config.params, "batch_size": config.batch_size},
         granularity=config.granularity.value,
         samples=dataset.num_samples,
         onnxq_version=__version__,
@@ -62,7 +63,9 @@ def observe(
     """Stream ``dataset`` through the model once and return each tensor's range."""
     idx = GraphIndex(prepared.model)
     channel = config.granularity is Granularity.CHANNEL
-    observers = {t: MinMaxObserver(channel_axis(t, idx) if channel else None) for t in tensors}
+    observers = {
+        t: make_observer(config, channel_axis(t, idx) if channel else None) for t in tensors
+    }
     runner = Runner(with_outputs(prepared.model, tensors), threads=threads, what="model")
     done = 0
     for batch in dataset.batches(config.batch_size):
@@ -72,4 +75,4 @@ def observe(
         done += batch.size
         if progress is not None:
             progress(done, dataset.num_samples)
-    return {t: obs.result() for t, obs in observers.items()}
+    return {t: finish(obs, config) for t, obs in observers.items()}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MinMaxObserver", "TensorRange"]
+__all__ = ["MinMaxObserver", "MovingAverageMinMaxObserver", "TensorRange"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ class TensorRange:
     min: npt.NDArray[np.float32]
     max: npt.NDArray[np.float32]
     axis: int | None = None
+    observed_min: npt.NDArray[np.float32] | None = None  # before clipping, when it differs
+    observed_max: npt.NDArray[np.float32] | None = None
 
     def per_tensor(self) -> TensorRange:
         """The range of the whole tensor (per-channel values reduced)."""
@@ -69,3 +71,32 @@ class MinMaxObserver:
             return TensorRange(zero, zero)
         axis = self.axis if self._min.ndim else None
         return TensorRange(self._min.copy(), self._max.copy(), axis)
+
+
+class MovingAverageMinMaxObserver(MinMaxObserver):
+    """Exponential moving average of each batch's min and max:
+    ``m <- (1 - c) m + c · batch_min`` (the first batch sets it).
+
+    Less sensitive to a single outlying batch than plain min/max, but by its nature
+    it depends on the order and size of batches, and shards cannot be merged.
+    """
+
+    def __init__(self, constant: float, axis: int | None = None) -> None:
+        super().__init__(axis)
+        self.constant = constant
+
+    def update(self, x: np.ndarray) -> None:
+        batch = MinMaxObserver(self.axis)
+        batch.update(x)
+        if batch.count == 0:
+            return
+        if self.count == 0:
+            self._min, self._max = batch._min, batch._max
+        else:
+            c = np.float32(self.constant)
+            self._min = ((1 - c) * self._min + c * batch._min).astype(np.float32)
+            self._max = ((1 - c) * self._max + c * batch._max).astype(np.float32)
+        self.count += 1
+
+    def merge(self, other: MinMaxObserver) -> None:
+        raise ValueError("moving-average ranges depend on batch order and cannot be merged")

@@ -45,6 +45,15 @@ class RangesFile:
         }
         return json.dumps(doc, indent=1, allow_nan=False) + "\n"
 
+    def check_scheme(self, scheme: str, source: str | Path) -> None:
+        made_for = self.params.get("scheme", "asym")
+        if made_for != scheme:
+            raise RangesError(
+                f"ranges file '{source}' was calibrated for {made_for} activations; "
+                f"recalibrate with --scheme {scheme} or quantize with "
+                f"--activation-scheme {made_for}"
+            )
+
     def check_model(self, fingerprint: str, source: str | Path) -> None:
         if fingerprint != self.model_fingerprint:
             raise RangesError(
@@ -59,7 +68,13 @@ def _number(v: float) -> float | str:
 
 def _encode(r: TensorRange) -> dict[str, Any]:
     if r.axis is None:
-        return {"min": _number(float(r.min)), "max": _number(float(r.max))}
+        entry: dict[str, Any] = {"min": _number(float(r.min)), "max": _number(float(r.max))}
+        if r.observed_min is not None and r.observed_max is not None:
+            entry["observed"] = {
+                "min": _number(float(r.observed_min)),
+                "max": _number(float(r.observed_max)),
+            }
+        return entry
     return {
         "axis": r.axis,
         "min": [_number(float(v)) for v in r.min],
@@ -93,7 +108,14 @@ def read_ranges(path: str | Path) -> RangesFile:
             lo, hi = _decode_values(entry["min"]), _decode_values(entry["max"])
             if lo.shape != hi.shape or np.isnan(lo).any() or np.isnan(hi).any():
                 raise ValueError(f"tensor '{name}' has malformed min/max")
-            tensors[name] = TensorRange(lo, hi, entry.get("axis"))
+            seen = entry.get("observed")
+            tensors[name] = TensorRange(
+                lo,
+                hi,
+                entry.get("axis"),
+                _decode_values(seen["min"]) if seen else None,
+                _decode_values(seen["max"]) if seen else None,
+            )
         return RangesFile(
             model_fingerprint=str(doc["model"]["fingerprint"]),
             model_path=str(doc["model"].get("path", "")),

@@ -17,7 +17,15 @@ import click
 from onnxq._version import __version__
 from onnxq.calibration.calibrate import calibrate as run_calibrate
 from onnxq.cli import render
-from onnxq.config import CalibrationConfig, Granularity, QuantConfig, RangeMode, Scheme
+from onnxq.config import (
+    CalibrationConfig,
+    CalibrationMethod,
+    Granularity,
+    Mode,
+    QuantConfig,
+    RangeMode,
+    Scheme,
+)
 from onnxq.errors import ConfigError, OnnxqError
 from onnxq.graph.model_io import check_distinct, write_atomic
 from onnxq.inspect import inspect_model
@@ -101,6 +109,44 @@ def common_run_options(func: F) -> F:
     return func
 
 
+def method_options(func: F) -> F:
+    """Calibration method options shared by calibrate and quantize."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--method",
+                type=click.Choice([m.value for m in CalibrationMethod]),
+                default="minmax",
+                show_default=True,
+                help="How activation ranges are chosen: extremes, percentile, KL divergence "
+                "(entropy) or least squared error (mse).",
+            ),
+            click.option(
+                "--percentile",
+                type=float,
+                default=99.99,
+                show_default=True,
+                help="Percentile kept by --method percentile.",
+            ),
+            click.option(
+                "--bins",
+                type=int,
+                default=2048,
+                show_default=True,
+                help="Histogram resolution of percentile, entropy and mse.",
+            ),
+            click.option(
+                "--moving-average",
+                type=float,
+                default=None,
+                help="With --method minmax: moving average of batch extremes, this constant.",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="onnxq")
 @click.option("--debug", is_flag=True, help="Log details to stderr; show tracebacks of bugs.")
@@ -148,12 +194,14 @@ def inspect(model: Path, exclude: tuple[str, ...], as_json: bool) -> None:
     help="One range per activation tensor, or one per channel.",
 )
 @click.option(
-    "--method",
-    type=click.Choice(["minmax"]),
-    default="minmax",
+    "--scheme",
+    type=click.Choice([s.value for s in Scheme]),
+    default="asym",
     show_default=True,
-    help="How ranges are chosen from the observed values.",
+    help="Activation scheme the ranges are chosen for.",
 )
+@click.option("--bits", type=int, default=8, show_default=True, help="Activation bit width.")
+@method_options
 @common_run_options
 @handle_errors
 def calibrate(
@@ -161,7 +209,12 @@ def calibrate(
     data: Path,
     output: Path,
     granularity: str,
+    scheme: str,
+    bits: int,
     method: str,
+    percentile: float,
+    bins: int,
+    moving_average: float | None,
     batch_size: int,
     threads: int,
     quiet: bool,
@@ -173,7 +226,16 @@ def calibrate(
       onnxq calibrate model.onnx --data calib.npz -o ranges.json --granularity channel
     """
     check_distinct(model, output)
-    config = CalibrationConfig(granularity=Granularity(granularity), batch_size=batch_size)
+    config = CalibrationConfig(
+        method=CalibrationMethod(method),
+        granularity=Granularity(granularity),
+        batch_size=batch_size,
+        percentile=percentile,
+        bins=bins,
+        moving_average=moving_average,
+        scheme=Scheme(scheme),
+        bits=bits,
+    )
     with render.progress(quiet) as progress:
         ranges = run_calibrate(
             model, data, config, threads=threads, progress=progress("calibrating")
@@ -234,6 +296,28 @@ def calibrate(
     help="Data to measure fidelity on (default: the calibration data).",
 )
 @click.option("--labels", help="Key of integer labels in the data, to report accuracy.")
+@click.option(
+    "--mode",
+    type=click.Choice([m.value for m in Mode]),
+    default="static",
+    show_default=True,
+    help="static: calibrated activation ranges; dynamic: ranges computed at run time.",
+)
+@click.option(
+    "--weight-method",
+    type=click.Choice(["minmax", "percentile", "mse"]),
+    default="minmax",
+    show_default=True,
+    help="How weight ranges are chosen.",
+)
+@click.option(
+    "--weight-percentile",
+    type=float,
+    default=99.99,
+    show_default=True,
+    help="Percentile kept by --weight-method percentile.",
+)
+@method_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option(
     "--report",
@@ -257,6 +341,13 @@ def quantize(
     exclude: tuple[str, ...],
     eval_data: Path | None,
     labels: str | None,
+    mode: str,
+    weight_method: str,
+    weight_percentile: float,
+    method: str,
+    percentile: float,
+    bins: int,
+    moving_average: float | None,
     as_json: bool,
     report_path: Path | None,
     batch_size: int,
@@ -273,7 +364,7 @@ def quantize(
     """
     if data is not None and ranges is not None:
         raise InputError("--data and --ranges are mutually exclusive: give one")
-    if data is None and ranges is None:
+    if data is None and ranges is None and mode == "static":
         raise InputError("give --data (calibrate now) or --ranges (a file from onnxq calibrate)")
     if report_path is not None:
         check_distinct(model, report_path)
@@ -287,6 +378,18 @@ def quantize(
         range_mode=RangeMode(range_mode),
         bits=bits,
         exclude=exclude,
+        mode=Mode(mode),
+        weight_method=CalibrationMethod(weight_method),
+        weight_percentile=weight_percentile,
+    )
+    calibration = CalibrationConfig(
+        method=CalibrationMethod(method),
+        batch_size=batch_size,
+        percentile=percentile,
+        bins=bins,
+        moving_average=moving_average,
+        scheme=config.activation_scheme,
+        bits=bits,
     )
     with render.progress(quiet) as progress:
         result = run_quantize(
@@ -297,7 +400,7 @@ def quantize(
             ranges=ranges,
             eval_data=eval_data,
             labels=labels,
-            calibration=CalibrationConfig(batch_size=batch_size),
+            calibration=calibration,
             threads=threads,
             progress=progress.staged if progress else None,
         )

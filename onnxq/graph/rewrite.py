@@ -21,8 +21,9 @@ from onnxq.graph.names import NameFactory
 from onnxq.graph.plan import QuantPlan, WeightUse
 from onnxq.graph.rules import GraphIndex, Role
 from onnxq.quant import QParams, QType, compute_qparams, quantize
+from onnxq.quant.weights import weight_range
 
-__all__ = ["RewriteResult", "rewrite"]
+__all__ = ["RewriteResult", "drop_unused_initializers", "rewrite", "topological"]
 
 _INT32_MAX = float(np.iinfo(np.int32).max)
 
@@ -86,9 +87,9 @@ def rewrite(
     removed = set(plan.fused)
     nodes = [n for n in out.graph.node if n.name not in removed] + b.nodes
     del out.graph.node[:]
-    out.graph.node.extend(_topological(nodes, out.graph))
+    out.graph.node.extend(topological(nodes, out.graph))
     out.graph.initializer.extend(b.inits)
-    _drop_unused_initializers(out)
+    drop_unused_initializers(out)
     counts = Counter(n.op_type for n in b.nodes)
     return RewriteResult(
         model=out,
@@ -215,8 +216,16 @@ def _store_weight(
     else:
         qtype, symmetric = config.activation_qtype, config.activation_scheme.value == "sym"
     axis = use.axis % w.ndim if use.axis is not None and w.ndim else None
-    reduce = tuple(i for i in range(w.ndim) if i != axis) if axis is not None else None
-    lo, hi = w.min(axis=reduce), w.max(axis=reduce)
+    method = config.weight_method.value if use.role is Role.WEIGHT else "minmax"
+    lo, hi = weight_range(
+        w,
+        axis,
+        method,
+        qtype,
+        symmetric=symmetric,
+        restricted=config.restricted,
+        percentile=config.weight_percentile,
+    )
     qp = compute_qparams(
         lo, hi, qtype, symmetric=symmetric, restricted=config.restricted, axis=axis
     )
@@ -269,7 +278,7 @@ def _replace_output(node: onnx.NodeProto, old: str, new: str) -> None:
             node.output[i] = new
 
 
-def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+def topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """Kahn's order, stable with respect to the given order."""
     available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
     producer = {o: i for i, n in enumerate(nodes) for o in n.output}
@@ -304,7 +313,7 @@ def _inputs(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
     """Remove float initializers that no node reads any more (and their graph inputs)."""
     used: set[str] = {o.name for o in model.graph.output}
     for node in model.graph.node:

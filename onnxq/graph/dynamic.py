@@ -1,0 +1,176 @@
+"""Dynamic quantization: weights stored as integers ahead of time, activation ranges
+computed at run time by DynamicQuantizeLinear, integer MatMul via MatMulInteger.
+
+The pattern written is DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul, which
+onnxruntime's CPU provider fuses into DynamicQuantizeMatMul. Conv is kept in float:
+onnxruntime's ConvInteger has no uint8 × int8 kernel, and dynamic uint8 × uint8
+convolution is slower than float on CPUs without VNNI.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxq.config import QuantConfig, Scheme
+from onnxq.errors import ConfigError
+from onnxq.graph.names import NameFactory
+from onnxq.graph.plan import NodeDecision
+from onnxq.graph.rewrite import RewriteResult, drop_unused_initializers, topological
+from onnxq.graph.rules import GraphIndex
+from onnxq.quant import compute_qparams, quantize
+from onnxq.quant.weights import weight_range
+
+__all__ = ["dynamic_decisions", "rewrite_dynamic"]
+
+CONV_REASON = (
+    "dynamic Conv kept in float: onnxruntime's ConvInteger has no uint8 x int8 kernel and "
+    "uint8 x uint8 is slower than float on this kind of CPU"
+)
+
+
+def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
+    for a in node.attribute:
+        if a.name == name:
+            return float(helper.get_attribute_value(a))
+    return default
+
+
+def _check(node: onnx.NodeProto, idx: GraphIndex, config: QuantConfig) -> str | None:
+    """None when ``node`` is quantized dynamically, else why not."""
+    for pat in config.exclude:
+        if fnmatch.fnmatchcase(node.name, pat) or fnmatch.fnmatchcase(node.op_type, pat):
+            return f"excluded by --exclude {pat}"
+    if node.op_type in ("Conv", "ConvTranspose"):
+        return CONV_REASON
+    if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+        return f"no dynamic rule for {node.op_type}; kept in float"
+    a, b = node.input[0], node.input[1]
+    if not idx.is_float_activation(a):
+        return f"input '{a}' is not a float32 activation"
+    if not idx.is_float_initializer(b) or idx.ranks.get(b) != 2:
+        return f"weight '{b}' is not a 2-D float32 constant"
+    if node.op_type == "Gemm" and _attr(node, "transA", 0):
+        return "Gemm with transA is kept in float"
+    return None
+
+
+def dynamic_decisions(model: onnx.ModelProto, config: QuantConfig) -> tuple[NodeDecision, ...]:
+    idx = GraphIndex(model)
+    out = []
+    for node in model.graph.node:
+        reason = _check(node, idx, config)
+        action = "float" if reason else "quantize"
+        out.append(NodeDecision(node.name, node.op_type, action, reason or "dynamic uint8 x int8"))
+    return tuple(out)
+
+
+def rewrite_dynamic(
+    model: onnx.ModelProto, config: QuantConfig
+) -> tuple[RewriteResult, tuple[NodeDecision, ...]]:
+    """The dynamically quantized copy of ``model`` (prepared: named nodes, shapes inferred)."""
+    if config.activation_scheme is not Scheme.ASYM:
+        raise ConfigError(
+            "--mode dynamic quantizes activations to asymmetric uint8 (DynamicQuantizeLinear); "
+            "use --activation-scheme asym"
+        )
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    idx = GraphIndex(out)
+    names = NameFactory(out)
+    decisions = dynamic_decisions(out, config)
+    chosen = {d.name for d in decisions if d.action == "quantize"}
+    new_nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    activations: dict[str, tuple[str, str, str]] = {}  # x -> (x_q, x_scale, x_zp)
+    weights = 0
+    for node in out.graph.node:
+        if node.name not in chosen:
+            new_nodes.append(node)
+            continue
+        x = node.input[0]
+        if x not in activations:
+            q, s, z = (names.new(f"{x}_{k}") for k in ("quantized", "scale", "zp"))
+            new_nodes.append(
+                helper.make_node(
+                    "DynamicQuantizeLinear", [x], [q, s, z], name=names.new(f"{x}_DynamicQ")
+                )
+            )
+            activations[x] = (q, s, z)
+        q, s, z = activations[x]
+        w = numpy_helper.to_array(idx.initializers[node.input[1]]).astype(np.float32)
+        alpha, bias = 1.0, None
+        if node.op_type == "Gemm":
+            if _attr(node, "transB", 0):
+                w = w.T
+            alpha = _attr(node, "alpha", 1.0)
+            if len(node.input) > 2 and node.input[2]:
+                bias = (node.input[2], _attr(node, "beta", 1.0))
+        axis = 1 if config.granularity.value == "channel" else None
+        sym = config.weight_scheme is Scheme.SYM
+        lo, hi = weight_range(
+            w,
+            axis,
+            config.weight_method.value,
+            config.weight_qtype,
+            symmetric=sym,
+            restricted=config.restricted,
+            percentile=config.weight_percentile,
+        )
+        qp = compute_qparams(
+            lo, hi, config.weight_qtype, symmetric=sym, restricted=config.restricted, axis=axis
+        )
+        base = node.input[1]
+        w_q, w_zp, w_scale = (names.new(f"{base}_{k}") for k in ("quantized", "zp", "scale"))
+        inits += [
+            numpy_helper.from_array(quantize(w, qp), w_q),
+            numpy_helper.from_array(qp.zero_point, w_zp),
+            numpy_helper.from_array((qp.scale * np.float32(alpha)).astype(np.float32), w_scale),
+        ]
+        weights += 1
+        y = node.output[0]
+        acc, acc_f, both = (names.new(f"{y}_{k}") for k in ("int32", "float", "scale"))
+        last = y if bias is None else names.new(f"{y}_nobias")
+        new_nodes += [
+            helper.make_node(
+                "MatMulInteger",
+                [q, w_q, z, w_zp],
+                [acc],
+                name=names.new(f"{node.name}_MatMulInteger"),
+            ),
+            helper.make_node(
+                "Cast",
+                [acc],
+                [acc_f],
+                name=names.new(f"{node.name}_Cast"),
+                to=onnx.TensorProto.FLOAT,
+            ),
+            helper.make_node("Mul", [s, w_scale], [both], name=names.new(f"{node.name}_Scale")),
+            helper.make_node("Mul", [acc_f, both], [last], name=names.new(f"{node.name}_Mul")),
+        ]
+        if bias is not None:
+            c_name, beta = bias
+            if beta != 1.0:
+                c = numpy_helper.to_array(idx.initializers[c_name]).astype(np.float32) * np.float32(
+                    beta
+                )
+                c_name = names.new(f"{c_name}_scaled")
+                inits.append(numpy_helper.from_array(c, c_name))
+            new_nodes.append(
+                helper.make_node("Add", [last, c_name], [y], name=names.new(f"{node.name}_Bias"))
+            )
+    del out.graph.node[:]
+    out.graph.node.extend(topological(new_nodes, out.graph))
+    out.graph.initializer.extend(inits)
+    drop_unused_initializers(out)
+    result = RewriteResult(
+        model=out,
+        quantized_nodes=len(chosen),
+        quantized_weights=weights,
+        qdq_pairs=len(activations),
+        float_biases=(),
+    )
+    return result, decisions
