@@ -165,7 +165,7 @@ def quantize(
                 plan.roots,
                 calibration,
                 threads=threads,
-                progress=_stage(progress, "calibrating"),
+                progress=progress,
             )
             source = f"calibrated on {data} ({calibration.method.value})"
         qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
@@ -184,7 +184,7 @@ def quantize(
             candidate,
             eval_set,
             batch_size=calibration.batch_size,
-            progress=_stage(progress, "evaluating"),
+            progress=progress,
         )
     return QuantizeReport(
         model_path=str(model_path),
@@ -202,14 +202,6 @@ def quantize(
         fidelity_data=str(eval_path) if eval_path is not None else None,
         float_biases=result.float_biases,
     )
-
-
-def _stage(
-    progress: Callable[[str, int, int], None] | None, stage: str
-) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda done, total: progress(stage, done, total)
 
 
 def _ranges_for(plan: QuantPlan, ranges: RangesFile, source: str) -> dict[str, TensorRange]:

@@ -21,7 +21,7 @@ from onnxq.runtime import Runner
 
 __all__ = ["Progress", "calibrate", "observe"]
 
-Progress = Callable[[int, int], None]  # (samples done, samples in all)
+Progress = Callable[[str, int, int], None]  # (stage, done, in all)
 
 
 def calibrate(
@@ -74,5 +74,10 @@ def observe(
             observers[name].update(value)
         done += batch.size
         if progress is not None:
-            progress(done, dataset.num_samples)
-    return {t: finish(obs, config) for t, obs in observers.items()}
+            progress("calibrating", done, dataset.num_samples)
+    ranges = {}
+    for i, (name, obs) in enumerate(observers.items()):
+        ranges[name] = finish(obs, config)
+        if progress is not None and config.method.uses_histogram:
+            progress(f"{config.method.value} search", i + 1, len(observers))
+    return ranges

@@ -237,9 +237,7 @@ def calibrate(
         bits=bits,
     )
     with render.progress(quiet) as progress:
-        ranges = run_calibrate(
-            model, data, config, threads=threads, progress=progress("calibrating")
-        )
+        ranges = run_calibrate(model, data, config, threads=threads, progress=progress)
     write_atomic(output, ranges.to_json().encode())
     render.calibration(ranges, output)
 
@@ -402,7 +400,7 @@ def quantize(
             labels=labels,
             calibration=calibration,
             threads=threads,
-            progress=progress.staged if progress else None,
+            progress=progress,
         )
     if report_path is not None:
         write_atomic(report_path, (json.dumps(result.to_dict(), indent=1) + "\n").encode())

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,41 +38,28 @@ def emit_json(doc: dict[str, Any]) -> None:
 
 
 class _Stages:
-    """Progress callbacks for the library: one bar per stage, on stderr."""
+    """Progress callback for the library: one bar per stage, on stderr."""
 
     def __init__(self, bar: Progress) -> None:
         self._bar = bar
         self._tasks: dict[str, Any] = {}
 
-    def __call__(self, stage: str) -> Callable[[int, int], None]:
-        return lambda done, total: self.staged(stage, done, total)
-
-    def staged(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self._tasks:
             self._tasks[stage] = self._bar.add_task(stage, total=total)
         self._bar.update(self._tasks[stage], completed=done, total=total)
-
-
-class _Silent:
-    def __call__(self, stage: str) -> None:
-        return None
-
-    staged = None
-
-    def __bool__(self) -> bool:
-        return False
 
 
 @contextmanager
 def progress(quiet: bool) -> Iterator[Any]:
     """A progress bar with ETA on stderr when it is a terminal and not ``--quiet``."""
     if quiet or not err.is_terminal:
-        yield _Silent()
+        yield None
         return
     bar = Progress(
         TextColumn("{task.description:<12}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} samples"),
+        TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,

@@ -29,7 +29,7 @@ def evaluate(
     dataset: Dataset,
     *,
     batch_size: int,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Fidelity:
     """Metrics of every output of ``reference`` over ``dataset``, streamed batch by batch."""
     names = list(reference.output_names)
@@ -42,5 +42,5 @@ def evaluate(
             stats[n].update(ref[n], cand[n], batch.labels)
         done += batch.size
         if progress is not None:
-            progress(done, dataset.num_samples)
+            progress("evaluating", done, dataset.num_samples)
     return Fidelity(done, tuple(stats[n].result() for n in names))
