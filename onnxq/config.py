@@ -3,23 +3,26 @@ validated on construction. No option dicts anywhere in onnxq."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from onnxq.errors import ConfigError
 from onnxq.quant.qtypes import QType
 
 __all__ = [
+    "ACTIVATION_BITS",
+    "WEIGHT_BITS",
     "CalibrationConfig",
     "CalibrationMethod",
     "Granularity",
     "Mode",
     "QuantConfig",
     "RangeMode",
+    "Recipe",
+    "RecipeRule",
     "Scheme",
+    "WeightSpec",
 ]
-
-SUPPORTED_BITS = (8,)
 
 
 class Scheme(str, Enum):
@@ -34,10 +37,14 @@ class Scheme(str, Enum):
 
 
 class Granularity(str, Enum):
-    """How many clipping ranges a tensor gets: one, or one per channel."""
+    """How many clipping ranges a weight gets: one (tensor), one per output channel,
+    one per group of consecutive output channels, or one per block of consecutive
+    values along the reduction axis inside each output channel (sub-channel)."""
 
     TENSOR = "tensor"
     CHANNEL = "channel"
+    GROUP = "group"
+    BLOCK = "block"
 
 
 class RangeMode(str, Enum):
@@ -67,12 +74,13 @@ class Mode(str, Enum):
     DYNAMIC = "dynamic"
 
 
-def _check_bits(bits: int, option: str) -> None:
-    if bits not in SUPPORTED_BITS:
-        raise ConfigError(
-            f"{option} {bits} is not supported yet: onnxq quantizes to "
-            f"{', '.join(map(str, SUPPORTED_BITS))} bits"
-        )
+WEIGHT_BITS = (4, 8)
+ACTIVATION_BITS = (8, 16)
+
+
+def _check_bits(bits: int, option: str, allowed: tuple[int, ...] = (8, 16)) -> None:
+    if bits not in allowed:
+        raise ConfigError(f"{option} {bits} is not supported: use {' or '.join(map(str, allowed))}")
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,12 @@ class CalibrationConfig:
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"--percentile must be in (50, 100], got {self.percentile:g}")
         levels = 2 ** (self.bits - 1)
-        if self.bins < 2 * levels or self.bins % 2:
+        if self.bins < 2 or self.bins % 2:
+            raise ConfigError(f"--bins must be an even number of at least 2, got {self.bins}")
+        if self.method is CalibrationMethod.ENTROPY and self.bins < 2 * levels:
             raise ConfigError(
-                f"--bins must be an even number of at least {2 * levels} for {self.bits}-bit "
-                f"ranges, got {self.bins}"
+                f"--method entropy needs --bins of at least {2 * levels} for {self.bits}-bit "
+                f"activations, got {self.bins}"
             )
         if self.moving_average is not None:
             if self.method is not CalibrationMethod.MINMAX:
@@ -116,7 +126,7 @@ class CalibrationConfig:
                 f"--method {self.method.value} gives one range per tensor; "
                 "use --granularity tensor (per-channel statistics are min/max)"
             )
-        _check_bits(self.bits, "--bits")
+        _check_bits(self.bits, "--activation-bits", ACTIVATION_BITS)
 
     @property
     def params(self) -> dict[str, object]:
@@ -132,45 +142,149 @@ class CalibrationConfig:
 
 
 @dataclass(frozen=True)
+class WeightSpec:
+    """How the weights of one node are stored: the global settings, or a recipe's."""
+
+    scheme: Scheme = Scheme.SYM
+    bits: int = 8
+    granularity: Granularity = Granularity.CHANNEL
+    group_size: int = 4
+    block_size: int = 32
+    method: CalibrationMethod = CalibrationMethod.MINMAX
+    percentile: float = 99.99
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits, "--weight-bits", WEIGHT_BITS)
+        if self.method is CalibrationMethod.ENTROPY:
+            raise ConfigError(
+                "--weight-method entropy is not offered: use minmax, percentile or mse"
+            )
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"--weight-percentile must be in (50, 100], got {self.percentile:g}")
+        if self.group_size < 1:
+            raise ConfigError(f"--group-size must be at least 1, got {self.group_size}")
+        if self.block_size < 2:
+            raise ConfigError(f"--block-size must be at least 2, got {self.block_size}")
+
+    @property
+    def qtype(self) -> QType:
+        return self.scheme.qtype(self.bits)
+
+    def describe(self) -> str:
+        size = {Granularity.GROUP: f" {self.group_size}", Granularity.BLOCK: f" {self.block_size}"}
+        gran = f"{self.granularity.value}{size.get(self.granularity, '')}"
+        return f"{self.qtype.value} {self.scheme.value} per {gran} ({self.method.value})"
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     """Settings of one quantization.
 
     Defaults follow common practice on CPUs: asymmetric uint8 activations, symmetric
     int8 weights, one range per output channel of each weight, full integer range.
+    ``recipe`` overrides weight settings and exclusion node by node.
     """
 
     weight_scheme: Scheme = Scheme.SYM
     activation_scheme: Scheme = Scheme.ASYM
     granularity: Granularity = Granularity.CHANNEL
     range_mode: RangeMode = RangeMode.FULL
-    bits: int = 8
+    weight_bits: int = 8
+    activation_bits: int = 8
+    group_size: int = 4
+    block_size: int = 32
     exclude: tuple[str, ...] = field(default_factory=tuple)
     mode: Mode = Mode.STATIC
     weight_method: CalibrationMethod = CalibrationMethod.MINMAX
     weight_percentile: float = 99.99
+    weights_only: bool = False
+    recipe: Recipe | None = None
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits, "--bits")
-        if self.weight_method is CalibrationMethod.ENTROPY:
-            raise ConfigError(
-                "--weight-method entropy is not offered: use minmax, percentile or mse"
-            )
-        if not 50.0 < self.weight_percentile <= 100.0:
-            raise ConfigError(
-                f"--weight-percentile must be in (50, 100], got {self.weight_percentile:g}"
-            )
+        _ = self.weights  # validates the weight settings
+        _check_bits(self.activation_bits, "--activation-bits", ACTIVATION_BITS)
         for name in self.exclude:
             if not name:
                 raise ConfigError("--exclude needs a node name or op type, got an empty string")
+        if self.mode is Mode.DYNAMIC and self.weights_only:
+            raise ConfigError("--weights-only and --mode dynamic exclude each other: pick one")
+        if self.mode is Mode.DYNAMIC and self.activation_bits != 8:
+            raise ConfigError("--mode dynamic quantizes activations to 8 bits only")
+
+    @property
+    def weights(self) -> WeightSpec:
+        """The global weight settings (before any recipe)."""
+        return WeightSpec(
+            self.weight_scheme,
+            self.weight_bits,
+            self.granularity,
+            self.group_size,
+            self.block_size,
+            self.weight_method,
+            self.weight_percentile,
+        )
 
     @property
     def weight_qtype(self) -> QType:
-        return self.weight_scheme.qtype(self.bits)
+        return self.weight_scheme.qtype(self.weight_bits)
 
     @property
     def activation_qtype(self) -> QType:
-        return self.activation_scheme.qtype(self.bits)
+        return self.activation_scheme.qtype(self.activation_bits)
 
     @property
     def restricted(self) -> bool:
         return self.range_mode is RangeMode.RESTRICTED
+
+    @property
+    def min_opset(self) -> int:
+        """Opset the written model needs: 21 for 4/16-bit types and blocked Q/DQ, else 13."""
+        specs = [self.weights, *(self.recipe.specs(self.weights) if self.recipe else [])]
+        if self.activation_bits == 16 and not self.weights_only and self.mode is Mode.STATIC:
+            return 21
+        if any(s.bits == 4 or s.granularity is Granularity.BLOCK for s in specs):
+            return 21
+        return 13
+
+
+@dataclass(frozen=True)
+class RecipeRule:
+    """One rule of a recipe: nodes whose name or op type matches ``match`` (a glob)."""
+
+    match: str
+    exclude: bool | None = None
+    weight_scheme: Scheme | None = None
+    weight_bits: int | None = None
+    granularity: Granularity | None = None
+    group_size: int | None = None
+    block_size: int | None = None
+    weight_method: CalibrationMethod | None = None
+
+    def settings(self) -> dict[str, object]:
+        """The settings this rule makes, by WeightSpec field name (plus ``exclude``)."""
+        names = {
+            "weight_scheme": "scheme",
+            "weight_bits": "bits",
+            "granularity": "granularity",
+            "group_size": "group_size",
+            "block_size": "block_size",
+            "weight_method": "method",
+            "exclude": "exclude",
+        }
+        return {names[k]: v for k, v in self.__dict__.items() if k != "match" and v is not None}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Per-node settings read from a recipe file."""
+
+    rules: tuple[RecipeRule, ...]
+    source: str = "recipe"
+
+    def specs(self, base: WeightSpec) -> list[WeightSpec]:
+        """Every weight spec a rule can produce on top of ``base`` (for opset needs)."""
+        out = []
+        for rule in self.rules:
+            settings = {k: v for k, v in rule.settings().items() if k != "exclude"}
+            out.append(replace(base, **settings))  # type: ignore[arg-type]
+        return out

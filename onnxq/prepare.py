@@ -30,11 +30,15 @@ class PreparedModel:
     steps: tuple[str, ...]
 
 
-def prepare(model: onnx.ModelProto, *, optimize: bool = True) -> PreparedModel:
-    """The model onnxq plans on. Outputs are unchanged beyond float rounding."""
+def prepare(
+    model: onnx.ModelProto, *, min_opset: int = MIN_OPSET, optimize: bool = True
+) -> PreparedModel:
+    """The model onnxq plans on. Outputs are unchanged beyond float rounding.
+
+    ``min_opset`` is 13 (per-axis Q/DQ) or 21 (4- and 16-bit types, blocked Q/DQ)."""
     steps: list[str] = []
     current = model
-    for step in (constants_to_initializers, lambda m: upgrade_opset(m, MIN_OPSET)):
+    for step in (constants_to_initializers, lambda m: upgrade_opset(m, min_opset)):
         result = step(current)
         current = result.model
         if result.changed:

@@ -129,24 +129,29 @@ def quantize(
     """
     config = config or QuantConfig()
     calibration = replace(
-        calibration or CalibrationConfig(), scheme=config.activation_scheme, bits=config.bits
+        calibration or CalibrationConfig(),
+        scheme=config.activation_scheme,
+        bits=config.activation_bits,
     )
     dynamic = config.mode is Mode.DYNAMIC
     if data is not None and ranges is not None:
         raise ConfigError("give one of --data (calibrate now) or --ranges (reuse a file), not both")
-    if not dynamic and data is None and ranges is None:
+    no_calibration = dynamic or config.weights_only
+    if not no_calibration and data is None and ranges is None:
         raise ConfigError("give --data (calibrate now) or --ranges (a file from onnxq calibrate)")
-    if dynamic and ranges is not None:
-        raise ConfigError("--mode dynamic computes activation ranges at run time: drop --ranges")
+    if no_calibration and ranges is not None:
+        raise ConfigError(
+            "--mode dynamic and --weights-only need no activation ranges: drop --ranges"
+        )
     check_distinct(model_path, output_path)
     model = load_model(model_path)
     specs = input_specs(model)
-    calib_set = open_dataset(data, specs) if data is not None and not dynamic else None
+    calib_set = open_dataset(data, specs) if data is not None and not no_calibration else None
     eval_path = eval_data if eval_data is not None else data
     eval_set = open_dataset(eval_path, specs, label_key=labels) if eval_path is not None else None
     ranges_file = read_ranges(ranges) if ranges is not None else None
 
-    prepared = prepare(model)
+    prepared = prepare(model, min_opset=config.min_opset)
     if dynamic:
         result, decisions = rewrite_dynamic(prepared.model, config)
         source = "dynamic (computed at run time)"

@@ -261,7 +261,9 @@ def test_output_equal_to_input_is_refused(cnn_files):
 @pytest.mark.parametrize(
     "extra,fragment",
     [
-        (["--bits", "4"], "--bits 4 is not supported"),
+        (["--bits", "4"], "--bits 4 would set activations to 4 bits"),
+        (["--weight-bits", "3"], "--weight-bits 3 is not supported: use 4 or 8"),
+        (["--activation-bits", "4"], "--activation-bits 4 is not supported: use 8 or 16"),
         (["--ranges", "r.json"], "mutually exclusive"),
     ],
 )

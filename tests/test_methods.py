@@ -231,7 +231,8 @@ def test_moving_average_minmax_is_less_extreme(tmp_path):
     "kwargs,message",
     [
         ({"percentile": 20.0}, "--percentile"),
-        ({"bins": 100}, "--bins"),
+        ({"bins": 101}, "--bins"),
+        ({"method": CalibrationMethod.ENTROPY, "bins": 100}, "--bins of at least 256"),
         ({"method": CalibrationMethod.ENTROPY, "moving_average": 0.1}, "--moving-average"),
         ({"moving_average": 2.0}, "--moving-average"),
     ],
@@ -324,7 +325,7 @@ def test_percentile_weight_range_clips_an_outlying_weight(tmp_path):
 
 
 def test_mse_weight_range_minimises_the_weight_error():
-    from onnxq.quant.weights import weight_range
+    from onnxq.quant.weights import WeightLayout, weight_range
 
     # at 8 bits clipping only pays when one outlier sits among very many values
     w = np.random.default_rng(4).normal(0, 1, (2, 1 << 20)).astype(np.float32)
@@ -334,7 +335,7 @@ def test_mse_weight_range_minimises_the_weight_error():
         qp = compute_qparams(lo, hi, QType.INT8, symmetric=True, axis=0)
         return ((dequantize(q_values(w, qp), qp) - w) ** 2).sum(axis=1)
 
-    minmax = err(*weight_range(w, 0, "minmax", QType.INT8, symmetric=True))
-    mse = err(*weight_range(w, 0, "mse", QType.INT8, symmetric=True))
+    minmax = err(*weight_range(w, WeightLayout("channel", 0), "minmax", QType.INT8, symmetric=True))
+    mse = err(*weight_range(w, WeightLayout("channel", 0), "mse", QType.INT8, symmetric=True))
     assert np.all(mse <= minmax * (1 + 1e-6))
     assert mse.sum() < 0.5 * minmax.sum()

@@ -30,6 +30,7 @@ from onnxq.errors import ConfigError, OnnxqError
 from onnxq.graph.model_io import check_distinct, write_atomic
 from onnxq.inspect import inspect_model
 from onnxq.quantize import quantize as run_quantize
+from onnxq.recipe import read_recipe
 from onnxq.report.compare import Thresholds
 from onnxq.report.compare import compare as run_compare
 
@@ -283,7 +284,33 @@ def calibrate(
     show_default=True,
     help="Integer range: full, or restricted (int8 [-127, 127], uint8 [1, 255]).",
 )
-@click.option("--bits", type=int, default=8, show_default=True, help="Bit width (8).")
+@click.option("--bits", type=int, help="Bit width of weights and activations (sets both).")
+@click.option("--weight-bits", type=int, help="Weight bit width: 8 or 4.  [default: 8]")
+@click.option("--activation-bits", type=int, help="Activation bit width: 8 or 16.  [default: 8]")
+@click.option(
+    "--group-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Output channels per range with --granularity group.",
+)
+@click.option(
+    "--block-size",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
+    help="Values per range along the reduction axis with --granularity block.",
+)
+@click.option(
+    "--weights-only",
+    is_flag=True,
+    help="Quantize weights only; activations stay float (no calibration needed).",
+)
+@click.option(
+    "--recipe",
+    type=click.Path(path_type=Path),
+    help="JSON/YAML file of per-node weight settings and exclusions (globs).",
+)
 @click.option(
     "--exclude", multiple=True, help="Node name or op type (glob) kept in float; repeatable."
 )
@@ -335,7 +362,13 @@ def quantize(
     activation_scheme: str | None,
     granularity: str,
     range_mode: str,
-    bits: int,
+    bits: int | None,
+    weight_bits: int | None,
+    activation_bits: int | None,
+    group_size: int,
+    block_size: int,
+    weights_only: bool,
+    recipe: Path | None,
     exclude: tuple[str, ...],
     eval_data: Path | None,
     labels: str | None,
@@ -362,11 +395,16 @@ def quantize(
     """
     if data is not None and ranges is not None:
         raise InputError("--data and --ranges are mutually exclusive: give one")
-    if data is None and ranges is None and mode == "static":
+    if data is None and ranges is None and mode == "static" and not weights_only:
         raise InputError("give --data (calibrate now) or --ranges (a file from onnxq calibrate)")
     if report_path is not None:
         check_distinct(model, report_path)
         check_distinct(output, report_path)
+    if bits is not None and activation_bits is None and not weights_only and bits not in (8, 16):
+        raise InputError(
+            f"--bits {bits} would set activations to {bits} bits, but activations take 8 or 16: "
+            f"use --weight-bits {bits}, or add --weights-only"
+        )
     config = QuantConfig(
         weight_scheme=Scheme(weight_scheme or scheme or QuantConfig.weight_scheme.value),
         activation_scheme=Scheme(
@@ -374,7 +412,12 @@ def quantize(
         ),
         granularity=Granularity(granularity),
         range_mode=RangeMode(range_mode),
-        bits=bits,
+        weight_bits=weight_bits or bits or 8,
+        activation_bits=activation_bits or (bits if bits and not weights_only else 8),
+        group_size=group_size,
+        block_size=block_size,
+        weights_only=weights_only,
+        recipe=read_recipe(recipe) if recipe is not None else None,
         exclude=exclude,
         mode=Mode(mode),
         weight_method=CalibrationMethod(weight_method),
@@ -387,7 +430,7 @@ def quantize(
         bins=bins,
         moving_average=moving_average,
         scheme=config.activation_scheme,
-        bits=bits,
+        bits=config.activation_bits,
     )
     with render.progress(quiet) as progress:
         result = run_quantize(

@@ -15,14 +15,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.config import QuantConfig, Scheme
+from onnxq.config import Granularity, QuantConfig, Scheme
 from onnxq.errors import ConfigError
 from onnxq.graph.names import NameFactory
 from onnxq.graph.plan import NodeDecision
 from onnxq.graph.rewrite import RewriteResult, drop_unused_initializers, topological
 from onnxq.graph.rules import GraphIndex
-from onnxq.quant import compute_qparams, quantize
-from onnxq.quant.weights import weight_range
+from onnxq.quant import quantize
+from onnxq.quant.weights import WeightLayout, weight_qparams
 
 __all__ = ["dynamic_decisions", "rewrite_dynamic"]
 
@@ -109,19 +109,25 @@ def rewrite_dynamic(
             alpha = _attr(node, "alpha", 1.0)
             if len(node.input) > 2 and node.input[2]:
                 bias = (node.input[2], _attr(node, "beta", 1.0))
-        axis = 1 if config.granularity.value == "channel" else None
-        sym = config.weight_scheme is Scheme.SYM
-        lo, hi = weight_range(
-            w,
-            axis,
-            config.weight_method.value,
-            config.weight_qtype,
-            symmetric=sym,
-            restricted=config.restricted,
-            percentile=config.weight_percentile,
+        spec = config.weights
+        if spec.granularity not in (Granularity.TENSOR, Granularity.CHANNEL) or spec.bits != 8:
+            raise ConfigError(
+                "--mode dynamic stores int8 weights per tensor or per channel "
+                "(MatMulInteger takes one zero point per column)"
+            )
+        layout = (
+            WeightLayout("channel", 1)
+            if spec.granularity is Granularity.CHANNEL
+            else WeightLayout()
         )
-        qp = compute_qparams(
-            lo, hi, config.weight_qtype, symmetric=sym, restricted=config.restricted, axis=axis
+        qp = weight_qparams(
+            w,
+            layout,
+            spec.method.value,
+            spec.qtype,
+            symmetric=spec.scheme is Scheme.SYM,
+            restricted=config.restricted,
+            percentile=spec.percentile,
         )
         base = node.input[1]
         w_q, w_zp, w_scale = (names.new(f"{base}_{k}") for k in ("quantized", "zp", "scale"))

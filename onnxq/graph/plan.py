@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx
 
-from onnxq.config import QuantConfig, Scheme
+from onnxq.config import Granularity, QuantConfig, Recipe, Scheme, WeightSpec
+from onnxq.errors import ConfigError
 from onnxq.graph.rules import (
     ACTIVATION_FUSIONS,
     CONV_LIKE,
@@ -23,6 +24,7 @@ from onnxq.graph.rules import (
     clip_from_zero,
     transparent_check,
 )
+from onnxq.quant.weights import WeightLayout
 
 __all__ = [
     "NodeDecision",
@@ -56,7 +58,8 @@ class WeightUse:
     index: int
     tensor: str
     role: Role
-    axis: int | None = None
+    layout: WeightLayout = field(default_factory=WeightLayout)
+    spec: WeightSpec | None = None  # for a weight: how it is stored (None: as activations)
     activation: str | None = None  # for a bias: the input whose scale it multiplies
     weight: str | None = None  # for a bias: the weight whose scale it multiplies
 
@@ -92,26 +95,69 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     """Decide, node by node, what the rewrite does. ``model`` must be prepared (named
     nodes, constants as initializers, shapes inferred)."""
     idx = GraphIndex(model)
+    settings = resolve_recipe(model, config.recipe)
     decisions: dict[str, NodeDecision] = {}
     roles: dict[str, list[InputRole]] = {}
+    specs: dict[str, WeightSpec] = {}
     for node in model.graph.node:
-        decisions[node.name] = _decide(node, idx, config, roles)
+        node_settings = dict(settings.get(node.name, {}))
+        excluded = node_settings.pop("exclude", False)
+        specs[node.name] = replace(config.weights, **node_settings)  # type: ignore[arg-type]
+        decisions[node.name] = _decide(node, idx, config, roles, specs[node.name], bool(excluded))
 
     need: set[str] = set()
     for node in model.graph.node:
         for r in roles.get(node.name, []):
             if r.role is Role.ACTIVATION:
                 need.add(node.input[r.index])
-    fused = _fuse_activations(model, idx, config, roles, decisions, need)
-    for node in model.graph.node:
-        if node.name in roles and RULES[node.op_type].output_policy is OutputPolicy.ALWAYS:
-            need.add(_quantized_output(node, fused, idx))
+    fused: dict[str, str] = {}
+    if not config.weights_only:
+        fused = _fuse_activations(model, idx, config, roles, decisions, need)
+        for node in model.graph.node:
+            if node.name in roles and RULES[node.op_type].output_policy is OutputPolicy.ALWAYS:
+                need.add(_quantized_output(node, fused, idx))
     aliases, passthrough = _close_over_passthrough(model, idx, config, need, decisions)
-    weights = _weight_uses(model, roles, aliases, config)
+    weights = _weight_uses(model, roles, aliases, specs)
     roots = tuple(t for t in _ordered(model, need) if t not in aliases)
     axes = {t: channel_axis(t, idx) for t in roots}
     ordered = tuple(decisions[n.name] for n in model.graph.node)
     return QuantPlan(ordered, roots, aliases, frozenset(passthrough), fused, tuple(weights), axes)
+
+
+def resolve_recipe(model: onnx.ModelProto, recipe: Recipe | None) -> dict[str, dict[str, object]]:
+    """Each node's settings from the recipe; errors name conflicts and unmatched rules."""
+    if recipe is None:
+        return {}
+    out: dict[str, dict[str, object]] = {}
+    origin: dict[tuple[str, str], str] = {}
+    for rule in recipe.rules:
+        matched = False
+        for node in model.graph.node:
+            if not (
+                fnmatch.fnmatchcase(node.name, rule.match)
+                or fnmatch.fnmatchcase(node.op_type, rule.match)
+            ):
+                continue
+            matched = True
+            mine = out.setdefault(node.name, {})
+            for key, value in rule.settings().items():
+                if key in mine and mine[key] != value:
+                    raise ConfigError(
+                        f"{recipe.source}: rules '{origin[(node.name, key)]}' and '{rule.match}' "
+                        f"give node '{node.name}' conflicting {key} ({mine[key]} vs {value})"
+                    )
+                mine[key] = value
+                origin[(node.name, key)] = rule.match
+        if not matched:
+            raise ConfigError(
+                f"{recipe.source}: rule '{rule.match}' matches no node name or op type in the model"
+            )
+    for name, values in out.items():
+        try:
+            replace(WeightSpec(), **{k: v for k, v in values.items() if k != "exclude"})  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ConfigError(f"{recipe.source}: node '{name}': {exc}") from exc
+    return out
 
 
 def _decide(
@@ -119,6 +165,8 @@ def _decide(
     idx: GraphIndex,
     config: QuantConfig,
     roles: dict[str, list[InputRole]],
+    spec: WeightSpec,
+    excluded: bool,
 ) -> NodeDecision:
     def float_(reason: str) -> NodeDecision:
         return NodeDecision(node.name, node.op_type, "float", reason)
@@ -126,6 +174,8 @@ def _decide(
     pattern = _excluded(node, config.exclude)
     if pattern is not None:
         return float_(f"excluded by --exclude {pattern}")
+    if excluded:
+        return float_("excluded by the recipe")
     if node.domain not in ("", "ai.onnx"):
         return float_(f"op domain '{node.domain}' is not quantized")
     rule = RULES.get(node.op_type)
@@ -139,9 +189,15 @@ def _decide(
     result = rule.roles(node, idx)
     if isinstance(result, str):
         return float_(result)
+    if config.weights_only:
+        result = [r for r in result if r.role is Role.WEIGHT]
+        if not result:
+            return float_("--weights-only: no constant weight")
     roles[node.name] = result
     kinds = ", ".join(sorted({r.role.value for r in result}))
-    return NodeDecision(node.name, node.op_type, "quantize", f"integer inputs: {kinds}")
+    has_weight = any(r.role is Role.WEIGHT for r in result)
+    detail = f"; weights {spec.describe()}" if has_weight else ""
+    return NodeDecision(node.name, node.op_type, "quantize", f"integer inputs: {kinds}{detail}")
 
 
 def _quantized_output(node: onnx.NodeProto, fused: dict[str, str], idx: GraphIndex) -> str:
@@ -232,25 +288,37 @@ def _close_over_passthrough(
     return aliases, passthrough
 
 
+def _layout(role: InputRole, spec: WeightSpec) -> WeightLayout:
+    g = spec.granularity
+    if g is Granularity.CHANNEL and role.axis is not None:
+        return WeightLayout("channel", role.axis)
+    if g is Granularity.GROUP and role.axis is not None:
+        return WeightLayout("group", role.axis, spec.group_size)
+    if g is Granularity.BLOCK and role.reduce_axis is not None:
+        return WeightLayout("block", role.reduce_axis, spec.block_size)
+    return WeightLayout()
+
+
 def _weight_uses(
     model: onnx.ModelProto,
     roles: dict[str, list[InputRole]],
     aliases: dict[str, str],
-    config: QuantConfig,
+    specs: dict[str, WeightSpec],
 ) -> list[WeightUse]:
     uses = []
-    per_channel = config.granularity.value == "channel"
     for node in model.graph.node:
         node_roles = roles.get(node.name, [])
+        spec = specs[node.name]
         weight = next((r for r in node_roles if r.role is Role.WEIGHT), None)
         for r in node_roles:
             name = node.input[r.index]
             if r.role is Role.WEIGHT:
-                axis = r.axis if per_channel else None
-                uses.append(WeightUse(node.name, r.index, name, r.role, axis))
+                uses.append(WeightUse(node.name, r.index, name, r.role, _layout(r, spec), spec))
             elif r.role is Role.CONSTANT:
                 uses.append(WeightUse(node.name, r.index, name, r.role))
             elif r.role is Role.BIAS and weight is not None:
+                if spec.granularity is Granularity.BLOCK:
+                    continue  # no single weight scale per output channel: bias stays float
                 act = node.input[0]
                 uses.append(
                     WeightUse(

@@ -91,7 +91,8 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int) -> PassResult:
         raise ModelError(
             f"cannot upgrade the model from opset {current} to {minimum} "
             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-            "use --granularity tensor to keep the opset"
+            f"onnxq needs opset {minimum} for the Q/DQ it writes (13: per-axis scales; "
+            "21: 4- and 16-bit types, blocked scales)"
         ) from exc
     return PassResult(converted, True, f"opset {current} -> {minimum}")
 

@@ -12,16 +12,17 @@ import heapq
 from collections import Counter
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.config import QuantConfig
+from onnxq.config import QuantConfig, Scheme
 from onnxq.graph.names import NameFactory
 from onnxq.graph.plan import QuantPlan, WeightUse
 from onnxq.graph.rules import GraphIndex, Role
-from onnxq.quant import QParams, QType, compute_qparams, quantize
-from onnxq.quant.weights import weight_range
+from onnxq.quant import QParams, QType, quantize
+from onnxq.quant.weights import WeightLayout, weight_qparams
 
 __all__ = ["RewriteResult", "drop_unused_initializers", "rewrite", "topological"]
 
@@ -46,9 +47,13 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
 
-    def constant(self, base: str, value: np.ndarray) -> str:
+    def constant(self, base: str, value: np.ndarray, qtype: QType | None = None) -> str:
+        """A new initializer; codes of 4-bit types are stored packed, as ONNX defines."""
         name = self.names.new(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        arr = np.asarray(value)
+        if qtype is not None and qtype.bits == 4:
+            arr = arr.astype(ml_dtypes.int4 if qtype.signed else ml_dtypes.uint4)
+        self.inits.append(numpy_helper.from_array(arr, name))
         return name
 
     def qparams(self, base: str, qp: QParams, *, omit_zero: bool = False) -> list[str]:
@@ -57,12 +62,22 @@ class _Builder:
         scale = self.constant(f"{base}_scale", qp.scale.astype(np.float32))
         if omit_zero and not np.any(qp.zero_point):
             return [scale]
-        return [scale, self.constant(f"{base}_zp", qp.zero_point)]
+        return [scale, self.constant(f"{base}_zp", qp.zero_point, qp.qtype)]
 
-    def node(self, op: str, inputs: list[str], output: str, base: str, axis: int | None) -> None:
+    def node(
+        self,
+        op: str,
+        inputs: list[str],
+        output: str,
+        base: str,
+        axis: int | None,
+        block_size: int | None = None,
+    ) -> None:
         node = helper.make_node(op, inputs, [output], name=self.names.new(base))
         if axis is not None:
             node.attribute.append(helper.make_attribute("axis", axis))
+        if block_size is not None:
+            node.attribute.append(helper.make_attribute("block_size", block_size))
         self.nodes.append(node)
 
 
@@ -184,12 +199,12 @@ def _quantize_weights(
     by_name: dict[str, onnx.NodeProto],
     idx: GraphIndex,
 ) -> list[str]:
-    done: dict[tuple[str, Role, int | None], tuple[str, QParams]] = {}
+    done: dict[tuple[object, ...], tuple[str, QParams]] = {}
     float_biases: list[str] = []
     for use in plan.weights:
         if use.role is Role.BIAS:
             continue
-        key = (use.tensor, use.role, use.axis)
+        key = (use.tensor, use.role, use.layout, use.spec)
         if key not in done:
             done[key] = _store_weight(use, config, b, idx)
         by_name[use.node].input[use.index] = done[key][0]
@@ -197,7 +212,7 @@ def _quantize_weights(
         if use.role is not Role.BIAS:
             continue
         w_use = next(w for w in plan.weights if w.node == use.node and w.role is Role.WEIGHT)
-        w_qp = done[(w_use.tensor, Role.WEIGHT, w_use.axis)][1]
+        w_qp = done[(w_use.tensor, Role.WEIGHT, w_use.layout, w_use.spec)][1]
         x_qp = act_qparams[use.activation or ""]
         name = _store_bias(use, x_qp, w_qp, b, idx)
         if name is None:
@@ -210,29 +225,33 @@ def _quantize_weights(
 def _store_weight(
     use: WeightUse, config: QuantConfig, b: _Builder, idx: GraphIndex
 ) -> tuple[str, QParams]:
+    """Integer initializer + DequantizeLinear for a weight (its spec) or a constant input
+    of an element-wise node (stored like the activations, one range)."""
     w = numpy_helper.to_array(idx.initializers[use.tensor]).astype(np.float32)
-    if use.role is Role.WEIGHT:
-        qtype, symmetric = config.weight_qtype, config.weight_scheme.value == "sym"
+    if use.spec is not None:
+        spec = use.spec
+        qp = weight_qparams(
+            w,
+            use.layout,
+            spec.method.value,
+            spec.qtype,
+            symmetric=spec.scheme is Scheme.SYM,
+            restricted=config.restricted,
+            percentile=spec.percentile,
+        )
     else:
-        qtype, symmetric = config.activation_qtype, config.activation_scheme.value == "sym"
-    axis = use.axis % w.ndim if use.axis is not None and w.ndim else None
-    method = config.weight_method.value if use.role is Role.WEIGHT else "minmax"
-    lo, hi = weight_range(
-        w,
-        axis,
-        method,
-        qtype,
-        symmetric=symmetric,
-        restricted=config.restricted,
-        percentile=config.weight_percentile,
-    )
-    qp = compute_qparams(
-        lo, hi, qtype, symmetric=symmetric, restricted=config.restricted, axis=axis
-    )
-    q_name = b.constant(f"{use.tensor}_quantized", quantize(w, qp))
+        qp = weight_qparams(
+            w,
+            WeightLayout(),
+            "minmax",
+            config.activation_qtype,
+            symmetric=config.activation_scheme is Scheme.SYM,
+            restricted=config.restricted,
+        )
+    q_name = b.constant(f"{use.tensor}_quantized", quantize(w, qp), qp.qtype)
     params = b.qparams(use.tensor, qp)
     dq = b.names.new(f"{use.tensor}_dq")
-    b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DQ", axis)
+    b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DQ", qp.axis, qp.block_size)
     return dq, qp
 
 

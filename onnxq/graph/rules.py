@@ -38,7 +38,8 @@ class Role(str, Enum):
 class InputRole:
     index: int
     role: Role
-    axis: int | None = None  # per-channel axis of a weight
+    axis: int | None = None  # output-channel axis of a weight
+    reduce_axis: int | None = None  # its reduction (input) axis, along which blocks run
 
 
 class OutputPolicy(str, Enum):
@@ -146,12 +147,12 @@ class ConvRule(OpRule):
             return f"input '{x}' is not a float32 activation"
         if not idx.is_float_initializer(w):
             return f"weight '{w}' is not a float32 constant"
-        axis = 0
-        if self.transpose:
-            axis = 1 if int(_attr(node, "group", 1)) == 1 else -1
+        axis, reduce = (0, 1) if not self.transpose else (1, 0)
+        if self.transpose and int(_attr(node, "group", 1)) != 1:
+            axis = -1  # grouped ConvTranspose: output channels span two axes
         roles = [
             InputRole(0, Role.ACTIVATION),
-            InputRole(1, Role.WEIGHT, axis if axis >= 0 else None),
+            InputRole(1, Role.WEIGHT, axis if axis >= 0 else None, reduce),
         ]
         if len(node.input) > 2 and node.input[2]:
             if not idx.is_float_initializer(node.input[2]):
@@ -171,7 +172,8 @@ class GemmRule(OpRule):
             return f"input A '{a}' is not a float32 activation in normal layout"
         roles = [InputRole(0, Role.ACTIVATION)]
         if idx.is_float_initializer(b):
-            roles.append(InputRole(1, Role.WEIGHT, 0 if int(_attr(node, "transB", 0)) else 1))
+            trans = int(_attr(node, "transB", 0))
+            roles.append(InputRole(1, Role.WEIGHT, 0 if trans else 1, 1 if trans else 0))
         elif idx.is_float_activation(b):
             roles.append(InputRole(1, Role.ACTIVATION))
         else:
@@ -198,7 +200,9 @@ class MatMulRule(OpRule):
             rank = idx.ranks.get(b, 0)
             return [
                 InputRole(0, Role.ACTIVATION),
-                InputRole(1, Role.WEIGHT, rank - 1 if rank >= 2 else None),
+                InputRole(
+                    1, Role.WEIGHT, rank - 1 if rank >= 2 else None, rank - 2 if rank >= 2 else None
+                ),
             ]
         if idx.is_float_activation(b):
             return [InputRole(0, Role.ACTIVATION), InputRole(1, Role.ACTIVATION)]

@@ -34,6 +34,7 @@ class QParams:
     zero_point: npt.NDArray[np.generic]
     qtype: QType
     axis: int | None = None
+    block_size: int | None = None  # blocked: scale has the tensor's rank, axis cut in blocks
 
     @property
     def per_channel(self) -> bool:
@@ -60,6 +61,7 @@ def compute_qparams(
     symmetric: bool,
     restricted: bool = False,
     axis: int | None = None,
+    block_size: int | None = None,
 ) -> QParams:
     """Scale and zero point that map the clipping range [rmin, rmax] onto ``qtype``.
 
@@ -90,22 +92,33 @@ def compute_qparams(
         zp = np.full(scale.shape, (qmin + qmax + 1) // 2)
     else:
         zp = np.clip(np.rint(qmin - lo / scale.astype(np.float64)), qmin, qmax)
-    return QParams(scale=scale, zero_point=zp.astype(qtype.dtype), qtype=qtype, axis=axis)
+    return QParams(
+        scale=scale,
+        zero_point=zp.astype(qtype.dtype),
+        qtype=qtype,
+        axis=axis,
+        block_size=block_size,
+    )
 
 
-def _broadcast(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
-    if axis is None or values.ndim == 0:
+def _broadcast(values: np.ndarray, shape: tuple[int, ...], qp: QParams) -> np.ndarray:
+    """Scale or zero point shaped to broadcast against a tensor of ``shape``."""
+    if qp.axis is None or values.ndim == 0:
         return values
-    shape = [1] * ndim
-    shape[axis % ndim] = values.size
-    return values.reshape(shape)
+    axis = qp.axis % len(shape)
+    if qp.block_size is not None:  # repeat each block's value over its block, trim the tail
+        expanded = np.repeat(values, qp.block_size, axis=axis)
+        return np.take(expanded, np.arange(shape[axis]), axis=axis)
+    out = [1] * len(shape)
+    out[axis] = values.size
+    return values.reshape(out)
 
 
 def quantize(x: npt.ArrayLike, qp: QParams) -> np.ndarray:
     """``saturate(round_half_even(x / S) + zp)`` in ``qp.qtype``, as ONNX QuantizeLinear."""
     arr = np.asarray(x, dtype=np.float32)
-    scale = _broadcast(qp.scale, arr.ndim, qp.axis)
-    zp = _broadcast(qp.zero_point.astype(np.float64), arr.ndim, qp.axis)
+    scale = _broadcast(qp.scale, arr.shape, qp)
+    zp = _broadcast(qp.zero_point.astype(np.float64), arr.shape, qp)
     q = np.rint(arr / scale) + zp
     return np.clip(q, qp.qtype.min(), qp.qtype.max).astype(qp.qtype.dtype)
 
@@ -113,6 +126,6 @@ def quantize(x: npt.ArrayLike, qp: QParams) -> np.ndarray:
 def dequantize(q: npt.ArrayLike, qp: QParams) -> npt.NDArray[np.float32]:
     """``(q - zp) * S`` as ONNX DequantizeLinear."""
     arr = np.asarray(q)
-    scale = _broadcast(qp.scale, arr.ndim, qp.axis)
-    zp = _broadcast(qp.zero_point.astype(np.int64), arr.ndim, qp.axis)
+    scale = _broadcast(qp.scale, arr.shape, qp)
+    zp = _broadcast(qp.zero_point.astype(np.int64), arr.shape, qp)
     return ((arr.astype(np.int64) - zp) * scale).astype(np.float32)

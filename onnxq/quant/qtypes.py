@@ -8,12 +8,22 @@ import numpy as np
 
 __all__ = ["QType"]
 
+_BITS = {"int4": 4, "uint4": 4, "int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int32": 32}
+
 
 class QType(str, Enum):
-    """An integer storage type. Values are ONNX's lower-case type names."""
+    """An integer storage type. Values are ONNX's lower-case type names.
 
+    ``dtype`` is the numpy type the maths computes codes in; 4-bit codes live in an
+    8-bit container here and are packed two per byte only when a model is written.
+    """
+
+    INT4 = "int4"
+    UINT4 = "uint4"
     INT8 = "int8"
     UINT8 = "uint8"
+    INT16 = "int16"
+    UINT16 = "uint16"
     INT32 = "int32"
 
     @classmethod
@@ -25,27 +35,28 @@ class QType(str, Enum):
         raise ValueError(f"no {'signed' if signed else 'unsigned'} {bits}-bit type")
 
     @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.value)
-
-    @property
     def bits(self) -> int:
-        return int(self.dtype.itemsize * 8)
+        return _BITS[self.value]
 
     @property
     def signed(self) -> bool:
-        return bool(np.issubdtype(self.dtype, np.signedinteger))
+        return not self.value.startswith("u")
+
+    @property
+    def dtype(self) -> np.dtype:
+        container = max(self.bits, 8)
+        return np.dtype(f"{'' if self.signed else 'u'}int{container}")
 
     @property
     def max(self) -> int:
-        return int(np.iinfo(self.dtype).max)
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
 
     def min(self, *, restricted: bool = False) -> int:
-        """Lowest code; restricted range drops it (int8: -127, uint8: 1).
+        """Lowest code; restricted range drops it (int8: -127, uint8: 1, int4: -7).
 
         Dropping the lowest code makes the signed range symmetric around zero,
         as in the survey's restricted range [-127, 127]; for unsigned types it
         follows TensorFlow's ``narrow_range`` ([1, 255]).
         """
-        low = int(np.iinfo(self.dtype).min)
+        low = -(1 << (self.bits - 1)) if self.signed else 0
         return low + 1 if restricted else low

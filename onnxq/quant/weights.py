@@ -1,25 +1,81 @@
-"""Clipping ranges of weights, computed from the weights themselves (pure numpy)."""
+"""Clipping ranges and qparams of weights, computed from the weights themselves
+(pure numpy). Granularity is only how values are grouped into rows that share one
+range; the qparams formula is the same for all."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
-from onnxq.quant.qparams import compute_qparams, dequantize, quantize
+from onnxq.quant.qparams import QParams, compute_qparams, dequantize, quantize
 from onnxq.quant.qtypes import QType
 
-__all__ = ["weight_range"]
+__all__ = ["WeightLayout", "weight_qparams", "weight_range"]
 
 
-def _moved(w: np.ndarray, axis: int | None) -> np.ndarray:
-    """``w`` as rows: one row per channel of ``axis`` (a single row when None)."""
-    if axis is None:
-        return w.reshape(1, -1)
-    return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+@dataclass(frozen=True)
+class WeightLayout:
+    """How a weight's values are grouped into ranges.
+
+    * ``kind="tensor"``: one range;
+    * ``"channel"``: one per index of ``axis`` (the output channel);
+    * ``"group"``: one per ``size`` consecutive indices of ``axis``; a last, partial
+      group is allowed (its scale is still written once per channel);
+    * ``"block"``: one per ``size`` consecutive values along ``axis`` (the reduction
+      axis) for every index of the other axes; a last, partial block is allowed.
+    """
+
+    kind: str = "tensor"
+    axis: int | None = None
+    size: int = 1
+
+
+def _rows(w: np.ndarray, layout: WeightLayout) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``w`` as rows, one per range, and the shape the per-row values take.
+
+    Partial groups and blocks are padded by repeating their last slice, which leaves
+    min and max unchanged."""
+    if layout.kind == "tensor" or layout.axis is None:
+        return w.reshape(1, -1), ()
+    axis = layout.axis % w.ndim
+    moved = np.moveaxis(w, axis, 0)
+    if layout.kind == "channel":
+        return moved.reshape(moved.shape[0], -1), (moved.shape[0],)
+    if layout.kind == "group":
+        c, g = moved.shape[0], layout.size
+        groups = math.ceil(c / g)
+        padded = np.concatenate([moved, np.repeat(moved[-1:], groups * g - c, axis=0)])
+        return padded.reshape(groups, -1), (groups,)
+    if layout.kind == "block":
+        last = np.moveaxis(w, axis, -1)
+        d, b = last.shape[-1], layout.size
+        blocks = math.ceil(d / b)
+        pad = np.repeat(last[..., -1:], blocks * b - d, axis=-1)
+        padded = np.concatenate([last, pad], axis=-1)
+        return padded.reshape(-1, b), (*last.shape[:-1], blocks)
+    raise ValueError(f"unknown layout {layout.kind!r}")
+
+
+def _to_param_shape(
+    values: np.ndarray, shape: tuple[int, ...], layout: WeightLayout, ndim: int
+) -> np.ndarray:
+    """Per-row values in the shape of the ONNX scale: scalar, 1-D per channel (groups
+    repeated per channel), or the tensor's shape with the block axis cut in blocks."""
+    if not shape:
+        return values.reshape(())
+    arr = values.reshape(shape)
+    if layout.kind == "group":
+        return arr  # expanded to channels by the caller, who knows the channel count
+    if layout.kind == "block":
+        return np.moveaxis(arr, -1, layout.axis % ndim)  # type: ignore[operator]
+    return arr
 
 
 def weight_range(
     w: np.ndarray,
-    axis: int | None,
+    layout: WeightLayout,
     method: str,
     qtype: QType,
     *,
@@ -28,15 +84,27 @@ def weight_range(
     percentile: float = 99.99,
     grid: int = 48,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-tensor (``axis=None``, scalars) or per-channel (1-D) clipping range of ``w``.
+    """Clipping range of every row of ``w`` under ``layout`` (flat arrays, one per row).
 
     * ``minmax``: the extremes.
     * ``percentile``: the ``percentile`` of ``|w|`` (symmetric) or the ``100 - p`` and
-      ``p`` percentiles (asymmetric), per channel.
-    * ``mse``: per channel, the range ``s · [min, max]`` (``s`` on a geometric grid of
+      ``p`` percentiles (asymmetric), per row.
+    * ``mse``: per row, the range ``s · [min, max]`` (``s`` on a geometric grid of
       ``grid`` values in [0.01, 1]) minimising Σ (w - dequantize(quantize(w)))² exactly.
     """
-    rows = _moved(np.asarray(w, np.float32), axis)
+    rows, _ = _rows(np.asarray(w, np.float32), layout)
+    return _row_ranges(rows, method, qtype, symmetric, restricted, percentile, grid)
+
+
+def _row_ranges(
+    rows: np.ndarray,
+    method: str,
+    qtype: QType,
+    symmetric: bool,
+    restricted: bool,
+    percentile: float,
+    grid: int = 48,
+) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = rows.min(axis=1), rows.max(axis=1)
     if method == "percentile":
         if symmetric:
@@ -49,8 +117,35 @@ def weight_range(
         lo, hi = _mse_rows(rows, lo, hi, qtype, symmetric, restricted, grid)
     elif method != "minmax":
         raise ValueError(f"unknown weight method {method!r}")
-    lo, hi = lo.astype(np.float32), hi.astype(np.float32)
-    return (lo[0], hi[0]) if axis is None else (lo, hi)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def weight_qparams(
+    w: np.ndarray,
+    layout: WeightLayout,
+    method: str,
+    qtype: QType,
+    *,
+    symmetric: bool,
+    restricted: bool = False,
+    percentile: float = 99.99,
+) -> QParams:
+    """QParams of ``w`` under ``layout``, shaped as ONNX's (De)QuantizeLinear takes them:
+    scalar (tensor), 1-D along ``axis`` (channel, group) or blocked (block)."""
+    arr = np.asarray(w, np.float32)
+    rows, shape = _rows(arr, layout)
+    lo, hi = _row_ranges(rows, method, qtype, symmetric, restricted, percentile)
+    lo_s = _to_param_shape(lo, shape, layout, arr.ndim)
+    hi_s = _to_param_shape(hi, shape, layout, arr.ndim)
+    if layout.kind == "group":
+        channels = arr.shape[layout.axis % arr.ndim]  # type: ignore[operator]
+        lo_s = np.repeat(lo_s, layout.size)[:channels]
+        hi_s = np.repeat(hi_s, layout.size)[:channels]
+    axis = None if layout.kind == "tensor" or layout.axis is None else layout.axis % arr.ndim
+    block = layout.size if layout.kind == "block" else None
+    return compute_qparams(
+        lo_s, hi_s, qtype, symmetric=symmetric, restricted=restricted, axis=axis, block_size=block
+    )
 
 
 def _mse_rows(

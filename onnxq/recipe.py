@@ -1,0 +1,82 @@
+"""Recipe files: per-node weight settings and exclusions, as JSON or YAML.
+
+::
+
+    {"version": 1,
+     "rules": [
+       {"match": "MatMul", "weight_bits": 4, "granularity": "block", "block_size": 32},
+       {"match": "/encoder/layer.0/*", "exclude": true}
+     ]}
+
+``match`` is a glob over node names and op types. Keys: ``exclude``,
+``weight_scheme``, ``weight_bits``, ``granularity``, ``group_size``, ``block_size``,
+``weight_method``. Two rules that give one node different values for one key are a
+conflict; a rule that matches nothing is an error (both name what is wrong).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from onnxq.config import CalibrationMethod, Granularity, Recipe, RecipeRule, Scheme
+from onnxq.errors import ConfigError
+
+__all__ = ["read_recipe"]
+
+_CONVERT: dict[str, Any] = {
+    "exclude": bool,
+    "weight_scheme": Scheme,
+    "weight_bits": int,
+    "granularity": Granularity,
+    "group_size": int,
+    "block_size": int,
+    "weight_method": CalibrationMethod,
+}
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"recipe file '{path}' does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            doc = yaml.safe_load(text)
+        else:
+            doc = json.loads(text)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"recipe file '{path}' cannot be parsed: {first}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list):
+        raise ConfigError(f"recipe file '{path}' needs a top-level \"rules\" list")
+    unknown_top = set(doc) - {"version", "rules"}
+    if unknown_top:
+        raise ConfigError(f"recipe file '{path}': unknown key '{sorted(unknown_top)[0]}'")
+    rules = [_rule(path, i, entry) for i, entry in enumerate(doc["rules"])]
+    return Recipe(tuple(rules), str(path))
+
+
+def _rule(path: Path, i: int, entry: Any) -> RecipeRule:
+    where = f"recipe file '{path}', rule {i + 1}"
+    if not isinstance(entry, dict) or not isinstance(entry.get("match"), str) or not entry["match"]:
+        raise ConfigError(f'{where}: each rule needs a "match" glob')
+    values: dict[str, Any] = {"match": entry["match"]}
+    for key, value in entry.items():
+        if key == "match":
+            continue
+        if key not in _CONVERT:
+            raise ConfigError(
+                f"{where} ('{entry['match']}'): unknown key '{key}' "
+                f"(known: {', '.join(sorted(_CONVERT))})"
+            )
+        try:
+            values[key] = _CONVERT[key](value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where} ('{entry['match']}'): bad {key} {value!r}") from exc
+    if len(values) == 1:
+        raise ConfigError(f"{where} ('{entry['match']}') sets nothing")
+    return RecipeRule(**values)
