@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +29,8 @@ from onnxq.report.fidelity import Fidelity, evaluate
 from onnxq.runtime import Runner, optimized_op_types
 
 __all__ = ["QuantizeReport", "is_integer_kernel", "quantize"]
+
+log = logging.getLogger("onnxq")
 
 _INTEGER_OPS = frozenset(
     {"QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
@@ -152,6 +155,7 @@ def quantize(
     ranges_file = read_ranges(ranges) if ranges is not None else None
 
     prepared = prepare(model, min_opset=config.min_opset)
+    log.info("prepared %s: %s", model_path, "; ".join(prepared.steps) or "unchanged")
     if dynamic:
         result, decisions = rewrite_dynamic(prepared.model, config)
         source = "dynamic (computed at run time)"
@@ -177,6 +181,12 @@ def quantize(
         result = rewrite(prepared.model, plan, qparams, config)
         decisions = plan.decisions
     restrict_value_info(result.model, (vi.name for vi in model.graph.value_info))
+    log.info(
+        "rewrote %d nodes, %d weights, %d Q/DQ pairs",
+        result.quantized_nodes,
+        result.quantized_weights,
+        result.qdq_pairs,
+    )
     candidate = Runner(result.model, threads=threads, what="quantized model")
     kernels = dict(optimized_op_types(result.model))
     size = save_model(result.model, output_path)

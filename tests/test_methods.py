@@ -69,6 +69,7 @@ def _kl_reference(mag: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]
     """TensorRT's search written as the plain loop over candidates (no smoothing)."""
     n = int(np.nonzero(mag)[0][-1]) + 1
     h = mag[:n].astype(np.float64)
+    h[0] = h[1]  # the zero spike is neutralised, as in pytorch-quantization
     kls = []
     for i in range(levels, n + 1):
         p = h[:i].copy()

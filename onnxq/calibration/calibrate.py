@@ -3,6 +3,7 @@ every needed activation to its observer."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from onnxq.prepare import PreparedModel, prepare
 from onnxq.runtime import Runner
 
 __all__ = ["Progress", "calibrate", "observe"]
+
+log = logging.getLogger("onnxq")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, in all)
 
@@ -66,6 +69,7 @@ def observe(
     observers = {
         t: make_observer(config, channel_axis(t, idx) if channel else None) for t in tensors
     }
+    log.info("observing %d tensors with %s", len(tensors), config.method.value)
     runner = Runner(with_outputs(prepared.model, tensors), threads=threads, what="model")
     done = 0
     for batch in dataset.batches(config.batch_size):

@@ -32,7 +32,10 @@ def finish(observer: Observer, config: CalibrationConfig) -> TensorRange:
     if config.method is CalibrationMethod.PERCENTILE:
         lo, hi = percentile_range(hist, config.percentile, symmetric=symmetric)
     elif config.method is CalibrationMethod.ENTROPY:
-        lo, hi = entropy_range(hist, levels=2 ** (config.bits - 1))
+        # codes available on the positive side: all of them for non-negative data under
+        # an asymmetric scheme (zero point at the lowest code), else half
+        one_sided = not symmetric and hist.min >= 0.0
+        lo, hi = entropy_range(hist, levels=2 ** (config.bits - (0 if one_sided else 1)))
     else:
         lo, hi = mse_range(hist, config.scheme.qtype(config.bits), symmetric=symmetric)
     f32 = np.float32

@@ -50,7 +50,8 @@ def entropy_range(hist: Histogram, *, levels: int = 128) -> tuple[float, float]:
     bin ``i`` minimising KL(P || Q). With per-group constants ``c_j`` on Q,
     ``Σ p log q = Σ_j P_j log c_j``, so every candidate costs O(levels) with prefix sums.
 
-    The candidate set is never degenerate: there are at least ``n - levels + 1`` of them
+    The zero bin gets its neighbour's count first (see the code). The candidate set is
+    never degenerate: there are at least ``n - levels + 1`` of them
     and ``n >= bins / 2`` for any non-zero data; fewer occupied bins than ``levels`` (a
     histogram coarser than the quantization grid) means nothing is clipped.
     """
@@ -61,7 +62,11 @@ def entropy_range(hist: Histogram, *, levels: int = 128) -> tuple[float, float]:
     n = int(occupied[-1]) + 1
     if n <= levels:
         return hist.min, hist.max
-    h = mag[:n]
+    h = mag[:n].copy()
+    # The bin at zero holds every exact zero (a spike after ReLU) that no threshold can
+    # clip; as NVIDIA's pytorch-quantization does, give it its neighbour's count so the
+    # spike does not make heavy clipping look cheap.
+    h[0] = h[1]
     cand = np.arange(levels, n + 1)  # candidate i: keep bins [0, i)
     cum = np.concatenate([[0.0], np.cumsum(h)])
     nz = np.concatenate([[0], np.cumsum(h > 0)])

@@ -47,7 +47,7 @@ class RangesFile:
 
     def check_scheme(self, scheme: str, source: str | Path) -> None:
         made_for = self.params.get("scheme", "asym")
-        if made_for != scheme:
+        if made_for != scheme and self.method != "minmax":  # min/max ranges fit any scheme
             raise RangesError(
                 f"ranges file '{source}' was calibrated for {made_for} activations; "
                 f"recalibrate with --scheme {scheme} or quantize with "

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,7 +66,8 @@ def handle_errors(func: F) -> F:
             raise
         except Exception as exc:
             if logging.getLogger("onnxq").isEnabledFor(logging.DEBUG):
-                raise
+                traceback.print_exc()
+                sys.exit(EXIT_INTERNAL)
             click.echo(
                 f"Error: internal error {type(exc).__name__}: {exc} (a bug in onnxq; "
                 "rerun with --debug for the traceback)".replace("\n", " "),
@@ -101,7 +103,7 @@ def common_run_options(func: F) -> F:
                 type=click.IntRange(min=0),
                 default=0,
                 show_default=True,
-                help="onnxruntime intra-op threads (0: onnxruntime's default).",
+                help="onnxruntime intra-op threads (0: onnxruntime's default; compare: all cores).",
             ),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
         ]
@@ -496,16 +498,18 @@ def compare(
           --max-drop 1 --min-agreement 99 --json
     """
     thresholds = Thresholds(max_drop, min_agreement, min_cosine, min_sqnr)
-    report = run_compare(
-        reference,
-        candidate,
-        data,
-        labels=labels,
-        thresholds=thresholds,
-        batch_size=batch_size,
-        threads=threads,
-        latency_runs=latency_runs,
-    )
+    with render.progress(quiet) as progress:
+        report = run_compare(
+            reference,
+            candidate,
+            data,
+            labels=labels,
+            thresholds=thresholds,
+            batch_size=batch_size,
+            threads=threads,
+            latency_runs=latency_runs,
+            progress=progress,
+        )
     render.comparison(report, as_json)
     if not report.ok:
         sys.exit(EXIT_THRESHOLD)

@@ -23,14 +23,16 @@ from onnxq.quantize import QuantizeReport
 from onnxq.report.compare import CompareReport
 from onnxq.report.metrics import OutputFidelity
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# markup=False: names and paths such as "[batch, 1, 8, 8]" are printed as they are
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
 
 
 def setup_logging(debug: bool) -> None:
     logger = logging.getLogger("onnxq")
     logger.handlers[:] = [RichHandler(console=err, show_path=False, show_time=False)]
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    logger.propagate = False
 
 
 def emit_json(doc: dict[str, Any]) -> None:
@@ -102,7 +104,7 @@ def inspection(result: Inspection, as_json: bool) -> None:
         emit_json(result.to_dict())
         return
     s = result.summary
-    out.print(f"[bold]{result.path}[/]  opset {s.opset}  {s.producer}")
+    out.print(f"{result.path}  opset {s.opset}  {s.producer}")
     out.print(f"{s.nodes} nodes, {s.parameters:,} parameters ({_mb(s.parameter_bytes)})")
     io = Table(title="inputs and outputs", title_justify="left")
     for col in ("", "name", "dtype", "shape"):

@@ -75,6 +75,7 @@ class QuantPlan:
     fused: dict[str, str]  # removed activation node -> node whose output it clamps
     weights: tuple[WeightUse, ...]
     channel_axes: dict[str, int] = field(default_factory=dict)
+    float_readers: frozenset[str] = frozenset()  # excluded nodes: read float, never a DQ
 
     @property
     def quantized_nodes(self) -> list[NodeDecision]:
@@ -121,7 +122,10 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     roots = tuple(t for t in _ordered(model, need) if t not in aliases)
     axes = {t: channel_axis(t, idx) for t in roots}
     ordered = tuple(decisions[n.name] for n in model.graph.node)
-    return QuantPlan(ordered, roots, aliases, frozenset(passthrough), fused, tuple(weights), axes)
+    excluded = frozenset(d.name for d in ordered if d.reason.startswith("excluded"))
+    return QuantPlan(
+        ordered, roots, aliases, frozenset(passthrough), fused, tuple(weights), axes, excluded
+    )
 
 
 def resolve_recipe(model: onnx.ModelProto, recipe: Recipe | None) -> dict[str, dict[str, object]]:
@@ -219,8 +223,9 @@ def _fuse_activations(
     """Relu / Clip(0, …) directly after a quantized node, as that node's only consumer:
     with asymmetric activations the zero point is the lowest code, so the output Q
     clamps at 0 exactly as the activation does, and the activation node is removed."""
-    if config.activation_scheme is not Scheme.ASYM:
-        return {}
+    if config.activation_scheme is not Scheme.ASYM or config.restricted:
+        return {}  # only then is the zero point the lowest code Q saturates to
+    excluded = {d.name for d in decisions.values() if d.reason.startswith("excluded")}
     fused: dict[str, str] = {}
     for node in model.graph.node:
         if node.name not in roles:
@@ -232,8 +237,10 @@ def _fuse_activations(
         act = consumers[0]
         if act.op_type not in ACTIVATION_FUSIONS or not clip_from_zero(act, idx):
             continue
-        if _excluded(act, config.exclude) or not idx.is_float(act.output[0]):
+        if act.name in excluded or not idx.is_float(act.output[0]):
             continue
+        if any(c.name in excluded for c in idx.consumers.get(act.output[0], [])):
+            continue  # an excluded reader needs the real float activation
         policy = RULES[node.op_type].output_policy
         if policy is OutputPolicy.IF_CONSUMED and act.output[0] not in need:
             continue
@@ -256,7 +263,10 @@ def _close_over_passthrough(
     candidates: dict[str, onnx.NodeProto] = {}
     for node in model.graph.node:
         if node.op_type in TRANSPARENT and node.domain in ("", "ai.onnx"):
-            if _excluded(node, config.exclude) is None and transparent_check(node, idx) is None:
+            excluded = decisions[node.name].reason.startswith("excluded")
+            readers = idx.consumers.get(node.output[0], [])
+            feeds_excluded = any(decisions[c.name].reason.startswith("excluded") for c in readers)
+            if not excluded and not feeds_excluded and transparent_check(node, idx) is None:
                 candidates[node.name] = node
     by_tensor: dict[str, list[onnx.NodeProto]] = {}
     for node in candidates.values():

@@ -133,16 +133,23 @@ def _quantize_activations(
         params = b.qparams(root, qparams[root])
         q = b.names.new(f"{root}_quantized")
         qname[root] = q
-        readers = [n for n in idx.consumers.get(root, []) if n.name not in plan.passthrough]
+        readers = [
+            n
+            for n in idx.consumers.get(root, [])
+            if n.name not in plan.passthrough and n.name not in plan.float_readers
+        ]
         producer = producer_of.get(root)
         if producer is None:  # a graph input: Q reads it, consumers read the DQ copy
-            source, dq = root, b.names.new(f"{root}_dq")
+            source, dq = root, b.names.new(f"{root}_dequantized")
             for node in readers:
                 _replace_input(node, root, dq)
         else:
             source, dq = b.names.new(f"{root}_float"), root
             owner = by_name[producer.name]
             _replace_output(owner, _fused_source(owner, root, plan, by_name), source)
+            for node in idx.consumers.get(root, []):
+                if node.name in plan.float_readers:  # excluded: the float value, not a DQ
+                    _replace_input(node, root, source)
         b.node("QuantizeLinear", [source, *params], q, f"{root}_Q", None)
         if readers or root in idx.graph_outputs:
             b.node("DequantizeLinear", [q, *params], dq, f"{root}_DQ", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,7 @@ def compare(
     batch_size: int = CalibrationConfig().batch_size,
     threads: int = 0,
     latency_runs: int = 20,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> CompareReport:
     """Fidelity, accuracy, size and latency of ``candidate`` against ``reference``."""
     thresholds = thresholds or Thresholds()
@@ -141,11 +143,22 @@ def compare(
         raise ModelError(
             "the two models have different outputs; compare a model with its own quantization"
         )
+    needs_classifier = thresholds.min_agreement is not None or thresholds.max_drop is not None
+    ranks = [
+        len(o.type.tensor_type.shape.dim)
+        for o in reference.graph.output
+        if o.type.tensor_type.HasField("shape")
+    ]
+    if needs_classifier and ranks and 2 not in ranks:
+        raise ConfigError(
+            "--min-agreement and --max-drop need a classifier-shaped output [batch, classes]; "
+            "this model's outputs have ranks " + ", ".join(map(str, ranks))
+        )
     dataset = open_dataset(data_path, specs, label_key=labels)
     threads = threads or (os.cpu_count() or 1)
     ref_runner = Runner(reference, threads=threads, what="reference model")
     cand_runner = Runner(candidate, threads=threads, what="candidate model")
-    fidelity = evaluate(ref_runner, cand_runner, dataset, batch_size=batch_size)
+    fidelity = evaluate(ref_runner, cand_runner, dataset, batch_size=batch_size, progress=progress)
     latency = None
     if latency_runs > 0:
         first = next(dataset.batches(1)).feed
