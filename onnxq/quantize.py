@@ -26,7 +26,7 @@ from onnxq.graph.rewrite import rewrite
 from onnxq.prepare import prepare
 from onnxq.quant import QParams, compute_qparams
 from onnxq.report.fidelity import Fidelity, evaluate
-from onnxq.runtime import Runner, optimized_op_types
+from onnxq.runtime import Runner, optimized_nodes
 
 __all__ = ["QuantizeReport", "is_integer_kernel", "quantize"]
 
@@ -59,6 +59,7 @@ class QuantizeReport:
     fidelity: Fidelity | None
     fidelity_data: str | None
     float_biases: tuple[str, ...] = field(default_factory=tuple)
+    float_kernels: tuple[str, ...] = field(default_factory=tuple)  # quantized, run in float
 
     @property
     def size_ratio(self) -> float:
@@ -97,7 +98,11 @@ class QuantizeReport:
             "float_biases": list(self.float_biases),
             "ranges": self.ranges_source,
             "preparation": list(self.preparation),
-            "runtime": {"integer_kernels": self.integer_kernels, "op_types": self.runtime_kernels},
+            "runtime": {
+                "integer_kernels": self.integer_kernels,
+                "op_types": self.runtime_kernels,
+                "float_kernels": list(self.float_kernels),
+            },
             "fidelity": None
             if fid is None
             else {
@@ -161,7 +166,10 @@ def quantize(
         source = "dynamic (computed at run time)"
     else:
         plan = make_plan(prepared.model, config)
-        if ranges_file is not None:
+        if not plan.roots:
+            observed = {}
+            source = "none needed (weights only)" if config.weights_only else "none needed"
+        elif ranges_file is not None:
             ranges_file.check_model(prepared.fingerprint, str(ranges))
             ranges_file.check_scheme(config.activation_scheme.value, str(ranges))
             observed = _ranges_for(plan, ranges_file, str(ranges))
@@ -188,7 +196,14 @@ def quantize(
         result.qdq_pairs,
     )
     candidate = Runner(result.model, threads=threads, what="quantized model")
-    kernels = dict(optimized_op_types(result.model))
+    runs = optimized_nodes(result.model)
+    kernels = dict(Counter(op for _, op in runs))
+    in_float = {(name, op) for name, op in runs}
+    fallback = tuple(
+        d.name for d in decisions if d.action == "quantize" and (d.name, d.op_type) in in_float
+    )
+    if fallback:
+        log.info("onnxruntime runs %d quantized nodes with float kernels", len(fallback))
     size = save_model(result.model, output_path)
 
     fidelity = None
@@ -216,6 +231,7 @@ def quantize(
         fidelity=fidelity,
         fidelity_data=str(eval_path) if eval_path is not None else None,
         float_biases=result.float_biases,
+        float_kernels=fallback,
     )
 
 

@@ -170,6 +170,13 @@ def quantization(report: QuantizeReport, as_json: bool) -> None:
                 f"accuracy float {_pct(cls.reference_accuracy)}, quantized "
                 f"{_pct(cls.candidate_accuracy)} (drop {drop:.2f} pp)"
             )
+    if report.float_kernels:
+        shown = ", ".join(report.float_kernels[:8])
+        more = f" and {len(report.float_kernels) - 8} more" if len(report.float_kernels) > 8 else ""
+        err.print(
+            f"note: onnxruntime's CPU provider runs {len(report.float_kernels)} quantized nodes "
+            f"with float kernels (dequantized weights): {shown}{more}"
+        )
     if report.float_biases:
         err.print(f"kept {len(report.float_biases)} biases in float (int32 would overflow)")
 

@@ -115,14 +115,23 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     if not config.weights_only:
         fused = _fuse_activations(model, idx, config, roles, decisions, need)
         for node in model.graph.node:
-            if node.name in roles and RULES[node.op_type].output_policy is OutputPolicy.ALWAYS:
+            always = RULES.get(node.op_type, None)
+            weight_only = all(r.role is Role.WEIGHT for r in roles.get(node.name, []))
+            if (
+                node.name in roles
+                and not weight_only
+                and always is not None
+                and always.output_policy is OutputPolicy.ALWAYS
+            ):
                 need.add(_quantized_output(node, fused, idx))
     aliases, passthrough = _close_over_passthrough(model, idx, config, need, decisions)
     weights = _weight_uses(model, roles, aliases, specs)
     roots = tuple(t for t in _ordered(model, need) if t not in aliases)
     axes = {t: channel_axis(t, idx) for t in roots}
     ordered = tuple(decisions[n.name] for n in model.graph.node)
-    excluded = frozenset(d.name for d in ordered if d.reason.startswith("excluded"))
+    excluded = frozenset(d.name for d in ordered if d.reason.startswith("excluded")) | {
+        name for name, r in roles.items() if all(x.role is Role.WEIGHT for x in r)
+    }
     return QuantPlan(
         ordered, roots, aliases, frozenset(passthrough), fused, tuple(weights), axes, excluded
     )
@@ -193,7 +202,10 @@ def _decide(
     result = rule.roles(node, idx)
     if isinstance(result, str):
         return float_(result)
-    if config.weights_only:
+    blocked = spec.granularity is Granularity.BLOCK and any(r.role is Role.WEIGHT for r in result)
+    if config.weights_only or blocked:
+        # onnxruntime has no integer kernel taking blocked weights with quantized
+        # activations (and mis-fuses some): a blocked-weight node is weight-only
         result = [r for r in result if r.role is Role.WEIGHT]
         if not result:
             return float_("--weights-only: no constant weight")
@@ -225,10 +237,12 @@ def _fuse_activations(
     clamps at 0 exactly as the activation does, and the activation node is removed."""
     if config.activation_scheme is not Scheme.ASYM or config.restricted:
         return {}  # only then is the zero point the lowest code Q saturates to
+    weight_only = {n for n, r in roles.items() if all(x.role is Role.WEIGHT for x in r)}
     excluded = {d.name for d in decisions.values() if d.reason.startswith("excluded")}
+    excluded |= weight_only  # these read the float activation, which must stay exact
     fused: dict[str, str] = {}
     for node in model.graph.node:
-        if node.name not in roles:
+        if node.name not in roles or node.name in weight_only:
             continue
         out = node.output[0]
         consumers = idx.consumers.get(out, [])
@@ -266,7 +280,8 @@ def _close_over_passthrough(
             excluded = decisions[node.name].reason.startswith("excluded")
             readers = idx.consumers.get(node.output[0], [])
             feeds_excluded = any(decisions[c.name].reason.startswith("excluded") for c in readers)
-            if not excluded and not feeds_excluded and transparent_check(node, idx) is None:
+            check = transparent_check(node, idx, config.activation_bits)
+            if not excluded and not feeds_excluded and check is None:
                 candidates[node.name] = node
     by_tensor: dict[str, list[onnx.NodeProto]] = {}
     for node in candidates.values():

@@ -249,10 +249,16 @@ CONV_LIKE = frozenset(
 )
 
 
-def transparent_check(node: onnx.NodeProto, idx: GraphIndex) -> str | None:
-    """None when ``node`` may run on integer tensors, else why not."""
+# Passthrough ops with integer kernels only for 8-bit types (MaxPool, Resize, …).
+EIGHT_BIT_ONLY = frozenset({"MaxPool", "Resize", "DepthToSpace", "SpaceToDepth"})
+
+
+def transparent_check(node: onnx.NodeProto, idx: GraphIndex, bits: int = 8) -> str | None:
+    """None when ``node`` may run on integer tensors of ``bits`` bits, else why not."""
     if len([o for o in node.output if o]) != 1:
         return "has more than one output"
+    if bits != 8 and node.op_type in EIGHT_BIT_ONLY:
+        return f"{node.op_type} takes 8-bit integers only"
     if node.op_type == "MaxPool" and idx.opset < 12:
         return "MaxPool takes integer tensors from opset 12"
     if node.op_type == "Resize":

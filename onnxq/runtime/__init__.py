@@ -4,8 +4,16 @@ from onnxq.runtime.session import (
     Runner,
     measure_latency,
     optimize_model,
+    optimized_nodes,
     optimized_op_types,
     runtime_version,
 )
 
-__all__ = ["Runner", "measure_latency", "optimize_model", "optimized_op_types", "runtime_version"]
+__all__ = [
+    "Runner",
+    "measure_latency",
+    "optimize_model",
+    "optimized_nodes",
+    "optimized_op_types",
+    "runtime_version",
+]

@@ -25,6 +25,7 @@ __all__ = [
     "Runner",
     "measure_latency",
     "optimize_model",
+    "optimized_nodes",
     "optimized_op_types",
     "runtime_version",
 ]
@@ -111,15 +112,20 @@ def optimize_model(model: onnx.ModelProto, level: OptLevel = OptLevel.BASIC) -> 
         return onnx.load(str(path))
 
 
-def optimized_op_types(model: onnx.ModelProto) -> Counter[str]:
-    """Op types (``domain:OpType`` outside the default domain) that onnxruntime's CPU
-    provider runs after its full optimization: shows which Q/DQ groups were fused
-    into integer kernels."""
+def optimized_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(node name, op type) of every node onnxruntime's CPU provider runs after its full
+    optimization; op types outside the default domain read ``domain:OpType``. Shows
+    which Q/DQ groups were fused into integer kernels and which still run in float."""
     optimized = optimize_model(model, OptLevel.ALL)
-    return Counter(
-        f"{n.domain}:{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+    return [
+        (n.name, f"{n.domain}:{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type)
         for n in optimized.graph.node
-    )
+    ]
+
+
+def optimized_op_types(model: onnx.ModelProto) -> Counter[str]:
+    """Histogram of :func:`optimized_nodes` op types."""
+    return Counter(op for _, op in optimized_nodes(model))
 
 
 def measure_latency(
