@@ -19,6 +19,7 @@ from onnxq.config import CalibrationConfig, Mode, QuantConfig, Scheme
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError, RangesError
 from onnxq.graph.dynamic import rewrite_dynamic
+from onnxq.graph.embedding import quantize_embeddings
 from onnxq.graph.model_io import check_distinct, input_specs, load_model, save_model
 from onnxq.graph.outputs import restrict_value_info
 from onnxq.graph.plan import NodeDecision, QuantPlan, make_plan
@@ -188,6 +189,14 @@ def quantize(
         qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
         result = rewrite(prepared.model, plan, qparams, config)
         decisions = plan.decisions
+    embedded, tables = quantize_embeddings(result.model, decisions)
+    if tables:
+        result = replace(
+            result,
+            model=embedded,
+            quantized_nodes=result.quantized_nodes + tables,
+            quantized_weights=result.quantized_weights + tables,
+        )
     restrict_value_info(result.model, (vi.name for vi in model.graph.value_info))
     log.info(
         "rewrote %d nodes, %d weights, %d Q/DQ pairs",

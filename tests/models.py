@@ -183,3 +183,22 @@ def outlier_cnn(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3"),
     ]
     return _model(nodes, [_vi("x", ["N", 8, 16, 16])], [_vi("y", ["N", 8, 16, 16])], inits)
+
+
+def embedding_model(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """int64 token ids -> Gather from a [5000, 32] table -> MatMul -> Add; integer inputs."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [
+        _init("table", rng.normal(0, 1, (5000, 32)).astype(f32)),
+        _init("w", rng.normal(0, 0.2, (32, 8)).astype(f32)),
+        _init("b", rng.normal(0, 0.1, 8).astype(f32)),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed", axis=0),
+        helper.make_node("MatMul", ["emb", "w"], ["mm"], name="proj"),
+        helper.make_node("Add", ["mm", "b"], ["y"], name="bias"),
+    ]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 12])
+    model = _model(nodes, [ids], [_vi("y", ["N", 12, 8])], inits)
+    return model, {"ids": rng.integers(0, 5000, (32, 12)).astype(np.int64)}

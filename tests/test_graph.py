@@ -203,3 +203,30 @@ def test_constant_node_weights_are_quantized_as_weights(tmp_path):
         t.name.startswith("w2_quantized") and t.data_type == onnx.TensorProto.INT8
         for t in result.model.graph.initializer
     )
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "weights-only"])
+def test_embedding_tables_are_stored_as_int8_rows(mode, tmp_path):
+    from onnxq import quantize
+    from onnxq.config import Mode
+
+    model, feed = models.embedding_model()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    config = {
+        "static": QuantConfig(),
+        "dynamic": QuantConfig(mode=Mode.DYNAMIC),
+        "weights-only": QuantConfig(weights_only=True),
+    }[mode]
+    report = quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", config, data=tmp_path / "d.npz")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(q)
+    embed = next(d for d in report.decisions if d.name == "embed")
+    assert embed.action == "quantize" and "embedding" in embed.reason
+    table = next(t for t in q.graph.initializer if t.name.startswith("table_quantized"))
+    assert table.data_type == onnx.TensorProto.INT8 and list(table.dims) == [5000, 32]
+    assert not any(t.name == "table" for t in q.graph.initializer)
+    assert "DequantizeLinear" not in [n.op_type for n in q.graph.node if "table" in n.input[0]]
+    assert report.quantized_bytes < 0.3 * report.float_bytes
+    (a,), (b,) = run(model, feed), run(q, feed)
+    assert np.abs(a - b).max() <= 0.03 * np.abs(a).max()

@@ -18,9 +18,9 @@ from onnx import helper, numpy_helper
 from onnxq.config import Granularity, QuantConfig, Scheme
 from onnxq.errors import ConfigError
 from onnxq.graph.names import NameFactory
-from onnxq.graph.plan import NodeDecision
+from onnxq.graph.plan import EMBEDDING_REASON, NodeDecision
 from onnxq.graph.rewrite import RewriteResult, drop_unused_initializers, topological
-from onnxq.graph.rules import GraphIndex
+from onnxq.graph.rules import GraphIndex, embedding_check
 from onnxq.quant import quantize
 from onnxq.quant.weights import WeightLayout, weight_qparams
 
@@ -63,6 +63,14 @@ def dynamic_decisions(model: onnx.ModelProto, config: QuantConfig) -> tuple[Node
     out = []
     for node in model.graph.node:
         reason = _check(node, idx, config)
+        if node.op_type == "Gather" and not (reason or "").startswith("excluded"):
+            why = embedding_check(node, idx)
+            out.append(
+                NodeDecision(
+                    node.name, node.op_type, "float" if why else "quantize", why or EMBEDDING_REASON
+                )
+            )
+            continue
         action = "float" if reason else "quantize"
         out.append(NodeDecision(node.name, node.op_type, action, reason or "dynamic uint8 x int8"))
     return tuple(out)
@@ -82,7 +90,7 @@ def rewrite_dynamic(
     idx = GraphIndex(out)
     names = NameFactory(out)
     decisions = dynamic_decisions(out, config)
-    chosen = {d.name for d in decisions if d.action == "quantize"}
+    chosen = {d.name for d in decisions if d.action == "quantize" and d.op_type != "Gather"}
     new_nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     activations: dict[str, tuple[str, str, str]] = {}  # x -> (x_q, x_scale, x_zp)

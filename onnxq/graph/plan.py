@@ -22,6 +22,7 @@ from onnxq.graph.rules import (
     OutputPolicy,
     Role,
     clip_from_zero,
+    embedding_check,
     transparent_check,
 )
 from onnxq.quant.weights import WeightLayout
@@ -83,6 +84,9 @@ class QuantPlan:
 
     def root_of(self, tensor: str) -> str:
         return self.aliases.get(tensor, tensor)
+
+
+EMBEDDING_REASON = "embedding: int8 rows gathered, then scaled (weight only)"
 
 
 def _excluded(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
@@ -191,6 +195,11 @@ def _decide(
         return float_("excluded by the recipe")
     if node.domain not in ("", "ai.onnx"):
         return float_(f"op domain '{node.domain}' is not quantized")
+    if node.op_type == "Gather":
+        why = embedding_check(node, idx)
+        if why is None:
+            return NodeDecision(node.name, node.op_type, "quantize", EMBEDDING_REASON)
+        return float_(why)
     rule = RULES.get(node.op_type)
     if rule is None:
         if node.op_type in TRANSPARENT or node.op_type in ACTIVATION_FUSIONS:

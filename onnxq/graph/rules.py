@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -21,6 +22,7 @@ __all__ = [
     "RULES",
     "TRANSPARENT",
     "clip_from_zero",
+    "embedding_check",
     "transparent_check",
 ]
 
@@ -285,3 +287,17 @@ def clip_from_zero(node: onnx.NodeProto, idx: GraphIndex) -> bool:
     if len(node.input) > 2 and node.input[2] and node.input[2] not in idx.initializers:
         return False
     return low.size == 1 and float(low.reshape(-1)[0]) == 0.0
+
+
+MIN_EMBEDDING_SIZE = 4096  # smaller tables are not worth the extra nodes
+
+
+def embedding_check(node: onnx.NodeProto, idx: GraphIndex) -> str | None:
+    """None when ``node`` gathers rows of a 2-D float32 embedding table, else why not."""
+    data = node.input[0]
+    axis = int(_attr(node, "axis", 0))
+    if not idx.is_float_initializer(data) or idx.ranks.get(data) != 2 or axis != 0:
+        return "not a Gather of rows from a 2-D float32 table"
+    if int(np.prod(idx.initializers[data].dims)) < MIN_EMBEDDING_SIZE:
+        return "table too small to be worth quantizing"
+    return None
