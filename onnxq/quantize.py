@@ -186,6 +186,16 @@ def quantize(
                 progress=progress,
             )
             source = f"calibrated on {data} ({calibration.method.value})"
+        wide = _too_wide(observed, config.activation_bits)
+        if wide:  # keep those tensors float, and the nodes around them
+            log.info("keeping %d tensors with extreme ranges in float", len(wide))
+            plan = make_plan(prepared.model, config, wide)
+            missing = [t for t in plan.roots if t not in observed]
+            if missing and ranges_file is not None:
+                observed.update(_ranges_for(plan, ranges_file, str(ranges)))
+            elif missing:
+                assert calib_set is not None
+                observed.update(observe(prepared, calib_set, missing, calibration, threads=threads))
         qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
         result = rewrite(prepared.model, plan, qparams, config)
         decisions = plan.decisions
@@ -252,6 +262,26 @@ def _ranges_for(plan: QuantPlan, ranges: RangesFile, source: str) -> dict[str, T
             f"({len(missing)} missing); recalibrate with this onnxq version"
         )
     return {t: ranges.tensors[t] for t in plan.roots}
+
+
+# An activation whose observed magnitude passes this cannot share one 8-bit (16-bit) scale
+# with its ordinary values: typically an additive attention mask of -1e4 or -3.4e38.
+WIDE_RANGE = {8: 5e3, 16: 1e9}
+
+
+def _too_wide(observed: dict[str, TensorRange], bits: int) -> dict[str, str]:
+    limit = WIDE_RANGE[bits]
+    out = {}
+    for name, r in observed.items():
+        lo = r.observed_min if r.observed_min is not None else r.min
+        hi = r.observed_max if r.observed_max is not None else r.max
+        lo_f, hi_f = float(np.min(lo)), float(np.max(hi))
+        if max(abs(lo_f), abs(hi_f)) > limit:
+            out[name] = (
+                f"spans [{lo_f:.3g}, {hi_f:.3g}], too wide for one {bits}-bit scale "
+                "(an additive mask?)"
+            )
+    return out
 
 
 def _activation_qparams(r: TensorRange, config: QuantConfig) -> QParams:

@@ -230,3 +230,19 @@ def test_embedding_tables_are_stored_as_int8_rows(mode, tmp_path):
     assert report.quantized_bytes < 0.3 * report.float_bytes
     (a,), (b,) = run(model, feed), run(q, feed)
     assert np.abs(a - b).max() <= 0.03 * np.abs(a).max()
+
+
+def test_tensors_with_extreme_ranges_stay_float(tmp_path):
+    """An additive attention mask (-3.4e38) would give its tensor a scale of ~1e36 and
+    collapse every score: onnxq keeps that tensor, and the nodes around it, in float."""
+    from onnxq import quantize
+
+    model, feed = models.masked_attention()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    report = quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", data=tmp_path / "d.npz")
+    decisions = {d.name: d for d in report.decisions}
+    assert decisions["mask_add"].action == "float"
+    assert "too wide" in decisions["mask_add"].reason
+    assert decisions["q_proj"].action == "quantize" and decisions["pv"].action == "quantize"
+    assert report.fidelity is not None and report.fidelity.outputs[0].cosine_mean > 0.995

@@ -5,7 +5,7 @@ and the configuration; nothing is rewritten here."""
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import onnx
@@ -88,6 +88,45 @@ class QuantPlan:
 
 EMBEDDING_REASON = "embedding: int8 rows gathered, then scaled (weight only)"
 
+# Element-wise ops quantized only next to quantized compute: in a chain of float
+# element-wise maths (a decomposed LayerNorm: Sub, Mul, Add, Sqrt, Div) each extra
+# requantization costs accuracy and no integer kernel is gained.
+NEEDS_QUANTIZED_INPUT = frozenset({"Add", "Mul"})
+
+
+def _origin(tensor: str, idx: GraphIndex) -> onnx.NodeProto | None:
+    """The node that computes ``tensor``, looking through shape ops and Relu/Clip."""
+    node = idx.producer.get(tensor)
+    seen = 0
+    while node is not None and (node.op_type in TRANSPARENT or node.op_type in ACTIVATION_FUSIONS):
+        node = idx.producer.get(node.input[0])
+        seen += 1
+        if seen > 64:
+            break
+    return node
+
+
+def _check_neighbour(
+    node: onnx.NodeProto,
+    idx: GraphIndex,
+    decisions: dict[str, NodeDecision],
+    roles: dict[str, list[InputRole]],
+) -> NodeDecision | None:
+    """A float decision for an element-wise ``node`` none of whose activation inputs
+    comes from a quantized node, else None."""
+    for r in roles.get(node.name, []):
+        if r.role is Role.ACTIVATION:
+            origin = _origin(node.input[r.index], idx)
+            if origin is not None and decisions.get(origin.name, _FLOAT).action == "quantize":
+                return None
+    roles.pop(node.name, None)
+    return NodeDecision(
+        node.name, node.op_type, "float", "no quantized input (float element-wise maths)"
+    )
+
+
+_FLOAT = NodeDecision("", "", "float", "")
+
 
 def _excluded(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
     for pat in patterns:
@@ -96,9 +135,14 @@ def _excluded(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
     return None
 
 
-def make_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
+def make_plan(
+    model: onnx.ModelProto, config: QuantConfig, forbidden: Mapping[str, str] | None = None
+) -> QuantPlan:
     """Decide, node by node, what the rewrite does. ``model`` must be prepared (named
-    nodes, constants as initializers, shapes inferred)."""
+    nodes, constants as initializers, shapes inferred). ``forbidden`` names activation
+    tensors that must stay float (with why): nodes reading or making them are not
+    quantized."""
+    forbidden = dict(forbidden or {})
     idx = GraphIndex(model)
     settings = resolve_recipe(model, config.recipe)
     decisions: dict[str, NodeDecision] = {}
@@ -108,7 +152,15 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         node_settings = dict(settings.get(node.name, {}))
         excluded = node_settings.pop("exclude", False)
         specs[node.name] = replace(config.weights, **node_settings)  # type: ignore[arg-type]
-        decisions[node.name] = _decide(node, idx, config, roles, specs[node.name], bool(excluded))
+        decision = _decide(node, idx, config, roles, specs[node.name], bool(excluded))
+        if decision.quantized and node.op_type in NEEDS_QUANTIZED_INPUT:
+            decision = _check_neighbour(node, idx, decisions, roles) or decision
+        touched = [t for t in (*node.input, *node.output) if t in forbidden]
+        if decision.quantized and touched:
+            roles.pop(node.name, None)
+            why = f"tensor '{touched[0]}' {forbidden[touched[0]]}; kept in float"
+            decision = NodeDecision(node.name, node.op_type, "float", why)
+        decisions[node.name] = decision
 
     need: set[str] = set()
     for node in model.graph.node:
@@ -117,7 +169,7 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
                 need.add(node.input[r.index])
     fused: dict[str, str] = {}
     if not config.weights_only:
-        fused = _fuse_activations(model, idx, config, roles, decisions, need)
+        fused = _fuse_activations(model, idx, config, roles, decisions, need, forbidden)
         for node in model.graph.node:
             always = RULES.get(node.op_type, None)
             weight_only = all(r.role is Role.WEIGHT for r in roles.get(node.name, []))
@@ -128,7 +180,7 @@ def make_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
                 and always.output_policy is OutputPolicy.ALWAYS
             ):
                 need.add(_quantized_output(node, fused, idx))
-    aliases, passthrough = _close_over_passthrough(model, idx, config, need, decisions)
+    aliases, passthrough = _close_over_passthrough(model, idx, config, need, decisions, forbidden)
     weights = _weight_uses(model, roles, aliases, specs)
     roots = tuple(t for t in _ordered(model, need) if t not in aliases)
     axes = {t: channel_axis(t, idx) for t in roots}
@@ -240,6 +292,7 @@ def _fuse_activations(
     roles: dict[str, list[InputRole]],
     decisions: dict[str, NodeDecision],
     need: set[str],
+    forbidden: Mapping[str, str],
 ) -> dict[str, str]:
     """Relu / Clip(0, …) directly after a quantized node, as that node's only consumer:
     with asymmetric activations the zero point is the lowest code, so the output Q
@@ -260,7 +313,7 @@ def _fuse_activations(
         act = consumers[0]
         if act.op_type not in ACTIVATION_FUSIONS or not clip_from_zero(act, idx):
             continue
-        if act.name in excluded or not idx.is_float(act.output[0]):
+        if act.name in excluded or not idx.is_float(act.output[0]) or act.output[0] in forbidden:
             continue
         if any(c.name in excluded for c in idx.consumers.get(act.output[0], [])):
             continue  # an excluded reader needs the real float activation
@@ -280,6 +333,7 @@ def _close_over_passthrough(
     config: QuantConfig,
     need: set[str],
     decisions: dict[str, NodeDecision],
+    forbidden: Mapping[str, str],
 ) -> tuple[dict[str, str], set[str]]:
     """Shape-only ops next to a quantized tensor run on the integer tensor; their output
     shares the input's range (a worklist, linear in the graph size)."""
@@ -290,7 +344,8 @@ def _close_over_passthrough(
             readers = idx.consumers.get(node.output[0], [])
             feeds_excluded = any(decisions[c.name].reason.startswith("excluded") for c in readers)
             check = transparent_check(node, idx, config.activation_bits)
-            if not excluded and not feeds_excluded and check is None:
+            touches = node.input[0] in forbidden or node.output[0] in forbidden
+            if not excluded and not feeds_excluded and check is None and not touches:
                 candidates[node.name] = node
     by_tensor: dict[str, list[onnx.NodeProto]] = {}
     for node in candidates.values():
