@@ -11,6 +11,7 @@ from onnxq.graph.model_io import load_model
 from onnxq.graph.plan import NodeDecision, make_plan
 from onnxq.graph.summary import ModelSummary, summarize
 from onnxq.prepare import prepare
+from onnxq.report.preflight import RuntimePreview, preview
 
 __all__ = ["Inspection", "inspect_model"]
 
@@ -21,6 +22,7 @@ class Inspection:
     summary: ModelSummary
     preparation: tuple[str, ...]
     decisions: tuple[NodeDecision, ...]
+    runtime: RuntimePreview | None = None  # with target "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -31,11 +33,24 @@ class Inspection:
             "preparation": list(self.preparation),
             "nodes_after_preparation": [asdict(d) for d in self.decisions],
             "quantized_nodes": sum(d.action == "quantize" for d in self.decisions),
+            "target": None
+            if self.runtime is None
+            else {
+                "name": "cpu",
+                "provider": "CPUExecutionProvider",
+                **self.runtime.to_dict(),
+            },
         }
 
 
-def inspect_model(path: str | Path, config: QuantConfig | None = None) -> Inspection:
+def inspect_model(
+    path: str | Path, config: QuantConfig | None = None, *, target: str | None = None
+) -> Inspection:
+    """Summary and quantization plan of a model; with ``target="cpu"`` also which
+    quantized nodes onnxruntime's CPU provider will run as integer or float kernels."""
+    config = config or QuantConfig()
     model = load_model(path)
-    prepared = prepare(model)
-    plan = make_plan(prepared.model, config or QuantConfig())
-    return Inspection(str(path), summarize(model), prepared.steps, plan.decisions)
+    prepared = prepare(model, min_opset=config.min_opset)
+    plan = make_plan(prepared.model, config)
+    runtime = preview(prepared.model, plan, config) if target == "cpu" else None
+    return Inspection(str(path), summarize(model), prepared.steps, plan.decisions, runtime)

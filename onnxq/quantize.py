@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,21 +26,12 @@ from onnxq.graph.rewrite import rewrite
 from onnxq.prepare import prepare
 from onnxq.quant import QParams, compute_qparams
 from onnxq.report.fidelity import Fidelity, evaluate
-from onnxq.runtime import Runner, optimized_nodes
+from onnxq.report.preflight import RuntimePreview, is_integer_kernel, runtime_preview
+from onnxq.runtime import Runner
 
 __all__ = ["QuantizeReport", "is_integer_kernel", "quantize"]
 
 log = logging.getLogger("onnxq")
-
-_INTEGER_OPS = frozenset(
-    {"QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
-)
-
-
-def is_integer_kernel(op_type: str) -> bool:
-    """True for onnxruntime kernels that compute on integers (``domain:`` prefix ignored)."""
-    op = op_type.rsplit(":", 1)[-1]
-    return op.startswith("QLinear") or op in _INTEGER_OPS
 
 
 @dataclass(frozen=True)
@@ -56,19 +46,26 @@ class QuantizeReport:
     decisions: tuple[NodeDecision, ...]
     ranges_source: str
     preparation: tuple[str, ...]
-    runtime_kernels: dict[str, int]
+    runtime: RuntimePreview
     fidelity: Fidelity | None
     fidelity_data: str | None
     float_biases: tuple[str, ...] = field(default_factory=tuple)
-    float_kernels: tuple[str, ...] = field(default_factory=tuple)  # quantized, run in float
 
     @property
     def size_ratio(self) -> float:
         return self.quantized_bytes / self.float_bytes if self.float_bytes else 0.0
 
     @property
+    def runtime_kernels(self) -> dict[str, int]:
+        return self.runtime.op_types
+
+    @property
     def integer_kernels(self) -> int:
-        return sum(n for op, n in self.runtime_kernels.items() if is_integer_kernel(op))
+        return self.runtime.integer_kernels
+
+    @property
+    def float_kernels(self) -> tuple[str, ...]:
+        return self.runtime.float_kernels
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (schema ``onnxq-quantize``, version 1)."""
@@ -99,11 +96,7 @@ class QuantizeReport:
             "float_biases": list(self.float_biases),
             "ranges": self.ranges_source,
             "preparation": list(self.preparation),
-            "runtime": {
-                "integer_kernels": self.integer_kernels,
-                "op_types": self.runtime_kernels,
-                "float_kernels": list(self.float_kernels),
-            },
+            "runtime": self.runtime.to_dict(),
             "fidelity": None
             if fid is None
             else {
@@ -215,14 +208,11 @@ def quantize(
         result.qdq_pairs,
     )
     candidate = Runner(result.model, threads=threads, what="quantized model")
-    runs = optimized_nodes(result.model)
-    kernels = dict(Counter(op for _, op in runs))
-    in_float = {(name, op) for name, op in runs}
-    fallback = tuple(
-        d.name for d in decisions if d.action == "quantize" and (d.name, d.op_type) in in_float
-    )
-    if fallback:
-        log.info("onnxruntime runs %d quantized nodes with float kernels", len(fallback))
+    runtime = runtime_preview(result.model, decisions)
+    if runtime.float_kernels:
+        log.info(
+            "onnxruntime runs %d quantized nodes with float kernels", len(runtime.float_kernels)
+        )
     size = save_model(result.model, output_path)
 
     fidelity = None
@@ -246,11 +236,10 @@ def quantize(
         decisions=decisions,
         ranges_source=source,
         preparation=prepared.steps,
-        runtime_kernels=dict(sorted(Counter(kernels).items())),
+        runtime=runtime,
         fidelity=fidelity,
         fidelity_data=str(eval_path) if eval_path is not None else None,
         float_biases=result.float_biases,
-        float_kernels=fallback,
     )
 
 

@@ -329,3 +329,17 @@ def test_python_module_entry_point(cnn_files):
         [sys.executable, "-m", "onnxq", "--version"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and "onnxq" in proc.stdout
+
+
+def test_inspect_target_cpu_reports_integer_and_float_kernels(tmp_path):
+    import models
+
+    model, _ = models.single_op("conv_transpose")
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    result = invoke("inspect", tmp_path / "m.onnx", "--target", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    target = json.loads(result.stdout)["target"]
+    assert target["float_kernels"] == ["op"]  # ConvTranspose: no integer kernel on CPU
+    assert target["integer_kernels"] >= 1  # the Conv stem is a QLinearConv
+    human = invoke("inspect", tmp_path / "m.onnx", "--target", "cpu")
+    assert "float kernel" in human.stdout and "integer" in human.stdout

@@ -166,16 +166,22 @@ def cli(debug: bool) -> None:
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--exclude", multiple=True, help="Node name or op type (glob) kept in float.")
+@click.option(
+    "--target",
+    type=click.Choice(["cpu"]),
+    help="Also show which quantized nodes onnxruntime's CPU provider runs as integer "
+    "kernels, which fall back to float, and the Q/DQ conversions left at run time.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @handle_errors
-def inspect(model: Path, exclude: tuple[str, ...], as_json: bool) -> None:
+def inspect(model: Path, exclude: tuple[str, ...], target: str | None, as_json: bool) -> None:
     """Show a model's opset, inputs, outputs, ops, parameters and quantization plan.
 
     \b
     Example:
-      onnxq inspect sample_models/digits_cnn.onnx
+      onnxq inspect sample_models/digits_cnn.onnx --target cpu
     """
-    result = inspect_model(model, QuantConfig(exclude=exclude))
+    result = inspect_model(model, QuantConfig(exclude=exclude), target=target)
     render.inspection(result, as_json)
 
 

@@ -125,9 +125,32 @@ def inspection(result: Inspection, as_json: bool) -> None:
     )
     for col in ("node", "op", "action", "why"):
         plan.add_column(col)
+    kernel = {}
+    if result.runtime is not None:
+        plan.add_column("onnxruntime CPU")
+        fallback = set(result.runtime.float_kernels)
+        kernel = {
+            d.name: ("float kernel" if d.name in fallback else "integer")
+            for d in result.decisions
+            if d.action == "quantize"
+        }
     for d in result.decisions:
-        plan.add_row(d.name, d.op_type, d.action, d.reason)
+        row = [d.name, d.op_type, d.action, d.reason]
+        if result.runtime is not None:
+            row.append(kernel.get(d.name, ""))
+        plan.add_row(*row)
     out.print(plan)
+    if result.runtime is not None:
+        rt = result.runtime
+        out.print(
+            f"onnxruntime CPU: {rt.integer_kernels} integer kernels, {len(rt.float_kernels)} "
+            f"quantized nodes on float kernels, {rt.standalone_qdq} stand-alone Q/DQ at run time"
+        )
+        if rt.slower_than_float_risk:
+            out.print(
+                "risk: more Q/DQ conversions than integer kernels; the quantized model is "
+                "likely slower than float (measure with onnxq compare)"
+            )
 
 
 def calibration(ranges: RangesFile, path: Path) -> None:
