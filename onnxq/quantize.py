@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from onnxq._version import __version__
-from onnxq.calibration.calibrate import observe
+from onnxq.calibration.calibrate import Progress, observe
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.ranges import RangesFile, read_ranges
 from onnxq.config import CalibrationConfig, Mode, QuantConfig, Scheme
-from onnxq.data import open_dataset
+from onnxq.data import Dataset, open_dataset
 from onnxq.errors import ConfigError, RangesError
 from onnxq.graph.dynamic import rewrite_dynamic
 from onnxq.graph.embedding import quantize_embeddings
@@ -23,7 +23,7 @@ from onnxq.graph.model_io import check_distinct, input_specs, load_model, save_m
 from onnxq.graph.outputs import restrict_value_info
 from onnxq.graph.plan import NodeDecision, QuantPlan, make_plan
 from onnxq.graph.rewrite import rewrite
-from onnxq.prepare import prepare
+from onnxq.prepare import PreparedModel, prepare
 from onnxq.quant import QParams, compute_qparams
 from onnxq.report.fidelity import Fidelity, evaluate
 from onnxq.report.preflight import RuntimePreview, is_integer_kernel, runtime_preview
@@ -159,36 +159,8 @@ def quantize(
         result, decisions = rewrite_dynamic(prepared.model, config)
         source = "dynamic (computed at run time)"
     else:
-        plan = make_plan(prepared.model, config)
-        if not plan.roots:
-            observed = {}
-            source = "none needed (weights only)" if config.weights_only else "none needed"
-        elif ranges_file is not None:
-            ranges_file.check_model(prepared.fingerprint, str(ranges))
-            ranges_file.check_scheme(config.activation_scheme.value, str(ranges))
-            observed = _ranges_for(plan, ranges_file, str(ranges))
-            source = f"{ranges} ({ranges_file.method})"
-        else:
-            assert calib_set is not None
-            observed = observe(
-                prepared,
-                calib_set,
-                plan.roots,
-                calibration,
-                threads=threads,
-                progress=progress,
-            )
-            source = f"calibrated on {data} ({calibration.method.value})"
-        wide = _too_wide(observed, config.activation_bits)
-        if wide:  # keep those tensors float, and the nodes around them
-            log.info("keeping %d tensors with extreme ranges in float", len(wide))
-            plan = make_plan(prepared.model, config, wide)
-            missing = [t for t in plan.roots if t not in observed]
-            if missing and ranges_file is not None:
-                observed.update(_ranges_for(plan, ranges_file, str(ranges)))
-            elif missing:
-                assert calib_set is not None
-                observed.update(observe(prepared, calib_set, missing, calibration, threads=threads))
+        source_of = _Ranges(calib_set, ranges_file, str(data or ranges), calibration, threads)
+        plan, observed, source = _static_ranges(prepared, config, source_of, progress)
         qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
         result = rewrite(prepared.model, plan, qparams, config)
         decisions = plan.decisions
@@ -241,6 +213,58 @@ def quantize(
         fidelity_data=str(eval_path) if eval_path is not None else None,
         float_biases=result.float_biases,
     )
+
+
+@dataclass(frozen=True)
+class _Ranges:
+    """Where activation ranges come from: data to calibrate on, or a ranges file."""
+
+    data: Dataset | None
+    file: RangesFile | None
+    path: str
+    calibration: CalibrationConfig
+    threads: int
+
+    def get(
+        self, prepared: PreparedModel, plan: QuantPlan, progress: Progress | None = None
+    ) -> dict[str, TensorRange]:
+        """Ranges of ``plan.roots``."""
+        if self.file is not None:
+            return _ranges_for(plan, self.file, self.path)
+        assert self.data is not None, "static quantization without data or ranges"
+        return observe(
+            prepared,
+            self.data,
+            plan.roots,
+            self.calibration,
+            threads=self.threads,
+            progress=progress,
+        )
+
+
+def _static_ranges(
+    prepared: PreparedModel, config: QuantConfig, source: _Ranges, progress: Progress | None
+) -> tuple[QuantPlan, dict[str, TensorRange], str]:
+    """The plan and its activation ranges. Tensors whose range is too wide for one scale
+    (additive masks) are then kept float and the plan is made again without them."""
+    plan = make_plan(prepared.model, config)
+    if not plan.roots:
+        return plan, {}, "none needed (weights only)" if config.weights_only else "none needed"
+    if source.file is not None:
+        source.file.check_model(prepared.fingerprint, source.path)
+        source.file.check_scheme(config.activation_scheme.value, source.path)
+        what = f"{source.path} ({source.file.method})"
+    else:
+        what = f"calibrated on {source.path} ({source.calibration.method.value})"
+    observed = source.get(prepared, plan, progress)
+    wide = _too_wide(observed, config.activation_bits)
+    if wide:
+        log.info("keeping %d tensors with extreme ranges in float", len(wide))
+        plan = make_plan(prepared.model, config, wide)
+        missing = [t for t in plan.roots if t not in observed]
+        if missing:
+            observed.update(source.get(prepared, replace(plan, roots=tuple(missing))))
+    return plan, observed, what
 
 
 def _ranges_for(plan: QuantPlan, ranges: RangesFile, source: str) -> dict[str, TensorRange]:
