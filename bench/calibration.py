@@ -30,10 +30,14 @@ threads everywhere):
   the float model running the same N samples in batches of 8; only the runs are timed.
 
 Every configuration runs in a fresh child process (``python bench/calibration.py --child
-SPEC``) that reports JSON on stdout: the median wall time of 1 to 5 repetitions (repeated
-while the total stays under 2 s) and the peak RSS (``ru_maxrss``, MiB). Children get an
+SPEC``) that reports JSON on stdout: the best wall time of 1 to 7 repetitions (repeated
+while the total stays under 3 s; the median is kept in the raw results) and the peak RSS
+(``ru_maxrss``, MiB). Children get an
 address-space limit (``RLIMIT_AS``, 16 GiB) and a timeout (600 s); a failure is recorded
-with its reason and the benchmark goes on.
+with its reason and the benchmark goes on. The machine may be shared: before each child the
+parent waits (at most 15 s, 5 min in all) until other processes use under 0.3 of a core,
+and it records the CPU other processes used while each child ran (``/proc/stat`` minus the
+child's own CPU time), reported as "background cores".
 
 Two microbenchmarks, each in a child too:
 
@@ -101,8 +105,11 @@ ORT_METHODS = {
     "entropy": ort_calib.CalibrationMethod.Entropy,
 }
 ORT_OPTIONS = {"num_bins": BINS, "percentile": PERCENTILE, "num_quantized_bins": QUANTIZED_BINS}
-REPEAT_BUDGET_S = 2.0
-MAX_REPEATS = 5
+REPEAT_BUDGET_S = 3.0
+MAX_REPEATS = 7
+QUIET_CORES = 0.3  # background CPU use (cores) under which the machine counts as quiet
+QUIET_WAIT_S = 15.0  # longest wait for quiet before one child
+QUIET_BUDGET_S = 300.0  # longest wait for quiet over the whole run
 KL_VALUES = 1 << 20
 KL_RUNS = 20
 
@@ -127,11 +134,10 @@ def _repeat(run: Callable[[], tuple[float, Result]]) -> tuple[list[float], list[
     return times, details
 
 
-def _median_run(times: list[float], details: list[Result]) -> tuple[float, Result]:
-    """The median time and the details of the run closest to it."""
-    med = statistics.median(times)
-    best = min(range(len(times)), key=lambda i: abs(times[i] - med))
-    return med, details[best]
+def _best_run(times: list[float], details: list[Result]) -> tuple[float, Result]:
+    """The best (least disturbed) time, the details of that run and the median time."""
+    best = min(range(len(times)), key=lambda i: times[i])
+    return times[best], {**details[best], "median_s": statistics.median(times)}
 
 
 class _Timings:
@@ -220,7 +226,7 @@ def _child_onnxq(spec: Result) -> Result:
         return seconds, {"tensors": len(ranges.tensors), "split": split}
 
     times, details = _repeat(run)
-    seconds, info = _median_run(times, details)
+    seconds, info = _best_run(times, details)
     return {"time_s": seconds, "times": times, "base_mb": base_mb, **info}
 
 
@@ -290,7 +296,7 @@ def _child_ort(spec: Result) -> Result:
         return seconds, {"tensors": tensors, "setup_s": setup}
 
     times, details = _repeat(run)
-    seconds, info = _median_run(times, details)
+    seconds, info = _best_run(times, details)
     return {"time_s": seconds, "times": times, "base_mb": base_mb, **info}
 
 
@@ -316,7 +322,7 @@ def _child_forward(spec: Result) -> Result:
         return time.perf_counter() - start, {}
 
     times, details = _repeat(run)
-    seconds, info = _median_run(times, details)
+    seconds, info = _best_run(times, details)
     return {"time_s": seconds, "times": times, "base_mb": base_mb, **info}
 
 
@@ -330,6 +336,7 @@ def _median_ms(fn: Callable[[], object], runs: int, budget_s: float = 60.0) -> R
         times.append(time.perf_counter() - start)
     return {
         "median_ms": statistics.median(times) * 1000.0,
+        "min_ms": min(times) * 1000.0,
         "runs": len(times),
         "value": [float(v) for v in value] if isinstance(value, tuple) else None,
     }
@@ -487,18 +494,67 @@ def child_main(spec: Result) -> None:
 # --------------------------------------------------------------------------- parent side
 
 
+def _busy_cpu_s() -> float:
+    """CPU seconds all processes on the machine have used since boot (``/proc/stat``)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+class _Background:
+    """CPU use of other processes, and a bounded wait for the machine to be quiet."""
+
+    def __init__(self) -> None:
+        self.waited_s = 0.0
+
+    def wait_for_quiet(self) -> float:
+        """Wait until other processes use under ``QUIET_CORES`` over 1 s (at most
+        ``QUIET_WAIT_S`` now and ``QUIET_BUDGET_S`` in all); the last measured use."""
+        start = time.perf_counter()
+        while True:
+            busy, own, t0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
+            time.sleep(1.0)
+            cores = (_busy_cpu_s() - busy - (_own_cpu_s() - own)) / (time.perf_counter() - t0)
+            waited = time.perf_counter() - start
+            if (
+                not cores > QUIET_CORES
+                or waited >= QUIET_WAIT_S
+                or self.waited_s + waited >= QUIET_BUDGET_S
+            ):
+                self.waited_s += waited
+                return cores
+
+
+BACKGROUND = _Background()
+
+
 def run_child(spec: Result, timeout: float) -> Result:
     """Run ``spec`` in a fresh interpreter; a crash or timeout becomes ``ok: False``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    BACKGROUND.wait_for_quiet()
+    busy, own = _busy_cpu_s(), _own_cpu_s()
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timeout after {timeout:.0f} s", "wall_s": timeout}
     wall = time.perf_counter() - start
+    bg = max(0.0, (_busy_cpu_s() - busy - (_own_cpu_s() - own)) / wall)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(MARKER):
-            return {**json.loads(line[len(MARKER) :]), "wall_s": wall}
+            return {**json.loads(line[len(MARKER) :]), "wall_s": wall, "bg_cores": bg}
     if proc.returncode < 0:
         reason = f"killed by signal {-proc.returncode}"
         if proc.returncode == -9:
@@ -506,7 +562,7 @@ def run_child(spec: Result, timeout: float) -> Result:
     else:
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         reason = f"exit {proc.returncode}: {tail[-1] if tail else 'no output'}"
-    return {"ok": False, "error": reason[:300], "wall_s": wall}
+    return {"ok": False, "error": reason[:300], "wall_s": wall, "bg_cores": bg}
 
 
 def _describe(result: Result) -> str:
@@ -514,6 +570,7 @@ def _describe(result: Result) -> str:
         return f"FAILED {result['error']}"
     parts = [f"{result['time_s']:.3f} s" if "time_s" in result else ""]
     parts.append(f"peak {result['peak_mb']:.0f} MiB")
+    parts.append(f"background {result.get('bg_cores', math.nan):.2f} cores")
     return ", ".join(p for p in parts if p)
 
 
@@ -661,6 +718,11 @@ class _Index:
         row = self.get(model, n, tool, method)
         return None if row is None else float(row[key])
 
+    def background(self, model: str, n: int, tool: str, method: str) -> str:
+        """Cores other processes used while that child ran, formatted."""
+        row = self.rows.get((model, n, tool, method))
+        return "–" if row is None or "bg_cores" not in row else f"{row['bg_cores']:.1f}"
+
     def delta_mb(self, model: str, n: int, tool: str, method: str) -> float | None:
         """Peak RSS above the child's baseline before the measured calls."""
         row = self.get(model, n, tool, method)
@@ -690,15 +752,16 @@ def calibration_tables(index: _Index) -> list[str]:
     out = [
         "### Calibration: onnxq vs onnxruntime vs a float forward pass",
         "",
-        "Times are seconds (median of 1–5 runs in the same child), peaks are the child's peak "
+        "Times are seconds (best of 1–7 runs in the same child), peaks are the child's peak "
         "RSS in MiB (`ru_maxrss`; the interpreter with numpy, onnx, onnxruntime and onnxq "
         "imported is about 75 MiB of it). onnxq time is the whole `onnxq.calibrate` call; "
         "ORT time is `collect_data` + `compute_data` only (see the setup column below). "
         '"fwd" is the float forward pass over the same data.',
         "",
         "| model | N | method | onnxq s | onnxq MiB | ORT s | ORT MiB | time onnxq/ORT "
-        "| mem onnxq/ORT | onnxq/fwd time | onnxq peak / onnxq-minmax peak |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| mem onnxq/ORT | onnxq/fwd time | onnxq peak / onnxq-minmax peak "
+        "| bg cores onnxq / ORT / fwd |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for model in index.models:
         for n in index.sizes:
@@ -737,6 +800,10 @@ def calibration_tables(index: _Index) -> list[str]:
                         index.ratio(
                             ("onnxq", method, "peak_mb"), ("onnxq", "minmax", "peak_mb"), model, n
                         )
+                    ),
+                    " / ".join(
+                        index.background(model, n, tool, m)
+                        for tool, m in (("onnxq", method), ("ort", method), ("forward", "-"))
                     ),
                 ]
                 out.append("| " + " | ".join(cells) + " |")
@@ -791,7 +858,7 @@ def calibration_tables(index: _Index) -> list[str]:
                 )
     out += [
         "",
-        "Where onnxq's time goes (the median run; wrapped internals of "
+        "Where onnxq's time goes (the best run; wrapped internals of "
         "`onnxq.calibration.calibrate`): setup = loading, data validation, `prepare` "
         "(of which onnxruntime's basic optimization builds a session), candidate tensors, "
         "extra outputs and the calibration session; run = `session.run` over the batches; "
@@ -1002,6 +1069,11 @@ def targets_section(index: _Index, kl: Result | None, prep: Result) -> list[str]
     return out
 
 
+def _all_children(results: Result) -> list[Result]:
+    kl = [results["kl"]] if results.get("kl") else []
+    return [*results.get("calibration", []), *kl, *results.get("prep", [])]
+
+
 def render(results: Result) -> str:
     meta = results["meta"]
     m = meta["machine"]
@@ -1025,12 +1097,16 @@ def render(results: Result) -> str:
         "with optimizations disabled (as onnxruntime does) and 2 intra-op threads (patched "
         "in: onnxruntime offers no option for it). onnxq's ranges are asymmetric (uint8).",
     ]
-    loads = [r["load1"] for r in results["calibration"] if "load1" in r]
-    if loads:
+    bgs = sorted(r["bg_cores"] for r in _all_children(results) if "bg_cores" in r)
+    if bgs:
+        busy = sum(b > 0.5 for b in bgs)
         lines.append(
-            f"- machine load: 1-min load average {min(loads):.2f}–{max(loads):.2f} at the end "
-            "of the calibration children (other work shares this 2-core machine; times are "
-            "medians of repeated runs where a run is short, single runs otherwise)"
+            "- machine sharing: other processes used a median of "
+            f"{statistics.median(bgs):.2f} and at most {bgs[-1]:.2f} of the {m['nproc']} cores "
+            f"while the children ran ({busy} of {len(bgs)} children saw more than half a "
+            f"core); the run waited {meta.get('quiet_wait_s', 0.0):.0f} s in all for quiet. "
+            "Times are the best of the repeated runs to lessen that noise; the `bg cores` "
+            "column gives the background use during each child (onnxq / ORT / forward)"
         )
     lines.append("")
     index = _Index(results["calibration"])
@@ -1146,6 +1222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "timeout_s": args.timeout,
         "mem_limit_gb": args.mem_limit_gb,
         "load1": [load_start, os.getloadavg()[0]],
+        "quiet_wait_s": BACKGROUND.waited_s,
     }
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))

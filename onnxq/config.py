@@ -199,6 +199,7 @@ class QuantConfig:
     weight_percentile: float = 99.99
     weights_only: bool = False
     recipe: Recipe | None = None
+    auto_sqnr: float = 26.0  # activations whose 8-bit grid gives less: MSE-clipped or float
 
     def __post_init__(self) -> None:
         _ = self.weights  # validates the weight settings

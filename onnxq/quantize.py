@@ -257,10 +257,11 @@ def _static_ranges(
     else:
         what = f"calibrated on {source.path} ({source.calibration.method.value})"
     observed = source.get(prepared, plan, progress)
-    wide = _too_wide(observed, config.activation_bits)
-    if wide:
-        log.info("keeping %d tensors with extreme ranges in float", len(wide))
-        plan = make_plan(prepared.model, config, wide)
+    forbidden, observed = _auto_remedy(observed, config)
+    if forbidden:
+        forbidden.update({t: forbidden[r] for t, r in plan.aliases.items() if r in forbidden})
+        log.info("keeping %d activation tensors in float", len(forbidden))
+        plan = make_plan(prepared.model, config, forbidden)
         missing = [t for t in plan.roots if t not in observed]
         if missing:
             observed.update(source.get(prepared, replace(plan, roots=tuple(missing))))
@@ -282,19 +283,41 @@ def _ranges_for(plan: QuantPlan, ranges: RangesFile, source: str) -> dict[str, T
 WIDE_RANGE = {8: 5e3, 16: 1e9}
 
 
-def _too_wide(observed: dict[str, TensorRange], bits: int) -> dict[str, str]:
-    limit = WIDE_RANGE[bits]
-    out = {}
+def _auto_remedy(
+    observed: dict[str, TensorRange], config: QuantConfig
+) -> tuple[dict[str, str], dict[str, TensorRange]]:
+    """Activations one scale cannot hold, and the ranges to use instead.
+
+    * a tensor whose magnitude passes ``WIDE_RANGE`` (an additive mask) stays float;
+    * with ``config.auto_sqnr`` > 0, a tensor whose estimated SQNR on its range is below
+      it gets its MSE-optimal range when that reaches ``auto_sqnr``, else stays float.
+    Nodes reading or making a float tensor keep integer weights (weights only) or stay
+    float. Returns (tensor -> why it stays float, ranges to use).
+    """
+    limit = WIDE_RANGE[config.activation_bits]
+    forbidden: dict[str, str] = {}
+    ranges = dict(observed)
     for name, r in observed.items():
-        lo = r.observed_min if r.observed_min is not None else r.min
-        hi = r.observed_max if r.observed_max is not None else r.max
-        lo_f, hi_f = float(np.min(lo)), float(np.max(hi))
-        if max(abs(lo_f), abs(hi_f)) > limit:
-            out[name] = (
-                f"spans [{lo_f:.3g}, {hi_f:.3g}], too wide for one {bits}-bit scale "
-                "(an additive mask?)"
+        lo = float(np.min(r.observed_min if r.observed_min is not None else r.min))
+        hi = float(np.max(r.observed_max if r.observed_max is not None else r.max))
+        bits = config.activation_bits
+        if max(abs(lo), abs(hi)) > limit:
+            forbidden[name] = f"spans [{lo:.3g}, {hi:.3g}], too wide for one {bits}-bit scale"
+            continue
+        q = r.quality
+        if config.auto_sqnr <= 0 or q is None or q.sqnr_db >= config.auto_sqnr:
+            continue
+        if q.robust_sqnr_db >= config.auto_sqnr:
+            f32 = np.float32
+            ranges[name] = replace(
+                r, min=np.asarray(q.robust_min, f32), max=np.asarray(q.robust_max, f32), axis=None
             )
-    return out
+        else:
+            forbidden[name] = (
+                f"would keep {q.sqnr_db:.1f} dB on a {bits}-bit grid ({q.robust_sqnr_db:.1f} dB "
+                f"clipped), below --auto-sqnr {config.auto_sqnr:g}"
+            )
+    return forbidden, ranges
 
 
 def _activation_qparams(r: TensorRange, config: QuantConfig) -> QParams:

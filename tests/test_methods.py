@@ -172,6 +172,7 @@ def test_outlier_robust_methods_beat_minmax(tmp_path):
         report = quantize(
             model,
             tmp_path / f"{method.value}.onnx",
+            QuantConfig(auto_sqnr=0),  # the methods alone, without the automatic remedy
             data=calib,
             eval_data=evaluation,
             calibration=CalibrationConfig(method=method),
@@ -183,6 +184,17 @@ def test_outlier_robust_methods_beat_minmax(tmp_path):
     assert sqnr[CalibrationMethod.ENTROPY] > minmax + 6, sqnr
     # MSE weighs the outlier's own clipping error, so it trims the range far less
     assert sqnr[CalibrationMethod.MSE] > minmax + 1, sqnr
+
+
+def test_automatic_remedy_rescues_minmax_on_outliers(tmp_path):
+    """With the default --auto-sqnr, a tensor whose min/max range would leave it at a low
+    SQNR gets its MSE-optimal range (or stays float), without the user asking."""
+    model, calib, evaluation = _outlier_files(tmp_path)
+    plain = quantize(
+        model, tmp_path / "a.onnx", QuantConfig(auto_sqnr=0), data=calib, eval_data=evaluation
+    )
+    auto = quantize(model, tmp_path / "b.onnx", data=calib, eval_data=evaluation)
+    assert auto.fidelity.outputs[0].sqnr_db > plain.fidelity.outputs[0].sqnr_db + 6
 
 
 def test_ranges_file_records_method_and_parameters(tmp_path):

@@ -152,21 +152,26 @@ def ppocr_rec(
     characters: Sequence[str] | None = None,
     truth: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Decoded string agreement (exact) and CER of quant vs float; with ``truth`` also
-    the exact-match accuracy and CER of both models against the rendered text."""
+    """Decoded string agreement (exact, and ignoring leading/trailing spaces) and CER of
+    quant vs float; with ``truth`` also the exact-match accuracy and CER of both models
+    against the rendered text (stripped)."""
     fs = decode(float_out, characters)
     qs = decode(quant_out, characters)
+    fst, qst = [s.strip() for s in fs], [s.strip() for s in qs]
     res: dict[str, float] = {
         "string_agreement": float(np.mean([a == b for a, b in zip(fs, qs, strict=True)])),
+        "string_agreement_stripped": float(
+            np.mean([a == b for a, b in zip(fst, qst, strict=True)])
+        ),
         "cer_quant_vs_float": cer(fs, qs),
         "n": len(fs),
     }
-    if truth is not None:
-        t = [str(s) for s in truth]
-        res["float_exact"] = float(np.mean([a == b for a, b in zip(fs, t, strict=True)]))
-        res["quant_exact"] = float(np.mean([a == b for a, b in zip(qs, t, strict=True)]))
-        res["float_cer"] = cer(t, fs)
-        res["quant_cer"] = cer(t, qs)
+    if truth is not None:  # leading/trailing spaces (margins) are not counted against truth
+        t = [str(s).strip() for s in truth]
+        res["float_exact"] = float(np.mean([a == b for a, b in zip(fst, t, strict=True)]))
+        res["quant_exact"] = float(np.mean([a == b for a, b in zip(qst, t, strict=True)]))
+        res["float_cer"] = cer(t, fst)
+        res["quant_cer"] = cer(t, qst)
     return res
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from onnxq.calibration.histogram import Histogram
 from onnxq.quant.qtypes import QType
 
-__all__ = ["entropy_range", "mse_range", "percentile_range"]
+__all__ = ["entropy_range", "mse_range", "percentile_range", "range_sqnr"]
 
 _EPS = 1e-4  # count given to a Q bin that has none where P has some
 
@@ -155,3 +155,34 @@ def _compact(hist: Histogram, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
         mean = np.where(mass > 0, (c * centers.reshape(-1, group)).sum(axis=1) / mass, 0.0)
     keep = mass > 0
     return mean[keep], mass[keep]
+
+
+def range_sqnr(
+    hist: Histogram,
+    lo: float,
+    hi: float,
+    qtype: QType,
+    *,
+    symmetric: bool,
+    restricted: bool = False,
+) -> float:
+    """Estimated SQNR in dB of quantizing the histogram's values with range [lo, hi]:
+    uniform rounding noise ``S² / 12`` for each value inside the range plus the exact
+    clipping error of each bin outside it (bin centres)."""
+    from onnxq.quant.qparams import compute_qparams
+
+    if hist.total == 0:
+        return math.inf
+    qp = compute_qparams(lo, hi, qtype, symmetric=symmetric, restricted=restricted)
+    scale, zp = float(qp.scale), float(qp.zero_point)
+    low = (qtype.min(restricted=restricted) - zp) * scale
+    high = (qtype.max - zp) * scale
+    centers, counts = hist.centers(), hist.counts.astype(np.float64)
+    clipped = np.clip(centers, low, high)
+    inside = (centers >= low) & (centers <= high)
+    noise = float(np.sum(counts[inside])) * scale**2 / 12.0
+    noise += float(np.sum(counts * (centers - clipped) ** 2))
+    signal = float(np.sum(counts * centers**2))
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(max(signal, 1e-300) / noise)

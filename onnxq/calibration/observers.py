@@ -12,7 +12,18 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MinMaxObserver", "MovingAverageMinMaxObserver", "TensorRange"]
+__all__ = ["MinMaxObserver", "MovingAverageMinMaxObserver", "RangeQuality", "TensorRange"]
+
+
+@dataclass(frozen=True)
+class RangeQuality:
+    """Estimated SQNR (dB) of quantizing a tensor with its range, and the MSE-optimal
+    range with its SQNR, for the scheme and bit width calibrated for."""
+
+    sqnr_db: float
+    robust_min: float
+    robust_max: float
+    robust_sqnr_db: float
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,7 @@ class TensorRange:
     axis: int | None = None
     observed_min: npt.NDArray[np.float32] | None = None  # before clipping, when it differs
     observed_max: npt.NDArray[np.float32] | None = None
+    quality: RangeQuality | None = None  # how well the target integer grid holds it
 
     def per_tensor(self) -> TensorRange:
         """The range of the whole tensor (per-channel values reduced)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxq.calibration.observers import TensorRange
+from onnxq.calibration.observers import RangeQuality, TensorRange
 from onnxq.errors import RangesError
 
 __all__ = ["FORMAT", "VERSION", "RangesFile", "read_ranges"]
@@ -74,12 +74,34 @@ def _encode(r: TensorRange) -> dict[str, Any]:
                 "min": _number(float(r.observed_min)),
                 "max": _number(float(r.observed_max)),
             }
+        if r.quality is not None:
+            entry["quality"] = _encode_quality(r.quality)
         return entry
     return {
         "axis": r.axis,
         "min": [_number(float(v)) for v in r.min],
         "max": [_number(float(v)) for v in r.max],
     }
+
+
+def _encode_quality(q: RangeQuality) -> dict[str, Any]:
+    return {
+        "sqnr_db": _number(q.sqnr_db),
+        "robust": {
+            "min": _number(q.robust_min),
+            "max": _number(q.robust_max),
+            "sqnr_db": _number(q.robust_sqnr_db),
+        },
+    }
+
+
+def _decode_quality(doc: dict[str, Any] | None) -> RangeQuality | None:
+    if doc is None:
+        return None
+    robust = doc["robust"]
+    return RangeQuality(
+        float(doc["sqnr_db"]), float(robust["min"]), float(robust["max"]), float(robust["sqnr_db"])
+    )
 
 
 def _decode_values(value: Any) -> np.ndarray:
@@ -115,6 +137,7 @@ def read_ranges(path: str | Path) -> RangesFile:
                 entry.get("axis"),
                 _decode_values(seen["min"]) if seen else None,
                 _decode_values(seen["max"]) if seen else None,
+                _decode_quality(entry.get("quality")),
             )
         return RangesFile(
             model_fingerprint=str(doc["model"]["fingerprint"]),

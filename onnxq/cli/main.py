@@ -310,6 +310,14 @@ def calibrate(
     help="Values per range along the reduction axis with --granularity block.",
 )
 @click.option(
+    "--auto-sqnr",
+    type=click.FloatRange(min=0),
+    default=26.0,
+    show_default=True,
+    help="Activations whose range would keep less SQNR (dB) on their integer grid get an "
+    "MSE-clipped range, or stay float if that is not enough (0: off).",
+)
+@click.option(
     "--weights-only",
     is_flag=True,
     help="Quantize weights only; activations stay float (no calibration needed).",
@@ -375,6 +383,7 @@ def quantize(
     activation_bits: int | None,
     group_size: int,
     block_size: int,
+    auto_sqnr: float,
     weights_only: bool,
     recipe: Path | None,
     exclude: tuple[str, ...],
@@ -425,6 +434,7 @@ def quantize(
         group_size=group_size,
         block_size=block_size,
         weights_only=weights_only,
+        auto_sqnr=auto_sqnr,
         recipe=read_recipe(recipe) if recipe is not None else None,
         exclude=exclude,
         mode=Mode(mode),

@@ -88,10 +88,14 @@ class QuantPlan:
 
 EMBEDDING_REASON = "embedding: int8 rows gathered, then scaled (weight only)"
 
-# Element-wise ops quantized only next to quantized compute: in a chain of float
-# element-wise maths (a decomposed LayerNorm: Sub, Mul, Add, Sqrt, Div) each extra
-# requantization costs accuracy and no integer kernel is gained.
+# Element-wise ops are quantized only right after quantized compute (a bias or residual
+# Add after a Conv or MatMul, a gate Mul after a Conv). In chains of element-wise maths
+# (a decomposed LayerNorm or GELU: Mul, Add, Sub, Sqrt, Tanh) each requantization costs
+# accuracy and no integer kernel worth having is gained.
 NEEDS_QUANTIZED_INPUT = frozenset({"Add", "Mul"})
+COMPUTE = frozenset(
+    {"Conv", "ConvTranspose", "Gemm", "MatMul", "Concat", "AveragePool", "GlobalAveragePool"}
+)
 
 
 def _origin(tensor: str, idx: GraphIndex) -> onnx.NodeProto | None:
@@ -117,11 +121,12 @@ def _check_neighbour(
     for r in roles.get(node.name, []):
         if r.role is Role.ACTIVATION:
             origin = _origin(node.input[r.index], idx)
-            if origin is not None and decisions.get(origin.name, _FLOAT).action == "quantize":
+            quantized = origin is not None and decisions.get(origin.name, _FLOAT).quantized
+            if quantized and origin is not None and origin.op_type in COMPUTE:
                 return None
     roles.pop(node.name, None)
     return NodeDecision(
-        node.name, node.op_type, "float", "no quantized input (float element-wise maths)"
+        node.name, node.op_type, "float", "no input from quantized compute (element-wise maths)"
     )
 
 
@@ -157,9 +162,13 @@ def make_plan(
             decision = _check_neighbour(node, idx, decisions, roles) or decision
         touched = [t for t in (*node.input, *node.output) if t in forbidden]
         if decision.quantized and touched:
-            roles.pop(node.name, None)
-            why = f"tensor '{touched[0]}' {forbidden[touched[0]]}; kept in float"
-            decision = NodeDecision(node.name, node.op_type, "float", why)
+            why = f"tensor '{touched[0]}' {forbidden[touched[0]]}"
+            kept = [r for r in roles.pop(node.name, []) if r.role is Role.WEIGHT]
+            if kept:  # keep the integer weights, leave the activations float
+                roles[node.name] = kept
+                decision = NodeDecision(node.name, node.op_type, "quantize", f"weights only: {why}")
+            else:
+                decision = NodeDecision(node.name, node.op_type, "float", f"{why}; kept in float")
         decisions[node.name] = decision
 
     need: set[str] = set()
