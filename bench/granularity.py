@@ -799,18 +799,29 @@ def target_c(results: list[Result]) -> Target:
 # ---------------------------------------------------------------- the page
 
 
-def versions(minilm_root: Path | None) -> dict[str, str]:
-    def git(*args: str) -> str:
-        try:
-            res = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-            return res.stdout.strip()
-        except OSError:
-            return "?"
+def _git(*args: str) -> str:
+    try:
+        res = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return "?"
+    return res.stdout.strip()
 
-    dirty = " (working tree with uncommitted changes)" if git("status", "--porcelain") else ""
+
+def onnxq_state() -> str:
+    """The commit onnxq runs from, and whether onnxq/ has uncommitted changes."""
+    diff = _git("diff", "HEAD", "--stat", "--", "onnxq")
+    dirty = " + uncommitted changes in onnxq/" if diff else ""
+    return f"{onnxq.__version__}, commit {_git('rev-parse', '--short', 'HEAD')}{dirty}"
+
+
+def versions(minilm_root: Path | None, start_state: str) -> dict[str, str]:
+    end_state = onnxq_state()
+    state = start_state
+    if end_state != start_state:
+        state = f"at start {start_state}; at end {end_state} (changed during the run)"
     info = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "onnxq": f"{onnxq.__version__}, commit {git('rev-parse', '--short', 'HEAD')}{dirty}",
+        "onnxq": state,
         "python": platform.python_version(),
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
@@ -1057,12 +1068,13 @@ def main() -> None:
         results, info, cmds = load_results(args.render)
     else:
         args.work.mkdir(parents=True, exist_ok=True)
+        start_state = onnxq_state()
         steps: dict[str, Callable[[], list[Result]]] = {
             "minilm": lambda: run_minilm(args.minilm, args.work),
             "cnn": lambda: run_cnns(args.cnn, args.work),
         }
         results = [r for key, step in steps.items() if key not in args.skip for r in step()]
-        info, cmds = versions(args.minilm), commands_run(args)
+        info, cmds = versions(args.minilm, start_state), commands_run(args)
         save_results(args.work / "results.json", results, info, cmds)
     page = render(results, info, cmds)
     args.doc.write_text(page)

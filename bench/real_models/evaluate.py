@@ -79,9 +79,10 @@ def stream(sess: Any, data: dict[str, np.ndarray], n: int) -> np.ndarray:
     for i in range(n):
         if data["chunk"][i] == 0 or state is None:
             state = np.asarray(data["state"][i])
-        p, state = sess.run(
-            None, {"input": np.asarray(data["input"][i]), "state": state, "sr": np.asarray(data["sr"][i])}
-        )
+        feed = {"input": np.asarray(data["input"][i]), "state": state}
+        if "sr" in {x.name for x in sess.get_inputs()}:
+            feed["sr"] = np.asarray(data["sr"][i])
+        p, state = sess.run(None, feed)
         probs[i] = float(np.asarray(p).reshape(-1)[0])
     return probs[:, None]
 

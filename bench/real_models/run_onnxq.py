@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 rec["stderr"] = stderr[-3000:]
             ecmd = [sys.executable, str(HERE / "evaluate.py"), model, str(qpath), ev,
                     "--metric", e["metric"]["name"]]
-            if name == "silero_vad":
+            if name.startswith("silero_vad"):
                 ecmd.append("--stream")
             rec["evaluate_command"] = "python " + shlex.join(ecmd[1:])
             erc, _ = sh(ecmd, f(".evaluate.json"), f(".evaluate.err"))

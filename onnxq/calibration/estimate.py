@@ -17,12 +17,24 @@ from onnxq.config import CalibrationConfig, CalibrationMethod, Scheme
 __all__ = ["TensorObserver", "finish", "make_observer"]
 
 QUALITY_BINS = 512  # histogram kept beside min/max to judge how well a range fits
+QUALITY_VALUES = 16384  # per sample at most: a fixed stride of each sample's values
+
+
+def _per_sample_stride(x: np.ndarray) -> np.ndarray:
+    """Every k-th value of each sample (axis 0), k fixed by the sample size alone, so the
+    subsample is the same whatever the batch size or order."""
+    if x.ndim == 0 or x.shape[0] == 0:
+        return x
+    rows = x.reshape(x.shape[0], -1)
+    k = max(1, -(-rows.shape[1] // QUALITY_VALUES))
+    return rows[:, ::k] if k > 1 else rows
 
 
 class TensorObserver:
     """The statistics of one tensor: min/max (per tensor or per channel) when the method
     needs them, and always a histogram, which the range methods and the quality
-    estimate read. Mergeable like its parts."""
+    estimate read. Beside min/max the histogram only serves the quality estimate and
+    sees a fixed per-sample subsample of the values. Mergeable like its parts."""
 
     def __init__(self, config: CalibrationConfig, axis: int | None) -> None:
         self.minmax: MinMaxObserver | None = None
@@ -35,9 +47,11 @@ class TensorObserver:
         self.hist = HistogramObserver(config.bins if config.method.uses_histogram else QUALITY_BINS)
 
     def update(self, x: np.ndarray) -> None:
-        if self.minmax is not None:
-            self.minmax.update(x)
-        self.hist.update(x)
+        if self.minmax is None:
+            self.hist.update(x)  # the method's own histogram: every value
+            return
+        self.minmax.update(x)
+        self.hist.update(_per_sample_stride(np.asarray(x)))  # for the quality estimate only
 
     def merge(self, other: TensorObserver) -> None:
         if self.minmax is not None and other.minmax is not None:

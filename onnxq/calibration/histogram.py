@@ -89,6 +89,11 @@ class HistogramObserver:
         if arr.size == 0:
             return
         lo, hi = float(arr.min()), float(arr.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            arr = arr[np.isfinite(arr)]  # inf / nan cannot be binned; min and max keep them
+            if arr.size == 0:
+                return
+            lo, hi = float(arr.min()), float(arr.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         amax = max(abs(lo), abs(hi))
         if amax == 0.0:
