@@ -54,6 +54,27 @@ def calibrate(
     )
 
 
+OUTPUT_BUDGET = 256 * 2**20  # bytes of observed activations fetched by one onnxruntime run
+
+
+def _affordable_batch(
+    runner: Runner, dataset: Dataset, tensors: Sequence[str], requested: int
+) -> int:
+    """``requested``, lowered so that one run's observed activations fit OUTPUT_BUDGET
+    (measured on the first sample). Ranges do not depend on the batch size."""
+    probe = next(dataset.batches(1))
+    per_sample = sum(v.nbytes for v in runner.run(probe.feed, list(tensors)).values())
+    per_sample //= max(probe.size, 1)
+    affordable = max(1, min(requested, OUTPUT_BUDGET // max(per_sample, 1)))
+    if affordable < requested:
+        log.info(
+            "calibrating %d samples per run (%.0f MB of activations per sample)",
+            affordable,
+            per_sample / 2**20,
+        )
+    return affordable
+
+
 def observe(
     prepared: PreparedModel,
     dataset: Dataset,
@@ -71,8 +92,9 @@ def observe(
     }
     log.info("observing %d tensors with %s", len(tensors), config.method.value)
     runner = Runner(with_outputs(prepared.model, tensors), threads=threads, what="model")
+    batch_size = _affordable_batch(runner, dataset, tensors, config.batch_size)
     done = 0
-    for batch in dataset.batches(config.batch_size):
+    for batch in dataset.batches(batch_size):
         values = runner.run(batch.feed, list(tensors))
         for name, value in values.items():
             observers[name].update(value)
