@@ -110,6 +110,7 @@ MAX_REPEATS = 7
 QUIET_CORES = 0.3  # background CPU use (cores) under which the machine counts as quiet
 QUIET_WAIT_S = 15.0  # longest wait for quiet before one child
 QUIET_BUDGET_S = 300.0  # longest wait for quiet over the whole run
+BUSY_CORES = 0.5  # a timing taken while other processes used more is flagged ‡
 KL_VALUES = 1 << 20
 KL_RUNS = 20
 
@@ -718,6 +719,14 @@ class _Index:
         row = self.get(model, n, tool, method)
         return None if row is None else float(row[key])
 
+    def clean(self, model: str, n: int, *keys: tuple[str, str]) -> bool:
+        """Whether every child (tool, method) ran while others used ≤ ``BUSY_CORES``."""
+        for tool, method in keys:
+            row = self.rows.get((model, n, tool, method))
+            if row is not None and row.get("bg_cores", 0.0) > BUSY_CORES:
+                return False
+        return True
+
     def background(self, model: str, n: int, tool: str, method: str) -> str:
         """Cores other processes used while that child ran, formatted."""
         row = self.rows.get((model, n, tool, method))
@@ -745,7 +754,17 @@ def _cell(index: _Index, model: str, n: int, tool: str, method: str, key: str) -
         short = "timeout" if "timeout" in row["error"] else "failed"
         return f"{short}†"
     val = float(row[key])
-    return _fmt_s(val) if key == "time_s" else f"{val:.0f}"
+    if key != "time_s":
+        return f"{val:.0f}"
+    return _fmt_s(val) + ("" if index.clean(model, n, (tool, method)) else "‡")
+
+
+def _flag(index: _Index, model: str, n: int, *keys: tuple[str, str]) -> str:
+    """``‡`` when a time ratio involves a child that ran under background load."""
+    found = [index.rows.get((model, n, t, m)) for t, m in keys]
+    if any(r is None or not r["ok"] for r in found):
+        return ""
+    return "" if index.clean(model, n, *keys) else "‡"
 
 
 def calibration_tables(index: _Index) -> list[str]:
@@ -756,7 +775,10 @@ def calibration_tables(index: _Index) -> list[str]:
         "RSS in MiB (`ru_maxrss`; the interpreter with numpy, onnx, onnxruntime and onnxq "
         "imported is about 75 MiB of it). onnxq time is the whole `onnxq.calibrate` call; "
         "ORT time is `collect_data` + `compute_data` only (see the setup column below). "
-        '"fwd" is the float forward pass over the same data.',
+        '"fwd" is the float forward pass over the same data. ‡ marks a time, or a time '
+        f"ratio, taken while other processes used more than {BUSY_CORES:g} of the 2 cores "
+        "(see the last column): contention inflates a 2-thread run several times over, "
+        "so such values say little.",
         "",
         "| model | N | method | onnxq s | onnxq MiB | ORT s | ORT MiB | time onnxq/ORT "
         "| mem onnxq/ORT | onnxq/fwd time | onnxq peak / onnxq-minmax peak "
@@ -785,7 +807,8 @@ def calibration_tables(index: _Index) -> list[str]:
                         index.ratio(
                             ("onnxq", method, "time_s"), ("ort", method, "time_s"), model, n
                         )
-                    ),
+                    )
+                    + _flag(index, model, n, ("onnxq", method), ("ort", method)),
                     _fmt_ratio(
                         index.ratio(
                             ("onnxq", method, "peak_mb"), ("ort", method, "peak_mb"), model, n
@@ -795,7 +818,8 @@ def calibration_tables(index: _Index) -> list[str]:
                         index.ratio(
                             ("onnxq", method, "time_s"), ("forward", "-", "time_s"), model, n
                         )
-                    ),
+                    )
+                    + _flag(index, model, n, ("onnxq", method), ("forward", "-")),
                     _fmt_ratio(
                         index.ratio(
                             ("onnxq", method, "peak_mb"), ("onnxq", "minmax", "peak_mb"), model, n
@@ -900,6 +924,8 @@ def kl_section(kl: Result | None) -> list[str]:
         f"onnxruntime: `HistogramCollector.get_entropy_threshold` on its {kl['ort_bins']}-bin "
         f"histogram of the same values ({kl['ort_candidates']} candidates, 128 quantized bins).",
         "",
+        f"Other processes used {kl.get('bg_cores', math.nan):.1f} cores during this child.",
+        "",
         "| function | median ms per tensor | runs | threshold |",
         "|---|---:|---:|---|",
     ]
@@ -935,13 +961,13 @@ def prep_section(prep: list[Result]) -> tuple[list[str], Result]:
         "",
         "| nodes | onnxq total | prepare | (optimize) | (infer_shapes) | candidates "
         "| with_outputs | µs/node | ORT create_calibrator | (load) | (augment) | (session) "
-        "| µs/node |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| µs/node | bg cores |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ok = [r for r in prep if r["ok"]]
     for r in prep:
         if not r["ok"]:
-            out.append(f"| {r['n']} | failed: {r['error']} |" + " |" * 11)
+            out.append(f"| {r['n']} | failed: {r['error']} |" + " |" * 12)
             continue
         q, o = r["onnxq"], r["ort"]
         ms = [q["total_s"], q["prepare_s"], q["steps"].get("optimize_model", 0.0)]
@@ -950,6 +976,7 @@ def prep_section(prep: list[Result]) -> tuple[list[str], Result]:
         cells.append(f"{q['total_s'] / r['nodes'] * 1e6:.0f}")
         cells += [f"{v * 1000:.0f}" for v in (o["total_s"], o["load_s"], o["augment_s"])]
         cells += [f"{o['session_s'] * 1000:.0f}", f"{o['total_s'] / r['nodes'] * 1e6:.0f}"]
+        cells.append(f"{r.get('bg_cores', math.nan):.1f}")
         out.append(f"| {r['nodes']} | " + " | ".join(cells) + " |")
     summary: Result = {}
     if len(ok) >= 2:
@@ -959,6 +986,7 @@ def prep_section(prep: list[Result]) -> tuple[list[str], Result]:
             "ort_exp": _growth_exponent(ns, [r["ort"]["total_s"] for r in ok]),
             "ort_aug_exp": _growth_exponent(ns, [r["ort"]["augment_s"] for r in ok]),
             "largest": ok[-1]["nodes"],
+            "bg_max": max(r.get("bg_cores", 0.0) for r in ok),
             "largest_s": ok[-1]["onnxq"]["total_s"],
         }
         out += [
@@ -970,6 +998,12 @@ def prep_section(prep: list[Result]) -> tuple[list[str], Result]:
     return [*out, ""], summary
 
 
+def _busy_note(cores: float) -> str:
+    if cores <= BUSY_CORES:
+        return ""
+    return f" ‡ (others used up to {cores:.1f} cores meanwhile)"
+
+
 def targets_section(index: _Index, kl: Result | None, prep: Result) -> list[str]:
     out = [
         "### Targets",
@@ -979,16 +1013,36 @@ def targets_section(index: _Index, kl: Result | None, prep: Result) -> list[str]
     ]
 
     def add(
-        target: str, scope: str, values: dict[int, float | None], limit: float, extra: str = ""
+        target: str,
+        scope: str,
+        values: dict[int, float | None],
+        limit: float,
+        extra: str = "",
+        clean: dict[int, bool] | None = None,
     ) -> None:
+        """One row; with ``clean``, values flagged unclean (‡) do not decide the status."""
         got = {n: v for n, v in values.items() if v is not None}
-        measured = ", ".join(f"N={n}: {_fmt_ratio(v)}" for n, v in got.items()) or "–"
+        ok = {n: clean is None or clean.get(n, True) for n in got}
+        measured = (
+            ", ".join(f"N={n}: {_fmt_ratio(v)}{'' if ok[n] else '‡'}" for n, v in got.items())
+            or "–"
+        )
         measured += extra
-        worst = max(got.values()) if got else None
         missing = [n for n, v in values.items() if v is None]
         if missing:
             measured += f" (no value at N={', '.join(map(str, missing))})"
-        out.append(f"| {target} | {scope} | {measured} | {_status(worst, limit)} |")
+        worst = max(got.values()) if got else None
+        kept = [v for n, v in got.items() if ok[n]]
+        if len(kept) == len(got):
+            status = _status(worst, limit)
+        elif kept and max(kept) == worst:
+            status = f"{_status(worst, limit)} (worst value has no ‡)"
+        elif kept:
+            status = f"{_status(max(kept), limit)} on the values without ‡ (with them: "
+            status += f"{_status(worst, limit).replace('**', '')})"
+        else:
+            status = f"unreliable, every value ‡ (as measured: {_status(worst, limit)})"
+        out.append(f"| {target} | {scope} | {measured} | {status} |")
 
     mem_n = 64 if 64 in index.sizes else index.sizes[-1]
     for model in index.models:
@@ -1031,31 +1085,47 @@ def targets_section(index: _Index, kl: Result | None, prep: Result) -> list[str]
                 n: index.ratio(("onnxq", method, "time_s"), ("ort", method, "time_s"), model, n)
                 for n in index.sizes
             }
-            add(f"wall time ≤ {limit:g}× onnxruntime", f"{model} {method}", values, limit)
+            clean = {n: index.clean(model, n, ("onnxq", method), ("ort", method)) for n in values}
+            add(
+                f"wall time ≤ {limit:g}× onnxruntime",
+                f"{model} {method}",
+                values,
+                limit,
+                clean=clean,
+            )
     for model in index.models:
         for method in ONNXQ_METHODS:
             values = {
                 n: index.ratio(("onnxq", method, "time_s"), ("forward", "-", "time_s"), model, n)
                 for n in index.sizes
             }
-            add("wall time ≤ 1.5× float forward pass", f"{model} {method}", values, 1.5)
+            clean = {n: index.clean(model, n, ("onnxq", method), ("forward", "-")) for n in values}
+            add(
+                "wall time ≤ 1.5× float forward pass",
+                f"{model} {method}",
+                values,
+                1.5,
+                clean=clean,
+            )
     if kl is not None and kl["ok"]:
         ms = kl["onnxq_entropy"]["median_ms"]
+        busy = _busy_note(kl.get("bg_cores", 0.0))
         out.append(
-            f"| KL search ≤ 10 ms per tensor at 2048 bins | `entropy_range` | {ms:.2f} ms "
+            f"| KL search ≤ 10 ms per tensor at 2048 bins | `entropy_range` | {ms:.2f} ms{busy} "
             f"(onnxruntime: {kl['ort_entropy']['median_ms']:.0f} ms) | {_status(ms, 10.0)} |"
         )
     else:
         out.append("| KL search ≤ 10 ms per tensor at 2048 bins | – | – | not measured |")
     if prep:
         exp = prep["onnxq_exp"]
+        busy = _busy_note(prep["bg_max"])
         out.append(
             "| preparation linear in graph size | big_graph 500–4000 nodes | growth exponent "
-            f"{exp:.2f} | {_status(exp, 1.15)} (exponent ≤ 1.15 counted as linear) |"
+            f"{exp:.2f}{busy} | {_status(exp, 1.15)} (exponent ≤ 1.15 counted as linear) |"
         )
         out.append(
             f"| preparation of a {prep['largest']}-node model < 1 s | big_graph "
-            f"| {prep['largest_s'] * 1000:.0f} ms | {_status(prep['largest_s'], 1.0)} |"
+            f"| {prep['largest_s'] * 1000:.0f} ms{busy} | {_status(prep['largest_s'], 1.0)} |"
         )
     else:
         out.append("| preparation linear, 4000 nodes < 1 s | – | – | not measured |")
@@ -1079,7 +1149,12 @@ def render(results: Result) -> str:
     m = meta["machine"]
     lines = [
         f"Command: `{meta['command']}` (run from the repository root; "
-        f"took {meta['wall_s'] / 60:.1f} min).",
+        f"took {meta['wall_s'] / 60:.1f} min)"
+        + (
+            f"; tables re-rendered from its saved results with `--render` on {meta['rendered']}."
+            if meta.get("rendered")
+            else "."
+        ),
         "",
         f"- date: {meta['date']}",
         f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']:.1f} GiB RAM, {m['os']}",
@@ -1183,7 +1258,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         child_main(json.loads(args.child))
         return
     if args.render is not None:
-        write_markdown(json.loads(args.render.read_text()), args.out)
+        saved: Result = json.loads(args.render.read_text())
+        saved["meta"]["rendered"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        write_markdown(saved, args.out)
         print(f"wrote {args.out}")
         return
     start = time.perf_counter()

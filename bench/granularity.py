@@ -817,8 +817,8 @@ def onnxq_state() -> str:
 def versions(minilm_root: Path | None, start_state: str) -> dict[str, str]:
     end_state = onnxq_state()
     state = start_state
-    if end_state != start_state:
-        state = f"at start {start_state}; at end {end_state} (changed during the run)"
+    if end_state != start_state:  # onnxq was imported once, at the start
+        state = f"{start_state} (loaded at the start; the tree was at {end_state} by the end)"
     info = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "onnxq": state,

@@ -54,14 +54,16 @@ def calibrate(
     )
 
 
-OUTPUT_BUDGET = 256 * 2**20  # bytes of observed activations fetched by one onnxruntime run
+OUTPUT_BUDGET = 64 * 2**20  # bytes of observed activations fetched by one onnxruntime run
 
 
 def _affordable_batch(
     runner: Runner, dataset: Dataset, tensors: Sequence[str], requested: int
 ) -> int:
     """``requested``, lowered so that one run's observed activations fit OUTPUT_BUDGET
-    (measured on the first sample). Ranges do not depend on the batch size."""
+    (measured on the first sample). Ranges do not depend on the batch size, and a run's
+    outputs are the only activations held, so memory stays flat in the number of
+    samples."""
     probe = next(dataset.batches(1))
     per_sample = sum(v.nbytes for v in runner.run(probe.feed, list(tensors)).values())
     per_sample //= max(probe.size, 1)
@@ -98,6 +100,7 @@ def observe(
         values = runner.run(batch.feed, list(tensors))
         for name, value in values.items():
             observers[name].update(value)
+        del values  # before the next run allocates its outputs
         done += batch.size
         if progress is not None:
             progress("calibrating", done, dataset.num_samples)

@@ -17,7 +17,7 @@ from onnxq.config import CalibrationConfig, CalibrationMethod, Scheme
 __all__ = ["TensorObserver", "finish", "make_observer"]
 
 QUALITY_BINS = 512  # histogram kept beside min/max to judge how well a range fits
-QUALITY_VALUES = 16384  # per sample at most: a fixed stride of each sample's values
+QUALITY_VALUES = 4096  # per sample at most: a fixed stride of each sample's values
 
 
 def _per_sample_stride(x: np.ndarray) -> np.ndarray:
