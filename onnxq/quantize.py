@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from onnxq._version import __version__
-from onnxq.calibration.calibrate import Progress, observe
+from onnxq.calibration.calibrate import Progress, affordable_batch, observe
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.ranges import RangesFile, read_ranges
 from onnxq.config import CalibrationConfig, Mode, QuantConfig, Scheme
@@ -190,11 +190,12 @@ def quantize(
     fidelity = None
     if eval_set is not None:
         reference = Runner(model, threads=threads, what="float model")
+        batch = affordable_batch(prepared.model, eval_set, calibration.batch_size, threads=threads)
         fidelity = evaluate(
             reference,
             candidate,
             eval_set,
-            batch_size=calibration.batch_size,
+            batch_size=batch,
             progress=progress,
         )
     return QuantizeReport(

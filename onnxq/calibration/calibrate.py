@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import onnx
+
 from onnxq._version import __version__
 from onnxq.calibration.estimate import finish, make_observer
 from onnxq.calibration.observers import TensorRange
@@ -20,7 +22,7 @@ from onnxq.graph.rules import GraphIndex
 from onnxq.prepare import PreparedModel, prepare
 from onnxq.runtime import Runner
 
-__all__ = ["Progress", "calibrate", "observe"]
+__all__ = ["Progress", "affordable_batch", "calibrate", "observe"]
 
 log = logging.getLogger("onnxq")
 
@@ -55,6 +57,18 @@ def calibrate(
 
 
 OUTPUT_BUDGET = 64 * 2**20  # bytes of observed activations fetched by one onnxruntime run
+
+
+def affordable_batch(
+    model: onnx.ModelProto, dataset: Dataset, requested: int, *, threads: int = 0
+) -> int:
+    """The batch size for running ``model`` (prepared) on ``dataset`` within the memory
+    budget, judged by the size of all its float activations on one sample."""
+    tensors = candidate_tensors(model)
+    if not tensors:
+        return requested
+    runner = Runner(with_outputs(model, tensors), threads=threads, what="model")
+    return _affordable_batch(runner, dataset, tensors, requested)
 
 
 def _affordable_batch(
