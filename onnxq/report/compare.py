@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from onnxq._version import __version__
+from onnxq.calibration.calibrate import affordable_batch
 from onnxq.config import CalibrationConfig
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError, ModelError
 from onnxq.graph.model_io import input_specs, load_model
+from onnxq.graph.prepare import infer_shapes
 from onnxq.report.fidelity import Fidelity, evaluate
 from onnxq.report.metrics import OutputFidelity
 from onnxq.runtime import Runner, measure_latency, runtime_version
@@ -158,6 +160,9 @@ def compare(
     threads = threads or (os.cpu_count() or 1)
     ref_runner = Runner(reference, threads=threads, what="reference model")
     cand_runner = Runner(candidate, threads=threads, what="candidate model")
+    batch_size = affordable_batch(
+        infer_shapes(reference).model, dataset, batch_size, threads=threads
+    )
     fidelity = evaluate(ref_runner, cand_runner, dataset, batch_size=batch_size, progress=progress)
     latency = None
     if latency_runs > 0:
