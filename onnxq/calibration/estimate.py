@@ -17,24 +17,12 @@ from onnxq.config import CalibrationConfig, CalibrationMethod, Scheme
 __all__ = ["TensorObserver", "finish", "make_observer"]
 
 QUALITY_BINS = 512  # histogram kept beside min/max to judge how well a range fits
-QUALITY_VALUES = 4096  # per sample at most: a fixed stride of each sample's values
-
-
-def _per_sample_stride(x: np.ndarray) -> np.ndarray:
-    """Every k-th value of each sample (axis 0), k fixed by the sample size alone, so the
-    subsample is the same whatever the batch size or order."""
-    if x.ndim == 0 or x.shape[0] == 0:
-        return x
-    rows = x.reshape(x.shape[0], -1)
-    k = max(1, -(-rows.shape[1] // QUALITY_VALUES))
-    return rows[:, ::k] if k > 1 else rows
 
 
 class TensorObserver:
     """The statistics of one tensor: min/max (per tensor or per channel) when the method
     needs them, and always a histogram, which the range methods and the quality
-    estimate read. Beside min/max the histogram only serves the quality estimate and
-    sees a fixed per-sample subsample of the values. Mergeable like its parts."""
+    estimate read. Mergeable like its parts."""
 
     def __init__(self, config: CalibrationConfig, axis: int | None) -> None:
         self.minmax: MinMaxObserver | None = None
@@ -51,7 +39,9 @@ class TensorObserver:
             self.hist.update(x)  # the method's own histogram: every value
             return
         self.minmax.update(x)
-        self.hist.update(_per_sample_stride(np.asarray(x)))  # for the quality estimate only
+        # every value: a subsample misses the few outlying channels (transformer
+        # LayerNorm and FFN outputs) that decide whether one scale can hold a tensor
+        self.hist.update(x)
 
     def merge(self, other: TensorObserver) -> None:
         if self.minmax is not None and other.minmax is not None:
