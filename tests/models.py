@@ -231,3 +231,19 @@ def masked_attention(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarr
     mask = np.ones((32, 1, 8), f32)
     mask[:, :, 6:] = 0.0  # the last two positions are padding
     return model, {"x": rng.normal(0, 1, (32, 8, 16)).astype(f32), "mask": mask}
+
+
+def outlier_channel_mlp(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x W1 has one output channel (99 of 384) sixty times larger than the others, as the
+    outlying channels of transformer LayerNorm outputs; then x W1 W2."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    w1 = rng.normal(0, 0.05, (384, 384)).astype(f32)
+    w1[:, 99] *= 60.0
+    inits = [_init("w1", w1), _init("w2", rng.normal(0, 0.05, (384, 32)).astype(f32))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
+        helper.make_node("MatMul", ["h", "w2"], ["y"], name="down"),
+    ]
+    model = _model(nodes, [_vi("x", ["N", 16, 384])], [_vi("y", ["N", 16, 32])], inits)
+    return model, {"x": rng.normal(0, 1, (32, 16, 384)).astype(f32)}

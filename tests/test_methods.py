@@ -352,3 +352,18 @@ def test_mse_weight_range_minimises_the_weight_error():
     mse = err(*weight_range(w, WeightLayout("channel", 0), "mse", QType.INT8, symmetric=True))
     assert np.all(mse <= minmax * (1 + 1e-6))
     assert mse.sum() < 0.5 * minmax.sum()
+
+
+def test_automatic_remedy_sees_a_single_outlying_channel(tmp_path):
+    """Regression: the quality estimate must see every value; a strided subsample of a
+    [16, 384] activation missed channel 99 and let int8 crush the other channels."""
+    model, feed = models.outlier_channel_mlp()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    plain = quantize(
+        tmp_path / "m.onnx", tmp_path / "a.onnx", QuantConfig(auto_sqnr=0), data=tmp_path / "d.npz"
+    )
+    auto = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", data=tmp_path / "d.npz")
+    down = next(d for d in auto.decisions if d.name == "down")
+    assert "weights only" in down.reason and "'h'" in down.reason
+    assert auto.fidelity.outputs[0].sqnr_db > plain.fidelity.outputs[0].sqnr_db + 6
