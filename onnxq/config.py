@@ -211,6 +211,23 @@ class QuantConfig:
             raise ConfigError("--weights-only and --mode dynamic exclude each other: pick one")
         if self.mode is Mode.DYNAMIC and self.activation_bits != 8:
             raise ConfigError("--mode dynamic quantizes activations to 8 bits only")
+        if self.mode is Mode.DYNAMIC and self.recipe is not None:
+            raise ConfigError(
+                "--recipe applies to static and weights-only quantization, not --mode dynamic"
+            )
+        if self.mode is Mode.DYNAMIC and self.activation_scheme is not Scheme.ASYM:
+            raise ConfigError(
+                "--mode dynamic quantizes activations to asymmetric uint8 "
+                "(DynamicQuantizeLinear); use --activation-scheme asym"
+            )
+        if self.mode is Mode.DYNAMIC and (
+            self.weight_bits != 8
+            or self.granularity not in (Granularity.TENSOR, Granularity.CHANNEL)
+        ):
+            raise ConfigError(
+                "--mode dynamic stores int8 weights per tensor or per channel "
+                "(MatMulInteger takes one zero point per column)"
+            )
 
     @property
     def weights(self) -> WeightSpec:
@@ -261,6 +278,11 @@ class RecipeRule:
     block_size: int | None = None
     weight_method: CalibrationMethod | None = None
 
+    def apply(self, spec: WeightSpec) -> WeightSpec:
+        """``spec`` with this rule's weight settings (validated)."""
+        settings = {k: v for k, v in self.settings().items() if k != "exclude"}
+        return replace(spec, **settings)  # type: ignore[arg-type]
+
     def settings(self) -> dict[str, object]:
         """The settings this rule makes, by WeightSpec field name (plus ``exclude``)."""
         names = {
@@ -284,8 +306,4 @@ class Recipe:
 
     def specs(self, base: WeightSpec) -> list[WeightSpec]:
         """Every weight spec a rule can produce on top of ``base`` (for opset needs)."""
-        out = []
-        for rule in self.rules:
-            settings = {k: v for k, v in rule.settings().items() if k != "exclude"}
-            out.append(replace(base, **settings))  # type: ignore[arg-type]
-        return out
+        return [rule.apply(base) for rule in self.rules]

@@ -19,7 +19,13 @@ from onnxq.data import Dataset, open_dataset
 from onnxq.errors import ConfigError, RangesError
 from onnxq.graph.dynamic import rewrite_dynamic
 from onnxq.graph.embedding import quantize_embeddings
-from onnxq.graph.model_io import check_distinct, input_specs, load_model, save_model
+from onnxq.graph.model_io import (
+    check_distinct,
+    check_writable,
+    input_specs,
+    load_model,
+    save_model,
+)
 from onnxq.graph.outputs import restrict_value_info
 from onnxq.graph.plan import NodeDecision, QuantPlan, make_plan
 from onnxq.graph.rewrite import rewrite
@@ -145,7 +151,14 @@ def quantize(
         raise ConfigError(
             "--mode dynamic and --weights-only need no activation ranges: drop --ranges"
         )
-    check_distinct(model_path, output_path)
+    for source, what in (
+        (model_path, "model"),
+        (data, "data"),
+        (ranges, "ranges file"),
+        (eval_data, "evaluation data"),
+    ):
+        check_distinct(source, output_path, what)
+    check_writable(output_path)
     model = load_model(model_path)
     specs = input_specs(model)
     calib_set = open_dataset(data, specs) if data is not None and not no_calibration else None
@@ -253,7 +266,12 @@ def _static_ranges(
         return plan, {}, "none needed (weights only)" if config.weights_only else "none needed"
     if source.file is not None:
         source.file.check_model(prepared.fingerprint, source.path)
-        source.file.check_scheme(config.activation_scheme.value, source.path)
+        source.file.check_scheme(
+            config.activation_scheme.value, source.path, config.activation_bits
+        )
+        if not source.file.fits(config.activation_scheme.value, config.activation_bits):
+            log.info("ranges file made for another activation width: no SQNR remedy")
+            config = replace(config, auto_sqnr=0.0)
         what = f"{source.path} ({source.file.method})"
     else:
         what = f"calibrated on {source.path} ({source.calibration.method.value})"
@@ -299,10 +317,13 @@ def _auto_remedy(
     forbidden: dict[str, str] = {}
     ranges = dict(observed)
     for name, r in observed.items():
-        lo = float(np.min(r.observed_min if r.observed_min is not None else r.min))
-        hi = float(np.max(r.observed_max if r.observed_max is not None else r.max))
+        lo = float(np.min(r.min))
+        hi = float(np.max(r.max))
+        if r.observed_min is not None and r.observed_max is not None:
+            lo = min(lo, float(np.min(r.observed_min)))
+            hi = max(hi, float(np.max(r.observed_max)))
         bits = config.activation_bits
-        if max(abs(lo), abs(hi)) > limit:
+        if not max(abs(lo), abs(hi)) <= limit:  # also inf
             forbidden[name] = f"spans [{lo:.3g}, {hi:.3g}], too wide for one {bits}-bit scale"
             continue
         q = r.quality

@@ -20,18 +20,30 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onnxq.config import CalibrationMethod, Granularity, Recipe, RecipeRule, Scheme
+from onnxq.config import CalibrationMethod, Granularity, Recipe, RecipeRule, Scheme, WeightSpec
 from onnxq.errors import ConfigError
 
 __all__ = ["read_recipe"]
 
+
+def _strict(kind: type) -> Any:
+    """A converter that accepts only values already of ``kind`` (no "false" -> True)."""
+
+    def convert(value: Any) -> Any:
+        if type(value) is not kind:
+            raise TypeError(f"expected {kind.__name__}")
+        return value
+
+    return convert
+
+
 _CONVERT: dict[str, Any] = {
-    "exclude": bool,
+    "exclude": _strict(bool),
     "weight_scheme": Scheme,
-    "weight_bits": int,
+    "weight_bits": _strict(int),
     "granularity": Granularity,
-    "group_size": int,
-    "block_size": int,
+    "group_size": _strict(int),
+    "block_size": _strict(int),
     "weight_method": CalibrationMethod,
 }
 
@@ -79,4 +91,9 @@ def _rule(path: Path, i: int, entry: Any) -> RecipeRule:
             raise ConfigError(f"{where} ('{entry['match']}'): bad {key} {value!r}") from exc
     if len(values) == 1:
         raise ConfigError(f"{where} ('{entry['match']}') sets nothing")
-    return RecipeRule(**values)
+    rule = RecipeRule(**values)
+    try:
+        rule.apply(WeightSpec())
+    except ConfigError as exc:
+        raise ConfigError(f"{where} ('{entry['match']}'): {exc}") from exc
+    return rule

@@ -247,3 +247,33 @@ def outlier_channel_mlp(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.nd
     ]
     model = _model(nodes, [_vi("x", ["N", 16, 384])], [_vi("y", ["N", 16, 32])], inits)
     return model, {"x": rng.normal(0, 1, (32, 16, 384)).astype(f32)}
+
+
+def with_if_branch(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Conv -> Relu -> r, and an If whose branches read r from the outer scope."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [_init("w", rng.normal(0, 0.3, (4, 3, 3, 3)).astype(f32))]
+    then_g = helper.make_graph(
+        [helper.make_node("Identity", ["r"], ["t_out"])],
+        "then",
+        [],
+        [_vi("t_out", ["N", 4, 8, 8])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Neg", ["r"], ["e_out"])],
+        "else",
+        [],
+        [_vi("e_out", ["N", 4, 8, 8])],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node(
+            "If", ["cond"], ["y"], name="branch", then_branch=then_g, else_branch=else_g
+        ),
+    ]
+    inputs = [_vi("x", ["N", 3, 8, 8]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])]
+    model = _model(nodes, inputs, [_vi("y", ["N", 4, 8, 8])], inits)
+    feed = {"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(f32)}
+    return model, feed

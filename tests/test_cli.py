@@ -343,3 +343,47 @@ def test_inspect_target_cpu_reports_integer_and_float_kernels(tmp_path):
     assert target["integer_kernels"] >= 1  # the Conv stem is a QLinearConv
     human = invoke("inspect", tmp_path / "m.onnx", "--target", "cpu")
     assert "float kernel" in human.stdout and "integer" in human.stdout
+
+
+def test_written_files_get_the_usual_mode_and_bad_outputs_fail_early(cnn_files):
+    import os
+    import stat
+
+    out = cnn_files["dir"] / "q.onnx"
+    assert (
+        invoke("quantize", cnn_files["model"], "-o", out, "--data", cnn_files["data"]).exit_code
+        == 0
+    )
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    folder = cnn_files["dir"] / "sub"
+    folder.mkdir()
+    assert_one_line_error(
+        invoke("quantize", cnn_files["model"], "-o", folder, "--data", cnn_files["data"]),
+        "is a folder",
+    )
+    before = cnn_files["data"].read_bytes()
+    assert_one_line_error(
+        invoke(
+            "calibrate", cnn_files["model"], "--data", cnn_files["data"], "-o", cnn_files["data"]
+        ),
+        "is the input data",
+    )
+    assert cnn_files["data"].read_bytes() == before
+
+
+def test_recipe_values_are_not_coerced(cnn_files, tmp_path):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"rules": [{"match": "Conv", "exclude": "false"}]}))
+    result = invoke(
+        "quantize",
+        cnn_files["model"],
+        "-o",
+        tmp_path / "q.onnx",
+        "--data",
+        cnn_files["data"],
+        "--recipe",
+        recipe,
+    )
+    assert_one_line_error(result, "bad exclude 'false'")

@@ -246,3 +246,20 @@ def test_tensors_with_extreme_ranges_stay_float(tmp_path):
     assert "too wide" in decisions["mask_add"].reason
     assert decisions["q_proj"].action == "quantize" and decisions["pv"].action == "quantize"
     assert report.fidelity is not None and report.fidelity.outputs[0].cosine_mean > 0.995
+
+
+def test_tensors_read_inside_subgraphs_keep_their_values(tmp_path):
+    """A tensor read by an If branch from the outer scope is a real reader: the Relu in
+    front of it is not fused away and the tensor is still produced."""
+    from onnxq import quantize
+
+    model, feed = models.with_if_branch()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    feeds = np.stack([feed["x"]] * 4)  # one complete feed per index (cond is a scalar)
+    np.savez(tmp_path / "d.npz", x=feeds, cond=np.array([True, False, True, False]))
+    quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", data=tmp_path / "d.npz")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    for cond in (True, False):
+        full = {"x": feed["x"], "cond": np.array(cond)}
+        (a,), (b,) = run(model, full), run(q, full)
+        assert np.abs(a - b).max() <= 8 * output_step(q, "r", a) + 0.05 * np.abs(a).max()

@@ -367,3 +367,10 @@ def test_automatic_remedy_sees_a_single_outlying_channel(tmp_path):
     down = next(d for d in auto.decisions if d.name == "down")
     assert "weights only" in down.reason and "'h'" in down.reason
     assert auto.fidelity.outputs[0].sqnr_db > plain.fidelity.outputs[0].sqnr_db + 6
+
+
+def test_histogram_skips_infinite_values():
+    obs = HistogramObserver(64)
+    obs.update(np.array([1.0, np.inf, -np.inf, 2.0, np.nan], np.float32))
+    hist = obs.result()
+    assert hist.total == 2 and hist.max == 2.0 and hist.min == 1.0

@@ -39,8 +39,10 @@ def check_model(name: str, entry: dict, samples: int) -> list[str]:
     errors: list[str] = []
     sess = session(entry["path"])
     ins = sess.get_inputs()
-    print(f"== {name}: {Path(entry['path']).name} "
-          f"({entry.get('package')} {entry.get('version')}, opset {entry.get('opset')})")
+    print(
+        f"== {name}: {Path(entry['path']).name} "
+        f"({entry.get('package')} {entry.get('version')}, opset {entry.get('opset')})"
+    )
     for i in ins:
         print(f"   input  {i.name}: {i.type} {i.shape}")
     lays = {}
@@ -71,11 +73,15 @@ def check_model(name: str, entry: dict, samples: int) -> list[str]:
         lays[split] = lay
         outs = run(sess, data, lay, min(samples, n), samples)
         desc = ", ".join(f"{i.name} {data[i.name].dtype}{list(data[i.name].shape)}" for i in ins)
-        print(f"   {split}: {n} samples ({', '.join(sorted(set(lay.values())))}): {desc}"
-              + (f"; extra keys {extra}" if extra else ""))
+        print(
+            f"   {split}: {n} samples ({', '.join(sorted(set(lay.values())))}): {desc}"
+            + (f"; extra keys {extra}" if extra else "")
+        )
         for o, v in zip(sess.get_outputs(), outs, strict=True):
-            print(f"      output {o.name}: {v.dtype}{list(v.shape)} "
-                  f"(first {min(samples, n)}; range {float(v.min()):.4g}..{float(v.max()):.4g})")
+            print(
+                f"      output {o.name}: {v.dtype}{list(v.shape)} "
+                f"(first {min(samples, n)}; range {float(v.min()):.4g}..{float(v.max()):.4g})"
+            )
     if len(lays) == 2 and lays["calib"] != lays["eval"]:
         errors.append(f"calib and eval layouts differ: {lays}")
     return errors

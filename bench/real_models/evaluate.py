@@ -58,15 +58,16 @@ def layouts(sess: Any, data: Any) -> tuple[dict[str, str], int]:
     return out, counts.pop()
 
 
-def run(sess: Any, data: dict[str, np.ndarray], lay: dict[str, str], n: int, bs: int) -> list[np.ndarray]:
+def run(
+    sess: Any, data: dict[str, np.ndarray], lay: dict[str, str], n: int, bs: int
+) -> list[np.ndarray]:
     """All outputs of ``sess`` over the first n samples, concatenated along axis 0."""
     per: list[list[np.ndarray]] = []
     feeds_mode = any(v == "feeds" for v in lay.values())
     step = 1 if feeds_mode else bs
     for s in range(0, n, step):
         feed = {
-            k: (np.asarray(data[k][s]) if lay[k] == "feeds" else data[k][s : s + step])
-            for k in lay
+            k: (np.asarray(data[k][s]) if lay[k] == "feeds" else data[k][s : s + step]) for k in lay
         }
         per.append(sess.run(None, feed))
     return [np.concatenate([np.atleast_1d(o[j]) for o in per]) for j in range(len(per[0]))]
@@ -137,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream", action="store_true", help="silero_vad: also a recurrent run")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
-    res = evaluate(a.float_model, a.quant_model, a.eval_npz, a.metric, a.limit, a.batch_size, a.stream)
+    res = evaluate(
+        a.float_model, a.quant_model, a.eval_npz, a.metric, a.limit, a.batch_size, a.stream
+    )
     text = json.dumps(res, indent=2)
     print(text)
     if a.out:

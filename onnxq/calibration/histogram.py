@@ -109,7 +109,7 @@ class HistogramObserver:
             self.zeros = 0
         elif needed > self.exponent:
             self._coarsen_to(needed)
-        self.counts += np.bincount(self._indices(x), minlength=2 * self.bins)
+        self.counts += np.bincount(self._indices(arr), minlength=2 * self.bins)
 
     def _indices(self, x: np.ndarray) -> np.ndarray:
         """Bin of each value: ``floor(x / 2**k) + bins``. Scaling by a power of two is

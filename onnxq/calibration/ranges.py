@@ -45,7 +45,17 @@ class RangesFile:
         }
         return json.dumps(doc, indent=1, allow_nan=False) + "\n"
 
-    def check_scheme(self, scheme: str, source: str | Path) -> None:
+    def fits(self, scheme: str, bits: int) -> bool:
+        """Whether the quality estimates were made for this activation scheme and width."""
+        return self.params.get("scheme", "asym") == scheme and self.params.get("bits", 8) == bits
+
+    def check_scheme(self, scheme: str, source: str | Path, bits: int = 8) -> None:
+        made_bits = self.params.get("bits", 8)
+        if made_bits != bits and self.method != "minmax":
+            raise RangesError(
+                f"ranges file '{source}' was calibrated for {made_bits}-bit activations; "
+                f"recalibrate with --bits {bits} or quantize with --activation-bits {made_bits}"
+            )
         made_for = self.params.get("scheme", "asym")
         if made_for != scheme and self.method != "minmax":  # min/max ranges fit any scheme
             raise RangesError(
@@ -63,6 +73,8 @@ class RangesFile:
 
 
 def _number(v: float) -> float | str:
+    if math.isnan(v):
+        raise RangesError("a calibrated range is NaN: the model produced NaN on the data")
     return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
@@ -77,11 +89,19 @@ def _encode(r: TensorRange) -> dict[str, Any]:
         if r.quality is not None:
             entry["quality"] = _encode_quality(r.quality)
         return entry
-    return {
+    entry = {
         "axis": r.axis,
         "min": [_number(float(v)) for v in r.min],
         "max": [_number(float(v)) for v in r.max],
     }
+    if r.observed_min is not None and r.observed_max is not None:
+        entry["observed"] = {
+            "min": _number(float(np.min(r.observed_min))),
+            "max": _number(float(np.max(r.observed_max))),
+        }
+    if r.quality is not None:
+        entry["quality"] = _encode_quality(r.quality)
+    return entry
 
 
 def _encode_quality(q: RangeQuality) -> dict[str, Any]:
@@ -130,6 +150,10 @@ def read_ranges(path: str | Path) -> RangesFile:
             lo, hi = _decode_values(entry["min"]), _decode_values(entry["max"])
             if lo.shape != hi.shape or np.isnan(lo).any() or np.isnan(hi).any():
                 raise ValueError(f"tensor '{name}' has malformed min/max")
+            if (lo.ndim == 1) != (entry.get("axis") is not None) or lo.ndim > 1:
+                raise ValueError(f"tensor '{name}': a list of values needs an \"axis\"")
+            if np.any(lo > hi):
+                raise ValueError(f"tensor '{name}' has min above max")
             seen = entry.get("observed")
             tensors[name] = TensorRange(
                 lo,

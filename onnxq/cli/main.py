@@ -28,7 +28,7 @@ from onnxq.config import (
     Scheme,
 )
 from onnxq.errors import ConfigError, OnnxqError
-from onnxq.graph.model_io import check_distinct, write_atomic
+from onnxq.graph.model_io import check_distinct, check_writable, write_atomic
 from onnxq.inspect import inspect_model
 from onnxq.quantize import quantize as run_quantize
 from onnxq.recipe import read_recipe
@@ -197,7 +197,7 @@ def inspect(model: Path, exclude: tuple[str, ...], target: str | None, as_json: 
 )
 @click.option(
     "--granularity",
-    type=click.Choice([g.value for g in Granularity]),
+    type=click.Choice([Granularity.TENSOR.value, Granularity.CHANNEL.value]),
     default="tensor",
     show_default=True,
     help="One range per activation tensor, or one per channel.",
@@ -235,6 +235,8 @@ def calibrate(
       onnxq calibrate model.onnx --data calib.npz -o ranges.json --granularity channel
     """
     check_distinct(model, output)
+    check_distinct(data, output, "data")
+    check_writable(output)
     config = CalibrationConfig(
         method=CalibrationMethod(method),
         granularity=Granularity(granularity),
@@ -415,8 +417,9 @@ def quantize(
     if data is None and ranges is None and mode == "static" and not weights_only:
         raise InputError("give --data (calibrate now) or --ranges (a file from onnxq calibrate)")
     if report_path is not None:
-        check_distinct(model, report_path)
-        check_distinct(output, report_path)
+        for source in (model, output, data, ranges, eval_data, recipe):
+            check_distinct(source, report_path, "input or output")
+        check_writable(report_path)
     if bits is not None and activation_bits is None and not weights_only and bits not in (8, 16):
         raise InputError(
             f"--bits {bits} would set activations to {bits} bits, but activations take 8 or 16: "

@@ -16,7 +16,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.config import Granularity, QuantConfig, Scheme
-from onnxq.errors import ConfigError
 from onnxq.graph.names import NameFactory
 from onnxq.graph.plan import EMBEDDING_REASON, NodeDecision
 from onnxq.graph.rewrite import RewriteResult, drop_unused_initializers, topological
@@ -80,11 +79,6 @@ def rewrite_dynamic(
     model: onnx.ModelProto, config: QuantConfig
 ) -> tuple[RewriteResult, tuple[NodeDecision, ...]]:
     """The dynamically quantized copy of ``model`` (prepared: named nodes, shapes inferred)."""
-    if config.activation_scheme is not Scheme.ASYM:
-        raise ConfigError(
-            "--mode dynamic quantizes activations to asymmetric uint8 (DynamicQuantizeLinear); "
-            "use --activation-scheme asym"
-        )
     out = onnx.ModelProto()
     out.CopyFrom(model)
     idx = GraphIndex(out)
@@ -118,11 +112,6 @@ def rewrite_dynamic(
             if len(node.input) > 2 and node.input[2]:
                 bias = (node.input[2], _attr(node, "beta", 1.0))
         spec = config.weights
-        if spec.granularity not in (Granularity.TENSOR, Granularity.CHANNEL) or spec.bits != 8:
-            raise ConfigError(
-                "--mode dynamic stores int8 weights per tensor or per channel "
-                "(MatMulInteger takes one zero point per column)"
-            )
         layout = (
             WeightLayout("channel", 1)
             if spec.granularity is Granularity.CHANNEL

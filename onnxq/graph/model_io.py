@@ -16,6 +16,7 @@ from onnxq.errors import ModelError
 
 __all__ = [
     "check_distinct",
+    "check_writable",
     "fingerprint",
     "input_specs",
     "load_model",
@@ -72,6 +73,8 @@ def input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:
         ttype = vi.type.tensor_type
         if not vi.type.HasField("tensor_type"):
             raise ModelError(f"model input '{vi.name}' is not a tensor; onnxq feeds tensors only")
+        if ttype.elem_type == onnx.TensorProto.UNDEFINED:
+            raise ModelError(f"model input '{vi.name}' has no element type; fix the model")
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type))
         dims: list[int | None] = []
         for d in ttype.shape.dim:
@@ -80,11 +83,25 @@ def input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:
     return tuple(specs)
 
 
-def check_distinct(source: str | Path, target: str | Path) -> None:
+def check_distinct(source: str | Path | None, target: str | Path, what: str = "model") -> None:
     """Refuse to write ``target`` over the input ``source``."""
+    if source is None:
+        return
     src, dst = Path(source).resolve(), Path(target).resolve()
-    if src == dst or (dst.exists() and os.path.samefile(src, dst)):
-        raise ModelError(f"output '{target}' is the input model; choose another path")
+    if src == dst or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
+        raise ModelError(f"output '{target}' is the input {what}; choose another path")
+
+
+def check_writable(target: str | Path) -> None:
+    """Fail early, before any work, when ``target`` cannot be written."""
+    path = Path(target)
+    if path.is_dir():
+        raise ModelError(f"output '{target}' is a folder; give a file name")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelError(f"cannot write '{target}': folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ModelError(f"cannot write '{target}': folder '{folder}' is not writable")
 
 
 def save_model(model: onnx.ModelProto, path: str | Path) -> int:
@@ -106,11 +123,21 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelError(f"cannot write '{path}': folder '{folder}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    check_writable(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ModelError(f"cannot write '{path}': {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a new file's usual mode
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ModelError(f"cannot write '{path}': {exc.strerror}") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -15,10 +15,7 @@ class NameFactory:
         used: set[str] = set()
         used.update(t.name for t in g.initializer)
         used.update(v.name for v in (*g.input, *g.output, *g.value_info))
-        for node in g.node:
-            used.add(node.name)
-            used.update(node.input)
-            used.update(node.output)
+        _collect(g, used)
         self._used = used
 
     def new(self, base: str) -> str:
@@ -29,3 +26,16 @@ class NameFactory:
             name = f"{base}_{i}"
         self._used.add(name)
         return name
+
+
+def _collect(graph: onnx.GraphProto, used: set[str]) -> None:
+    """Every node and tensor name in ``graph`` and, recursively, in its subgraphs."""
+    used.update(v.name for v in (*graph.input, *graph.output, *graph.value_info))
+    used.update(t.name for t in graph.initializer)
+    for node in graph.node:
+        used.add(node.name)
+        used.update(node.input)
+        used.update(node.output)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                _collect(sub, used)

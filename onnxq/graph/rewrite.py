@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 from onnxq.config import QuantConfig, Scheme
 from onnxq.graph.names import NameFactory
 from onnxq.graph.plan import QuantPlan, WeightUse
-from onnxq.graph.rules import GraphIndex, Role
+from onnxq.graph.rules import GraphIndex, Role, node_reads
 from onnxq.quant import QParams, QType, quantize
 from onnxq.quant.weights import WeightLayout, weight_qparams
 
@@ -281,7 +281,10 @@ def _store_bias(
         qtype=QType.INT32,
         axis=0 if per_channel else None,
     )
-    q_name = b.constant(f"{use.tensor}_quantized", q.astype(np.int32))
+    shape = tuple(idx.initializers[use.tensor].dims)
+    if per_channel and len(shape) != 1:
+        return None  # a per-axis scale fits a 1-D bias only
+    q_name = b.constant(f"{use.tensor}_quantized", q.astype(np.int32).reshape(shape))
     params = b.qparams(use.tensor, qp, omit_zero=True)
     dq = b.names.new(f"{use.tensor}_dq")
     b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DQ", qp.axis)
@@ -311,7 +314,7 @@ def topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onn
     waiting: dict[int, int] = {}
     dependents: dict[int, list[int]] = {}
     for i, n in enumerate(nodes):
-        deps = {producer[t] for t in _inputs(n) if t not in available and t in producer}
+        deps = {producer[t] for t in node_reads(n) if t not in available and t in producer}
         waiting[i] = len(deps)
         for d in deps:
             dependents.setdefault(d, []).append(i)
@@ -330,20 +333,11 @@ def topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onn
     return order
 
 
-def _inputs(node: onnx.NodeProto) -> list[str]:
-    names = list(node.input)
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            for sub in attr.g.node:
-                names.extend(_inputs(sub))
-    return names
-
-
 def drop_unused_initializers(model: onnx.ModelProto) -> None:
     """Remove float initializers that no node reads any more (and their graph inputs)."""
     used: set[str] = {o.name for o in model.graph.output}
     for node in model.graph.node:
-        used.update(_inputs(node))
+        used.update(node_reads(node))
     dropped = {t.name for t in model.graph.initializer if t.name not in used}
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]

@@ -22,6 +22,7 @@ __all__ = [
     "RULES",
     "TRANSPARENT",
     "clip_from_zero",
+    "node_reads",
     "embedding_check",
     "transparent_check",
 ]
@@ -47,6 +48,18 @@ class InputRole:
 class OutputPolicy(str, Enum):
     ALWAYS = "always"  # integer kernels need the output quantized (QLinearConv, QLinearAdd)
     IF_CONSUMED = "if_consumed"  # float output is fine (QGemm, MatMulIntegerToFloat)
+
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors ``node`` reads: its inputs and, recursively, the outer-scope names its
+    subgraphs (If / Loop / Scan bodies) read."""
+    names = list(node.input)
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in graphs:
+            for inner in sub.node:
+                names.extend(node_reads(inner))
+    return names
 
 
 class GraphIndex:
@@ -78,7 +91,7 @@ class GraphIndex:
             for out in node.output:
                 if out:
                     self.producer[out] = node
-            for inp in node.input:
+            for inp in dict.fromkeys(node_reads(node)):  # a subgraph's reads are its node's
                 if inp:
                     self.consumers.setdefault(inp, []).append(node)
 

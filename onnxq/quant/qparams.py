@@ -35,6 +35,7 @@ class QParams:
     qtype: QType
     axis: int | None = None
     block_size: int | None = None  # blocked: scale has the tensor's rank, axis cut in blocks
+    restricted: bool = False  # codes stop at qtype.min(restricted=True)
 
     @property
     def per_channel(self) -> bool:
@@ -98,6 +99,7 @@ def compute_qparams(
         qtype=qtype,
         axis=axis,
         block_size=block_size,
+        restricted=restricted,
     )
 
 
@@ -115,12 +117,14 @@ def _broadcast(values: np.ndarray, shape: tuple[int, ...], qp: QParams) -> np.nd
 
 
 def quantize(x: npt.ArrayLike, qp: QParams) -> np.ndarray:
-    """``saturate(round_half_even(x / S) + zp)`` in ``qp.qtype``, as ONNX QuantizeLinear."""
+    """``saturate(round_half_even(x / S) + zp)`` in ``qp.qtype``, as ONNX QuantizeLinear
+    (saturating at the restricted lowest code when ``qp.restricted``; onnxq only uses that
+    for weights, which it quantizes ahead of time)."""
     arr = np.asarray(x, dtype=np.float32)
     scale = _broadcast(qp.scale, arr.shape, qp)
     zp = _broadcast(qp.zero_point.astype(np.float64), arr.shape, qp)
     q = np.rint(arr / scale) + zp
-    return np.clip(q, qp.qtype.min(), qp.qtype.max).astype(qp.qtype.dtype)
+    return np.clip(q, qp.qtype.min(restricted=qp.restricted), qp.qtype.max).astype(qp.qtype.dtype)
 
 
 def dequantize(q: npt.ArrayLike, qp: QParams) -> npt.NDArray[np.float32]:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from onnxq.errors import ModelError
+
 __all__ = ["OutputFidelity", "OutputStats", "is_classifier"]
 
 
@@ -69,7 +71,10 @@ class OutputStats:
         r = np.asarray(ref, np.float64)
         c = np.asarray(cand, np.float64)
         if r.shape != c.shape:
-            raise ValueError(f"output '{self.name}': shapes {r.shape} and {c.shape} differ")
+            raise ModelError(
+                f"output '{self.name}' has shape {c.shape} in the candidate but {r.shape} in "
+                "the reference; compare a model with its own quantization"
+            )
         rows_r = r.reshape(r.shape[0], -1) if r.ndim >= 1 and r.shape[0] else r.reshape(1, -1)
         rows_c = c.reshape(rows_r.shape)
         cos = _cosine_rows(rows_r, rows_c)
