@@ -200,6 +200,7 @@ class QuantConfig:
     weights_only: bool = False
     recipe: Recipe | None = None
     auto_sqnr: float = 26.0  # activations whose 8-bit grid gives less: MSE-clipped or float
+    gptq: bool = False  # error-compensating rounding of MatMul/Gemm weights (needs data)
 
     def __post_init__(self) -> None:
         _ = self.weights  # validates the weight settings
@@ -211,6 +212,8 @@ class QuantConfig:
             raise ConfigError("--weights-only and --mode dynamic exclude each other: pick one")
         if self.mode is Mode.DYNAMIC and self.activation_bits != 8:
             raise ConfigError("--mode dynamic quantizes activations to 8 bits only")
+        if self.mode is Mode.DYNAMIC and self.gptq:
+            raise ConfigError("--gptq applies to static and weights-only quantization")
         if self.mode is Mode.DYNAMIC and self.recipe is not None:
             raise ConfigError(
                 "--recipe applies to static and weights-only quantization, not --mode dynamic"

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnx import numpy_helper
 
 from onnxq._version import __version__
 from onnxq.calibration.calibrate import Progress, affordable_batch, observe
+from onnxq.calibration.moments import input_moments
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.ranges import RangesFile, read_ranges
 from onnxq.config import CalibrationConfig, Mode, QuantConfig, Scheme
@@ -29,8 +31,10 @@ from onnxq.graph.model_io import (
 from onnxq.graph.outputs import restrict_value_info
 from onnxq.graph.plan import NodeDecision, QuantPlan, make_plan
 from onnxq.graph.rewrite import rewrite
+from onnxq.graph.rules import GraphIndex
 from onnxq.prepare import PreparedModel, prepare
 from onnxq.quant import QParams, compute_qparams
+from onnxq.quant.gptq import gptq
 from onnxq.report.fidelity import Fidelity, evaluate
 from onnxq.report.preflight import RuntimePreview, is_integer_kernel, runtime_preview
 from onnxq.runtime import Runner
@@ -161,7 +165,8 @@ def quantize(
     check_writable(output_path)
     model = load_model(model_path)
     specs = input_specs(model)
-    calib_set = open_dataset(data, specs) if data is not None and not no_calibration else None
+    wants_data = not no_calibration or config.gptq
+    calib_set = open_dataset(data, specs) if data is not None and wants_data else None
     eval_path = eval_data if eval_data is not None else data
     eval_set = open_dataset(eval_path, specs, label_key=labels) if eval_path is not None else None
     ranges_file = read_ranges(ranges) if ranges is not None else None
@@ -175,7 +180,13 @@ def quantize(
         source_of = _Ranges(calib_set, ranges_file, str(data or ranges), calibration, threads)
         plan, observed, source = _static_ranges(prepared, config, source_of, progress)
         qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
-        result = rewrite(prepared.model, plan, qparams, config)
+        codes = {}
+        if config.gptq:
+            gptq_data = calib_set or (open_dataset(data, specs) if data is not None else None)
+            if gptq_data is None:
+                raise ConfigError("--gptq needs calibration data: give --data")
+            codes = _gptq_weights(prepared, plan, config, gptq_data, calibration, threads, progress)
+        result = rewrite(prepared.model, plan, qparams, config, codes)
         decisions = plan.decisions
     embedded, tables = quantize_embeddings(result.model, decisions)
     if tables:
@@ -285,6 +296,69 @@ def _static_ranges(
         if missing:
             observed.update(source.get(prepared, replace(plan, roots=tuple(missing))))
     return plan, observed, what
+
+
+def _gptq_weights(
+    prepared: PreparedModel,
+    plan: QuantPlan,
+    config: QuantConfig,
+    data: Dataset,
+    calibration: CalibrationConfig,
+    threads: int,
+    progress: Progress | None,
+) -> dict[str, tuple[np.ndarray, QParams]]:
+    """GPTQ codes of the 2-D weights of quantized MatMul and Gemm nodes, by node name,
+    laid out as the plan stores the weight (blocked along the reduction axis, per output
+    channel or per tensor)."""
+    idx = GraphIndex(prepared.model)
+    nodes = {n.name: n for n in prepared.model.graph.node}
+    uses = [
+        u
+        for u in plan.weights
+        if u.spec is not None
+        and nodes[u.node].op_type in ("MatMul", "Gemm")
+        and u.layout.kind in ("block", "channel", "tensor")
+        and len(idx.initializers[u.tensor].dims) == 2
+    ]
+    inputs = sorted({nodes[u.node].input[0] for u in uses})
+    if not inputs:
+        return {}
+    moments = input_moments(
+        prepared,
+        data,
+        inputs,
+        batch_size=calibration.batch_size,
+        threads=threads,
+        progress=progress,
+    )
+    out = {}
+    for u in uses:
+        assert u.spec is not None
+        w = numpy_helper.to_array(idx.initializers[u.tensor]).astype(np.float32)
+        transposed = (
+            u.layout.kind == "block"
+            and u.layout.axis == 1
+            or (u.layout.kind == "channel" and u.layout.axis == 0)
+        )
+        kn = w.T if transposed else w  # [K, N]: rows are the reduction axis
+        codes, qp = gptq(
+            kn,
+            moments[nodes[u.node].input[0]],
+            u.spec.qtype,
+            symmetric=u.spec.scheme is Scheme.SYM,
+            block=u.layout.size if u.layout.kind == "block" else None,
+            per_channel=u.layout.kind in ("channel", "group"),
+            restricted=config.restricted,
+        )
+        if transposed:
+            codes = codes.T
+            axis = None if qp.axis is None else 1 - qp.axis
+            scale = qp.scale.T if qp.block_size else qp.scale
+            zp = qp.zero_point.T if qp.block_size else qp.zero_point
+            qp = replace(qp, scale=scale, zero_point=zp, axis=axis)
+        out[u.node] = (codes, qp)
+    log.info("GPTQ rounded %d weights", len(out))
+    return out
 
 
 def _ranges_for(plan: QuantPlan, ranges: RangesFile, source: str) -> dict[str, TensorRange]:

@@ -320,6 +320,12 @@ def calibrate(
     "MSE-clipped range, or stay float if that is not enough (0: off).",
 )
 @click.option(
+    "--gptq",
+    is_flag=True,
+    help="Round MatMul/Gemm weights with GPTQ (error compensation from the inputs' second "
+    "moments on --data) instead of round-to-nearest.",
+)
+@click.option(
     "--weights-only",
     is_flag=True,
     help="Quantize weights only; activations stay float (no calibration needed).",
@@ -386,6 +392,7 @@ def quantize(
     group_size: int,
     block_size: int,
     auto_sqnr: float,
+    gptq: bool,
     weights_only: bool,
     recipe: Path | None,
     exclude: tuple[str, ...],
@@ -438,6 +445,7 @@ def quantize(
         block_size=block_size,
         weights_only=weights_only,
         auto_sqnr=auto_sqnr,
+        gptq=gptq,
         recipe=read_recipe(recipe) if recipe is not None else None,
         exclude=exclude,
         mode=Mode(mode),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -86,9 +87,11 @@ def rewrite(
     plan: QuantPlan,
     activation_qparams: dict[str, QParams],
     config: QuantConfig,
+    weight_codes: Mapping[str, tuple[np.ndarray, QParams]] | None = None,
 ) -> RewriteResult:
     """The quantized copy of ``model``. ``activation_qparams`` holds one entry per
-    ``plan.roots``; ``model`` is left untouched."""
+    ``plan.roots``; ``weight_codes`` gives precomputed codes and qparams of some weights
+    (GPTQ), by node name; ``model`` is left untouched."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     idx = GraphIndex(out)
@@ -97,7 +100,9 @@ def rewrite(
 
     qname = _quantize_activations(out, idx, plan, activation_qparams, b, by_name)
     _rewire_passthrough(out, idx, plan, activation_qparams, qname, b, by_name)
-    float_biases = _quantize_weights(plan, activation_qparams, config, b, by_name, idx)
+    float_biases = _quantize_weights(
+        plan, activation_qparams, config, b, by_name, idx, weight_codes or {}
+    )
 
     removed = set(plan.fused)
     nodes = [n for n in out.graph.node if n.name not in removed] + b.nodes
@@ -205,21 +210,25 @@ def _quantize_weights(
     b: _Builder,
     by_name: dict[str, onnx.NodeProto],
     idx: GraphIndex,
+    codes: Mapping[str, tuple[np.ndarray, QParams]],
 ) -> list[str]:
     done: dict[tuple[object, ...], tuple[str, QParams]] = {}
     float_biases: list[str] = []
     for use in plan.weights:
         if use.role is Role.BIAS:
             continue
-        key = (use.tensor, use.role, use.layout, use.spec)
+        key: tuple[object, ...] = (use.tensor, use.role, use.layout, use.spec)
+        if use.role is Role.WEIGHT and use.node in codes:
+            key = (*key, use.node)  # rounded for this node's inputs
         if key not in done:
-            done[key] = _store_weight(use, config, b, idx)
+            done[key] = _store_weight(use, config, b, idx, codes.get(use.node))
         by_name[use.node].input[use.index] = done[key][0]
     for use in plan.weights:
         if use.role is not Role.BIAS:
             continue
         w_use = next(w for w in plan.weights if w.node == use.node and w.role is Role.WEIGHT)
-        w_qp = done[(w_use.tensor, Role.WEIGHT, w_use.layout, w_use.spec)][1]
+        w_key = (w_use.tensor, Role.WEIGHT, w_use.layout, w_use.spec)
+        w_qp = done[(*w_key, w_use.node) if w_use.node in codes else w_key][1]
         x_qp = act_qparams[use.activation or ""]
         name = _store_bias(use, x_qp, w_qp, b, idx)
         if name is None:
@@ -230,11 +239,18 @@ def _quantize_weights(
 
 
 def _store_weight(
-    use: WeightUse, config: QuantConfig, b: _Builder, idx: GraphIndex
+    use: WeightUse,
+    config: QuantConfig,
+    b: _Builder,
+    idx: GraphIndex,
+    precomputed: tuple[np.ndarray, QParams] | None = None,
 ) -> tuple[str, QParams]:
-    """Integer initializer + DequantizeLinear for a weight (its spec) or a constant input
-    of an element-wise node (stored like the activations, one range)."""
+    """Integer initializer + DequantizeLinear for a weight (its spec, or codes computed
+    elsewhere) or a constant input of an element-wise node (stored like the activations)."""
     w = numpy_helper.to_array(idx.initializers[use.tensor]).astype(np.float32)
+    if precomputed is not None:
+        codes, qp = precomputed
+        return _write_weight(use.tensor, codes, qp, b)
     if use.spec is not None:
         spec = use.spec
         qp = weight_qparams(
@@ -255,10 +271,14 @@ def _store_weight(
             symmetric=config.activation_scheme is Scheme.SYM,
             restricted=config.restricted,
         )
-    q_name = b.constant(f"{use.tensor}_quantized", quantize(w, qp), qp.qtype)
-    params = b.qparams(use.tensor, qp)
-    dq = b.names.new(f"{use.tensor}_dq")
-    b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DQ", qp.axis, qp.block_size)
+    return _write_weight(use.tensor, quantize(w, qp), qp, b)
+
+
+def _write_weight(tensor: str, codes: np.ndarray, qp: QParams, b: _Builder) -> tuple[str, QParams]:
+    q_name = b.constant(f"{tensor}_quantized", codes, qp.qtype)
+    params = b.qparams(tensor, qp)
+    dq = b.names.new(f"{tensor}_dq")
+    b.node("DequantizeLinear", [q_name, *params], dq, f"{tensor}_DQ", qp.axis, qp.block_size)
     return dq, qp
 
 
