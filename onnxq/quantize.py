@@ -18,7 +18,7 @@ from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.ranges import RangesFile, read_ranges
 from onnxq.config import CalibrationConfig, Mode, QuantConfig, Scheme
 from onnxq.data import Dataset, open_dataset
-from onnxq.errors import ConfigError, RangesError
+from onnxq.errors import ConfigError, ModelError, RangesError
 from onnxq.graph.dynamic import rewrite_dynamic
 from onnxq.graph.embedding import quantize_embeddings
 from onnxq.graph.model_io import (
@@ -195,6 +195,12 @@ def quantize(
             model=embedded,
             quantized_nodes=result.quantized_nodes + tables,
             quantized_weights=result.quantized_weights + tables,
+        )
+    if result.quantized_nodes == 0:
+        raise ModelError(
+            f"nothing in '{model_path}' can be quantized with these settings (weights inside "
+            f"If/Loop/Scan bodies are not quantized); run onnxq inspect for why each node stays "
+            "float; no file written"
         )
     restrict_value_info(result.model, (vi.name for vi in model.graph.value_info))
     log.info(

@@ -387,3 +387,22 @@ def test_recipe_values_are_not_coerced(cnn_files, tmp_path):
         recipe,
     )
     assert_one_line_error(result, "bad exclude 'false'")
+
+
+def test_a_model_with_nothing_to_quantize_writes_nothing(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["y"], name="soft", axis=-1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", x=np.ones((2, 4), np.float32))
+    result = invoke(
+        "quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--data", tmp_path / "d.npz"
+    )
+    assert_one_line_error(result, "nothing in", "can be quantized")
+    assert not (tmp_path / "q.onnx").exists()

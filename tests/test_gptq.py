@@ -6,13 +6,14 @@ import numpy as np
 import onnx
 import pytest
 
-import models
 from onnxq import QuantConfig, quantize
 from onnxq.config import Granularity
 from onnxq.quant import QType, dequantize
 from onnxq.quant import quantize as q_values
 from onnxq.quant.gptq import gptq
 from onnxq.quant.weights import WeightLayout, weight_qparams
+
+import models
 
 
 def _correlated_inputs(rng, rows: int, k: int) -> np.ndarray:
