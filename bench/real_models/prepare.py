@@ -823,7 +823,8 @@ def _to_16k(path: Path, tmp: Path) -> np.ndarray:
     if shutil.which("sox"):
         dst = tmp / (path.stem + ".16k.wav")
         subprocess.run(
-            ["sox", "-D", "-R", str(path), "-r", "16000", "-c", "1", "-b", "16", str(dst)], check=True
+            ["sox", "-D", "-R", str(path), "-r", "16000", "-c", "1", "-b", "16", str(dst)],
+            check=True,
         )
         a, sr = _read_wav(dst)
         assert sr == 16000
