@@ -66,10 +66,6 @@ class QuantizeReport:
         return self.quantized_bytes / self.float_bytes if self.float_bytes else 0.0
 
     @property
-    def runtime_kernels(self) -> dict[str, int]:
-        return self.runtime.op_types
-
-    @property
     def integer_kernels(self) -> int:
         return self.runtime.integer_kernels
 

@@ -9,15 +9,13 @@ convolution is slower than float on CPUs without VNNI.
 
 from __future__ import annotations
 
-import fnmatch
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.config import Granularity, QuantConfig, Scheme
 from onnxq.graph.names import NameFactory
-from onnxq.graph.plan import EMBEDDING_REASON, NodeDecision
+from onnxq.graph.plan import EMBEDDING_REASON, NodeDecision, excluded_by
 from onnxq.graph.rewrite import RewriteResult, drop_unused_initializers, topological
 from onnxq.graph.rules import GraphIndex, embedding_check
 from onnxq.quant import quantize
@@ -40,9 +38,9 @@ def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
 
 def _check(node: onnx.NodeProto, idx: GraphIndex, config: QuantConfig) -> str | None:
     """None when ``node`` is quantized dynamically, else why not."""
-    for pat in config.exclude:
-        if fnmatch.fnmatchcase(node.name, pat) or fnmatch.fnmatchcase(node.op_type, pat):
-            return f"excluded by --exclude {pat}"
+    pattern = excluded_by(node, config.exclude)
+    if pattern is not None:
+        return f"excluded by --exclude {pattern}"
     if node.op_type in ("Conv", "ConvTranspose"):
         return CONV_REASON
     if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
@@ -62,7 +60,7 @@ def dynamic_decisions(model: onnx.ModelProto, config: QuantConfig) -> tuple[Node
     out = []
     for node in model.graph.node:
         reason = _check(node, idx, config)
-        if node.op_type == "Gather" and not (reason or "").startswith("excluded"):
+        if node.op_type == "Gather" and excluded_by(node, config.exclude) is None:
             why = embedding_check(node, idx)
             out.append(
                 NodeDecision(

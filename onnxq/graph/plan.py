@@ -33,6 +33,7 @@ __all__ = [
     "WeightUse",
     "candidate_tensors",
     "channel_axis",
+    "excluded_by",
     "make_plan",
 ]
 
@@ -45,6 +46,7 @@ class NodeDecision:
     op_type: str
     action: str  # "quantize", "integer passthrough", "fused", "float"
     reason: str
+    excluded: bool = False  # by --exclude or the recipe: reads float, never a DQ
 
     @property
     def quantized(self) -> bool:
@@ -75,7 +77,6 @@ class QuantPlan:
     passthrough: frozenset[str]  # nodes run on integer tensors
     fused: dict[str, str]  # removed activation node -> node whose output it clamps
     weights: tuple[WeightUse, ...]
-    channel_axes: dict[str, int] = field(default_factory=dict)
     float_readers: frozenset[str] = frozenset()  # excluded nodes: read float, never a DQ
 
     @property
@@ -133,7 +134,8 @@ def _check_neighbour(
 _FLOAT = NodeDecision("", "", "float", "")
 
 
-def _excluded(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
+def excluded_by(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
+    """The first glob in ``patterns`` matching ``node``'s name or op type, else None."""
     for pat in patterns:
         if fnmatch.fnmatchcase(node.name, pat) or fnmatch.fnmatchcase(node.op_type, pat):
             return pat
@@ -192,13 +194,12 @@ def make_plan(
     aliases, passthrough = _close_over_passthrough(model, idx, config, need, decisions, forbidden)
     weights = _weight_uses(model, roles, aliases, specs)
     roots = tuple(t for t in _ordered(model, need) if t not in aliases)
-    axes = {t: channel_axis(t, idx) for t in roots}
     ordered = tuple(decisions[n.name] for n in model.graph.node)
-    excluded = frozenset(d.name for d in ordered if d.reason.startswith("excluded")) | {
+    excluded = frozenset(d.name for d in ordered if d.excluded) | {
         name for name, r in roles.items() if all(x.role is Role.WEIGHT for x in r)
     }
     return QuantPlan(
-        ordered, roots, aliases, frozenset(passthrough), fused, tuple(weights), axes, excluded
+        ordered, roots, aliases, frozenset(passthrough), fused, tuple(weights), excluded
     )
 
 
@@ -211,10 +212,7 @@ def resolve_recipe(model: onnx.ModelProto, recipe: Recipe | None) -> dict[str, d
     for rule in recipe.rules:
         matched = False
         for node in model.graph.node:
-            if not (
-                fnmatch.fnmatchcase(node.name, rule.match)
-                or fnmatch.fnmatchcase(node.op_type, rule.match)
-            ):
+            if excluded_by(node, (rule.match,)) is None:
                 continue
             matched = True
             mine = out.setdefault(node.name, {})
@@ -249,11 +247,15 @@ def _decide(
     def float_(reason: str) -> NodeDecision:
         return NodeDecision(node.name, node.op_type, "float", reason)
 
-    pattern = _excluded(node, config.exclude)
+    pattern = excluded_by(node, config.exclude)
     if pattern is not None:
-        return float_(f"excluded by --exclude {pattern}")
+        return NodeDecision(
+            node.name, node.op_type, "float", f"excluded by --exclude {pattern}", excluded=True
+        )
     if excluded:
-        return float_("excluded by the recipe")
+        return NodeDecision(
+            node.name, node.op_type, "float", "excluded by the recipe", excluded=True
+        )
     if node.domain not in ("", "ai.onnx"):
         return float_(f"op domain '{node.domain}' is not quantized")
     if node.op_type == "Gather":
@@ -309,7 +311,7 @@ def _fuse_activations(
     if config.activation_scheme is not Scheme.ASYM or config.restricted:
         return {}  # only then is the zero point the lowest code Q saturates to
     weight_only = {n for n, r in roles.items() if all(x.role is Role.WEIGHT for x in r)}
-    excluded = {d.name for d in decisions.values() if d.reason.startswith("excluded")}
+    excluded = {d.name for d in decisions.values() if d.excluded}
     excluded |= weight_only  # these read the float activation, which must stay exact
     fused: dict[str, str] = {}
     for node in model.graph.node:
@@ -349,9 +351,9 @@ def _close_over_passthrough(
     candidates: dict[str, onnx.NodeProto] = {}
     for node in model.graph.node:
         if node.op_type in TRANSPARENT and node.domain in ("", "ai.onnx"):
-            excluded = decisions[node.name].reason.startswith("excluded")
+            excluded = decisions[node.name].excluded
             readers = idx.consumers.get(node.output[0], [])
-            feeds_excluded = any(decisions[c.name].reason.startswith("excluded") for c in readers)
+            feeds_excluded = any(decisions[c.name].excluded for c in readers)
             check = transparent_check(node, idx, config.activation_bits)
             touches = node.input[0] in forbidden or node.output[0] in forbidden
             if not excluded and not feeds_excluded and check is None and not touches:

@@ -37,10 +37,6 @@ class QParams:
     block_size: int | None = None  # blocked: scale has the tensor's rank, axis cut in blocks
     restricted: bool = False  # codes stop at qtype.min(restricted=True)
 
-    @property
-    def per_channel(self) -> bool:
-        return self.axis is not None
-
 
 def observed_range(
     x: npt.ArrayLike, axis: int | None = None
