@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.config import Granularity, QuantConfig, Scheme
 from onnxq.graph.names import NameFactory
-from onnxq.graph.plan import EMBEDDING_REASON, NodeDecision, excluded_by
+from onnxq.graph.plan import EMBEDDING_REASON, NodeDecision, first_match
 from onnxq.graph.rewrite import RewriteResult, drop_unused_initializers, topological
 from onnxq.graph.rules import GraphIndex, embedding_check
 from onnxq.quant import quantize
@@ -38,7 +38,7 @@ def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
 
 def _check(node: onnx.NodeProto, idx: GraphIndex, config: QuantConfig) -> str | None:
     """None when ``node`` is quantized dynamically, else why not."""
-    pattern = excluded_by(node, config.exclude)
+    pattern = first_match(node, config.exclude)
     if pattern is not None:
         return f"excluded by --exclude {pattern}"
     if node.op_type in ("Conv", "ConvTranspose"):
@@ -60,7 +60,7 @@ def dynamic_decisions(model: onnx.ModelProto, config: QuantConfig) -> tuple[Node
     out = []
     for node in model.graph.node:
         reason = _check(node, idx, config)
-        if node.op_type == "Gather" and excluded_by(node, config.exclude) is None:
+        if node.op_type == "Gather" and first_match(node, config.exclude) is None:
             why = embedding_check(node, idx)
             out.append(
                 NodeDecision(

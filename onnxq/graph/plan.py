@@ -33,7 +33,7 @@ __all__ = [
     "WeightUse",
     "candidate_tensors",
     "channel_axis",
-    "excluded_by",
+    "first_match",
     "make_plan",
 ]
 
@@ -134,7 +134,7 @@ def _check_neighbour(
 _FLOAT = NodeDecision("", "", "float", "")
 
 
-def excluded_by(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
+def first_match(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
     """The first glob in ``patterns`` matching ``node``'s name or op type, else None."""
     for pat in patterns:
         if fnmatch.fnmatchcase(node.name, pat) or fnmatch.fnmatchcase(node.op_type, pat):
@@ -212,7 +212,7 @@ def resolve_recipe(model: onnx.ModelProto, recipe: Recipe | None) -> dict[str, d
     for rule in recipe.rules:
         matched = False
         for node in model.graph.node:
-            if excluded_by(node, (rule.match,)) is None:
+            if first_match(node, (rule.match,)) is None:
                 continue
             matched = True
             mine = out.setdefault(node.name, {})
@@ -247,7 +247,7 @@ def _decide(
     def float_(reason: str) -> NodeDecision:
         return NodeDecision(node.name, node.op_type, "float", reason)
 
-    pattern = excluded_by(node, config.exclude)
+    pattern = first_match(node, config.exclude)
     if pattern is not None:
         return NodeDecision(
             node.name, node.op_type, "float", f"excluded by --exclude {pattern}", excluded=True
