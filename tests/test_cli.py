@@ -406,3 +406,15 @@ def test_a_model_with_nothing_to_quantize_writes_nothing(tmp_path):
     )
     assert_one_line_error(result, "nothing in", "can be quantized")
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_inspect_counts_weights_held_by_constant_nodes(tmp_path):
+    import models
+
+    model = models.cnn()
+    w = next(t for t in model.graph.initializer if t.name == "w2")
+    model.graph.initializer.remove(w)
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["w2"], value=w))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    doc = json.loads(invoke("inspect", tmp_path / "m.onnx", "--json").stdout)
+    assert doc["parameters"] == 8 * 9 + 8 + 8 * 8 * 9 + 8 + 64 + 640 + 10 + 2

@@ -45,12 +45,29 @@ def _info(vi: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(vi.name, dtype, tuple(dims))
 
 
+def _constant_tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Tensors held by Constant nodes, here and in subgraphs (weights of many exporters)."""
+    out = []
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.name == "value":
+                out.append(attr.t)
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subgraphs:
+                out.extend(sub.initializer)
+                out.extend(_constant_tensors(sub))
+    return out
+
+
 def summarize(model: onnx.ModelProto) -> ModelSummary:
+    """Opset, inputs and outputs, op histogram, and parameters (initializers and Constant
+    node values, subgraphs included)."""
     g = model.graph
     inits = {t.name for t in g.initializer}
-    params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in g.initializer)
+    tensors = [*g.initializer, *_constant_tensors(g)]
+    params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors)
     nbytes = 0
-    for t in g.initializer:
+    for t in tensors:
         itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
         nbytes += int(np.prod(t.dims, dtype=np.int64)) * itemsize
     producer = f"{model.producer_name} {model.producer_version}".strip()
