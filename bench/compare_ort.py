@@ -30,7 +30,7 @@ the whole process: interpreter and libraries included) as JSON. Each child runs 
 Measured in this (parent) process for every quantized model: file size vs float;
 single-sample latency (first eval sample), median of ``--runs`` runs of float and quantized
 alternated, both sessions with 2 intra-op threads (fewer runs on slow models so that one
-measurement stays under ~30 s); the model's fidelity metric of
+measurement stays under ~20 s); the model's fidelity metric of
 ``bench/real_models/metrics.py`` on the first ``--limit`` (100) eval samples (minilm: mean
 cosine of ``sentence_embedding`` and top-1 retrieval agreement among those sentences).
 
@@ -342,7 +342,7 @@ def primary(name: str) -> str:
 
 
 def latency(
-    fs: Any, qs: Any, feed: dict[str, np.ndarray], runs: int, budget: float = 30.0
+    fs: Any, qs: Any, feed: dict[str, np.ndarray], runs: int, budget: float = 20.0
 ) -> dict[str, Any]:
     """Median ms of float and quant, alternated; fewer runs if one pair is slow."""
     for _ in range(3):
@@ -475,7 +475,8 @@ def fmt_fid(name: str, f: dict[str, Any] | None) -> str:
     v = f[key]
     extra = ""
     if name == "ppocr_rec":
-        extra = f" (stripped {f['string_agreement_stripped'] * 100:.1f} %, CER {f['cer_quant_vs_float']:.3f})"
+        stripped, cer = f["string_agreement_stripped"], f["cer_quant_vs_float"]
+        extra = f" (stripped {stripped * 100:.1f} %, CER {cer:.3f})"
     return f"{key} {v * 100:.2f} %{extra}"
 
 
@@ -491,7 +492,7 @@ def row(name: str, label: str, r: dict[str, Any]) -> str:
         return f"| {label} | {t} | {pk} | — | — | {st} |"
     lat = r["latency"]
     return (
-        f"| {label} | {r['seconds']:.1f} | {r['peak_mb']:.0f} | {r['size_ratio'] * 100:.1f} % | "
+        f"| {label} | {r['seconds']:.2f} | {r['peak_mb']:.0f} | {r['size_ratio'] * 100:.1f} % | "
         f"{lat['float_ms']:.2f} → {lat['quant_ms']:.2f} ({lat['speedup']:.2f}×) | "
         f"{fmt_fid(name, r.get('fidelity'))} |"
     )
@@ -550,7 +551,8 @@ def targets(res: dict[str, Any]) -> list[str]:
                 ol = cf[fastest]["latency"]["quant_ms"]
                 lines.append(
                     f"| {name} | onnxq default latency ≤ 1.0× onnxruntime-quantized "
-                    f"(fastest: {LABEL[fastest]}) | {verdict(ql <= ol, f'{ql:.2f} vs {ol:.2f} ms ({ql / ol:.2f}×)')} |"
+                    f"(fastest: {LABEL[fastest]}) | "
+                    f"{verdict(ql <= ol, f'{ql:.2f} vs {ol:.2f} ms ({ql / ol:.2f}×)')} |"
                 )
             fl = d["latency"]["float_ms"]
             kind = "conv" if name in CONV_MODELS else "transformer" if name == "minilm" else None
@@ -603,7 +605,7 @@ def render(res: dict[str, Any]) -> str:
         "a time), no `quant_pre_process`; dynamic: `quantize_dynamic`, weights QInt8. Size is "
         "the quantized file vs the float file. Latency: first eval sample, median of float and "
         "quantized runs alternated (runs in the JSON, up to "
-        f"{res['settings']['runs']}; fewer when 10+ pairs took over 30 s), 2 intra-op threads "
+        f"{res['settings']['runs']}; fewer when 10+ pairs took over 20 s), 2 intra-op threads "
         f"each. Fidelity: the metric of `bench/real_models/metrics.py` on the first "
         f"{res['settings']['limit']} eval samples at most (to bound the run time), float vs "
         "quantized; minilm: mean cosine of `sentence_embedding` and top-1 retrieval "
@@ -616,7 +618,8 @@ def render(res: dict[str, Any]) -> str:
             f"### {name} ({m['float_bytes'] / 2**20:.1f} MiB float, {m['eval_samples']} of "
             f"{m['eval_available']} eval samples)",
             "",
-            "| config | quantize s | peak MB | size | latency float → quant ms (speedup) | fidelity |",
+            "| config | quantize s | peak MB | size | latency float → quant ms (speedup) "
+            "| fidelity |",
             "|---|---|---|---|---|---|",
         ]
         out.append(row(name, "onnxq default", cf.get("onnxq_default", {})))
