@@ -164,7 +164,10 @@ def quantize(
     wants_data = not no_calibration or config.gptq
     calib_set = open_dataset(data, specs) if data is not None and wants_data else None
     eval_path = eval_data if eval_data is not None else data
-    eval_set = open_dataset(eval_path, specs, label_key=labels) if eval_path is not None else None
+    if eval_path is not None and calib_set is not None and eval_path == data and labels is None:
+        eval_set: Dataset | None = calib_set  # validated once
+    else:
+        eval_set = open_dataset(eval_path, specs, label_key=labels) if eval_path else None
     ranges_file = read_ranges(ranges) if ranges is not None else None
 
     prepared = prepare(model, min_opset=config.min_opset)

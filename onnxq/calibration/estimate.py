@@ -35,12 +35,11 @@ class TensorObserver:
         self.hist = HistogramObserver(config.bins if config.method.uses_histogram else QUALITY_BINS)
 
     def update(self, x: np.ndarray) -> None:
-        if self.minmax is None:
-            self.hist.update(x)  # the method's own histogram: every value
-            return
-        self.minmax.update(x)
-        # every value: a subsample misses the few outlying channels (transformer
-        # LayerNorm and FFN outputs) that decide whether one scale can hold a tensor
+        if self.minmax is not None:
+            self.minmax.update(x)
+        # every value, also for the quality estimate: a subsample misses the few outlying
+        # channels (transformer LayerNorm and FFN outputs) that decide whether one scale
+        # can hold a tensor
         self.hist.update(x)
 
     def merge(self, other: TensorObserver) -> None:

@@ -17,7 +17,7 @@ from onnxq.config import Granularity, QuantConfig, Scheme
 from onnxq.graph.names import NameFactory
 from onnxq.graph.plan import EMBEDDING_REASON, NodeDecision, first_match
 from onnxq.graph.rewrite import RewriteResult, drop_unused_initializers, topological
-from onnxq.graph.rules import GraphIndex, embedding_check
+from onnxq.graph.rules import GraphIndex, attribute, embedding_check
 from onnxq.quant import quantize
 from onnxq.quant.weights import WeightLayout, weight_qparams
 
@@ -29,11 +29,8 @@ CONV_REASON = (
 )
 
 
-def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
-    for a in node.attribute:
-        if a.name == name:
-            return float(helper.get_attribute_value(a))
-    return default
+def _float_attr(node: onnx.NodeProto, name: str, default: float) -> float:
+    return float(attribute(node, name, default))
 
 
 def _check(node: onnx.NodeProto, idx: GraphIndex, config: QuantConfig) -> str | None:
@@ -50,7 +47,7 @@ def _check(node: onnx.NodeProto, idx: GraphIndex, config: QuantConfig) -> str | 
         return f"input '{a}' is not a float32 activation"
     if not idx.is_float_initializer(b) or idx.ranks.get(b) != 2:
         return f"weight '{b}' is not a 2-D float32 constant"
-    if node.op_type == "Gemm" and _attr(node, "transA", 0):
+    if node.op_type == "Gemm" and _float_attr(node, "transA", 0):
         return "Gemm with transA is kept in float"
     return None
 
@@ -104,11 +101,11 @@ def rewrite_dynamic(
         w = numpy_helper.to_array(idx.initializers[node.input[1]]).astype(np.float32)
         alpha, bias = 1.0, None
         if node.op_type == "Gemm":
-            if _attr(node, "transB", 0):
+            if _float_attr(node, "transB", 0):
                 w = w.T
-            alpha = _attr(node, "alpha", 1.0)
+            alpha = _float_attr(node, "alpha", 1.0)
             if len(node.input) > 2 and node.input[2]:
-                bias = (node.input[2], _attr(node, "beta", 1.0))
+                bias = (node.input[2], _float_attr(node, "beta", 1.0))
         spec = config.weights
         layout = (
             WeightLayout("channel", 1)

@@ -30,11 +30,13 @@ def quantize_embeddings(
 ) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` with the Gathers the plan chose reading int8 tables, and the
     number of tables quantized."""
+    chosen = {d.name for d in decisions if d.op_type == "Gather" and d.action == "quantize"}
+    if not chosen:
+        return model, 0  # no copy of a model that does not change
     out = onnx.ModelProto()
     out.CopyFrom(model)
     idx = GraphIndex(out)
     names = NameFactory(out)
-    chosen = {d.name for d in decisions if d.op_type == "Gather" and d.action == "quantize"}
     tables: dict[str, tuple[str, str]] = {}
     nodes: list[onnx.NodeProto] = []
     for node in out.graph.node:

@@ -21,6 +21,7 @@ __all__ = [
     "Role",
     "RULES",
     "TRANSPARENT",
+    "attribute",
     "clip_from_zero",
     "node_reads",
     "embedding_check",
@@ -105,7 +106,8 @@ class GraphIndex:
         return name in self.initializers and self.initializers[name].data_type == FLOAT
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    """The value of attribute ``name`` of ``node``, or ``default``."""
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -163,7 +165,7 @@ class ConvRule(OpRule):
         if not idx.is_float_initializer(w):
             return f"weight '{w}' is not a float32 constant"
         axis, reduce = (0, 1) if not self.transpose else (1, 0)
-        if self.transpose and int(_attr(node, "group", 1)) != 1:
+        if self.transpose and int(attribute(node, "group", 1)) != 1:
             axis = -1  # grouped ConvTranspose: output channels span two axes
         roles = [
             InputRole(0, Role.ACTIVATION),
@@ -183,11 +185,11 @@ class GemmRule(OpRule):
 
     def roles(self, node: onnx.NodeProto, idx: GraphIndex) -> list[InputRole] | str:
         a, b = node.input[0], node.input[1]
-        if not idx.is_float_activation(a) or int(_attr(node, "transA", 0)):
+        if not idx.is_float_activation(a) or int(attribute(node, "transA", 0)):
             return f"input A '{a}' is not a float32 activation in normal layout"
         roles = [InputRole(0, Role.ACTIVATION)]
         if idx.is_float_initializer(b):
-            trans = int(_attr(node, "transB", 0))
+            trans = int(attribute(node, "transB", 0))
             roles.append(InputRole(1, Role.WEIGHT, 0 if trans else 1, 1 if trans else 0))
         elif idx.is_float_activation(b):
             roles.append(InputRole(1, Role.ACTIVATION))
@@ -196,7 +198,8 @@ class GemmRule(OpRule):
         if len(node.input) > 2 and node.input[2]:
             c = node.input[2]
             plain = (
-                float(_attr(node, "alpha", 1.0)) == 1.0 and float(_attr(node, "beta", 1.0)) == 1.0
+                float(attribute(node, "alpha", 1.0)) == 1.0
+                and float(attribute(node, "beta", 1.0)) == 1.0
             )
             if plain and roles[1].role is Role.WEIGHT and idx.is_float_initializer(c):
                 roles.append(InputRole(2, Role.BIAS))
@@ -277,7 +280,7 @@ def transparent_check(node: onnx.NodeProto, idx: GraphIndex, bits: int = 8) -> s
     if node.op_type == "MaxPool" and idx.opset < 12:
         return "MaxPool takes integer tensors from opset 12"
     if node.op_type == "Resize":
-        mode = _attr(node, "mode", b"nearest")
+        mode = attribute(node, "mode", b"nearest")
         mode = mode.decode() if isinstance(mode, bytes) else str(mode)
         if mode not in ("nearest", "linear"):
             return f"Resize mode '{mode}' can leave the input's range"
@@ -293,7 +296,7 @@ def clip_from_zero(node: onnx.NodeProto, idx: GraphIndex) -> bool:
     if node.op_type != "Clip":
         return False
     if idx.opset < 11:
-        return float(_attr(node, "min", -3.4e38)) == 0.0
+        return float(attribute(node, "min", -3.4e38)) == 0.0
     if len(node.input) < 2 or node.input[1] not in idx.initializers:
         return False
     low = numpy_helper.to_array(idx.initializers[node.input[1]])
@@ -308,7 +311,7 @@ MIN_EMBEDDING_SIZE = 4096  # smaller tables are not worth the extra nodes
 def embedding_check(node: onnx.NodeProto, idx: GraphIndex) -> str | None:
     """None when ``node`` gathers rows of a 2-D float32 embedding table, else why not."""
     data = node.input[0]
-    axis = int(_attr(node, "axis", 0))
+    axis = int(attribute(node, "axis", 0))
     if not idx.is_float_initializer(data) or idx.ranks.get(data) != 2 or axis != 0:
         return "not a Gather of rows from a 2-D float32 table"
     if int(np.prod(idx.initializers[data].dims)) < MIN_EMBEDDING_SIZE:
