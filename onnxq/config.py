@@ -3,6 +3,7 @@ validated on construction. No option dicts anywhere in onnxq."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -14,6 +15,7 @@ __all__ = [
     "WEIGHT_BITS",
     "CalibrationConfig",
     "CalibrationMethod",
+    "FidelityTarget",
     "Granularity",
     "Mode",
     "QuantConfig",
@@ -177,6 +179,28 @@ class WeightSpec:
 
 
 @dataclass(frozen=True)
+class FidelityTarget:
+    """What the output check asks of the quantized model on calibration samples: every
+    float output's SQNR at least ``sqnr_db`` and, on classifier-shaped outputs, top-1
+    agreement with the float model at least ``top1``. ``sqnr_db`` 0 turns the check off."""
+
+    sqnr_db: float = 30.0
+    top1: float = 0.99
+
+    def __post_init__(self) -> None:
+        if not (self.sqnr_db >= 0 and math.isfinite(self.sqnr_db)):
+            raise ConfigError(
+                f"--target-sqnr must be a finite number of dB ≥ 0, got {self.sqnr_db}"
+            )
+        if not 0.0 <= self.top1 <= 1.0:
+            raise ConfigError(f"--target-top1 must be in [0, 1], got {self.top1}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.sqnr_db > 0
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     """Settings of one quantization.
 
@@ -201,6 +225,7 @@ class QuantConfig:
     recipe: Recipe | None = None
     auto_sqnr: float = 26.0  # activations whose 8-bit grid gives less: MSE-clipped or float
     gptq: bool = False  # error-compensating rounding of MatMul/Gemm weights (needs data)
+    target: FidelityTarget = field(default_factory=FidelityTarget)  # the output check
 
     def __post_init__(self) -> None:
         _ = self.weights  # validates the weight settings

@@ -38,6 +38,8 @@ from onnxq.quant.gptq import gptq
 from onnxq.report.fidelity import Fidelity, evaluate
 from onnxq.report.preflight import RuntimePreview, is_integer_kernel, runtime_preview
 from onnxq.runtime import Runner
+from onnxq.tuning.check import make_check_set
+from onnxq.tuning.fit import Candidate, FitReport, fit_target
 
 __all__ = ["QuantizeReport", "is_integer_kernel", "quantize"]
 
@@ -60,6 +62,7 @@ class QuantizeReport:
     fidelity: Fidelity | None
     fidelity_data: str | None
     float_biases: tuple[str, ...] = field(default_factory=tuple)
+    check: FitReport | None = None  # the output check on calibration samples
 
     @property
     def size_ratio(self) -> float:
@@ -100,6 +103,7 @@ class QuantizeReport:
             "quantized_weights": self.quantized_weights,
             "qdq_pairs": self.qdq_pairs,
             "float_biases": list(self.float_biases),
+            "output_check": None if self.check is None else self.check.to_dict(),
             "ranges": self.ranges_source,
             "preparation": list(self.preparation),
             "runtime": self.runtime.to_dict(),
@@ -161,7 +165,7 @@ def quantize(
     check_writable(output_path)
     model = load_model(model_path)
     specs = input_specs(model)
-    wants_data = not no_calibration or config.gptq
+    wants_data = not no_calibration or config.gptq or (config.target.enabled and not dynamic)
     calib_set = open_dataset(data, specs) if data is not None and wants_data else None
     eval_path = eval_data if eval_data is not None else data
     if eval_path is not None and calib_set is not None and eval_path == data and labels is None:
@@ -171,22 +175,32 @@ def quantize(
     ranges_file = read_ranges(ranges) if ranges is not None else None
 
     prepared = prepare(model, min_opset=config.min_opset)
+    check: FitReport | None = None
     log.info("prepared %s: %s", model_path, "; ".join(prepared.steps) or "unchanged")
     if dynamic:
         result, decisions = rewrite_dynamic(prepared.model, config)
         source = "dynamic (computed at run time)"
     else:
         source_of = _Ranges(calib_set, ranges_file, str(data or ranges), calibration, threads)
-        plan, observed, source = _static_ranges(prepared, config, source_of, progress)
-        qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
+        plan, observed, source, forbidden = _static_ranges(prepared, config, source_of, progress)
         codes = {}
         if config.gptq:
             gptq_data = calib_set or (open_dataset(data, specs) if data is not None else None)
             if gptq_data is None:
                 raise ConfigError("--gptq needs calibration data: give --data")
             codes = _gptq_weights(prepared, plan, config, gptq_data, calibration, threads, progress)
-        result = rewrite(prepared.model, plan, qparams, config, codes)
-        decisions = plan.decisions
+        build = _CandidateBuilder(prepared, config, source_of, observed, forbidden, plan, codes)
+        candidate = build.candidate(plan)
+        if config.target.enabled and calib_set is not None:
+            if progress is not None:
+                progress("output check", 0, 1)
+            check_set = make_check_set(
+                prepared.model, calib_set, batch_size=calibration.batch_size, threads=threads
+            )
+            candidate, check = fit_target(
+                prepared.model, candidate, build, check_set, config.target, threads=threads
+            )
+        result, decisions = candidate.result, candidate.plan.decisions
     embedded, tables = quantize_embeddings(result.model, decisions)
     if tables:
         result = replace(
@@ -208,7 +222,7 @@ def quantize(
         result.quantized_weights,
         result.qdq_pairs,
     )
-    candidate = Runner(result.model, threads=threads, what="quantized model")
+    quantized_runner = Runner(result.model, threads=threads, what="quantized model")
     runtime = runtime_preview(result.model, decisions)
     if runtime.float_kernels:
         log.info(
@@ -222,7 +236,7 @@ def quantize(
         batch = affordable_batch(prepared.model, eval_set, calibration.batch_size, threads=threads)
         fidelity = evaluate(
             reference,
-            candidate,
+            quantized_runner,
             eval_set,
             batch_size=batch,
             progress=progress,
@@ -242,6 +256,7 @@ def quantize(
         fidelity=fidelity,
         fidelity_data=str(eval_path) if eval_path is not None else None,
         float_biases=result.float_biases,
+        check=check,
     )
 
 
@@ -274,12 +289,14 @@ class _Ranges:
 
 def _static_ranges(
     prepared: PreparedModel, config: QuantConfig, source: _Ranges, progress: Progress | None
-) -> tuple[QuantPlan, dict[str, TensorRange], str]:
-    """The plan and its activation ranges. Tensors whose range is too wide for one scale
+) -> tuple[QuantPlan, dict[str, TensorRange], str, dict[str, str]]:
+    """The plan, its activation ranges, where they come from and the activation tensors
+    kept float. Tensors whose range is too wide for one scale
     (additive masks) are then kept float and the plan is made again without them."""
     plan = make_plan(prepared.model, config)
     if not plan.roots:
-        return plan, {}, "none needed (weights only)" if config.weights_only else "none needed"
+        why = "none needed (weights only)" if config.weights_only else "none needed"
+        return plan, {}, why, {}
     if source.file is not None:
         source.file.check_model(prepared.fingerprint, source.path)
         source.file.check_scheme(
@@ -300,7 +317,46 @@ def _static_ranges(
         missing = [t for t in plan.roots if t not in observed]
         if missing:
             observed.update(source.get(prepared, replace(plan, roots=tuple(missing))))
-    return plan, observed, what
+    return plan, observed, what, forbidden
+
+
+class _CandidateBuilder:
+    """Plans and rewrites the model again with more tensors and nodes kept float (for the
+    output check), reusing the ranges observed so far and the GPTQ codes."""
+
+    def __init__(
+        self,
+        prepared: PreparedModel,
+        config: QuantConfig,
+        source: _Ranges,
+        observed: dict[str, TensorRange],
+        forbidden: dict[str, str],
+        first: QuantPlan,
+        codes: dict[str, tuple[np.ndarray, QParams]],
+    ) -> None:
+        self.prepared = prepared
+        self.config = config
+        self.source = source
+        self.observed = dict(observed)
+        self.forbidden = dict(forbidden)
+        self.aliases = dict(first.aliases)
+        self.codes = codes
+
+    def __call__(self, tensors: dict[str, str], nodes: dict[str, str]) -> Candidate:
+        forbidden = {**self.forbidden, **tensors}
+        forbidden.update({t: forbidden[r] for t, r in self.aliases.items() if r in forbidden})
+        plan = make_plan(self.prepared.model, self.config, forbidden, nodes)
+        missing = [t for t in plan.roots if t not in self.observed]
+        if missing:
+            self.observed.update(
+                self.source.get(self.prepared, replace(plan, roots=tuple(missing)))
+            )
+        return self.candidate(plan)
+
+    def candidate(self, plan: QuantPlan) -> Candidate:
+        qparams = {t: _activation_qparams(self.observed[t], self.config) for t in plan.roots}
+        result = rewrite(self.prepared.model, plan, qparams, self.config, self.codes)
+        return Candidate(plan, qparams, result)
 
 
 def _gptq_weights(

@@ -25,7 +25,7 @@ from onnxq.quant import quantize as q_values
 from onnxq.runtime import optimized_op_types
 
 import models
-from helpers import run
+from helpers import NO_CHECK, run
 
 data = hnp.arrays(
     np.float32,
@@ -326,7 +326,9 @@ def _conv_weight_run(tmp_path, method: str, outlier: float | None):
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "d.npz", **feed)
     out = tmp_path / f"{method}.onnx"
-    config = QuantConfig(weight_method=CalibrationMethod(method), weight_percentile=99.0)
+    config = QuantConfig(
+        weight_method=CalibrationMethod(method), weight_percentile=99.0, target=NO_CHECK
+    )
     quantize(tmp_path / "m.onnx", out, config, data=tmp_path / "d.npz")
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
     deq = inits["w1_quantized"].astype(np.float32) * inits["w1_scale"][:, None, None, None]
@@ -365,9 +367,17 @@ def test_automatic_remedy_sees_a_single_outlying_channel(tmp_path):
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "d.npz", **feed)
     plain = quantize(
-        tmp_path / "m.onnx", tmp_path / "a.onnx", QuantConfig(auto_sqnr=0), data=tmp_path / "d.npz"
+        tmp_path / "m.onnx",
+        tmp_path / "a.onnx",
+        QuantConfig(auto_sqnr=0, target=NO_CHECK),
+        data=tmp_path / "d.npz",
     )
-    auto = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", data=tmp_path / "d.npz")
+    auto = quantize(
+        tmp_path / "m.onnx",
+        tmp_path / "b.onnx",
+        QuantConfig(target=NO_CHECK),
+        data=tmp_path / "d.npz",
+    )
     down = next(d for d in auto.decisions if d.name == "down")
     assert "weights only" in down.reason and "'h'" in down.reason
     assert auto.fidelity.outputs[0].sqnr_db > plain.fidelity.outputs[0].sqnr_db + 6

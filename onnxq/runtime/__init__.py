@@ -1,6 +1,7 @@
 """The only part of onnxq that talks to onnxruntime."""
 
 from onnxq.runtime.session import (
+    OptLevel,
     Runner,
     measure_latency,
     optimize_model,
@@ -10,6 +11,7 @@ from onnxq.runtime.session import (
 )
 
 __all__ = [
+    "OptLevel",
     "Runner",
     "measure_latency",
     "optimize_model",

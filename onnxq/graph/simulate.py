@@ -1,0 +1,167 @@
+"""A float model in which each quantization decision can be switched on or off at run time.
+
+Used by the output-driven fallback (:mod:`onnxq.tuning`): every activation root of the plan
+and every integer weight of the rewritten model becomes a *unit* with a scalar graph input
+``mask``; the simulated value is ``x + mask * (DQ(Q(x)) - x)``, so one onnxruntime session
+answers "what does the output look like with exactly these units quantized" for any set of
+units, without re-planning or re-loading anything. Activations are quantized with the plan's
+qparams after the activation node they are fused with (a Relu stays in the graph, the Q/DQ
+sits on its output: the same values as the fused clamp); weights use the very
+DequantizeLinear nodes and codes of the rewritten model (GPTQ included). Integer biases are
+not simulated (their rounding error is far below the activation's); passthrough nodes run
+on the simulated float values, which equals running them on the integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxq.graph.names import NameFactory
+from onnxq.graph.plan import QuantPlan
+from onnxq.graph.rewrite import replace_input, topological
+from onnxq.graph.rules import GraphIndex, Role
+from onnxq.quant import QParams
+
+__all__ = ["Simulation", "Unit", "UnitKind", "build_simulation"]
+
+
+class UnitKind(str, Enum):
+    ACTIVATION = "activation"
+    WEIGHT = "weight"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One switchable quantization decision."""
+
+    kind: UnitKind
+    tensor: str  # the activation root, or the float weight initializer
+    nodes: tuple[str, ...]  # nodes whose weight this is (weights), or () (activations)
+    mask: str  # the scalar graph input that switches it
+
+    def describe(self) -> str:
+        if self.kind is UnitKind.ACTIVATION:
+            return f"activation '{self.tensor}'"
+        return f"weight '{self.tensor}' of {', '.join(self.nodes)}"
+
+
+@dataclass(frozen=True)
+class Simulation:
+    model: onnx.ModelProto
+    units: tuple[Unit, ...]
+
+    def feed(self, active: frozenset[int] | set[int]) -> dict[str, np.ndarray]:
+        """Mask inputs with the units of ``active`` (indices into ``units``) switched on."""
+        one, zero = np.ones((), np.float32), np.zeros((), np.float32)
+        return {u.mask: one if i in active else zero for i, u in enumerate(self.units)}
+
+
+def build_simulation(
+    model: onnx.ModelProto,
+    plan: QuantPlan,
+    quantized: onnx.ModelProto,
+    qparams: dict[str, QParams],
+) -> Simulation:
+    """The switchable simulation of ``quantized`` (the rewrite of the prepared float
+    ``model`` under ``plan`` with activation ``qparams``)."""
+    sim = onnx.ModelProto()
+    sim.CopyFrom(model)
+    g = sim.graph
+    names = NameFactory(sim)
+    for t in quantized.graph.initializer:  # codes and scales of the rewritten model
+        names.new(t.name)
+    idx = GraphIndex(sim)
+    by_name = {n.name: n for n in g.node}
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[TensorProto] = []
+    units: list[Unit] = []
+
+    def mask_input(base: str) -> str:
+        name = names.new(f"onnxq_mask_{base}")
+        g.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, []))
+        return name
+
+    def mix(exact: str, approx: str, mask: str, out: str, base: str) -> None:
+        """out = exact + mask * (approx - exact)"""
+        diff, scaled = names.new(f"{base}_sim_diff"), names.new(f"{base}_sim_scaled")
+        new_nodes.append(helper.make_node("Sub", [approx, exact], [diff], names.new(diff)))
+        new_nodes.append(helper.make_node("Mul", [diff, mask], [scaled], names.new(scaled)))
+        new_nodes.append(helper.make_node("Add", [exact, scaled], [out], names.new(out)))
+
+    # activations: Q/DQ with the plan's qparams, mixed with the float value
+    for root in plan.roots:
+        qp = qparams[root]
+        scale = names.new(f"{root}_sim_scale")
+        zp = names.new(f"{root}_sim_zp")
+        new_inits.append(numpy_helper.from_array(qp.scale.astype(np.float32), scale))
+        new_inits.append(numpy_helper.from_array(qp.zero_point, zp))
+        mask = mask_input(root)
+        q, dq = names.new(f"{root}_sim_q"), names.new(f"{root}_sim_dq")
+        producer = idx.producer.get(root)
+        if producer is None:  # graph input: consumers read a new tensor
+            exact, out = root, names.new(f"{root}_sim")
+            for node in idx.consumers.get(root, []):
+                if node.name not in plan.float_readers:
+                    replace_input(node, root, out)
+        else:  # the producer writes a renamed tensor; the mix writes the original name
+            exact, out = names.new(f"{root}_sim_float"), root
+            node = by_name[producer.name]
+            for i, o in enumerate(node.output):
+                if o == root:
+                    node.output[i] = exact
+            for reader in idx.consumers.get(root, []):
+                if reader.name in plan.float_readers:
+                    replace_input(reader, root, exact)
+        new_nodes.append(helper.make_node("QuantizeLinear", [exact, scale, zp], [q], q))
+        new_nodes.append(helper.make_node("DequantizeLinear", [q, scale, zp], [dq], dq))
+        mix(exact, dq, mask, out, root)
+        units.append(Unit(UnitKind.ACTIVATION, root, (), mask))
+
+    # weights: the rewritten model's DequantizeLinear, mixed with the float initializer
+    q_producer = {o: n for n in quantized.graph.node for o in n.output}
+    q_inits = {t.name: t for t in quantized.graph.initializer}
+    q_nodes = {n.name: n for n in quantized.graph.node}
+    by_dq: dict[str, tuple[str, list[tuple[str, int]]]] = {}
+    for use in plan.weights:
+        if use.role is Role.BIAS or use.node not in q_nodes:
+            continue
+        dq_out = q_nodes[use.node].input[use.index]
+        dq_node = q_producer.get(dq_out)
+        if dq_node is None or dq_node.op_type != "DequantizeLinear":
+            continue
+        entry = by_dq.setdefault(dq_out, (use.tensor, []))
+        entry[1].append((use.node, use.index))
+    copied: set[str] = set()
+    for dq_out, (tensor, readers) in by_dq.items():
+        dq_node = q_producer[dq_out]
+        for name in dq_node.input:
+            if name and name not in copied:
+                new_inits.append(q_inits[name])
+                copied.add(name)
+        new_nodes.append(dq_node)
+        nodes = tuple(dict.fromkeys(n for n, _ in readers))
+        mask = mask_input(tensor)
+        out = names.new(f"{tensor}_sim")
+        mix(tensor, dq_out, mask, out, tensor)
+        for node_name, index in readers:
+            by_name[node_name].input[index] = out
+        units.append(Unit(UnitKind.WEIGHT, tensor, nodes, mask))
+
+    position = {n.name: i for i, n in enumerate(model.graph.node)}
+    made_by = {o: position[n.name] for n in model.graph.node for o in n.output}
+
+    def place(unit: Unit) -> int:  # neighbours in the graph stay neighbours in the search
+        if unit.kind is UnitKind.ACTIVATION:
+            return made_by.get(unit.tensor, -1)
+        return min(position[n] for n in unit.nodes)
+
+    ordered = topological([*g.node, *new_nodes], g)
+    del g.node[:]
+    g.node.extend(ordered)
+    g.initializer.extend(new_inits)
+    return Simulation(sim, tuple(sorted(units, key=place)))

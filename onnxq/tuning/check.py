@@ -1,0 +1,167 @@
+"""The output check: a few calibration samples, the float model's outputs on them, and how
+far a candidate's outputs are from those (noise ratio per output, top-1 agreement).
+
+An output made by Softmax / LogSoftmax is compared before it, on the logits: there the
+noise of different quantized parts adds up (the probabilities saturate), and the top-1
+decision along the softmax axis is the same. Top-1 agreement is counted along the softmax
+axis for any rank (per position of a sequence model) and along axis 1 for other
+[batch, classes] outputs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxq.config import FidelityTarget
+from onnxq.data import Dataset
+from onnxq.graph.outputs import with_outputs
+from onnxq.graph.rules import GraphIndex, attribute
+from onnxq.report.metrics import is_classifier
+from onnxq.runtime import OptLevel, Runner
+
+__all__ = ["CheckResult", "CheckSet", "check_samples", "make_check_set"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """How a candidate's outputs compare with the float outputs on the check samples."""
+
+    samples: int
+    noise: dict[str, float]  # Σ(ref - out)² / Σ ref², per float output
+    top1: dict[str, float]  # top-1 agreement of classifier-shaped outputs
+
+    @property
+    def sqnr_db(self) -> float:
+        """The worst output's SQNR (inf when every output is exact)."""
+        worst = max(self.noise.values(), default=0.0)
+        return math.inf if worst <= 0 else -10.0 * math.log10(worst)
+
+    @property
+    def worst_top1(self) -> float | None:
+        return min(self.top1.values()) if self.top1 else None
+
+    def meets(self, target: FidelityTarget) -> bool:
+        top1 = self.worst_top1
+        return self.sqnr_db >= target.sqnr_db and (top1 is None or top1 >= target.top1)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "samples": self.samples,
+            "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else None,
+            "top1_agreement": self.worst_top1,
+        }
+
+
+@dataclass(frozen=True)
+class CheckSet:
+    """Feeds of the check samples and the float model's outputs on them."""
+
+    feeds: tuple[dict[str, np.ndarray], ...]
+    reference: tuple[dict[str, np.ndarray], ...]
+    outputs: tuple[str, ...]  # tensors compared: float outputs, or the logits before them
+    axes: dict[str, int]  # top-1 axis of the decision-making tensors
+    samples: int
+
+    def runner(
+        self,
+        model: onnx.ModelProto,
+        *,
+        threads: int = 0,
+        level: OptLevel = OptLevel.ALL,
+        what: str = "quantized model",
+    ) -> Runner:
+        """A session over ``model`` that can fetch the compared tensors."""
+        return Runner(with_outputs(model, self.outputs), threads=threads, level=level, what=what)
+
+    def run(self, runner: Runner, extra: Mapping[str, np.ndarray] | None = None) -> CheckResult:
+        """Run ``runner`` (with ``extra`` inputs, e.g. simulation masks) on every feed."""
+        noise = dict.fromkeys(self.outputs, 0.0)
+        signal = dict.fromkeys(self.outputs, 0.0)
+        agree = dict.fromkeys(self.outputs, 0)
+        rows = dict.fromkeys(self.outputs, 0)
+        for feed, ref in zip(self.feeds, self.reference, strict=True):
+            out = runner.run({**feed, **(extra or {})}, self.outputs)
+            for name in self.outputs:
+                r = ref[name].astype(np.float64)
+                c = np.asarray(out[name], np.float64)
+                noise[name] += float(np.sum((r - c) ** 2))
+                signal[name] += float(np.sum(r**2))
+                if name in self.axes:
+                    axis = self.axes[name]
+                    same = r.argmax(axis) == c.argmax(axis)
+                    agree[name] += int(np.sum(same))
+                    rows[name] += same.size
+        ratio = {
+            n: (noise[n] / signal[n] if signal[n] > 0 else (0.0 if noise[n] == 0 else math.inf))
+            for n in self.outputs
+        }
+        top1 = {n: agree[n] / rows[n] for n in self.outputs if rows[n]}
+        return CheckResult(self.samples, ratio, top1)
+
+    def noise_vector(
+        self, runner: Runner, extra: Mapping[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        result = self.run(runner, extra)
+        return np.array([result.noise[n] for n in self.outputs])
+
+
+def check_samples(dataset: Dataset, budget: float = 2e6, low: int = 4, high: int = 128) -> int:
+    """How many calibration samples the check uses: about ``budget`` input elements in
+    all (large images: a few; short sequences: many, up to ``high``), never more than the
+    data holds. A function of the data's shapes only, so the result is reproducible."""
+    probe = next(dataset.batches(1))
+    per_sample = sum(v.size for v in probe.feed.values()) / max(probe.size, 1)
+    return int(min(dataset.num_samples, max(low, min(high, budget // max(per_sample, 1.0)))))
+
+
+def make_check_set(
+    model: onnx.ModelProto, dataset: Dataset, *, batch_size: int = 32, threads: int = 0
+) -> CheckSet:
+    """The first :func:`check_samples` calibration samples (whole batches) and the float
+    ``model``'s outputs on them."""
+    wanted = check_samples(dataset)
+    compared, softmax_axes = _compared(model)
+    reference = Runner(with_outputs(model, compared), threads=threads, what="float model")
+    feeds: list[dict[str, np.ndarray]] = []
+    refs: list[dict[str, np.ndarray]] = []
+    samples = 0
+    for batch in dataset.batches(min(batch_size, wanted)):
+        ref = reference.run(batch.feed, compared)
+        feeds.append(batch.feed)
+        refs.append({n: np.asarray(ref[n]) for n in compared})
+        samples += batch.size
+        if samples >= wanted:
+            break
+    names = tuple(
+        n
+        for n in compared
+        if refs and np.issubdtype(refs[0][n].dtype, np.floating) and refs[0][n].size
+    )
+    axes = dict(softmax_axes)
+    for n in names:
+        if n not in axes and refs and is_classifier(refs[0][n]):
+            axes[n] = 1
+    return CheckSet(
+        tuple(feeds), tuple({n: r[n] for n in names} for r in refs), names, axes, samples
+    )
+
+
+def _compared(model: onnx.ModelProto) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The tensors compared (each output, or the input of the Softmax that makes it) and
+    the softmax axis of those that are logits."""
+    idx = GraphIndex(model)
+    names: list[str] = []
+    axes: dict[str, int] = {}
+    for out in model.graph.output:
+        producer = idx.producer.get(out.name)
+        if producer is not None and producer.op_type in ("Softmax", "LogSoftmax"):
+            logits = producer.input[0]
+            names.append(logits)
+            axes[logits] = int(attribute(producer, "axis", -1))
+        else:
+            names.append(out.name)
+    return tuple(dict.fromkeys(names)), axes

@@ -1,0 +1,150 @@
+"""The output-driven fallback loop.
+
+After the rewrite, the quantized model runs on a few calibration samples next to the float
+model. When its outputs miss the :class:`~onnxq.config.FidelityTarget`, a switchable
+simulation (:mod:`onnxq.graph.simulate`) and the group-testing search
+(:mod:`onnxq.tuning.search`) find the activations and weights that cost the most, those are
+kept float, the model is planned and rewritten again and checked for real. If the real
+model still misses, the search goes on with a limit 3 dB stricter (a few rounds). The best
+candidate is kept; whether the target was met is reported, never hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+
+from onnxq.config import FidelityTarget
+from onnxq.graph.plan import QuantPlan
+from onnxq.graph.rewrite import RewriteResult
+from onnxq.graph.simulate import UnitKind, build_simulation
+from onnxq.quant import QParams
+from onnxq.runtime import OptLevel
+from onnxq.tuning.check import CheckResult, CheckSet
+from onnxq.tuning.search import Measurements, search_fallback
+
+__all__ = ["Candidate", "FitReport", "fit_target"]
+
+log = logging.getLogger("onnxq")
+
+WHY = "kept float by the output check (costs output fidelity)"
+MAX_FLOAT_SHARE = 0.2  # the check keeps at most this share of the decisions float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    plan: QuantPlan
+    qparams: dict[str, QParams]
+    result: RewriteResult
+
+
+# (activation tensors to keep float, nodes to keep float) -> a planned, rewritten candidate
+Build = Callable[[dict[str, str], dict[str, str]], Candidate]
+
+
+@dataclass(frozen=True)
+class FitReport:
+    target: FidelityTarget
+    before: CheckResult
+    after: CheckResult
+    float_tensors: tuple[str, ...]
+    float_nodes: tuple[str, ...]
+    passes: int  # simulation runs over the check samples
+    rounds: int  # candidates planned, rewritten and checked after the first
+
+    @property
+    def met(self) -> bool:
+        return self.after.meets(self.target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": {"sqnr_db": self.target.sqnr_db, "top1_agreement": self.target.top1},
+            "met": self.met,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "float_tensors": list(self.float_tensors),
+            "float_nodes": list(self.float_nodes),
+            "simulation_passes": self.passes,
+            "rounds": self.rounds,
+        }
+
+
+def _score(result: CheckResult, target: FidelityTarget) -> tuple[bool, float]:
+    top1 = result.worst_top1
+    margin = result.sqnr_db - target.sqnr_db
+    if top1 is not None:
+        margin = min(margin, 100.0 * (top1 - target.top1))
+    return result.meets(target), margin if math.isfinite(margin) else 1e9
+
+
+def fit_target(
+    model: onnx.ModelProto,
+    first: Candidate,
+    build: Build,
+    check: CheckSet,
+    target: FidelityTarget,
+    *,
+    threads: int = 0,
+    rounds: int = 3,
+    passes: int = 48,
+) -> tuple[Candidate, FitReport]:
+    """The candidate that meets ``target`` on ``check`` while keeping the fewest
+    decisions float (``first`` when it already does). ``model`` is the prepared float
+    model ``first`` was rewritten from."""
+    before = check.run(check.runner(first.result.model, threads=threads))
+    log.info("output check: %s on %d samples", _describe(before), before.samples)
+    if before.meets(target):
+        return first, FitReport(target, before, before, (), (), 0, 0)
+    sim = build_simulation(model, first.plan, first.result.model, first.qparams)
+    if not sim.units:
+        return first, FitReport(target, before, before, (), (), 0, 0)
+    runner = check.runner(sim.model, threads=threads, level=OptLevel.BASIC, what="simulation")
+    measure = Measurements(lambda active: check.noise_vector(runner, sim.feed(active)))
+    limit = 10.0 ** (-target.sqnr_db / 10.0)
+    cap = max(1, int(len(sim.units) * MAX_FLOAT_SHARE))
+    best, best_result = first, before
+    best_parts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    float_tensors: dict[str, str] = {}
+    float_nodes: dict[str, str] = {}
+    keep: frozenset[int] = frozenset()
+    done = 0
+    for done in range(1, rounds + 1):  # noqa: B007 - reported
+        left = passes - measure.passes
+        if left <= 0:
+            break
+        found = search_fallback(
+            len(sim.units), measure, limit, keep_float=keep, budget=left, max_float=cap
+        )
+        keep = found.floated
+        chosen = [sim.units[i] for i in sorted(keep)]
+        float_tensors = {u.tensor: WHY for u in chosen if u.kind is UnitKind.ACTIVATION}
+        float_nodes = {n: WHY for u in chosen if u.kind is UnitKind.WEIGHT for n in u.nodes}
+        candidate = build(float_tensors, float_nodes)
+        result = check.run(check.runner(candidate.result.model, threads=threads))
+        log.info(
+            "output check, round %d: %d activations and %d nodes float, %s",
+            done,
+            len(float_tensors),
+            len(float_nodes),
+            _describe(result),
+        )
+        if _score(result, target) > _score(best_result, target):
+            best, best_result = candidate, result
+            best_parts = (tuple(float_tensors), tuple(float_nodes))
+        if result.meets(target) or len(keep) >= cap:
+            break
+        limit /= 2.0
+    return best, FitReport(
+        target, before, best_result, best_parts[0], best_parts[1], measure.passes, done
+    )
+
+
+def _describe(result: CheckResult) -> str:
+    top1 = result.worst_top1
+    text = f"SQNR {result.sqnr_db:.1f} dB"
+    return text if top1 is None else f"{text}, top-1 agreement {100 * top1:.1f} %"
