@@ -28,7 +28,8 @@ the whole process: interpreter and libraries included) as JSON. Each child runs 
 
 - ``onnxq default``: ``onnxq.quantize(model, out, QuantConfig(), data=calib)``;
 - ``onnxq`` settings tried for "best" (see ``ONNXQ_SETTINGS``): percentile calibration,
-  ``weights_only``, ``auto_sqnr=40`` (magika), 4-bit GPTQ blocks of 128 (minilm); the row
+  ``weights_only``, the output check off (``no_check``), ``auto_sqnr=40`` (magika), 4-bit
+  GPTQ blocks of 128 (minilm); the row
   "onnxq best" is the setting with the best fidelity metric (ties: the earlier setting);
 - ``ort static minmax|entropy|percentile``: ``quantize_static``, QDQ, per_channel,
   weights QInt8, activations QUInt8, a ``CalibrationDataReader`` over the calibration npz
@@ -87,10 +88,10 @@ MODELS = [
 ]
 #: onnxq settings tried per model (the first is "onnxq default").
 ONNXQ_SETTINGS: dict[str, list[str]] = {
-    "magika": ["default", "percentile", "auto_sqnr40", "weights_only"],
-    "minilm": ["default", "percentile", "weights_only", "w4_block128_gptq"],
+    "magika": ["default", "no_check", "percentile", "auto_sqnr40", "weights_only"],
+    "minilm": ["default", "no_check", "percentile", "weights_only", "w4_block128_gptq"],
 }
-DEFAULT_SETTINGS = ["default", "percentile", "weights_only"]
+DEFAULT_SETTINGS = ["default", "no_check", "percentile", "weights_only"]
 ORT_CONFIGS = ["ort_static_minmax", "ort_static_entropy", "ort_static_percentile", "ort_dynamic"]
 LABEL = {
     "ort_static_minmax": "ort static MinMax",
@@ -219,6 +220,8 @@ def onnxq_setting(setting: str) -> tuple[Any, Any]:
         cal = onnxq.CalibrationConfig(method=onnxq.CalibrationMethod.PERCENTILE)
     elif setting == "auto_sqnr40":
         qc = onnxq.QuantConfig(auto_sqnr=40)
+    elif setting == "no_check":
+        qc = onnxq.QuantConfig(target=onnxq.FidelityTarget(sqnr_db=0))
     elif setting == "weights_only":
         qc = onnxq.QuantConfig(weights_only=True)
     elif setting == "w4_block128_gptq":
@@ -238,6 +241,7 @@ SETTING_CODE = {
     "default": "QuantConfig()",
     "percentile": "QuantConfig(), calibration=CalibrationConfig(method=PERCENTILE)",
     "auto_sqnr40": "QuantConfig(auto_sqnr=40)",
+    "no_check": "QuantConfig(target=FidelityTarget(sqnr_db=0)) (the output check off)",
     "weights_only": "QuantConfig(weights_only=True)",
     "w4_block128_gptq": "QuantConfig(weights_only=True, weight_bits=4, "
     "granularity=BLOCK, block_size=128, gptq=True)",

@@ -12,6 +12,7 @@ from onnxq.calibration.ranges import RangesFile, read_ranges
 from onnxq.config import (
     CalibrationConfig,
     CalibrationMethod,
+    FidelityTarget,
     Granularity,
     QuantConfig,
     RangeMode,
@@ -27,6 +28,7 @@ __all__ = [
     "CompareReport",
     "ConfigError",
     "DataError",
+    "FidelityTarget",
     "Granularity",
     "ModelError",
     "OnnxqError",
