@@ -1,0 +1,249 @@
+"""The output check: the group-testing search, the switchable simulation, and the loop in
+``quantize`` (real onnxruntime sessions throughout)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from onnxq import FidelityTarget, QuantConfig, quantize
+from onnxq.cli.main import cli
+from onnxq.data import open_dataset
+from onnxq.errors import ConfigError
+from onnxq.graph.model_io import input_specs
+from onnxq.graph.simulate import UnitKind, build_simulation
+from onnxq.prepare import prepare
+from onnxq.runtime import OptLevel, Runner
+from onnxq.tuning.check import make_check_set
+from onnxq.tuning.search import search_fallback
+
+import models
+from helpers import NO_CHECK, quantize_in_memory, run
+
+# ----------------------------------------------------------------------------- the search
+
+
+def _additive(noise: np.ndarray):
+    calls = []
+
+    def measure(active: frozenset[int]) -> np.ndarray:
+        calls.append(active)
+        return np.array([sum(float(noise[i]) for i in active)])
+
+    return measure, calls
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=40),
+    st.floats(1e-4, 2.0),
+)
+def test_search_floats_exactly_the_largest_units_when_noise_adds(values, limit):
+    noise = np.array(values)
+    measure, _ = _additive(noise)
+    found = search_fallback(len(noise), measure, limit, budget=10_000)
+    remaining = noise.sum() - noise[list(found.floated)].sum()
+    assert found.met and remaining <= limit * (1 + 1e-9)
+    k = len(found.floated)
+    order = np.argsort(-noise, kind="stable")
+    # the floated units are the k noisiest (up to ties) ...
+    if 0 < k < len(noise):
+        assert noise[list(found.floated)].min() >= noise[order[k]] - 1e-12
+    # ... and no smaller set of the noisiest would do
+    if k:
+        assert noise.sum() - noise[order[: k - 1]].sum() > limit
+
+
+def test_search_needs_few_measurements_for_one_costly_unit():
+    noise = np.full(256, 1e-6)
+    noise[137] = 1.0
+    measure, calls = _additive(noise)
+    found = search_fallback(len(noise), measure, 1e-2)
+    assert found.met and found.floated == {137}
+    assert len(calls) <= 2 * 8 + 2  # two halves per level of a 256-unit binary split
+
+
+def test_search_goes_on_when_the_parts_interact():
+    """Noise that grows faster than the sum of its parts: the prediction says 'enough',
+    the measurement says no, and the search keeps going until the measurement agrees."""
+    noise = np.linspace(0.01, 0.1, 12)
+
+    def measure(active: frozenset[int]) -> np.ndarray:
+        total = sum(float(noise[i]) for i in active)
+        return np.array([total * (1 + 2 * total)])
+
+    found = search_fallback(len(noise), measure, 0.15)
+    assert found.met and float(found.noise[0]) <= 0.15
+    assert float(measure(frozenset(range(12)) - found.floated)[0]) <= 0.15
+
+
+def test_search_respects_the_cap_and_says_when_it_misses():
+    noise = np.ones(10)
+    measure, _ = _additive(noise)
+    found = search_fallback(len(noise), measure, 0.5, max_float=3)
+    assert not found.met and len(found.floated) == 3
+
+
+def test_search_worst_output_decides():
+    # output 0 is fine everywhere; output 1 suffers from unit 4 only
+    def measure(active):
+        return np.array([1e-5 * len(active), 1.0 if 4 in active else 0.0])
+
+    found = search_fallback(8, measure, 1e-3)
+    assert found.met and found.floated == {4}
+
+
+# ----------------------------------------------------------------------------- simulation
+
+
+def test_simulation_matches_float_off_and_the_quantized_model_on(tmp_path):
+    model, feed = models.single_op("conv")
+    result, plan = quantize_in_memory(model, feed, QuantConfig(), tmp_path)
+    prepared = prepare(model).model
+    from onnxq.calibration.calibrate import observe
+    from onnxq.config import CalibrationConfig
+    from onnxq.quantize import _activation_qparams
+
+    np.savez(tmp_path / "d.npz", **feed)
+    data = open_dataset(tmp_path / "d.npz", input_specs(model))
+    observed = observe(prepare(model), data, plan.roots, CalibrationConfig())
+    qparams = {t: _activation_qparams(observed[t], QuantConfig()) for t in plan.roots}
+    sim = build_simulation(prepared, plan, result.model, qparams)
+    kinds = {u.kind for u in sim.units}
+    assert kinds == {UnitKind.ACTIVATION, UnitKind.WEIGHT}
+    onnx.checker.check_model(sim.model)
+    runner = Runner(sim.model, level=OptLevel.BASIC)
+    name = model.graph.output[0].name
+    off = runner.run({**feed, **sim.feed(frozenset())})[name]
+    on = runner.run({**feed, **sim.feed(frozenset(range(len(sim.units))))})[name]
+    (float_out,) = run(model, feed)
+    (quant_out,) = run(result.model, feed, optimize=False)  # literal Q/DQ semantics
+    np.testing.assert_allclose(off, float_out, rtol=1e-5, atol=1e-5)
+    step = np.ptp(float_out) / 255
+    assert np.abs(on - quant_out).max() <= 2 * step
+    assert np.abs(on - float_out).max() > 0  # switching on changes something
+
+
+# ----------------------------------------------------------------------------- check set
+
+
+def _softmax_classifier(seed=0):
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    w = rng.normal(0, 0.3, (32, 10)).astype(f32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc"),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="sm", axis=-1),
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 32])],
+            [helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, ["N", 10])],
+            [onnx.numpy_helper.from_array(w, "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    return model, {"x": rng.normal(0, 1, (40, 32)).astype(f32)}
+
+
+def test_check_compares_logits_before_a_softmax_and_counts_top1(tmp_path):
+    model, feed = _softmax_classifier()
+    np.savez(tmp_path / "d.npz", **feed)
+    data = open_dataset(tmp_path / "d.npz", input_specs(model))
+    check = make_check_set(prepare(model).model, data)
+    assert check.outputs == ("logits",) and check.axes == {"logits": -1}
+    assert check.samples == 40
+    same = check.run(check.runner(model))
+    assert same.noise == {"logits": 0.0} and same.top1 == {"logits": 1.0}
+    assert same.meets(FidelityTarget(60.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def test_output_check_rescues_what_the_range_remedy_left_out(tmp_path):
+    """Without the SQNR remedy the outlying channel ruins int8 activations; the output
+    check finds the tensor and keeps it float, and says so in the report."""
+    model, feed = models.outlier_channel_mlp()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    plain = quantize(
+        tmp_path / "m.onnx",
+        tmp_path / "a.onnx",
+        QuantConfig(auto_sqnr=0, target=NO_CHECK),
+        data=tmp_path / "d.npz",
+    )
+    checked = quantize(
+        tmp_path / "m.onnx", tmp_path / "b.onnx", QuantConfig(auto_sqnr=0), data=tmp_path / "d.npz"
+    )
+    assert plain.check is None
+    c = checked.check
+    assert c is not None and c.met and not c.before.meets(c.target)
+    assert c.float_tensors or c.float_nodes
+    assert checked.fidelity.outputs[0].sqnr_db >= 30.0
+    assert checked.fidelity.outputs[0].sqnr_db > plain.fidelity.outputs[0].sqnr_db + 6
+    kept = [d for d in checked.decisions if "output check" in d.reason]
+    assert kept, "the report must say which decisions the check undid"
+    assert checked.quantized_nodes >= 1
+
+
+def test_output_check_leaves_a_good_model_alone(tmp_path):
+    model = models.cnn()
+    shape = [d.dim_value or 16 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    feed = {"input": np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)}
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    with_check = quantize(tmp_path / "m.onnx", tmp_path / "a.onnx", data=tmp_path / "d.npz")
+    quantize(
+        tmp_path / "m.onnx",
+        tmp_path / "b.onnx",
+        QuantConfig(target=NO_CHECK),
+        data=tmp_path / "d.npz",
+    )
+    assert with_check.check is not None and with_check.check.met
+    assert with_check.check.passes == 0 and not with_check.check.float_nodes
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_cli_reports_the_check_in_json_and_rejects_bad_targets(tmp_path):
+    model, feed = models.outlier_channel_mlp()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    base = [
+        "quantize",
+        tmp_path / "m.onnx",
+        "-o",
+        tmp_path / "q.onnx",
+        "--data",
+        tmp_path / "d.npz",
+    ]
+    res = CliRunner().invoke(cli, [str(a) for a in [*base, "--auto-sqnr", "0", "--json"]])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    check = doc["output_check"]
+    assert check["met"] and check["target"]["sqnr_db"] == 30.0
+    assert check["after"]["sqnr_db"] >= 30.0 > check["before"]["sqnr_db"]
+    res = CliRunner().invoke(cli, [str(a) for a in [*base, "--target-sqnr", "0", "--json"]])
+    assert res.exit_code == 0 and json.loads(res.stdout)["output_check"] is None
+    (tmp_path / "q.onnx").unlink()
+    res = CliRunner().invoke(cli, [str(a) for a in [*base, "--target-top1", "1.5"]])
+    assert res.exit_code == 2
+    assert "--target-top1" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_fidelity_target_validates():
+    with pytest.raises(ConfigError, match="--target-sqnr"):
+        FidelityTarget(sqnr_db=float("nan"))
+    with pytest.raises(ConfigError, match="--target-top1"):
+        FidelityTarget(top1=-0.1)
+    assert not FidelityTarget(sqnr_db=0).enabled
