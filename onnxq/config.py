@@ -184,7 +184,7 @@ class FidelityTarget:
     float output's SQNR at least ``sqnr_db`` and, on classifier-shaped outputs, top-1
     agreement with the float model at least ``top1``. ``sqnr_db`` 0 turns the check off."""
 
-    sqnr_db: float = 30.0
+    sqnr_db: float = 35.0
     top1: float = 0.99
 
     def __post_init__(self) -> None:

@@ -1,8 +1,9 @@
 """A float model in which each quantization decision can be switched on or off at run time.
 
 Used by the output-driven fallback (:mod:`onnxq.tuning`): every activation root of the plan
-and every integer weight of the rewritten model becomes a *unit* with a scalar graph input
-``mask``; the simulated value is ``x + mask * (DQ(Q(x)) - x)``, so one onnxruntime session
+and every integer weight of the rewritten model becomes a *unit* with a boolean graph input
+``mask``; the simulated value is ``If(mask, DQ(Q(x)), x)`` (a switched-off unit costs
+nothing), so one onnxruntime session
 answers "what does the output look like with exactly these units quantized" for any set of
 units, without re-planning or re-loading anything. Activations are quantized with the plan's
 qparams after the activation node they are fused with (a Relu stays in the graph, the Q/DQ
@@ -57,8 +58,8 @@ class Simulation:
 
     def feed(self, active: frozenset[int] | set[int]) -> dict[str, np.ndarray]:
         """Mask inputs with the units of ``active`` (indices into ``units``) switched on."""
-        one, zero = np.ones((), np.float32), np.zeros((), np.float32)
-        return {u.mask: one if i in active else zero for i, u in enumerate(self.units)}
+        on, off = np.array(True), np.array(False)
+        return {u.mask: on if i in active else off for i, u in enumerate(self.units)}
 
 
 def build_simulation(
@@ -83,15 +84,27 @@ def build_simulation(
 
     def mask_input(base: str) -> str:
         name = names.new(f"onnxq_mask_{base}")
-        g.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, []))
+        g.input.append(helper.make_tensor_value_info(name, TensorProto.BOOL, []))
         return name
 
-    def mix(exact: str, approx: str, mask: str, out: str, base: str) -> None:
-        """out = exact + mask * (approx - exact)"""
-        diff, scaled = names.new(f"{base}_sim_diff"), names.new(f"{base}_sim_scaled")
-        new_nodes.append(helper.make_node("Sub", [approx, exact], [diff], names.new(diff)))
-        new_nodes.append(helper.make_node("Mul", [diff, mask], [scaled], names.new(scaled)))
-        new_nodes.append(helper.make_node("Add", [exact, scaled], [out], names.new(out)))
+    def switch(exact: str, quantized: list[onnx.NodeProto], mask: str, out: str) -> None:
+        """out = If(mask, the ``quantized`` nodes' last output, exact): a switched-off
+        unit costs nothing, a switched-on one its Q/DQ only."""
+        then_out, else_out = names.new(f"{out}_sim_on"), names.new(f"{out}_sim_off")
+        quantized[-1].output[0] = then_out
+        then_g = helper.make_graph(
+            quantized, names.new(f"{out}_sim_then"), [], [_float_info(then_out)]
+        )
+        else_g = helper.make_graph(
+            [helper.make_node("Identity", [exact], [else_out], names.new(else_out))],
+            names.new(f"{out}_sim_else"),
+            [],
+            [_float_info(else_out)],
+        )
+        node = helper.make_node(
+            "If", [mask], [out], names.new(f"{out}_sim_if"), then_branch=then_g, else_branch=else_g
+        )
+        new_nodes.append(node)
 
     # activations: Q/DQ with the plan's qparams, mixed with the float value
     for root in plan.roots:
@@ -117,9 +130,11 @@ def build_simulation(
             for reader in idx.consumers.get(root, []):
                 if reader.name in plan.float_readers:
                     replace_input(reader, root, exact)
-        new_nodes.append(helper.make_node("QuantizeLinear", [exact, scale, zp], [q], q))
-        new_nodes.append(helper.make_node("DequantizeLinear", [q, scale, zp], [dq], dq))
-        mix(exact, dq, mask, out, root)
+        qdq = [
+            helper.make_node("QuantizeLinear", [exact, scale, zp], [q], q),
+            helper.make_node("DequantizeLinear", [q, scale, zp], [dq], dq),
+        ]
+        switch(exact, qdq, mask, out)
         units.append(Unit(UnitKind.ACTIVATION, root, (), mask))
 
     # weights: the rewritten model's DequantizeLinear, mixed with the float initializer
@@ -143,11 +158,12 @@ def build_simulation(
             if name and name not in copied:
                 new_inits.append(q_inits[name])
                 copied.add(name)
-        new_nodes.append(dq_node)
+        copy = onnx.NodeProto()
+        copy.CopyFrom(dq_node)
         nodes = tuple(dict.fromkeys(n for n, _ in readers))
         mask = mask_input(tensor)
         out = names.new(f"{tensor}_sim")
-        mix(tensor, dq_out, mask, out, tensor)
+        switch(tensor, [copy], mask, out)
         for node_name, index in readers:
             by_name[node_name].input[index] = out
         units.append(Unit(UnitKind.WEIGHT, tensor, nodes, mask))
@@ -165,3 +181,7 @@ def build_simulation(
     g.node.extend(ordered)
     g.initializer.extend(new_inits)
     return Simulation(sim, tuple(sorted(units, key=place)))
+
+
+def _float_info(name: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)

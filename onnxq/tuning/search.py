@@ -15,7 +15,8 @@ that to find the costly units without measuring each one (adaptive group testing
    measurement is over (the parts interact), scale the predictions by the ratio seen and go
    on at step 2.
 
-The number of measurements grows with (costly units) × log2(units), not with the units.
+The number of measurements grows with (costly units) × log2(units), not with the units:
+two per level of the split when a single unit is costly.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def search_fallback(
             floated.add(g[0])
             continue
         half = len(g) // 2
-        for part in (g[:half], g[half:]):
+        for part in (g[:half], g[half:]):  # both measured: the parts need not add up exactly
             noise[part] = m(frozenset(part))
             groups.append(part)
     active = frozenset(everything - floated)
