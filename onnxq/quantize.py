@@ -30,7 +30,7 @@ from onnxq.graph.model_io import (
 )
 from onnxq.graph.outputs import restrict_value_info
 from onnxq.graph.plan import NodeDecision, QuantPlan, make_plan
-from onnxq.graph.rewrite import rewrite
+from onnxq.graph.rewrite import RewriteResult, rewrite
 from onnxq.graph.rules import GraphIndex
 from onnxq.prepare import PreparedModel, prepare
 from onnxq.quant import QParams, compute_qparams
@@ -191,24 +191,25 @@ def quantize(
             codes = _gptq_weights(prepared, plan, config, gptq_data, calibration, threads, progress)
         build = _CandidateBuilder(prepared, config, source_of, observed, forbidden, plan, codes)
         candidate = build.candidate(plan)
-        if config.target.enabled and calib_set is not None:
+        if config.target.enabled and calib_set is None:
+            log.info("the output check needs calibration data (--data): skipped")
+        elif config.target.enabled and calib_set is not None:
             if progress is not None:
                 progress("output check", 0, 1)
             check_set = make_check_set(
                 prepared.model, calib_set, batch_size=calibration.batch_size, threads=threads
             )
-            candidate, check = fit_target(
-                prepared.model, candidate, build, check_set, config.target, threads=threads
-            )
+            if check_set.outputs:
+                candidate, check = fit_target(
+                    prepared.model, candidate, build, check_set, config.target, threads=threads
+                )
+            else:
+                log.info("the output check has no float output with signal to compare: skipped")
+            if progress is not None:
+                progress("output check", 1, 1)
         result, decisions = candidate.result, candidate.plan.decisions
-    embedded, tables = quantize_embeddings(result.model, decisions)
-    if tables:
-        result = replace(
-            result,
-            model=embedded,
-            quantized_nodes=result.quantized_nodes + tables,
-            quantized_weights=result.quantized_weights + tables,
-        )
+    if dynamic:
+        result = _with_embeddings(result, decisions)
     if result.quantized_nodes == 0:
         raise ModelError(
             f"nothing in '{model_path}' can be quantized with these settings (weights inside "
@@ -356,7 +357,20 @@ class _CandidateBuilder:
     def candidate(self, plan: QuantPlan) -> Candidate:
         qparams = {t: _activation_qparams(self.observed[t], self.config) for t in plan.roots}
         result = rewrite(self.prepared.model, plan, qparams, self.config, self.codes)
-        return Candidate(plan, qparams, result)
+        return Candidate(plan, qparams, _with_embeddings(result, plan.decisions))
+
+
+def _with_embeddings(result: RewriteResult, decisions: tuple[NodeDecision, ...]) -> RewriteResult:
+    """``result`` with its embedding tables stored as int8 rows."""
+    embedded, tables = quantize_embeddings(result.model, decisions)
+    if not tables:
+        return result
+    return replace(
+        result,
+        model=embedded,
+        quantized_nodes=result.quantized_nodes + tables,
+        quantized_weights=result.quantized_weights + tables,
+    )
 
 
 def _gptq_weights(

@@ -39,15 +39,15 @@ def test_quantize_json_is_one_document_and_the_file_runs(cnn_files):
         "--labels",
         "labels",
         "--json",
+        "--target-sqnr",
+        "0",  # the plan as made (the output check has tests of its own)
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["schema"] == "onnxq-quantize"
-    # 7 planned; the output check (35 dB on this random CNN) may keep one or two float
-    assert 5 <= doc["quantized_nodes"] <= 7
-    assert doc["output_check"]["target"]["sqnr_db"] == 35.0
+    assert doc["schema"] == "onnxq-quantize" and doc["quantized_nodes"] == 7
+    assert doc["output_check"] is None
     assert doc["size"]["quantized_bytes"] == out.stat().st_size
-    assert doc["runtime"]["integer_kernels"] >= doc["quantized_nodes"]
+    assert doc["runtime"]["integer_kernels"] >= 7
     assert doc["fidelity"]["outputs"][0]["cosine_mean"] > 0.999
     assert doc["fidelity"]["accuracy"]["output"] == "logits"
     onnx.checker.check_model(onnx.load(str(out)))

@@ -249,3 +249,56 @@ def test_fidelity_target_validates():
     with pytest.raises(ConfigError, match="--target-top1"):
         FidelityTarget(top1=-0.1)
     assert not FidelityTarget(sqnr_db=0).enabled
+
+
+def test_check_measures_the_written_model_embeddings_included(tmp_path):
+    """The check's 'after' is the file written: on the same samples it must equal the
+    fidelity report of that file (a check made before the int8 embedding rows would not)."""
+    model, feed = models.embedding_model()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    report = quantize(
+        tmp_path / "m.onnx",
+        tmp_path / "q.onnx",
+        QuantConfig(weights_only=True, target=FidelityTarget(sqnr_db=1.0)),
+        data=tmp_path / "d.npz",
+    )
+    assert any(d.op_type == "Gather" and d.quantized for d in report.decisions)
+    assert report.check is not None and report.check.after.samples == 32
+    assert report.check.after.sqnr_db == pytest.approx(report.fidelity.outputs[0].sqnr_db, abs=0.01)
+
+
+def test_check_set_skips_empty_outputs_and_asks_top1_of_probabilities_only(tmp_path):
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    w = rng.normal(0, 0.3, (16, 6)).astype(f32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["emb"], name="fc"),  # an embedding
+        helper.make_node("Exp", ["emb"], ["e"], name="exp"),
+        helper.make_node("ReduceSum", ["e", "one"], ["s"], name="sum", keepdims=1),
+        helper.make_node("Div", ["e", "s"], ["probs"], name="div"),  # softmax, written out
+        helper.make_node("Mul", ["emb", "zero"], ["nothing"], name="zero_out"),  # all zero
+    ]
+    outs = [
+        helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", 6])
+        for n in ("emb", "probs", "nothing")
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
+            outs,
+            [
+                onnx.numpy_helper.from_array(w, "w"),
+                onnx.numpy_helper.from_array(np.array([1], np.int64), "one"),
+                onnx.numpy_helper.from_array(np.zeros(1, f32), "zero"),
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    np.savez(tmp_path / "d.npz", x=rng.normal(0, 1, (20, 16)).astype(f32))
+    data = open_dataset(tmp_path / "d.npz", input_specs(model))
+    check = make_check_set(model, data)
+    assert check.outputs == ("emb", "probs")  # 'nothing' has no signal to compare
+    assert check.axes == {"probs": 1}  # no top-1 asked of the embedding

@@ -9,8 +9,9 @@ units, without re-planning or re-loading anything. Activations are quantized wit
 qparams after the activation node they are fused with (a Relu stays in the graph, the Q/DQ
 sits on its output: the same values as the fused clamp); weights use the very
 DequantizeLinear nodes and codes of the rewritten model (GPTQ included). Integer biases are
-not simulated (their rounding error is far below the activation's); passthrough nodes run
-on the simulated float values, which equals running them on the integers.
+not simulated (their rounding error is far below the activation's), nor are embedding
+tables; passthrough nodes run on the simulated float values, which equals running them on
+the integers for MaxPool and shape ops (a linear Resize on integers also rounds).
 """
 
 from __future__ import annotations

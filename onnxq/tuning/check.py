@@ -4,8 +4,10 @@ far a candidate's outputs are from those (noise ratio per output, top-1 agreemen
 An output made by Softmax / LogSoftmax is compared before it, on the logits: there the
 noise of different quantized parts adds up (the probabilities saturate), and the top-1
 decision along the softmax axis is the same. Top-1 agreement is counted along the softmax
-axis for any rank (per position of a sequence model) and along axis 1 for other
-[batch, classes] outputs."""
+axis for any rank (per position of a sequence model) and along axis 1 for [batch, classes]
+outputs whose rows are probabilities (a softmax written out as Exp/Sum/Div); never for
+embeddings or regressions. Outputs that are not float, hold NaN/Inf or are all zero on the
+check samples are not compared."""
 
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ class CheckResult:
     @property
     def sqnr_db(self) -> float:
         """The worst output's SQNR (inf when every output is exact)."""
-        worst = max(self.noise.values(), default=0.0)
+        values = list(self.noise.values())
+        if any(math.isnan(v) for v in values):
+            return -math.inf
+        worst = max(values, default=0.0)
         return math.inf if worst <= 0 else -10.0 * math.log10(worst)
 
     @property
@@ -113,6 +118,7 @@ class CheckSet:
             n: (noise[n] / signal[n] if signal[n] > 0 else (0.0 if noise[n] == 0 else math.inf))
             for n in self.outputs
         }
+        ratio = {n: math.inf if math.isnan(v) else v for n, v in ratio.items()}  # NaN out
         top1 = {n: agree[n] / rows[n] for n in self.outputs if rows[n]}
         return CheckResult(self.samples, ratio, top1)
 
@@ -153,18 +159,28 @@ def make_check_set(
         samples += batch.size
         if samples >= wanted:
             break
-    names = tuple(
-        n
-        for n in compared
-        if refs and np.issubdtype(refs[0][n].dtype, np.floating) and refs[0][n].size
-    )
-    axes = dict(softmax_axes)
+    names = tuple(n for n in compared if refs and _comparable([r[n] for r in refs]))
+    axes = {n: a for n, a in softmax_axes.items() if n in names}
     for n in names:
-        if n not in axes and refs and is_classifier(refs[0][n]):
+        if n not in axes and all(_probabilities(r[n]) for r in refs):
             axes[n] = 1
     return CheckSet(
         tuple(feeds), tuple({n: r[n] for n in names} for r in refs), names, axes, samples
     )
+
+
+def _comparable(values: list[np.ndarray]) -> bool:
+    """A float output with finite values and some signal (an SQNR can be taken)."""
+    if not all(np.issubdtype(v.dtype, np.floating) and v.size for v in values):
+        return False
+    return all(np.isfinite(v).all() for v in values) and any(np.any(v != 0) for v in values)
+
+
+def _probabilities(value: np.ndarray) -> bool:
+    """[batch, classes] rows of probabilities (a softmax written out as Exp/Sum/Div)."""
+    if not is_classifier(value) or value.min() < 0:
+        return False
+    return bool(np.allclose(value.sum(axis=1), 1.0, atol=1e-3))
 
 
 def _compared(model: onnx.ModelProto) -> tuple[tuple[str, ...], dict[str, int]]:

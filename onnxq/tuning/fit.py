@@ -80,7 +80,9 @@ def _score(result: CheckResult, target: FidelityTarget) -> tuple[bool, float]:
     margin = result.sqnr_db - target.sqnr_db
     if top1 is not None:
         margin = min(margin, 100.0 * (top1 - target.top1))
-    return result.meets(target), margin if math.isfinite(margin) else 1e9
+    if math.isnan(margin):
+        margin = -math.inf
+    return result.meets(target), margin
 
 
 def fit_target(
@@ -117,14 +119,17 @@ def fit_target(
     float_nodes: dict[str, str] = {}
     keep: frozenset[int] = frozenset()
     done = 0
-    for done in range(1, rounds + 1):  # noqa: B007 - reported
+    for _ in range(rounds):
         left = passes - measure.passes
         if left <= 0:
             break
         found = search_fallback(
             len(sim.units), measure, limit, keep_float=keep, budget=left, max_float=cap
         )
+        if found.floated == keep:  # nothing new to try
+            break
         keep = found.floated
+        done += 1
         chosen = [sim.units[i] for i in sorted(keep)]
         float_tensors = {u.tensor: WHY for u in chosen if u.kind is UnitKind.ACTIVATION}
         float_nodes = {n: WHY for u in chosen if u.kind is UnitKind.WEIGHT for n in u.nodes}

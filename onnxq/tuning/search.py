@@ -90,6 +90,8 @@ def search_fallback(
             if float(np.max(current, initial=0.0)) <= limit:
                 return SearchResult(frozenset(floated), current, m.passes - start, True)
             raw = predicted / scale
+            if float(np.max(raw)) <= 0:  # nothing left to predict from: give up
+                break
             ratio = current / np.maximum(raw, 1e-30)
             scale = max(float(np.max(ratio[raw > 0], initial=1.0)), scale * 1.25)
             continue
@@ -101,6 +103,8 @@ def search_fallback(
                 break
             floated.add(g[0])
             continue
+        if m.passes - start + 2 > budget:
+            break
         half = len(g) // 2
         for part in (g[:half], g[half:]):  # both measured: the parts need not add up exactly
             noise[part] = m(frozenset(part))
