@@ -126,9 +126,8 @@ def fit_target(
         found = search_fallback(
             len(sim.units), measure, limit, keep_float=keep, budget=left, max_float=cap
         )
-        if found.floated == keep:  # nothing new at this limit: ask for more, skip the re-plan
-            limit /= 2.0
-            continue
+        if found.floated == keep:  # nothing new to try
+            break
         keep = found.floated
         done += 1
         chosen = [sim.units[i] for i in sorted(keep)]
