@@ -312,13 +312,32 @@ def _static_ranges(
     observed = source.get(prepared, plan, progress)
     forbidden, observed = _auto_remedy(observed, config)
     if forbidden:
-        forbidden.update({t: forbidden[r] for t, r in plan.aliases.items() if r in forbidden})
+        forbidden = _with_aliases(forbidden, plan.aliases)
         log.info("keeping %d activation tensors in float", len(forbidden))
-        plan = make_plan(prepared.model, config, forbidden)
-        missing = [t for t in plan.roots if t not in observed]
-        if missing:
-            observed.update(source.get(prepared, replace(plan, roots=tuple(missing))))
+        plan = _replan(prepared, config, source, observed, forbidden)
     return plan, observed, what, forbidden
+
+
+def _with_aliases(forbidden: dict[str, str], aliases: dict[str, str]) -> dict[str, str]:
+    """``forbidden`` plus the integer-domain tensors that share a forbidden root's range."""
+    return {**forbidden, **{t: forbidden[r] for t, r in aliases.items() if r in forbidden}}
+
+
+def _replan(
+    prepared: PreparedModel,
+    config: QuantConfig,
+    source: _Ranges,
+    observed: dict[str, TensorRange],
+    forbidden: dict[str, str],
+    float_nodes: dict[str, str] | None = None,
+) -> QuantPlan:
+    """The plan with ``forbidden`` tensors and ``float_nodes`` kept float; ranges of roots
+    it has that earlier plans did not are observed now (added to ``observed``)."""
+    plan = make_plan(prepared.model, config, forbidden, float_nodes)
+    missing = [t for t in plan.roots if t not in observed]
+    if missing:
+        observed.update(source.get(prepared, replace(plan, roots=tuple(missing))))
+    return plan
 
 
 class _CandidateBuilder:
@@ -344,14 +363,8 @@ class _CandidateBuilder:
         self.codes = codes
 
     def __call__(self, tensors: dict[str, str], nodes: dict[str, str]) -> Candidate:
-        forbidden = {**self.forbidden, **tensors}
-        forbidden.update({t: forbidden[r] for t, r in self.aliases.items() if r in forbidden})
-        plan = make_plan(self.prepared.model, self.config, forbidden, nodes)
-        missing = [t for t in plan.roots if t not in self.observed]
-        if missing:
-            self.observed.update(
-                self.source.get(self.prepared, replace(plan, roots=tuple(missing)))
-            )
+        forbidden = _with_aliases({**self.forbidden, **tensors}, self.aliases)
+        plan = _replan(self.prepared, self.config, self.source, self.observed, forbidden, nodes)
         return self.candidate(plan)
 
     def candidate(self, plan: QuantPlan) -> Candidate:

@@ -115,8 +115,6 @@ def fit_target(
     cap = max(1, int(len(sim.units) * MAX_FLOAT_SHARE))
     best, best_result = first, before
     best_parts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-    float_tensors: dict[str, str] = {}
-    float_nodes: dict[str, str] = {}
     keep: frozenset[int] = frozenset()
     done = 0
     for _ in range(rounds):
