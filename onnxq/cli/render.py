@@ -26,8 +26,8 @@ from onnxq.tuning.check import CheckResult
 from onnxq.tuning.fit import FitReport
 
 # markup=False: names and paths such as "[batch, 1, 8, 8]" are printed as they are
-out = Console(highlight=False, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
+out = Console(highlight=False, markup=False, soft_wrap=True)  # lines stay whole in pipes
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 def setup_logging(debug: bool) -> None:
