@@ -12,7 +12,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from onnxq._version import __version__
-from onnxq.calibration.calibrate import Progress, affordable_batch, observe
+from onnxq.calibration.calibrate import Progress, activation_bytes, affordable_batch, observe
 from onnxq.calibration.moments import input_moments
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.ranges import RangesFile, read_ranges
@@ -176,6 +176,7 @@ def quantize(
 
     prepared = prepare(model, min_opset=config.min_opset)
     check: FitReport | None = None
+    sample_bytes: int | None = None  # float activations of one sample, once measured
     log.info("prepared %s: %s", model_path, "; ".join(prepared.steps) or "unchanged")
     if dynamic:
         result, decisions = rewrite_dynamic(prepared.model, config)
@@ -196,8 +197,13 @@ def quantize(
         elif config.target.enabled and calib_set is not None:
             if progress is not None:
                 progress("output check", 0, 1)
+            sample_bytes = activation_bytes(prepared.model, calib_set, threads=threads)
             check_set = make_check_set(
-                prepared.model, calib_set, batch_size=calibration.batch_size, threads=threads
+                prepared.model,
+                calib_set,
+                batch_size=calibration.batch_size,
+                threads=threads,
+                sample_bytes=sample_bytes,
             )
             if check_set.outputs:
                 candidate, check = fit_target(
@@ -234,12 +240,20 @@ def quantize(
     fidelity = None
     if eval_set is not None:
         reference = Runner(model, threads=threads, what="float model")
-        batch = affordable_batch(prepared.model, eval_set, calibration.batch_size, threads=threads)
+        if eval_set is not calib_set or sample_bytes is None:
+            sample_bytes = activation_bytes(prepared.model, eval_set, threads=threads)
+        batch = affordable_batch(
+            prepared.model, eval_set, calibration.batch_size, sample_bytes=sample_bytes
+        )
+        # in-sample (the calibration data, no --eval-data): a bounded share is enough to
+        # report on; held-out data is measured whole
+        limit = None if eval_set is not calib_set else _in_sample_limit(sample_bytes)
         fidelity = evaluate(
             reference,
             quantized_runner,
             eval_set,
             batch_size=batch,
+            limit=limit,
             progress=progress,
         )
     return QuantizeReport(
@@ -259,6 +273,15 @@ def quantize(
         float_biases=result.float_biases,
         check=check,
     )
+
+
+IN_SAMPLE_BYTES = 2**32  # float activations of the calibration samples the report runs
+
+
+def _in_sample_limit(sample_bytes: int) -> int:
+    """Samples of the calibration data the report measures: about IN_SAMPLE_BYTES of
+    float activations (every sample of a small model, a few of a large one), at least 8."""
+    return max(8, IN_SAMPLE_BYTES // max(sample_bytes, 1))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ every needed activation to its observer."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from onnxq.graph.rules import GraphIndex
 from onnxq.prepare import PreparedModel, prepare
 from onnxq.runtime import Runner
 
-__all__ = ["Progress", "affordable_batch", "calibrate", "observe"]
+__all__ = ["Progress", "activation_bytes", "affordable_batch", "calibrate", "observe"]
 
 log = logging.getLogger("onnxq")
 
@@ -59,28 +60,42 @@ def calibrate(
 OUTPUT_BUDGET = 64 * 2**20  # bytes of observed activations fetched by one onnxruntime run
 
 
-def affordable_batch(
-    model: onnx.ModelProto, dataset: Dataset, requested: int, *, threads: int = 0
-) -> int:
-    """The batch size for running ``model`` (prepared) on ``dataset`` within the memory
-    budget, judged by the size of all its float activations on one sample."""
+def activation_bytes(model: onnx.ModelProto, dataset: Dataset, *, threads: int = 0) -> int:
+    """Bytes of all float activations of ``model`` (prepared) on one sample of
+    ``dataset``: a measure of what one sample costs to run and to hold."""
     tensors = candidate_tensors(model)
     if not tensors:
-        return requested
+        return 0
     runner = Runner(with_outputs(model, tensors), threads=threads, what="model")
-    return _affordable_batch(runner, dataset, tensors, requested)
+    return _sample_bytes(runner, dataset, tensors)
 
 
-def _affordable_batch(
-    runner: Runner, dataset: Dataset, tensors: Sequence[str], requested: int
+def affordable_batch(
+    model: onnx.ModelProto,
+    dataset: Dataset,
+    requested: int,
+    *,
+    threads: int = 0,
+    sample_bytes: int | None = None,
 ) -> int:
-    """``requested``, lowered so that one run's observed activations fit OUTPUT_BUDGET
-    (measured on the first sample). Ranges do not depend on the batch size, and a run's
-    outputs are the only activations held, so memory stays flat in the number of
-    samples."""
+    """The batch size for running ``model`` (prepared) on ``dataset`` within the memory
+    budget, judged by the size of all its float activations on one sample (measured
+    unless ``sample_bytes`` gives it)."""
+    if sample_bytes is None:
+        sample_bytes = activation_bytes(model, dataset, threads=threads)
+    return _batch_for(sample_bytes, requested)
+
+
+def _sample_bytes(runner: Runner, dataset: Dataset, tensors: Sequence[str]) -> int:
     probe = next(dataset.batches(1))
     per_sample = sum(v.nbytes for v in runner.run(probe.feed, list(tensors)).values())
-    per_sample //= max(probe.size, 1)
+    return per_sample // max(probe.size, 1)
+
+
+def _batch_for(per_sample: int, requested: int) -> int:
+    """``requested``, lowered so that one run's observed activations fit OUTPUT_BUDGET.
+    Ranges do not depend on the batch size, and a run's outputs are the only activations
+    held, so memory stays flat in the number of samples."""
     affordable = max(1, min(requested, OUTPUT_BUDGET // max(per_sample, 1)))
     if affordable < requested:
         log.info(
@@ -108,12 +123,13 @@ def observe(
     }
     log.info("observing %d tensors with %s", len(tensors), config.method.value)
     runner = Runner(with_outputs(prepared.model, tensors), threads=threads, what="model")
-    batch_size = _affordable_batch(runner, dataset, tensors, config.batch_size)
+    batch_size = _batch_for(_sample_bytes(runner, dataset, tensors), config.batch_size)
     done = 0
+    batches = math.ceil(dataset.num_samples / batch_size)
     for batch in dataset.batches(batch_size):
         values = runner.run(batch.feed, list(tensors))
         for name, value in values.items():
-            observers[name].update(value)
+            observers[name].update(value, batches)
         del values  # before the next run allocates its outputs
         done += batch.size
         if progress is not None:

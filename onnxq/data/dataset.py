@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -23,6 +23,9 @@ import numpy as np
 from onnxq.errors import DataError
 
 __all__ = ["Batch", "Dataset", "InputSpec", "Layout", "open_dataset"]
+
+
+CACHE_BYTES = 2**29  # a file's arrays kept in memory between passes when at most this
 
 
 class Layout(str, Enum):
@@ -61,6 +64,11 @@ class Dataset:
     layouts: dict[str, Layout]
     num_samples: int
     label_key: str | None
+    # the arrays of the file read last, when small: quantize reads the data several times
+    # (calibration, output check, evaluation) and a compressed .npz is slow to inflate
+    _cache: dict[Path, dict[str, np.ndarray]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         """Feeds of at most ``batch_size`` samples, one file in memory at a time.
@@ -70,13 +78,22 @@ class Dataset:
         """
         step = self._step(batch_size)
         for path in self.files:
-            arrays = _load_arrays(path, [s.name for s in self.specs], self.label_key)
+            arrays = self._arrays(path)
             count = _file_count(arrays, self.specs, self.layouts)
             for start in range(0, count, step):
                 stop = min(start + step, count)
                 feed = {s.name: self._slice(arrays[s.name], s, start, stop) for s in self.specs}
                 labels = arrays[self.label_key][start:stop] if self.label_key else None
                 yield Batch(feed=feed, labels=labels, size=stop - start)
+
+    def _arrays(self, path: Path) -> dict[str, np.ndarray]:
+        if path not in self._cache:
+            arrays = _load_arrays(path, [s.name for s in self.specs], self.label_key)
+            self._cache.clear()
+            if sum(a.nbytes for a in arrays.values()) <= CACHE_BYTES:
+                self._cache[path] = arrays
+            return arrays
+        return self._cache[path]
 
     def _step(self, batch_size: int) -> int:
         if any(layout is Layout.FEEDS for layout in self.layouts.values()):
@@ -117,7 +134,10 @@ def open_dataset(
         total += count
     if total == 0:
         raise DataError(f"{path}: holds zero samples; calibration and evaluation need at least one")
-    return Dataset(tuple(files), tuple(specs), layouts, total, label_key)
+    dataset = Dataset(tuple(files), tuple(specs), layouts, total, label_key)
+    if len(files) == 1 and sum(a.nbytes for a in arrays.values()) <= CACHE_BYTES:
+        dataset._cache[files[0]] = arrays
+    return dataset
 
 
 def _list_files(path: Path) -> list[Path]:

@@ -29,9 +29,12 @@ def evaluate(
     dataset: Dataset,
     *,
     batch_size: int,
+    limit: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Fidelity:
-    """Metrics of every output of ``reference`` over ``dataset``, streamed batch by batch."""
+    """Metrics of every output of ``reference`` over ``dataset`` (its first ``limit``
+    samples or more, whole batches, when given), streamed batch by batch."""
+    total = dataset.num_samples if limit is None else min(limit, dataset.num_samples)
     names = list(reference.output_names)
     stats = {n: OutputStats(n) for n in names}
     done = 0
@@ -42,5 +45,7 @@ def evaluate(
             stats[n].update(ref[n], cand[n], batch.labels)
         done += batch.size
         if progress is not None:
-            progress("evaluating", done, dataset.num_samples)
+            progress("evaluating", min(done, total), total)
+        if done >= total:
+            break
     return Fidelity(done, tuple(stats[n].result() for n in names))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -35,6 +35,8 @@ class CheckResult:
     samples: int
     noise: dict[str, float]  # Σ(ref - out)² / Σ ref², per float output
     top1: dict[str, float]  # top-1 agreement of classifier-shaped outputs
+    # Σ(ref - out)² of each feed, per output (in CheckSet.outputs order)
+    feed_noise: tuple[tuple[float, ...], ...] = field(default=(), compare=False)
 
     @property
     def sqnr_db(self) -> float:
@@ -70,19 +72,45 @@ class CheckSet:
     outputs: tuple[str, ...]  # tensors compared: float outputs, or the logits before them
     axes: dict[str, int]  # top-1 axis of the decision-making tensors
     samples: int
+    sizes: tuple[int, ...]  # samples in each feed
+    sample_bytes: int  # float activations of one sample: what running one costs
 
-    def head(self, elements: float) -> CheckSet:
-        """The first feeds, about ``elements`` input values in all (at least one feed):
-        enough to rank decisions by the noise they add, at a fraction of the cost."""
-        taken, count = 0, 0.0
-        for feed in self.feeds:
-            if taken and count >= elements:
+    weights: tuple[float, ...] | None = None  # noise_vector scale per output (a probe's)
+
+    def probe(self, budget: float, result: CheckResult) -> CheckSet:
+        """The feeds where ``result`` (a candidate checked on this set) was noisiest for
+        its worst output, about ``budget`` bytes of activations in all (at least one feed):
+        enough to rank decisions by the noise they add, at a fraction of the cost. Its
+        :meth:`noise_vector` extrapolates to the whole set: the probe's noise scaled by
+        the share of the candidate's noise it held. Calibration data is often ordered
+        (by class, by source), so the first feeds could all be easy ones."""
+        feed_noise = np.asarray(result.feed_noise, np.float64).reshape(len(self.feeds), -1)
+        worst = int(np.argmax([result.noise[n] for n in self.outputs]))
+        order = np.argsort(-feed_noise[:, worst], kind="stable")
+        chosen: list[int] = []
+        samples = 0
+        for i in order:
+            if chosen and samples * self.sample_bytes >= budget:
                 break
-            count += sum(v.size for v in feed.values())
-            taken += 1
-        samples = max(1, self.samples * taken // max(len(self.feeds), 1))
-        return CheckSet(
-            self.feeds[:taken], self.reference[:taken], self.outputs, self.axes, samples
+            chosen.append(int(i))
+            samples += self.sizes[i]
+        chosen.sort()
+        total = feed_noise.sum(axis=0)
+        held = feed_noise[chosen].sum(axis=0)
+        weights = []
+        for k, name in enumerate(self.outputs):
+            signal = sum(
+                float(np.sum(np.square(r[name], dtype=np.float64))) for r in self.reference
+            )
+            share = held[k] / total[k] if total[k] > 0 and held[k] > 0 else 1.0
+            weights.append(1.0 / (max(signal, 1e-300) * share))
+        return replace(
+            self,
+            feeds=tuple(self.feeds[i] for i in chosen),
+            reference=tuple(self.reference[i] for i in chosen),
+            sizes=tuple(self.sizes[i] for i in chosen),
+            samples=samples,
+            weights=tuple(weights),
         )
 
     def runner(
@@ -102,34 +130,45 @@ class CheckSet:
         signal = dict.fromkeys(self.outputs, 0.0)
         agree = dict.fromkeys(self.outputs, 0)
         rows = dict.fromkeys(self.outputs, 0)
+        feed_noise = []
         for feed, ref in zip(self.feeds, self.reference, strict=True):
             out = runner.run({**feed, **(extra or {})}, self.outputs)
+            here = []
             for name in self.outputs:
                 r = ref[name].astype(np.float64)
                 c = np.asarray(out[name], np.float64)
-                noise[name] += float(np.sum((r - c) ** 2))
+                here.append(float(np.sum((r - c) ** 2)))
+                noise[name] += here[-1]
                 signal[name] += float(np.sum(r**2))
                 if name in self.axes:
                     axis = self.axes[name]
                     same = r.argmax(axis) == c.argmax(axis)
                     agree[name] += int(np.sum(same))
                     rows[name] += same.size
+            feed_noise.append(tuple(here))
         ratio = {
             n: (noise[n] / signal[n] if signal[n] > 0 else (0.0 if noise[n] == 0 else math.inf))
             for n in self.outputs
         }
         ratio = {n: math.inf if math.isnan(v) else v for n, v in ratio.items()}  # NaN out
         top1 = {n: agree[n] / rows[n] for n in self.outputs if rows[n]}
-        return CheckResult(self.samples, ratio, top1)
+        return CheckResult(self.samples, ratio, top1, tuple(feed_noise))
 
     def noise_vector(
         self, runner: Runner, extra: Mapping[str, np.ndarray] | None = None
     ) -> np.ndarray:
+        """Noise ratio per output (a probe's: extrapolated to the set it was taken from)."""
         result = self.run(runner, extra)
-        return np.array([result.noise[n] for n in self.outputs])
+        if self.weights is None:
+            return np.array([result.noise[n] for n in self.outputs])
+        summed = np.sum(
+            np.asarray(result.feed_noise, np.float64).reshape(-1, len(self.outputs)), axis=0
+        )
+        return summed * np.asarray(self.weights)
 
 
 FEED_SAMPLES = 8  # samples per run of the check (small feeds: the search can use a few)
+PROBE_BYTES = 2**29  # activations of the check samples the search's simulation runs use
 
 
 def check_samples(dataset: Dataset, budget: float = 2e6, low: int = 4, high: int = 128) -> int:
@@ -142,22 +181,29 @@ def check_samples(dataset: Dataset, budget: float = 2e6, low: int = 4, high: int
 
 
 def make_check_set(
-    model: onnx.ModelProto, dataset: Dataset, *, batch_size: int = 32, threads: int = 0
+    model: onnx.ModelProto,
+    dataset: Dataset,
+    *,
+    batch_size: int = 32,
+    threads: int = 0,
+    sample_bytes: int = 0,
 ) -> CheckSet:
     """The first :func:`check_samples` calibration samples (whole batches) and the float
-    ``model``'s outputs on them."""
+    ``model``'s outputs on them. ``sample_bytes`` (the model's float activations on one
+    sample) sizes the feeds: a sample larger than the search's probe is fed alone."""
     wanted = check_samples(dataset)
+    per_feed = min(batch_size, wanted, FEED_SAMPLES, max(1, PROBE_BYTES // max(sample_bytes, 1)))
     compared, softmax_axes = _compared(model)
     reference = Runner(with_outputs(model, compared), threads=threads, what="float model")
     feeds: list[dict[str, np.ndarray]] = []
     refs: list[dict[str, np.ndarray]] = []
-    samples = 0
-    for batch in dataset.batches(min(batch_size, wanted, FEED_SAMPLES)):
+    sizes: list[int] = []
+    for batch in dataset.batches(per_feed):
         ref = reference.run(batch.feed, compared)
         feeds.append(batch.feed)
         refs.append({n: np.asarray(ref[n]) for n in compared})
-        samples += batch.size
-        if samples >= wanted:
+        sizes.append(batch.size)
+        if sum(sizes) >= wanted:
             break
     names = tuple(n for n in compared if refs and _comparable([r[n] for r in refs]))
     axes = {n: a for n, a in softmax_axes.items() if n in names}
@@ -165,7 +211,13 @@ def make_check_set(
         if n not in axes and all(_probabilities(r[n]) for r in refs):
             axes[n] = 1
     return CheckSet(
-        tuple(feeds), tuple({n: r[n] for n in names} for r in refs), names, axes, samples
+        tuple(feeds),
+        tuple({n: r[n] for n in names} for r in refs),
+        names,
+        axes,
+        sum(sizes),
+        tuple(sizes),
+        sample_bytes,
     )
 
 

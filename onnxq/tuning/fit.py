@@ -25,7 +25,7 @@ from onnxq.graph.rewrite import RewriteResult
 from onnxq.graph.simulate import UnitKind, build_simulation
 from onnxq.quant import QParams
 from onnxq.runtime import OptLevel
-from onnxq.tuning.check import CheckResult, CheckSet
+from onnxq.tuning.check import PROBE_BYTES, CheckResult, CheckSet
 from onnxq.tuning.search import Measurements, search_fallback
 
 __all__ = ["Candidate", "FitReport", "fit_target"]
@@ -34,7 +34,6 @@ log = logging.getLogger("onnxq")
 
 WHY = "kept float by the output check (costs output fidelity)"
 MAX_FLOAT_SHARE = 0.2  # the check keeps at most this share of the decisions float
-SEARCH_ELEMENTS = 5e5  # input values of the check samples the search's simulation runs use
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def fit_target(
     if not sim.units:
         return first, FitReport(target, before, before, (), (), 0, 0)
     runner = check.runner(sim.model, threads=threads, level=OptLevel.BASIC, what="simulation")
-    probe = check.head(SEARCH_ELEMENTS)
+    probe = check.probe(PROBE_BYTES, before)
     measure = Measurements(lambda active: probe.noise_vector(runner, sim.feed(active)))
     limit = 10.0 ** (-target.sqnr_db / 10.0)
     if before.sqnr_db >= target.sqnr_db:  # only top-1 misses: ask for 3 dB more than now

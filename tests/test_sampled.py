@@ -1,0 +1,218 @@
+"""Quantize time: the sampled quality histogram, the check's probe, the bounded in-sample
+report and the data cache. Each test pins what a broken shortcut would get wrong."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+import onnxq.calibration.estimate as estimate
+import onnxq.data.dataset as dataset_module
+from onnxq import QuantConfig, quantize
+from onnxq.calibration.estimate import TensorObserver, finish
+from onnxq.calibration.histogram import HistogramObserver
+from onnxq.calibration.methods import mse_range
+from onnxq.calibration.sampled import SampledHistogram
+from onnxq.config import CalibrationConfig, CalibrationMethod
+from onnxq.data import open_dataset
+from onnxq.graph.model_io import input_specs
+from onnxq.quant import QType
+from onnxq.runtime import Runner
+from onnxq.tuning.check import make_check_set
+
+import models
+from helpers import NO_CHECK
+
+f32 = np.float32
+
+
+def _batches(seed: int, count: int, size: int, heavy: int | None) -> list[np.ndarray]:
+    """Normal batches; batch ``heavy`` (if any) also holds a few huge values."""
+    rng = np.random.default_rng(seed)
+    out = [rng.normal(0, 1, size).astype(f32) for _ in range(count)]
+    if heavy is not None:
+        out[heavy][: size // 50] = rng.uniform(20, 60, size // 50).astype(f32)
+    return out
+
+
+def _on_grid(counts: np.ndarray, src_width: float, width: float) -> np.ndarray:
+    factor = int(round(width / src_width))
+    bins = counts.size // 2
+    target = np.floor_divide(np.arange(counts.size) - bins, factor) + bins
+    return np.bincount(target, weights=counts, minlength=counts.size).astype(np.int64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 1000), count=st.integers(1, 12), split=st.integers(0, 11))
+def test_stride_one_is_exactly_the_plain_histogram(seed, count, split):
+    batches = _batches(seed, count, 300, min(split, count - 1))
+    plain, sampled = HistogramObserver(64), SampledHistogram(64, stride=1)
+    for b in batches:
+        plain.update(b)
+        sampled.update(b)
+    a, b = plain.result(), sampled.result()
+    assert a.width == b.width and np.array_equal(a.counts, b.counts)
+    assert (a.min, a.max) == (b.min, b.max)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    stride=st.integers(2, 6),
+    heavy=st.integers(1, 15),
+)
+def test_tails_are_exact_and_the_bulk_keeps_its_total(seed, stride, heavy):
+    """The tail bins count every value of every batch, also of batches not binned whole
+    (a rare batch of huge values), and the bulk is scaled to the exact total."""
+    batches = _batches(seed, 16, 2000, heavy)
+    batches[0][:2] = [40.0, -40.0]  # batch 0 sees the final range: the edge is on every grid
+    plain, sampled = HistogramObserver(512), SampledHistogram(512, stride=stride)
+    for b in batches:
+        plain.update(b)
+        sampled.update(b)
+    a, b = plain.result(), sampled.result()
+    assert sampled.edge is not None and b.width <= sampled.edge
+    full = _on_grid(a.counts, a.width, b.width)
+    lower = (np.arange(full.size) - b.bins) * b.width
+    tail = (lower >= sampled.edge) | (lower + b.width <= -sampled.edge)
+    assert tail.any() and np.array_equal(b.counts[tail], full[tail])
+    assert abs(b.total - a.total) <= int((~tail).sum())  # rounding of the scaled bins only
+    assert (b.min, b.max) == (a.min, a.max)
+
+
+def test_sampled_histogram_keeps_the_robust_range_of_ordered_data():
+    """Data ordered so that the only heavy batch is not binned whole: sampling every
+    k-th batch alone would lose the tail and clip it away; with exact tails the
+    MSE-optimal range matches the full histogram's."""
+    batches = _batches(7, 12, 20000, heavy=5)
+    plain, sampled, naive = (
+        HistogramObserver(512),
+        SampledHistogram(512, stride=4),
+        HistogramObserver(512),
+    )
+    for i, b in enumerate(batches):
+        plain.update(b)
+        sampled.update(b)
+        if i % 4 == 0:
+            naive.update(b)
+    qtype = QType.UINT8
+    full = mse_range(plain.result(), qtype, symmetric=False)
+    ours = mse_range(sampled.result(), qtype, symmetric=False)
+    lost = mse_range(naive.result(), qtype, symmetric=False)
+    assert abs(ours[1] - full[1]) <= 0.05 * full[1]
+    assert lost[1] < 0.8 * full[1]  # what the shortcut without tails would do
+
+
+def test_observer_samples_only_beside_plain_minmax(monkeypatch):
+    monkeypatch.setattr(estimate, "QUALITY_VALUES", 1000)
+    x = np.random.default_rng(0).normal(0, 1, 800).astype(f32)
+    minmax = TensorObserver(CalibrationConfig(), None)
+    minmax.update(x, batches=10)
+    assert isinstance(minmax.hist, SampledHistogram) and minmax.hist.stride == 8
+    percentile = TensorObserver(CalibrationConfig(method=CalibrationMethod.PERCENTILE), None)
+    percentile.update(x, batches=10)
+    assert isinstance(percentile.hist, HistogramObserver)  # its range is read from it
+    with pytest.raises(ValueError, match="sampled"):
+        minmax.merge(TensorObserver(CalibrationConfig(), None))
+    # the observed extremes come from min/max, which saw every batch
+    late = np.full(800, 99.0, f32)
+    for _ in range(3):
+        minmax.update(late, batches=10)
+    r = finish(minmax, CalibrationConfig())
+    assert float(r.observed_max) == 99.0 and float(r.max) == 99.0
+
+
+# ----------------------------------------------------------------------------- the probe
+
+
+def _scale_model(factor: float) -> onnx.ModelProto:
+    """y = x * factor (the candidate: noise proportional to each feed's signal)."""
+    c = onnx.numpy_helper.from_array(np.array(factor, f32), "c")
+    return helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Mul", ["x", "c"], ["y"])],
+            "scale",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 16])],
+            [c],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+
+
+def test_probe_takes_the_noisiest_feeds_and_extrapolates(tmp_path):
+    """Ordered data: the last samples carry almost all the noise. The probe (one feed)
+    is the last feed, and its noise, scaled by the share it held, is the whole set's."""
+    x = np.ones((64, 16), f32)
+    x[56:] *= 30.0  # the last feed of 8 dominates
+    np.savez(tmp_path / "d.npz", x=x)
+    ref, cand = _scale_model(1.0), _scale_model(1.02)
+    data = open_dataset(tmp_path / "d.npz", input_specs(ref))
+    check = make_check_set(ref, data, sample_bytes=1000)
+    assert check.sizes == (8,) * 8
+    before = check.run(check.runner(cand))
+    probe = check.probe(8 * 1000, before)
+    assert probe.sizes == (8,) and probe.feeds[0]["x"][0, 0] == 30.0
+    measured = probe.noise_vector(Runner(cand))
+    assert measured[0] == pytest.approx(before.noise["y"], rel=1e-9)
+    first = check.probe(0, before)  # at least one feed, the noisiest
+    assert first.feeds[0]["x"][0, 0] == 30.0
+
+
+def test_big_samples_are_checked_one_per_feed(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.ones((12, 16), f32))
+    model = _scale_model(1.0)
+    data = open_dataset(tmp_path / "d.npz", input_specs(model))
+    assert make_check_set(model, data, sample_bytes=2**31).sizes == (1,) * 12
+    assert make_check_set(model, data, sample_bytes=0).sizes == (8, 4)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def test_in_sample_report_is_bounded_and_held_out_data_is_measured_whole(tmp_path, monkeypatch):
+    q = importlib.import_module("onnxq.quantize")  # the module, not the function
+
+    model = models.cnn()
+    shape = [d.dim_value or 40 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    feed = {"input": np.random.default_rng(0).normal(0, 1, shape).astype(f32)}
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    np.savez(tmp_path / "e.npz", **feed)  # the same samples, given as held-out data
+    monkeypatch.setattr(q, "IN_SAMPLE_BYTES", 1)  # every sample is "large": the floor of 8
+    cfg = QuantConfig(target=NO_CHECK)
+    inside = quantize(tmp_path / "m.onnx", tmp_path / "a.onnx", cfg, data=tmp_path / "d.npz")
+    held_out = quantize(
+        tmp_path / "m.onnx",
+        tmp_path / "b.onnx",
+        cfg,
+        data=tmp_path / "d.npz",
+        eval_data=tmp_path / "e.npz",
+    )
+    assert shape[0] == 40
+    assert 8 <= inside.fidelity.samples < 40
+    assert held_out.fidelity.samples == 40
+
+
+def test_small_data_is_read_once(tmp_path, monkeypatch):
+    np.savez_compressed(tmp_path / "d.npz", x=np.arange(64, dtype=f32).reshape(4, 16))
+    model = _scale_model(1.0)
+    data = open_dataset(tmp_path / "d.npz", input_specs(model))
+    calls = []
+    real = dataset_module._load_arrays
+    monkeypatch.setattr(dataset_module, "_load_arrays", lambda *a: calls.append(a) or real(*a))
+    first = [b.feed["x"].copy() for b in data.batches(3)]
+    second = [b.feed["x"].copy() for b in data.batches(2)]
+    assert not calls  # validated once when opened, kept since
+    assert np.array_equal(np.concatenate(first), np.concatenate(second))
+    monkeypatch.setattr(dataset_module, "CACHE_BYTES", 0)
+    big = open_dataset(tmp_path / "d.npz", input_specs(model))
+    list(big.batches(2))
+    list(big.batches(2))
+    assert len(calls) == 3  # too large to keep: read to validate, then for each pass
