@@ -72,17 +72,19 @@ class Runner:
 
     def __init__(
         self,
-        model: onnx.ModelProto,
+        model: onnx.ModelProto | bytes,
         *,
         threads: int = 0,
         level: OptLevel = OptLevel.ALL,
         what: str = "model",
         _optimized_path: Path | None = None,
     ) -> None:
+        """``model`` may be serialized already (the caller can then drop the proto)."""
         self.what = what
+        data = model if isinstance(model, bytes) else model.SerializeToString()
         try:
             self._session = ort.InferenceSession(
-                model.SerializeToString(),
+                data,
                 sess_options=_options(threads, level, _optimized_path),
                 providers=["CPUExecutionProvider"],
             )

@@ -14,17 +14,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import onnx
 
 from onnxq.config import FidelityTarget
+from onnxq.graph.outputs import with_outputs
 from onnxq.graph.plan import QuantPlan
 from onnxq.graph.rewrite import RewriteResult
 from onnxq.graph.simulate import UnitKind, build_simulation
 from onnxq.quant import QParams
-from onnxq.runtime import OptLevel
+from onnxq.runtime import OptLevel, Runner
 from onnxq.tuning.check import PROBE_BYTES, CheckResult, CheckSet
 from onnxq.tuning.search import Measurements, search_fallback
 
@@ -105,9 +106,17 @@ def fit_target(
     sim = build_simulation(model, first.plan, first.result.model, first.qparams)
     if not sim.units:
         return first, FitReport(target, before, before, (), (), 0, 0)
-    runner = check.runner(sim.model, threads=threads, level=OptLevel.BASIC, what="simulation")
     probe = check.probe(PROBE_BYTES, before)
-    measure = Measurements(lambda active: probe.noise_vector(runner, sim.feed(active)))
+
+    def simulation() -> Runner:  # made again for each round; only its bytes kept meanwhile
+        again = build_simulation(model, first.plan, first.result.model, first.qparams)
+        data = with_outputs(again.model, probe.outputs).SerializeToString()
+        del again
+        return Runner(data, threads=threads, level=OptLevel.BASIC, what="simulation")
+
+    session = _Lazy(simulation)
+    sim = replace(sim, model=onnx.ModelProto())  # its units and feeds only, not the copy
+    measure = Measurements(lambda active: probe.noise_vector(session.get(), sim.feed(active)))
     limit = 10.0 ** (-target.sqnr_db / 10.0)
     if before.sqnr_db >= target.sqnr_db:  # only top-1 misses: ask for 3 dB more than now
         limit = min(limit, 10.0 ** (-before.sqnr_db / 10.0) / 2.0)
@@ -127,6 +136,7 @@ def fit_target(
             break
         keep = found.floated
         done += 1
+        session.release()  # the re-plan may calibrate new tensors: one model in memory at a time
         chosen = [sim.units[i] for i in sorted(keep)]
         float_tensors = {u.tensor: WHY for u in chosen if u.kind is UnitKind.ACTIVATION}
         float_nodes = {n: WHY for u in chosen if u.kind is UnitKind.WEIGHT for n in u.nodes}
@@ -148,6 +158,23 @@ def fit_target(
     return best, FitReport(
         target, before, best_result, best_parts[0], best_parts[1], measure.passes, done
     )
+
+
+class _Lazy:
+    """A session made when first needed, released (and made again) between rounds: the
+    simulation holds a float and an integer copy of the weights."""
+
+    def __init__(self, make: Callable[[], Runner]) -> None:
+        self.make = make
+        self.runner: Runner | None = None
+
+    def get(self) -> Runner:
+        if self.runner is None:
+            self.runner = self.make()
+        return self.runner
+
+    def release(self) -> None:
+        self.runner = None
 
 
 def _describe(result: CheckResult) -> str:
