@@ -226,6 +226,7 @@ class QuantConfig:
     auto_sqnr: float = 26.0  # activations whose 8-bit grid gives less: MSE-clipped or float
     gptq: bool = False  # error-compensating rounding of MatMul/Gemm weights (needs data)
     target: FidelityTarget = field(default_factory=FidelityTarget)  # the output check
+    bias_correction: bool = True  # of weights-only nodes, from input means (needs data)
 
     def __post_init__(self) -> None:
         _ = self.weights  # validates the weight settings

@@ -13,12 +13,13 @@ from onnx import numpy_helper
 
 from onnxq._version import __version__
 from onnxq.calibration.calibrate import Progress, activation_bytes, affordable_batch, observe
-from onnxq.calibration.moments import input_moments
+from onnxq.calibration.moments import input_means, input_moments
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.ranges import RangesFile, read_ranges
 from onnxq.config import CalibrationConfig, Mode, QuantConfig, Scheme
 from onnxq.data import Dataset, open_dataset
 from onnxq.errors import ConfigError, ModelError, RangesError
+from onnxq.graph.bias import bias_inputs, correct_biases
 from onnxq.graph.dynamic import rewrite_dynamic
 from onnxq.graph.embedding import quantize_embeddings
 from onnxq.graph.model_io import (
@@ -38,7 +39,7 @@ from onnxq.quant.gptq import gptq
 from onnxq.report.fidelity import Fidelity, evaluate
 from onnxq.report.preflight import RuntimePreview, is_integer_kernel, runtime_preview
 from onnxq.runtime import Runner
-from onnxq.tuning.check import make_check_set
+from onnxq.tuning.check import check_samples, make_check_set
 from onnxq.tuning.fit import Candidate, FitReport, fit_target
 
 __all__ = ["QuantizeReport", "is_integer_kernel", "quantize"]
@@ -63,6 +64,7 @@ class QuantizeReport:
     fidelity_data: str | None
     float_biases: tuple[str, ...] = field(default_factory=tuple)
     check: FitReport | None = None  # the output check on calibration samples
+    corrected_biases: tuple[str, ...] = ()  # weights-only nodes whose bias was corrected
 
     @property
     def size_ratio(self) -> float:
@@ -103,6 +105,7 @@ class QuantizeReport:
             "quantized_weights": self.quantized_weights,
             "qdq_pairs": self.qdq_pairs,
             "float_biases": list(self.float_biases),
+            "corrected_biases": list(self.corrected_biases),
             "output_check": None if self.check is None else self.check.to_dict(),
             "ranges": self.ranges_source,
             "preparation": list(self.preparation),
@@ -165,7 +168,9 @@ def quantize(
     check_writable(output_path)
     model = load_model(model_path)
     specs = input_specs(model)
-    wants_data = not no_calibration or config.gptq or (config.target.enabled and not dynamic)
+    wants_data = not dynamic and (
+        not config.weights_only or config.gptq or config.target.enabled or config.bias_correction
+    )
     calib_set = open_dataset(data, specs) if data is not None and wants_data else None
     eval_path = eval_data if eval_data is not None else data
     if eval_path is not None and calib_set is not None and eval_path == data and labels is None:
@@ -190,7 +195,21 @@ def quantize(
             if gptq_data is None:
                 raise ConfigError("--gptq needs calibration data: give --data")
             codes = _gptq_weights(prepared, plan, config, gptq_data, calibration, threads, progress)
-        build = _CandidateBuilder(prepared, config, source_of, observed, forbidden, plan, codes)
+        means = {}
+        if config.bias_correction and calib_set is not None:
+            means = input_means(
+                prepared.model,
+                calib_set,
+                bias_inputs(prepared.model, plan),
+                samples=check_samples(calib_set),
+                batch_size=calibration.batch_size,
+                threads=threads,
+            )
+        elif config.bias_correction:
+            log.info("bias correction needs calibration data (--data): skipped")
+        build = _CandidateBuilder(
+            prepared, config, source_of, observed, forbidden, plan, codes, means
+        )
         candidate = build.candidate(plan)
         if config.target.enabled and calib_set is None:
             log.info("the output check needs calibration data (--data): skipped")
@@ -272,6 +291,7 @@ def quantize(
         fidelity_data=str(eval_path) if eval_path is not None else None,
         float_biases=result.float_biases,
         check=check,
+        corrected_biases=result.corrected_biases,
     )
 
 
@@ -376,7 +396,9 @@ class _CandidateBuilder:
         forbidden: dict[str, str],
         first: QuantPlan,
         codes: dict[str, tuple[np.ndarray, QParams]],
+        means: dict[str, np.ndarray],
     ) -> None:
+        self.means = means  # input means of the weighted nodes (bias correction)
         self.prepared = prepared
         self.config = config
         self.source = source
@@ -393,6 +415,9 @@ class _CandidateBuilder:
     def candidate(self, plan: QuantPlan) -> Candidate:
         qparams = {t: _activation_qparams(self.observed[t], self.config) for t in plan.roots}
         result = rewrite(self.prepared.model, plan, qparams, self.config, self.codes)
+        if self.means:
+            model, corrected = correct_biases(result.model, self.prepared.model, self.means)
+            result = replace(result, model=model, corrected_biases=corrected)
         return Candidate(plan, qparams, _with_embeddings(result, plan.decisions))
 
 

@@ -50,14 +50,15 @@ class TensorObserver:
         """Observe the next of about ``batches`` batches (whole tensors, never a subsample
         of one: that would miss the few outlying channels, e.g. of transformer LayerNorm
         and FFN outputs, that decide whether one scale can hold a tensor)."""
-        if self.minmax is not None:
-            self.minmax.update(x)
+        bounds = self.minmax.update(x) if self.minmax is not None else None
+        if np.asarray(x).dtype != np.float32:  # min/max are taken in float32
+            bounds = None
         if self.seen == 0 and self.sampled:
             stride = math.ceil(np.size(x) * batches / QUALITY_VALUES)
             if stride > 1:
                 self.hist = SampledHistogram(QUALITY_BINS, stride)
         self.seen += 1
-        self.hist.update(x)
+        self.hist.update(x, bounds)
 
     def merge(self, other: TensorObserver) -> None:
         mine, theirs = self.hist, other.hist

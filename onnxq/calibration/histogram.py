@@ -84,11 +84,12 @@ class HistogramObserver:
             self.counts = new
             self.exponent += 1
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray, bounds: tuple[float, float] | None = None) -> None:
+        """Bin ``x``; ``bounds`` are its min and max when the caller knows them already."""
         arr = np.asarray(x)
         if arr.size == 0:
             return
-        lo, hi = float(arr.min()), float(arr.max())
+        lo, hi = bounds if bounds is not None else (float(arr.min()), float(arr.max()))
         if not (math.isfinite(lo) and math.isfinite(hi)):
             arr = arr[np.isfinite(arr)]  # inf / nan cannot be binned; min and max keep them
             if arr.size == 0:

@@ -57,19 +57,15 @@ class MinMaxObserver:
         self._max: np.ndarray = np.asarray(-np.inf, np.float32)
         self.count = 0
 
-    def update(self, x: np.ndarray) -> None:
-        arr = np.asarray(x, dtype=np.float32)
-        if arr.size == 0:
-            return
-        if self.axis is None or arr.ndim == 0:
-            lo, hi = arr.min(), arr.max()
-        else:
-            axis = self.axis % arr.ndim
-            others = tuple(i for i in range(arr.ndim) if i != axis)
-            lo, hi = arr.min(axis=others), arr.max(axis=others)
+    def update(self, x: np.ndarray) -> tuple[float, float] | None:
+        """Observe a batch; returns its min and max over the whole tensor (None if empty)."""
+        lo, hi = _batch_range(x, self.axis)
+        if lo is None or hi is None:
+            return None
         self._min = np.minimum(self._min, lo).astype(np.float32)
         self._max = np.maximum(self._max, hi).astype(np.float32)
         self.count += 1
+        return float(np.min(lo)), float(np.max(hi))
 
     def merge(self, other: MinMaxObserver) -> None:
         self._min = np.minimum(self._min, other._min).astype(np.float32)
@@ -97,11 +93,11 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         super().__init__(axis)
         self.constant = constant
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray) -> tuple[float, float] | None:
         batch = MinMaxObserver(self.axis)
-        batch.update(x)
-        if batch.count == 0:
-            return
+        extremes = batch.update(x)
+        if extremes is None:
+            return None
         if self.count == 0:
             self._min, self._max = batch._min, batch._max
         else:
@@ -109,6 +105,18 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
             self._min = ((1 - c) * self._min + c * batch._min).astype(np.float32)
             self._max = ((1 - c) * self._max + c * batch._max).astype(np.float32)
         self.count += 1
+        return extremes
 
     def merge(self, other: MinMaxObserver) -> None:
         raise ValueError("moving-average ranges depend on batch order and cannot be merged")
+
+
+def _batch_range(x: np.ndarray, axis: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.size == 0:
+        return None, None
+    if axis is None or arr.ndim == 0:
+        return np.asarray(arr.min()), np.asarray(arr.max())
+    axis = axis % arr.ndim
+    others = tuple(i for i in range(arr.ndim) if i != axis)
+    return arr.min(axis=others), arr.max(axis=others)

@@ -39,15 +39,21 @@ class SampledHistogram:
         self.bulk_skipped = 0  # values inside (-edge, edge) of the batches not binned whole
         self.index = 0
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray, bounds: tuple[float, float] | None = None) -> None:
+        """Observe the next batch; ``bounds`` are its min and max when known already."""
         index, self.index = self.index, self.index + 1
         if index % self.stride == 0 or self.edge is None:  # also when batch 0 was all zero
-            self.whole.update(x)
+            self.whole.update(x, bounds)
             if self.stride > 1 and self.edge is None:
                 self.edge = _edge(self.whole.result())
             return
         flat = np.asarray(x).reshape(-1)
-        beyond = flat[(flat >= self.edge) | (flat < -self.edge)]
+        if bounds is not None and -self.edge <= bounds[0] and bounds[1] < self.edge:
+            self.bulk_skipped += flat.size  # nothing beyond the edge
+            return
+        # |x| >= edge also takes x == -edge, which lies in the bulk bin just above -edge:
+        # binned where it belongs and not counted as skipped bulk, so totals stay exact
+        beyond = flat[np.abs(flat) >= self.edge]
         self.bulk_skipped += flat.size - beyond.size
         self.tail.update(beyond)
 

@@ -344,6 +344,13 @@ def calibrate(
     "moments on --data) instead of round-to-nearest.",
 )
 @click.option(
+    "--bias-correction/--no-bias-correction",
+    default=True,
+    show_default=True,
+    help="Correct the bias of nodes left weights-only (integer weights, float inputs) for the "
+    "mean shift their rounded weights cause, from the inputs' means on --data.",
+)
+@click.option(
     "--weights-only",
     is_flag=True,
     help="Quantize weights only; activations stay float (no calibration needed).",
@@ -413,6 +420,7 @@ def quantize(
     target_sqnr: float,
     target_top1: float,
     gptq: bool,
+    bias_correction: bool,
     weights_only: bool,
     recipe: Path | None,
     exclude: tuple[str, ...],
@@ -467,6 +475,7 @@ def quantize(
         auto_sqnr=auto_sqnr,
         target=FidelityTarget(target_sqnr, target_top1),
         gptq=gptq,
+        bias_correction=bias_correction,
         recipe=read_recipe(recipe) if recipe is not None else None,
         exclude=exclude,
         mode=Mode(mode),

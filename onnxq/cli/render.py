@@ -204,6 +204,11 @@ def quantization(report: QuantizeReport, as_json: bool) -> None:
         )
     if report.float_biases:
         err.print(f"kept {len(report.float_biases)} biases in float (int32 would overflow)")
+    if report.corrected_biases:
+        err.print(
+            f"bias correction: {len(report.corrected_biases)} weights-only nodes "
+            "(mean shift of their rounded weights taken back)"
+        )
     if report.check is not None:
         err.print(_check_line(report.check))
 

