@@ -28,7 +28,8 @@ the whole process: interpreter and libraries included) as JSON. Each child runs 
 
 - ``onnxq default``: ``onnxq.quantize(model, out, QuantConfig(), data=calib)``;
 - ``onnxq`` settings tried for "best" (see ``ONNXQ_SETTINGS``): percentile calibration,
-  ``weights_only``, the output check off (``no_check``), ``auto_sqnr=40`` (magika), 4-bit
+  ``weights_only`` (and without bias correction, ``weights_only_no_bc``, on PP-OCR rec and
+  det), the output check off (``no_check``), ``auto_sqnr=40`` (magika), 4-bit
   GPTQ blocks of 128 (minilm); the row
   "onnxq best" is the setting with the best fidelity metric (ties: the earlier setting);
 - ``ort static minmax|entropy|percentile``: ``quantize_static``, QDQ, per_channel,
@@ -90,6 +91,9 @@ MODELS = [
 ONNXQ_SETTINGS: dict[str, list[str]] = {
     "magika": ["default", "no_check", "percentile", "auto_sqnr40", "weights_only"],
     "minilm": ["default", "no_check", "percentile", "weights_only", "w4_block128_gptq"],
+    # bias correction off, to show what it does for weights-only nodes
+    "ppocr_rec": ["default", "no_check", "percentile", "weights_only", "weights_only_no_bc"],
+    "ppocr_det": ["default", "no_check", "percentile", "weights_only", "weights_only_no_bc"],
 }
 DEFAULT_SETTINGS = ["default", "no_check", "percentile", "weights_only"]
 ORT_CONFIGS = ["ort_static_minmax", "ort_static_entropy", "ort_static_percentile", "ort_dynamic"]
@@ -224,6 +228,8 @@ def onnxq_setting(setting: str) -> tuple[Any, Any]:
         qc = onnxq.QuantConfig(target=onnxq.FidelityTarget(sqnr_db=0))
     elif setting == "weights_only":
         qc = onnxq.QuantConfig(weights_only=True)
+    elif setting == "weights_only_no_bc":
+        qc = onnxq.QuantConfig(weights_only=True, bias_correction=False)
     elif setting == "w4_block128_gptq":
         qc = onnxq.QuantConfig(
             weights_only=True,
@@ -243,6 +249,7 @@ SETTING_CODE = {
     "auto_sqnr40": "QuantConfig(auto_sqnr=40)",
     "no_check": "QuantConfig(target=FidelityTarget(sqnr_db=0)) (the output check off)",
     "weights_only": "QuantConfig(weights_only=True)",
+    "weights_only_no_bc": "QuantConfig(weights_only=True, bias_correction=False)",
     "w4_block128_gptq": "QuantConfig(weights_only=True, weight_bits=4, "
     "granularity=BLOCK, block_size=128, gptq=True)",
 }
