@@ -227,6 +227,7 @@ class QuantConfig:
     gptq: bool = False  # error-compensating rounding of MatMul/Gemm weights (needs data)
     target: FidelityTarget = field(default_factory=FidelityTarget)  # the output check
     bias_correction: bool = True  # of weights-only nodes, from input means (needs data)
+    fold_weights: bool = True  # float nodes' integer weights: Cast/Sub/Mul folded at load
 
     def __post_init__(self) -> None:
         _ = self.weights  # validates the weight settings

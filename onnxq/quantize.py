@@ -22,6 +22,7 @@ from onnxq.errors import ConfigError, ModelError, RangesError
 from onnxq.graph.bias import bias_inputs, correct_biases
 from onnxq.graph.dynamic import rewrite_dynamic
 from onnxq.graph.embedding import quantize_embeddings
+from onnxq.graph.fold import fold_float_weights
 from onnxq.graph.model_io import (
     check_distinct,
     check_writable,
@@ -65,6 +66,7 @@ class QuantizeReport:
     float_biases: tuple[str, ...] = field(default_factory=tuple)
     check: FitReport | None = None  # the output check on calibration samples
     corrected_biases: tuple[str, ...] = ()  # weights-only nodes whose bias was corrected
+    folded_weights: int = 0  # integer weights of float nodes dequantized at load
 
     @property
     def size_ratio(self) -> float:
@@ -106,6 +108,7 @@ class QuantizeReport:
             "qdq_pairs": self.qdq_pairs,
             "float_biases": list(self.float_biases),
             "corrected_biases": list(self.corrected_biases),
+            "folded_weights": self.folded_weights,
             "output_check": None if self.check is None else self.check.to_dict(),
             "ranges": self.ranges_source,
             "preparation": list(self.preparation),
@@ -197,12 +200,15 @@ def quantize(
             codes = _gptq_weights(prepared, plan, config, gptq_data, calibration, threads, progress)
         means = {}
         if config.bias_correction and calib_set is not None:
+            sample_bytes = activation_bytes(prepared.model, calib_set, threads=threads)
             means = input_means(
                 prepared.model,
                 calib_set,
                 bias_inputs(prepared.model, plan),
                 samples=check_samples(calib_set),
-                batch_size=calibration.batch_size,
+                batch_size=affordable_batch(
+                    prepared.model, calib_set, calibration.batch_size, sample_bytes=sample_bytes
+                ),
                 threads=threads,
             )
         elif config.bias_correction:
@@ -216,7 +222,8 @@ def quantize(
         elif config.target.enabled and calib_set is not None:
             if progress is not None:
                 progress("output check", 0, 1)
-            sample_bytes = activation_bytes(prepared.model, calib_set, threads=threads)
+            if sample_bytes is None:
+                sample_bytes = activation_bytes(prepared.model, calib_set, threads=threads)
             check_set = make_check_set(
                 prepared.model,
                 calib_set,
@@ -242,6 +249,8 @@ def quantize(
             "float; no file written"
         )
     restrict_value_info(result.model, (vi.name for vi in model.graph.value_info))
+    if result.folded_weights:
+        log.info("%d integer weights of float nodes are dequantized at load", result.folded_weights)
     log.info(
         "rewrote %d nodes, %d weights, %d Q/DQ pairs",
         result.quantized_nodes,
@@ -292,6 +301,7 @@ def quantize(
         float_biases=result.float_biases,
         check=check,
         corrected_biases=result.corrected_biases,
+        folded_weights=result.folded_weights,
     )
 
 
@@ -418,7 +428,14 @@ class _CandidateBuilder:
         if self.means:
             model, corrected = correct_biases(result.model, self.prepared.model, self.means)
             result = replace(result, model=model, corrected_biases=corrected)
-        return Candidate(plan, qparams, _with_embeddings(result, plan.decisions))
+        result = _with_embeddings(result, plan.decisions)
+        if not self.config.fold_weights:
+            return Candidate(plan, qparams, result)
+        folded, count = fold_float_weights(result.model)
+        if not count:
+            return Candidate(plan, qparams, result)
+        written = replace(result, model=folded, folded_weights=count)
+        return Candidate(plan, qparams, written, simulated=result.model)
 
 
 def _with_embeddings(result: RewriteResult, decisions: tuple[NodeDecision, ...]) -> RewriteResult:

@@ -351,6 +351,14 @@ def calibrate(
     "mean shift their rounded weights cause, from the inputs' means on --data.",
 )
 @click.option(
+    "--fold-weights/--no-fold-weights",
+    default=True,
+    show_default=True,
+    help="Write the integer weights of nodes that run in float as Cast/Sub/Mul, which "
+    "onnxruntime folds into float weights when it loads the model (file size of integers, "
+    "speed of float); --no-fold-weights keeps their DequantizeLinear.",
+)
+@click.option(
     "--weights-only",
     is_flag=True,
     help="Quantize weights only; activations stay float (no calibration needed).",
@@ -421,6 +429,7 @@ def quantize(
     target_top1: float,
     gptq: bool,
     bias_correction: bool,
+    fold_weights: bool,
     weights_only: bool,
     recipe: Path | None,
     exclude: tuple[str, ...],
@@ -476,6 +485,7 @@ def quantize(
         target=FidelityTarget(target_sqnr, target_top1),
         gptq=gptq,
         bias_correction=bias_correction,
+        fold_weights=fold_weights,
         recipe=read_recipe(recipe) if recipe is not None else None,
         exclude=exclude,
         mode=Mode(mode),

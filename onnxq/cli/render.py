@@ -204,6 +204,11 @@ def quantization(report: QuantizeReport, as_json: bool) -> None:
         )
     if report.float_biases:
         err.print(f"kept {len(report.float_biases)} biases in float (int32 would overflow)")
+    if report.folded_weights:
+        err.print(
+            f"{report.folded_weights} integer weights of float nodes are dequantized when "
+            "onnxruntime loads the model (constant folding)"
+        )
     if report.corrected_biases:
         err.print(
             f"bias correction: {len(report.corrected_biases)} weights-only nodes "

@@ -38,6 +38,7 @@ class RewriteResult:
     qdq_pairs: int
     float_biases: tuple[str, ...]  # biases kept in float (int32 would overflow)
     corrected_biases: tuple[str, ...] = ()  # weights-only nodes whose bias was corrected
+    folded_weights: int = 0  # integer weights of float nodes written for load-time folding
 
 
 class _Builder:

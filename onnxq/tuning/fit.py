@@ -41,7 +41,14 @@ MAX_FLOAT_SHARE = 0.2  # the check keeps at most this share of the decisions flo
 class Candidate:
     plan: QuantPlan
     qparams: dict[str, QParams]
-    result: RewriteResult
+    result: RewriteResult  # the model to write
+    # the same model with every integer weight behind a DequantizeLinear, which the
+    # simulation switches (``result`` may have folded some: onnxq.graph.fold)
+    simulated: onnx.ModelProto | None = None
+
+    @property
+    def switchable(self) -> onnx.ModelProto:
+        return self.result.model if self.simulated is None else self.simulated
 
 
 # (activation tensors to keep float, nodes to keep float) -> a planned, rewritten candidate
@@ -103,13 +110,13 @@ def fit_target(
     log.info("output check: %s on %d samples", _describe(before), before.samples)
     if before.meets(target):
         return first, FitReport(target, before, before, (), (), 0, 0)
-    sim = build_simulation(model, first.plan, first.result.model, first.qparams)
+    sim = build_simulation(model, first.plan, first.switchable, first.qparams)
     if not sim.units:
         return first, FitReport(target, before, before, (), (), 0, 0)
     probe = check.probe(PROBE_BYTES, before)
 
     def simulation() -> Runner:  # made again for each round; only its bytes kept meanwhile
-        again = build_simulation(model, first.plan, first.result.model, first.qparams)
+        again = build_simulation(model, first.plan, first.switchable, first.qparams)
         data = with_outputs(again.model, probe.outputs).SerializeToString()
         del again
         return Runner(data, threads=threads, level=OptLevel.BASIC, what="simulation")
