@@ -180,3 +180,119 @@ def test_cli_switch_and_json(tmp_path):
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
     assert sorted(json.loads(on.stdout)["corrected_biases"]) == ["conv1", "conv2", "mm3"]
     assert json.loads(off.stdout)["corrected_biases"] == []
+
+
+def _single(node: onnx.NodeProto, x_shape, inits, out_shape) -> onnx.ModelProto:
+    return helper.make_model(
+        helper.make_graph(
+            [node],
+            "single",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out_shape)],
+            inits,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+
+
+def _mean_shift(tmp_path, model, feed, axes, **cfg) -> tuple[float, float, onnx.ModelProto]:
+    """Largest per-channel mean shift of the output without and with bias correction
+    (4-bit weights-only), and the corrected model."""
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    base = QuantConfig(weights_only=True, weight_bits=4, target=NO_CHECK, **cfg)
+    shifts = []
+    for name, on in (("off.onnx", False), ("on.onnx", True)):
+        quantize(
+            tmp_path / "m.onnx",
+            tmp_path / name,
+            replace(base, bias_correction=on),
+            data=tmp_path / "d.npz",
+        )
+        (ref,) = run(model, feed)
+        (out,) = run(onnx.load(str(tmp_path / name)), feed)
+        shifts.append(float(np.abs((out - ref).mean(axis=axes)).max()))
+    written = onnx.load(str(tmp_path / "on.onnx"))
+    onnx.checker.check_model(written, full_check=True)
+    return shifts[0], shifts[1], written
+
+
+def test_conv_with_an_empty_bias_slot_gets_its_bias_there(tmp_path):
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (6, 4, 3, 3)).astype(f32), "w")
+    node = helper.make_node("Conv", ["x", "w", ""], ["y"], name="conv")
+    model = _single(node, ["N", 4, 9, 9], [w], ["N", 6, 7, 7])
+    feed = {"x": rng.normal(3.0, 1.0, (32, 4, 9, 9)).astype(f32)}
+    before, after, written = _mean_shift(tmp_path, model, feed, (0, 2, 3))
+    assert after < 0.02 * before
+    (conv,) = [n for n in written.graph.node if n.op_type == "Conv"]
+    assert len(conv.input) == 3 and conv.input[2]
+
+
+@pytest.mark.parametrize("with_c", [True, False])
+def test_gemm_correction_honours_alpha_beta_and_trans_b(tmp_path, with_c):
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (5, 7)).astype(f32), "w")]  # [N, K]
+    inputs = ["x", "w"]
+    if with_c:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, 5).astype(f32), "c"))
+        inputs.append("c")
+    node = helper.make_node("Gemm", inputs, ["y"], name="gemm", alpha=0.5, beta=2.0, transB=1)
+    model = _single(node, ["N", 7], inits, ["N", 5])
+    feed = {"x": rng.normal(2.0, 1.0, (64, 7)).astype(f32)}
+    before, after, _ = _mean_shift(tmp_path, model, feed, (0,))
+    assert after < 0.02 * before
+
+
+def test_a_tensor_read_along_two_axes_is_not_corrected(tmp_path):
+    """``x`` feeds a Conv (channels on axis 1) and a MatMul (columns on the last axis),
+    both with 4 entries: one set of means cannot serve both, so neither is corrected,
+    while a Conv on another tensor still is."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 1, 1)).astype(f32), "wc"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 4)).astype(f32), "wm"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(f32), "bm"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 1, 1)).astype(f32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wc"], ["c"], name="conv"),
+        helper.make_node("MatMul", ["x", "wm"], ["m"], name="mm"),
+        helper.make_node("Add", ["m", "bm"], ["y"], name="add"),
+        helper.make_node("Conv", ["c", "w2"], ["z"], name="conv2"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "two_axes",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 4, 4])],
+            [
+                helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 4, 4]),
+                helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 4, 4, 4]),
+            ],
+            inits,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = rng.normal(0, 1, (32, 4, 4, 4)) + np.arange(4)[None, :, None, None] * 3.0
+    np.savez(tmp_path / "d.npz", x=(x - np.arange(4) * 5.0).astype(f32))
+    cfg = QuantConfig(weights_only=True, weight_bits=4, target=NO_CHECK)
+    report = quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", cfg, data=tmp_path / "d.npz")
+    assert report.corrected_biases == ("conv2",)
+
+
+def test_non_finite_means_leave_the_bias_alone(tmp_path):
+    from onnxq.graph.bias import correct_biases
+
+    model, feed = _biased_model()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    cfg = QuantConfig(weights_only=True, bias_correction=False, fold_weights=False, target=NO_CHECK)
+    quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", cfg, data=tmp_path / "d.npz")
+    written = onnx.load(str(tmp_path / "q.onnx"))
+    finite = {"x": np.full(4, 4.0), "r1": np.ones(8), "c2": np.ones(6)}
+    _, corrected = correct_biases(written, model, finite)
+    assert set(corrected) == {"conv1", "conv2", "mm3"}
+    _, corrected = correct_biases(written, model, {**finite, "x": np.array([4.0, np.nan, 4, 4])})
+    assert set(corrected) == {"conv2", "mm3"}

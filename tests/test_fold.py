@@ -82,13 +82,27 @@ def test_blocked_and_4bit_weights_keep_their_dequantize(tmp_path):
     assert report.folded_weights == 0 and _ops(tmp_path / "a.onnx")["DequantizeLinear"] > 0
 
 
-def test_fold_leaves_the_input_model_alone_and_names_unique():
+def test_fold_leaves_the_input_model_alone_and_names_unique(tmp_path):
+    """On a weights-only model written with DequantizeLinear: the input is not touched,
+    the result is valid and every new tensor name is unique."""
     model = models.cnn()
-    before = model.SerializeToString()
-    out, n = fold_float_weights(model)
-    assert n == 0 and model.SerializeToString() == before
+    feed = {"input": np.random.default_rng(0).normal(0, 1, (8, 1, 8, 8)).astype(np.float32)}
+    m, d = _case(tmp_path, model, feed)
+    cfg = QuantConfig(weights_only=True, fold_weights=False, target=NO_CHECK)
+    quantize(m, tmp_path / "q.onnx", cfg, data=d)
+    written = onnx.load(str(tmp_path / "q.onnx"))
+    before = written.SerializeToString()
+    out, n = fold_float_weights(written)
+    assert n > 0 and written.SerializeToString() == before
+    onnx.checker.check_model(out, full_check=True)
     names = [o for node in out.graph.node for o in node.output]
+    names += [t.name for t in out.graph.initializer]
     assert len(names) == len(set(names))
+    assert _ops_of(out)["DequantizeLinear"] == 0
+
+
+def _ops_of(model: onnx.ModelProto) -> Counter[str]:
+    return Counter(node.op_type for node in model.graph.node)
 
 
 def test_cli_switch(tmp_path):

@@ -216,3 +216,73 @@ def test_small_data_is_read_once(tmp_path, monkeypatch):
     list(big.batches(2))
     list(big.batches(2))
     assert len(calls) == 3  # too large to keep: read to validate, then for each pass
+
+
+def test_probe_extrapolates_for_a_later_candidate(tmp_path):
+    """The probe is chosen on the first candidate; a later one with a different noise
+    level is still measured as its whole-set noise (the share held, not the first
+    candidate's absolute noise, carries over)."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.5, 1.5, (64, 16)).astype(f32)
+    x[40:48] *= 20.0
+    np.savez(tmp_path / "d.npz", x=x)
+    ref = _scale_model(1.0)
+    data = open_dataset(tmp_path / "d.npz", input_specs(ref))
+    check = make_check_set(ref, data, sample_bytes=1000)
+    probe = check.probe(8 * 1000, check.run(check.runner(_scale_model(1.02))))
+    later = _scale_model(1.08)
+    whole = check.run(check.runner(later)).noise["y"]
+    assert probe.noise_vector(Runner(later))[0] == pytest.approx(whole, rel=1e-6)
+
+
+def test_probe_of_a_candidate_with_infinite_noise(tmp_path):
+    """A feed whose output overflows is the noisiest; the weights stay finite."""
+    x = np.ones((32, 16), f32)
+    x[8:16] = 3e38  # times 1.5 overflows float32 in the candidate only
+    np.savez(tmp_path / "d.npz", x=x)
+    ref = _scale_model(1.0)
+    data = open_dataset(tmp_path / "d.npz", input_specs(ref))
+    check = make_check_set(ref, data, sample_bytes=1000)
+    before = check.run(check.runner(_scale_model(1.5)))
+    probe = check.probe(8 * 1000, before)
+    assert probe.feeds[0]["x"][0, 0] == f32(3e38)
+    assert all(np.isfinite(w) and w > 0 for w in probe.weights)
+
+
+def test_skipped_batches_keep_min_max_and_never_count_nan():
+    """Batches not binned whole still move min and max (through their bounds or their
+    values), and their NaN values are neither binned nor counted as bulk."""
+    rng = np.random.default_rng(0)
+    first = rng.uniform(0.0, 1.0, 4000).astype(f32)  # edge 0.5, min about 0
+    inside = rng.uniform(-0.4, 0.4, 4000).astype(f32)
+    for bounds in (None, (float(inside.min()), float(inside.max()))):
+        h = SampledHistogram(256, stride=4)
+        h.update(first)
+        h.update(inside, bounds)
+        assert h.result().min == pytest.approx(float(inside.min()))
+    with_nan = rng.normal(0, 1, 4000).astype(f32)
+    with_nan[:1500] = np.nan
+    h = SampledHistogram(256, stride=4)
+    h.update(rng.normal(0, 1, 4000).astype(f32))
+    h.update(with_nan)
+    result = h.result()
+    bulk_bins = int(np.count_nonzero(result.counts))
+    assert abs(result.total - (4000 + 2500)) <= bulk_bins  # rounding of scaled bins only
+
+
+def test_batch_count_follows_the_fixed_batch(tmp_path):
+    fixed = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "fixed",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 3])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 3])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    np.savez(tmp_path / "d.npz", x=np.ones((20, 3), f32))
+    data = open_dataset(tmp_path / "d.npz", input_specs(fixed))
+    assert data.num_batches(64) == len(list(data.batches(64))) == 5
+    np.savez(tmp_path / "e.npz", x=np.ones((20, 16), f32))
+    free = open_dataset(tmp_path / "e.npz", input_specs(_scale_model(1.0)))
+    assert free.num_batches(8) == len(list(free.batches(8))) == 3

@@ -4,7 +4,6 @@ every needed activation to its observer."""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -125,7 +124,7 @@ def observe(
     runner = Runner(with_outputs(prepared.model, tensors), threads=threads, what="model")
     batch_size = _batch_for(_sample_bytes(runner, dataset, tensors), config.batch_size)
     done = 0
-    batches = math.ceil(dataset.num_samples / batch_size)
+    batches = dataset.num_batches(batch_size)
     for batch in dataset.batches(batch_size):
         values = runner.run(batch.feed, list(tensors))
         for name, value in values.items():

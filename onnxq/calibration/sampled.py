@@ -5,10 +5,12 @@ the quality estimate and the MSE-optimal range depend on two things: the shape o
 bulk, which a share of the batches shows, and the tails (what clipping would cut), which
 rare batches may hold alone (calibration data ordered by class, a few inputs with huge
 activations). So batch 0 and every ``stride``-th batch after it are binned whole; of the
-others only the values beyond ``edge`` are binned (``x >= edge`` or ``x < -edge``; ``edge``
-a power of two beyond about 99 % of batch 0's magnitudes, hence a bin boundary of every
+others only the values with ``|x| >= edge`` are binned (``edge``: a power of two at or
+below the magnitude that 99 % of batch 0's values stay under, hence a bin boundary of every
 grid at least as fine). The result counts the tail bins exactly and scales the bulk bins
-of the sampled batches so that their total is the exact number of bulk values seen.
+of the sampled batches so that their total is the number of bulk values seen (up to the
+rounding of each scaled bin to a whole count). NaN and inf are never binned, as in
+:class:`HistogramObserver`; min and max cover every finite value seen.
 
 With ``stride == 1`` it is exactly :class:`HistogramObserver`. Not mergeable once
 sampled (the edges of two streams differ).
@@ -38,6 +40,7 @@ class SampledHistogram:
         self.edge: float | None = None
         self.bulk_skipped = 0  # values inside (-edge, edge) of the batches not binned whole
         self.index = 0
+        self.lo, self.hi = math.inf, -math.inf  # of the batches not binned whole
 
     def update(self, x: np.ndarray, bounds: tuple[float, float] | None = None) -> None:
         """Observe the next batch; ``bounds`` are its min and max when known already."""
@@ -50,12 +53,17 @@ class SampledHistogram:
         flat = np.asarray(x).reshape(-1)
         if bounds is not None and -self.edge <= bounds[0] and bounds[1] < self.edge:
             self.bulk_skipped += flat.size  # nothing beyond the edge
+            self.lo, self.hi = min(self.lo, bounds[0]), max(self.hi, bounds[1])
             return
         # |x| >= edge also takes x == -edge, which lies in the bulk bin just above -edge:
-        # binned where it belongs and not counted as skipped bulk, so totals stay exact
-        beyond = flat[np.abs(flat) >= self.edge]
-        self.bulk_skipped += flat.size - beyond.size
-        self.tail.update(beyond)
+        # binned where it belongs and not counted as skipped bulk, so totals stay exact.
+        # NaN is neither inside nor binned (the tail observer drops it, and inf).
+        inside = np.abs(flat) < self.edge
+        inner = flat[inside]
+        if inner.size:
+            self.lo, self.hi = min(self.lo, float(inner.min())), max(self.hi, float(inner.max()))
+        self.bulk_skipped += inner.size
+        self.tail.update(flat[~inside])
 
     def merge(self, other: SampledHistogram) -> None:
         if self.stride > 1 or other.stride > 1:
@@ -66,7 +74,7 @@ class SampledHistogram:
     def result(self) -> Histogram:
         whole = self.whole.result()
         if self.edge is None or self.tail.exponent is None and self.bulk_skipped == 0:
-            return whole
+            return whole  # nothing but whole batches seen
         tail = self.tail.result()
         exponent = max(e for e in (self.whole.exponent, self.tail.exponent) if e is not None)
         width = math.ldexp(1.0, exponent)
@@ -77,13 +85,14 @@ class SampledHistogram:
         bulk = int(sampled[~in_tail].sum())
         scale = (bulk + self.bulk_skipped) / bulk if bulk else 1.0
         counts = np.where(in_tail, sampled, np.rint(sampled * scale).astype(np.int64)) + beyond
-        lo = min(whole.min, tail.min) if self.tail.exponent is not None else whole.min
-        hi = max(whole.max, tail.max) if self.tail.exponent is not None else whole.max
+        lo = min(whole.min, self.lo, tail.min if self.tail.exponent is not None else math.inf)
+        hi = max(whole.max, self.hi, tail.max if self.tail.exponent is not None else -math.inf)
         return Histogram(counts.astype(np.int64), width, lo, hi)
 
 
 def _edge(hist: Histogram) -> float | None:
-    """The smallest power of two with at most TAIL_SHARE of ``hist`` beyond it."""
+    """The power of two at or below the first bin edge with at most TAIL_SHARE of
+    ``hist``'s magnitudes beyond it (so somewhat more may lie beyond the result)."""
     total = hist.total
     if total == 0 or hist.max <= 0 and hist.min >= 0:
         return None

@@ -12,6 +12,7 @@ array is told apart by rank:
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,11 @@ class Dataset:
                 feed = {s.name: self._slice(arrays[s.name], s, start, stop) for s in self.specs}
                 labels = arrays[self.label_key][start:stop] if self.label_key else None
                 yield Batch(feed=feed, labels=labels, size=stop - start)
+
+    def num_batches(self, batch_size: int) -> int:
+        """How many feeds :meth:`batches` yields for ``batch_size``: exact for one file; a
+        folder whose file sizes the step does not divide gives up to one more per file."""
+        return math.ceil(self.num_samples / self._step(batch_size))
 
     def _arrays(self, path: Path) -> dict[str, np.ndarray]:
         if path not in self._cache:

@@ -15,8 +15,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxq.graph.names import NameFactory
 from onnxq.graph.plan import QuantPlan, Role
 from onnxq.graph.rules import GraphIndex, attribute
+from onnxq.quant import QParams, QType, dequantize
 from onnxq.quant.bias_correction import conv_shift, matmul_shift
 
 __all__ = ["bias_inputs", "correct_biases"]
@@ -29,14 +31,17 @@ def bias_inputs(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, int]:
     per-channel means a bias correction needs, with their channel axis."""
     nodes = {n.name: n for n in model.graph.node}
     wanted: dict[str, int] = {}
+    conflicting: set[str] = set()  # read as Conv input (axis 1) and as MatMul input (-1)
     for use in plan.weights:
         node = nodes.get(use.node)
         if use.role is not Role.WEIGHT or node is None or node.op_type not in _OPS:
             continue
         if use.index != 1 or (node.op_type == "Gemm" and attribute(node, "transA", 0)):
             continue
-        wanted[node.input[0]] = 1 if node.op_type == "Conv" else -1
-    return wanted
+        axis = 1 if node.op_type == "Conv" else -1
+        if wanted.setdefault(node.input[0], axis) != axis:
+            conflicting.add(node.input[0])
+    return {t: axis for t, axis in wanted.items() if t not in conflicting}
 
 
 def correct_biases(
@@ -49,7 +54,8 @@ def correct_biases(
     idx = GraphIndex(out)  # of the copy: the Add after a MatMul is changed in place
     floats = {n.name: n for n in prepared.graph.node}
     weights = {i.name: i for i in prepared.graph.initializer}
-    names = _Names(out)
+    names = NameFactory(out)
+    replaced: set[str] = set()  # initializers given a corrected copy
     corrected: list[str] = []
     for node in out.graph.node:
         original = floats.get(node.name)
@@ -67,10 +73,12 @@ def correct_biases(
             continue
         error = _dequantized(dq, idx) - numpy_helper.to_array(w).astype(np.float64)
         shift = _shift(node, error, mean)
-        if shift is not None and _subtract(out, node, shift, idx, names):
+        if shift is None or not np.isfinite(shift).all():
+            continue  # a NaN / inf mean must not reach the bias
+        if _subtract(out, node, shift, idx, names, replaced):
             corrected.append(node.name)
     read = {i for n in out.graph.node for i in n.input}
-    unused = [t for t in out.graph.initializer if t.name in names.replaced and t.name not in read]
+    unused = [t for t in out.graph.initializer if t.name in replaced and t.name not in read]
     for t in unused:  # biases now read through their corrected copies only
         out.graph.initializer.remove(t)
     return out, tuple(corrected)
@@ -98,7 +106,8 @@ def _subtract(
     node: onnx.NodeProto,
     shift: np.ndarray,
     idx: GraphIndex,
-    names: _Names,
+    names: NameFactory,
+    replaced: set[str],
 ) -> bool:
     """Subtract ``shift`` from the node's bias (a new initializer); False if it has
     none that can take it."""
@@ -108,12 +117,15 @@ def _subtract(
             return False
         add = readers[0]
         slot = 1 if add.input[0] == node.output[0] else 0
-        return _replace(model, add, slot, shift, idx, names)
+        return _replace(model, add, slot, shift, idx, names, replaced)
     if len(node.input) > 2 and node.input[2]:
-        return _replace(model, node, 2, shift, idx, names)
+        return _replace(model, node, 2, shift, idx, names, replaced)
     name = names.new(f"{node.name}_corrected_bias")
     model.graph.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
-    node.input.append(name)
+    if len(node.input) > 2:
+        node.input[2] = name  # an empty "" bias slot
+    else:
+        node.input.append(name)
     return True
 
 
@@ -123,7 +135,8 @@ def _replace(
     slot: int,
     shift: np.ndarray,
     idx: GraphIndex,
-    names: _Names,
+    names: NameFactory,
+    replaced: set[str],
 ) -> bool:
     init = idx.initializers.get(node.input[slot])
     if init is None or init.data_type != onnx.TensorProto.FLOAT:
@@ -135,44 +148,27 @@ def _replace(
     new = (np.broadcast_to(bias.reshape(-1), shift.shape) - shift).reshape(shape)
     name = names.new(f"{node.input[slot]}_corrected")
     model.graph.initializer.append(numpy_helper.from_array(new.astype(np.float32), name))
-    names.replaced.add(node.input[slot])
+    replaced.add(node.input[slot])
     node.input[slot] = name
     return True
 
 
 def _dequantized(dq: onnx.NodeProto, idx: GraphIndex) -> np.ndarray:
     """The float weight a DequantizeLinear over initializers gives (axis, blocks)."""
-    codes = numpy_helper.to_array(idx.initializers[dq.input[0]]).astype(np.float64)
-    scale = numpy_helper.to_array(idx.initializers[dq.input[1]]).astype(np.float64)
+    codes_init = idx.initializers[dq.input[0]]
+    codes = numpy_helper.to_array(codes_init).astype(np.int64)
+    scale = numpy_helper.to_array(idx.initializers[dq.input[1]]).astype(np.float32)
     zp = (
-        numpy_helper.to_array(idx.initializers[dq.input[2]]).astype(np.float64)
+        numpy_helper.to_array(idx.initializers[dq.input[2]]).astype(np.int64)
         if len(dq.input) > 2 and dq.input[2]
-        else np.zeros_like(scale)
+        else np.zeros(scale.shape, np.int64)
     )
-    axis = int(attribute(dq, "axis", 1)) % max(codes.ndim, 1)
     block = int(attribute(dq, "block_size", 0))
-    if block:
-        scale = np.repeat(scale, block, axis=axis).take(range(codes.shape[axis]), axis=axis)
-        zp = np.repeat(zp, block, axis=axis).take(range(codes.shape[axis]), axis=axis)
-    elif scale.ndim == 1 and codes.ndim > 0:
-        shape = [1] * codes.ndim
-        shape[axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    return (codes - zp) * scale
-
-
-class _Names:
-    """Fresh tensor names in a model."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.taken = {i.name for i in model.graph.initializer}
-        self.taken |= {o for n in model.graph.node for o in (*n.input, *n.output)}
-        self.replaced: set[str] = set()  # initializers given a corrected copy
-
-    def new(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+    qp = QParams(
+        scale=scale,
+        zero_point=zp,
+        qtype=QType(onnx.TensorProto.DataType.Name(codes_init.data_type).lower()),
+        axis=int(attribute(dq, "axis", 1)) if scale.ndim else None,
+        block_size=block or None,
+    )
+    return dequantize(codes, qp).astype(np.float64)

@@ -8,7 +8,8 @@ answers "what does the output look like with exactly these units quantized" for 
 units, without re-planning or re-loading anything. Activations are quantized with the plan's
 qparams after the activation node they are fused with (a Relu stays in the graph, the Q/DQ
 sits on its output: the same values as the fused clamp); weights use the very
-DequantizeLinear nodes and codes of the rewritten model (GPTQ included). Integer biases are
+DequantizeLinear nodes and codes of the rewritten model (GPTQ included), with their float
+biases (bias corrections, :mod:`onnxq.graph.bias`, are not simulated). Integer biases are
 not simulated (their rounding error is far below the activation's), nor are embedding
 tables; passthrough nodes run on the simulated float values, which equals running them on
 the integers for MaxPool and shape ops (a linear Resize on integers also rounds).

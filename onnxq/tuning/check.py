@@ -85,7 +85,8 @@ class CheckSet:
         the share of the candidate's noise it held. Calibration data is often ordered
         (by class, by source), so the first feeds could all be easy ones."""
         feed_noise = np.asarray(result.feed_noise, np.float64).reshape(len(self.feeds), -1)
-        worst = int(np.argmax([result.noise[n] for n in self.outputs]))
+        feed_noise = np.nan_to_num(feed_noise, nan=np.inf)  # NaN / inf outputs: noisiest
+        worst = int(np.argmax(np.nan_to_num([result.noise[n] for n in self.outputs], nan=np.inf)))
         order = np.argsort(-feed_noise[:, worst], kind="stable")
         chosen: list[int] = []
         samples = 0
@@ -103,6 +104,8 @@ class CheckSet:
                 float(np.sum(np.square(r[name], dtype=np.float64))) for r in self.reference
             )
             share = held[k] / total[k] if total[k] > 0 and held[k] > 0 else 1.0
+            if not np.isfinite(share):  # an infinite total: no share to extrapolate by
+                share = 1.0
             weights.append(1.0 / (max(signal, 1e-300) * share))
         return replace(
             self,

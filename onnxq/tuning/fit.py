@@ -115,7 +115,8 @@ def fit_target(
         return first, FitReport(target, before, before, (), (), 0, 0)
     probe = check.probe(PROBE_BYTES, before)
 
-    def simulation() -> Runner:  # made again for each round; only its bytes kept meanwhile
+    def simulation() -> Runner:  # built when a round needs it, released before re-planning;
+        # the session is made from bytes so no second ModelProto copy stays alive
         again = build_simulation(model, first.plan, first.switchable, first.qparams)
         data = with_outputs(again.model, probe.outputs).SerializeToString()
         del again
