@@ -40,8 +40,8 @@ the whole process: interpreter and libraries included) as JSON. Each child runs 
 
 Measured in this (parent) process for every quantized model: file size vs float;
 single-sample latency (first eval sample), median of ``--runs`` runs of float and quantized
-alternated, both sessions with 2 intra-op threads (fewer runs on slow models so that one
-measurement stays under ~20 s); the model's fidelity metric of
+alternated, both sessions with 2 intra-op threads that do not spin between runs (fewer runs
+on slow models so that one measurement stays under ~20 s); the model's fidelity metric of
 ``bench/real_models/metrics.py`` on the first ``--limit`` (100) eval samples (minilm: mean
 cosine of ``sentence_embedding`` and top-1 retrieval agreement among those sentences).
 
@@ -367,6 +367,9 @@ def session(path: str, threads: int = 2) -> Any:
     so.log_severity_level = 3
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # float and quantized sessions alternate: a spinning pool of one would take the
+    # cores of the other (a model measured 3x slower right after another session)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
@@ -673,7 +676,8 @@ def render(res: dict[str, Any]) -> str:
         "the quantized file vs the float file. Latency: first eval sample, median of float and "
         "quantized runs alternated (runs in the JSON, up to "
         f"{res['settings']['runs']}; fewer when 10+ pairs took over 20 s), 2 intra-op threads "
-        f"each. Fidelity: the metric of `bench/real_models/metrics.py` on the first "
+        f"each, thread spinning off (else one session's spinning pool slows the other). "
+        f"Fidelity: the metric of `bench/real_models/metrics.py` on the first "
         f"{res['settings']['limit']} eval samples at most (to bound the run time), float vs "
         "quantized; minilm: mean cosine of `sentence_embedding` and top-1 retrieval "
         "agreement among those sentences.",

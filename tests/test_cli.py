@@ -430,3 +430,24 @@ def test_inspect_counts_weights_held_by_constant_nodes(tmp_path):
     onnx.save(model, str(tmp_path / "m.onnx"))
     doc = json.loads(invoke("inspect", tmp_path / "m.onnx", "--json").stdout)
     assert doc["parameters"] == 8 * 9 + 8 + 8 * 8 * 9 + 8 + 64 + 640 + 10 + 2
+
+
+def test_compare_times_both_models_with_spinning_off(cnn_files, monkeypatch):
+    """The two sessions alternate in the latency measurement: a spinning thread pool of
+    the one would take the cores of the other, so neither may spin."""
+    import onnxq.report.compare as compare_module
+
+    made: list[str] = []
+    real = compare_module.Runner
+
+    def spy(*args, **kwargs):
+        runner = real(*args, **kwargs)
+        opts = runner._session.get_session_options()
+        made.append(opts.get_session_config_entry("session.intra_op.allow_spinning"))
+        return runner
+
+    monkeypatch.setattr(compare_module, "Runner", spy)
+    args = ["compare", cnn_files["model"], cnn_files["model"], "--data", cnn_files["data"]]
+    result = invoke(*args, "--latency-runs", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert made == ["0", "0"]

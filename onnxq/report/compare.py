@@ -158,8 +158,9 @@ def compare(
         )
     dataset = open_dataset(data_path, specs, label_key=labels)
     threads = threads or (os.cpu_count() or 1)
-    ref_runner = Runner(reference, threads=threads, what="reference model")
-    cand_runner = Runner(candidate, threads=threads, what="candidate model")
+    # no spinning: the two sessions alternate in the latency measurement
+    ref_runner = Runner(reference, threads=threads, what="reference model", spin=False)
+    cand_runner = Runner(candidate, threads=threads, what="candidate model", spin=False)
     batch_size = affordable_batch(
         infer_shapes(reference).model, dataset, batch_size, threads=threads
     )
