@@ -59,10 +59,13 @@ class SampledHistogram:
         # binned where it belongs and not counted as skipped bulk, so totals stay exact.
         # NaN is neither inside nor binned (the tail observer drops it, and inf).
         inside = np.abs(flat) < self.edge
-        inner = flat[inside]
-        if inner.size:
-            self.lo, self.hi = min(self.lo, float(inner.min())), max(self.hi, float(inner.max()))
-        self.bulk_skipped += inner.size
+        self.bulk_skipped += int(np.count_nonzero(inside))
+        if bounds is not None and np.isfinite(bounds).all():
+            lo, hi = bounds  # no pass over the bulk: the batch's own min and max
+        else:  # values beyond the edge reach min/max through the tail observer
+            inner = flat[inside]
+            lo, hi = (float(inner.min()), float(inner.max())) if inner.size else (self.lo, self.hi)
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         self.tail.update(flat[~inside])
 
     def merge(self, other: SampledHistogram) -> None:

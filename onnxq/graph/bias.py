@@ -15,10 +15,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxq.graph.dq import constant_dq_params
 from onnxq.graph.names import NameFactory
 from onnxq.graph.plan import QuantPlan, Role
 from onnxq.graph.rules import GraphIndex, attribute
-from onnxq.quant import QParams, QType, dequantize
+from onnxq.quant import dequantize
 from onnxq.quant.bias_correction import conv_shift, matmul_shift
 
 __all__ = ["bias_inputs", "correct_biases"]
@@ -155,20 +156,5 @@ def _replace(
 
 def _dequantized(dq: onnx.NodeProto, idx: GraphIndex) -> np.ndarray:
     """The float weight a DequantizeLinear over initializers gives (axis, blocks)."""
-    codes_init = idx.initializers[dq.input[0]]
-    codes = numpy_helper.to_array(codes_init).astype(np.int64)
-    scale = numpy_helper.to_array(idx.initializers[dq.input[1]]).astype(np.float32)
-    zp = (
-        numpy_helper.to_array(idx.initializers[dq.input[2]]).astype(np.int64)
-        if len(dq.input) > 2 and dq.input[2]
-        else np.zeros(scale.shape, np.int64)
-    )
-    block = int(attribute(dq, "block_size", 0))
-    qp = QParams(
-        scale=scale,
-        zero_point=zp,
-        qtype=QType(onnx.TensorProto.DataType.Name(codes_init.data_type).lower()),
-        axis=int(attribute(dq, "axis", 1)) if scale.ndim else None,
-        block_size=block or None,
-    )
-    return dequantize(codes, qp).astype(np.float64)
+    codes = numpy_helper.to_array(idx.initializers[dq.input[0]]).astype(np.int64)
+    return dequantize(codes, constant_dq_params(dq, idx)).astype(np.float64)

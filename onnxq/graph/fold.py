@@ -23,8 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
+from onnxq.graph.dq import constant_dq_params
 from onnxq.graph.rules import GraphIndex, attribute
 
 __all__ = ["fold_float_weights"]
@@ -104,21 +105,19 @@ def _float_reader(reader: onnx.NodeProto, weight: str, idx: GraphIndex) -> bool:
 def _arithmetic(
     dq: onnx.NodeProto, idx: GraphIndex, model: onnx.ModelProto, fresh: Callable[[str], str]
 ) -> list[onnx.NodeProto]:
-    codes = idx.initializers[dq.input[0]]
-    rank = len(codes.dims)
-    scale = numpy_helper.to_array(idx.initializers[dq.input[1]]).astype(np.float32)
-    zp = (
-        numpy_helper.to_array(idx.initializers[dq.input[2]]).astype(np.float32)
-        if len(dq.input) > 2 and dq.input[2]
-        else np.zeros_like(scale)
-    )
+    rank = len(idx.initializers[dq.input[0]].dims)
+    qp = constant_dq_params(dq, idx)
+    scale, zp = qp.scale, qp.zero_point.astype(np.float32)
     shape = [1] * rank
-    if scale.ndim == 1 and rank:
-        shape[int(attribute(dq, "axis", 1)) % rank] = -1
+    if qp.axis is not None and rank:
+        shape[qp.axis % rank] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     base = dq.output[0]
     value = fresh(f"{base}_codes")
-    nodes = [helper.make_node("Cast", [dq.input[0]], [value], fresh(f"{dq.name}_cast"), to=1)]
+    cast = helper.make_node(
+        "Cast", [dq.input[0]], [value], fresh(f"{dq.name}_cast"), to=TensorProto.FLOAT
+    )
+    nodes = [cast]
     if np.any(zp != 0):
         zp_name, centred = fresh(f"{base}_zero_point"), fresh(f"{base}_centred")
         model.graph.initializer.append(numpy_helper.from_array(zp, zp_name))
