@@ -277,3 +277,54 @@ def with_if_branch(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray
     model = _model(nodes, inputs, [_vi("y", ["N", 4, 8, 8])], inits)
     feed = {"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(f32)}
     return model, feed
+
+
+def tiny_encoder(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """One transformer encoder block on [N, 8, 32]: LayerNorm, single-head attention
+    (MatMul q/k/v, scaled scores, Softmax, MatMul), projection and residual Add, LayerNorm,
+    an MLP (MatMul + bias, Relu, MatMul + bias) and a residual Add."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    d, h = 32, 64
+
+    def w(name: str, *shape: int, std: float = 0.15) -> TensorProto:
+        return _init(name, rng.normal(0, std, shape).astype(f32))
+
+    inits = [
+        _init("ln1_g", (1 + 0.1 * rng.normal(size=d)).astype(f32)),
+        _init("ln1_b", (0.1 * rng.normal(size=d)).astype(f32)),
+        _init("ln2_g", (1 + 0.1 * rng.normal(size=d)).astype(f32)),
+        _init("ln2_b", (0.1 * rng.normal(size=d)).astype(f32)),
+        w("wq", d, d),
+        w("wk", d, d),
+        w("wv", d, d),
+        w("wo", d, d),
+        w("w1", d, h),
+        w("b1", h, std=0.1),
+        w("w2", h, d),
+        w("b2", d, std=0.1),
+        _init("scale", np.array(1.0 / np.sqrt(d), f32)),
+    ]
+    n = helper.make_node
+    nodes = [
+        n("LayerNormalization", ["x", "ln1_g", "ln1_b"], ["ln1"], name="ln1", axis=-1),
+        n("MatMul", ["ln1", "wq"], ["q"], name="q_proj"),
+        n("MatMul", ["ln1", "wk"], ["k"], name="k_proj"),
+        n("MatMul", ["ln1", "wv"], ["v"], name="v_proj"),
+        n("Transpose", ["k"], ["kt"], name="k_t", perm=[0, 2, 1]),
+        n("MatMul", ["q", "kt"], ["qk"], name="qk"),
+        n("Mul", ["qk", "scale"], ["scores"], name="scale_scores"),
+        n("Softmax", ["scores"], ["probs"], name="softmax", axis=-1),
+        n("MatMul", ["probs", "v"], ["ctx"], name="pv"),
+        n("MatMul", ["ctx", "wo"], ["attn"], name="o_proj"),
+        n("Add", ["x", "attn"], ["res1"], name="res1"),
+        n("LayerNormalization", ["res1", "ln2_g", "ln2_b"], ["ln2"], name="ln2", axis=-1),
+        n("MatMul", ["ln2", "w1"], ["m1"], name="fc1"),
+        n("Add", ["m1", "b1"], ["m1b"], name="fc1_bias"),
+        n("Relu", ["m1b"], ["act"], name="act"),
+        n("MatMul", ["act", "w2"], ["m2"], name="fc2"),
+        n("Add", ["m2", "b2"], ["m2b"], name="fc2_bias"),
+        n("Add", ["res1", "m2b"], ["y"], name="res2"),
+    ]
+    model = _model(nodes, [_vi("x", ["N", 8, d])], [_vi("y", ["N", 8, d])], inits)
+    return model, {"x": rng.normal(0, 1, (48, 8, d)).astype(f32)}
