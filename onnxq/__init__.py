@@ -10,6 +10,7 @@ from onnxq._version import __version__
 from onnxq.calibration.calibrate import calibrate
 from onnxq.calibration.ranges import RangesFile, read_ranges
 from onnxq.config import (
+    ActivationSpec,
     CalibrationConfig,
     CalibrationMethod,
     FidelityTarget,
@@ -17,12 +18,15 @@ from onnxq.config import (
     QuantConfig,
     RangeMode,
     Scheme,
+    WeightSpec,
 )
 from onnxq.errors import ConfigError, DataError, ModelError, OnnxqError, RangesError, RuntimeFailure
-from onnxq.quantize import QuantizeReport, quantize
+from onnxq.pipeline import quantize
 from onnxq.report.compare import CompareReport, Thresholds, compare
+from onnxq.report.quantize_report import QuantizeReport
 
 __all__ = [
+    "ActivationSpec",
     "CalibrationConfig",
     "CalibrationMethod",
     "CompareReport",
@@ -40,6 +44,7 @@ __all__ = [
     "RuntimeFailure",
     "Scheme",
     "Thresholds",
+    "WeightSpec",
     "__version__",
     "calibrate",
     "compare",

@@ -4,25 +4,29 @@ validated on construction. No option dicts anywhere in onnxq."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 
 from onnxq.errors import ConfigError
+from onnxq.quant.methods import CalibrationMethod, Granularity
 from onnxq.quant.qtypes import QType
 
 __all__ = [
     "ACTIVATION_BITS",
     "WEIGHT_BITS",
+    "ActivationSpec",
     "CalibrationConfig",
     "CalibrationMethod",
     "FidelityTarget",
     "Granularity",
     "Mode",
     "QuantConfig",
+    "QuantFlags",
     "RangeMode",
     "Recipe",
     "RecipeRule",
     "Scheme",
+    "WeightOverride",
     "WeightSpec",
 ]
 
@@ -38,35 +42,11 @@ class Scheme(str, Enum):
         return QType.for_bits(bits, signed=self is Scheme.SYM)
 
 
-class Granularity(str, Enum):
-    """How many clipping ranges a weight gets: one (tensor), one per output channel,
-    one per group of consecutive output channels, or one per block of consecutive
-    values along the reduction axis inside each output channel (sub-channel)."""
-
-    TENSOR = "tensor"
-    CHANNEL = "channel"
-    GROUP = "group"
-    BLOCK = "block"
-
-
 class RangeMode(str, Enum):
     """Full integer range, or restricted (drop the lowest code: [-127, 127] for int8)."""
 
     FULL = "full"
     RESTRICTED = "restricted"
-
-
-class CalibrationMethod(str, Enum):
-    """How a clipping range is chosen from observed values."""
-
-    MINMAX = "minmax"
-    PERCENTILE = "percentile"
-    ENTROPY = "entropy"
-    MSE = "mse"
-
-    @property
-    def uses_histogram(self) -> bool:
-        return self is not CalibrationMethod.MINMAX
 
 
 class Mode(str, Enum):
@@ -179,6 +159,21 @@ class WeightSpec:
 
 
 @dataclass(frozen=True)
+class ActivationSpec:
+    """How activations are stored: asymmetric uint8 by default (16 bits for hard cases)."""
+
+    scheme: Scheme = Scheme.ASYM
+    bits: int = 8
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits, "--activation-bits", ACTIVATION_BITS)
+
+    @property
+    def qtype(self) -> QType:
+        return self.scheme.qtype(self.bits)
+
+
+@dataclass(frozen=True)
 class FidelityTarget:
     """What the output check asks of the quantized model on calibration samples: every
     float output's SQNR at least ``sqnr_db`` and, on classifier-shaped outputs, top-1
@@ -209,18 +204,11 @@ class QuantConfig:
     ``recipe`` overrides weight settings and exclusion node by node.
     """
 
-    weight_scheme: Scheme = Scheme.SYM
-    activation_scheme: Scheme = Scheme.ASYM
-    granularity: Granularity = Granularity.CHANNEL
+    weights: WeightSpec = field(default_factory=WeightSpec)
+    activations: ActivationSpec = field(default_factory=ActivationSpec)
     range_mode: RangeMode = RangeMode.FULL
-    weight_bits: int = 8
-    activation_bits: int = 8
-    group_size: int = 4
-    block_size: int = 32
-    exclude: tuple[str, ...] = field(default_factory=tuple)
+    exclude: tuple[str, ...] = ()
     mode: Mode = Mode.STATIC
-    weight_method: CalibrationMethod = CalibrationMethod.MINMAX
-    weight_percentile: float = 99.99
     weights_only: bool = False
     recipe: Recipe | None = None
     auto_sqnr: float = 26.0  # activations whose 8-bit grid gives less: MSE-clipped or float
@@ -230,29 +218,35 @@ class QuantConfig:
     fold_weights: bool = True  # float nodes' integer weights: Cast/Sub/Mul folded at load
 
     def __post_init__(self) -> None:
-        _ = self.weights  # validates the weight settings
-        _check_bits(self.activation_bits, "--activation-bits", ACTIVATION_BITS)
         for name in self.exclude:
             if not name:
                 raise ConfigError("--exclude needs a node name or op type, got an empty string")
-        if self.mode is Mode.DYNAMIC and self.weights_only:
+        if not (self.auto_sqnr >= 0 and math.isfinite(self.auto_sqnr)):
+            raise ConfigError(
+                f"--auto-sqnr must be a finite number of dB ≥ 0, got {self.auto_sqnr}"
+            )
+        if self.mode is Mode.DYNAMIC:
+            self._check_dynamic()
+
+    def _check_dynamic(self) -> None:
+        if self.weights_only:
             raise ConfigError("--weights-only and --mode dynamic exclude each other: pick one")
-        if self.mode is Mode.DYNAMIC and self.activation_bits != 8:
+        if self.activations.bits != 8:
             raise ConfigError("--mode dynamic quantizes activations to 8 bits only")
-        if self.mode is Mode.DYNAMIC and self.gptq:
+        if self.gptq:
             raise ConfigError("--gptq applies to static and weights-only quantization")
-        if self.mode is Mode.DYNAMIC and self.recipe is not None:
+        if self.recipe is not None:
             raise ConfigError(
                 "--recipe applies to static and weights-only quantization, not --mode dynamic"
             )
-        if self.mode is Mode.DYNAMIC and self.activation_scheme is not Scheme.ASYM:
+        if self.activations.scheme is not Scheme.ASYM:
             raise ConfigError(
                 "--mode dynamic quantizes activations to asymmetric uint8 "
                 "(DynamicQuantizeLinear); use --activation-scheme asym"
             )
-        if self.mode is Mode.DYNAMIC and (
-            self.weight_bits != 8
-            or self.granularity not in (Granularity.TENSOR, Granularity.CHANNEL)
+        if self.weights.bits != 8 or self.weights.granularity not in (
+            Granularity.TENSOR,
+            Granularity.CHANNEL,
         ):
             raise ConfigError(
                 "--mode dynamic stores int8 weights per tensor or per channel "
@@ -260,39 +254,145 @@ class QuantConfig:
             )
 
     @property
-    def weights(self) -> WeightSpec:
-        """The global weight settings (before any recipe)."""
-        return WeightSpec(
-            self.weight_scheme,
-            self.weight_bits,
-            self.granularity,
-            self.group_size,
-            self.block_size,
-            self.weight_method,
-            self.weight_percentile,
-        )
-
-    @property
-    def weight_qtype(self) -> QType:
-        return self.weight_scheme.qtype(self.weight_bits)
-
-    @property
-    def activation_qtype(self) -> QType:
-        return self.activation_scheme.qtype(self.activation_bits)
-
-    @property
     def restricted(self) -> bool:
         return self.range_mode is RangeMode.RESTRICTED
+
+    @property
+    def needs_ranges(self) -> bool:
+        """Static quantization of activations: calibrated ranges are needed."""
+        return self.mode is Mode.STATIC and not self.weights_only
 
     @property
     def min_opset(self) -> int:
         """Opset the written model needs: 21 for 4/16-bit types and blocked Q/DQ, else 13."""
         specs = [self.weights, *(self.recipe.specs(self.weights) if self.recipe else [])]
-        if self.activation_bits == 16 and not self.weights_only and self.mode is Mode.STATIC:
+        if self.activations.bits == 16 and self.needs_ranges:
             return 21
         if any(s.bits == 4 or s.granularity is Granularity.BLOCK for s in specs):
             return 21
         return 13
+
+    @classmethod
+    def from_flags(cls, flags: QuantFlags, recipe: Recipe | None = None) -> QuantConfig:
+        """The configuration the command-line flags ask for (``--bits`` sets both widths,
+        ``--scheme`` both schemes; the specific flags win)."""
+        f = flags
+        if f.bits is not None and f.activation_bits is None and not f.weights_only:
+            if f.bits not in ACTIVATION_BITS:
+                raise ConfigError(
+                    f"--bits {f.bits} would set activations to {f.bits} bits, but activations "
+                    f"take 8 or 16: use --weight-bits {f.bits}, or add --weights-only"
+                )
+        default_w, default_a = WeightSpec(), ActivationSpec()
+        act_bits = f.activation_bits or (f.bits if f.bits and not f.weights_only else None)
+        return cls(
+            weights=WeightSpec(
+                scheme=f.weight_scheme or f.scheme or default_w.scheme,
+                bits=f.weight_bits or f.bits or default_w.bits,
+                granularity=f.granularity,
+                group_size=f.group_size,
+                block_size=f.block_size,
+                method=f.weight_method,
+                percentile=f.weight_percentile,
+            ),
+            activations=ActivationSpec(
+                scheme=f.activation_scheme or f.scheme or default_a.scheme,
+                bits=act_bits or default_a.bits,
+            ),
+            range_mode=f.range_mode,
+            exclude=f.exclude,
+            mode=f.mode,
+            weights_only=f.weights_only,
+            recipe=recipe,
+            auto_sqnr=f.auto_sqnr,
+            gptq=f.gptq,
+            target=FidelityTarget(f.target_sqnr, f.target_top1),
+            bias_correction=f.bias_correction,
+            fold_weights=f.fold_weights,
+        )
+
+    def settings(self) -> dict[str, object]:
+        """Every setting, as JSON-ready values (for the report and the model's metadata)."""
+        plain = _plain(asdict(self))
+        assert isinstance(plain, dict)
+        return plain
+
+
+@dataclass(frozen=True)
+class QuantFlags:
+    """The quantize command's flags as given (None: not given). Defaults come from the
+    configuration dataclasses, so the CLI repeats no number."""
+
+    scheme: Scheme | None = None
+    weight_scheme: Scheme | None = None
+    activation_scheme: Scheme | None = None
+    bits: int | None = None
+    weight_bits: int | None = None
+    activation_bits: int | None = None
+    granularity: Granularity = WeightSpec.granularity
+    group_size: int = WeightSpec.group_size
+    block_size: int = WeightSpec.block_size
+    weight_method: CalibrationMethod = WeightSpec.method
+    weight_percentile: float = WeightSpec.percentile
+    range_mode: RangeMode = RangeMode.FULL
+    exclude: tuple[str, ...] = ()
+    mode: Mode = Mode.STATIC
+    weights_only: bool = False
+    auto_sqnr: float = QuantConfig.auto_sqnr
+    gptq: bool = False
+    target_sqnr: float = FidelityTarget.sqnr_db
+    target_top1: float = FidelityTarget.top1
+    bias_correction: bool = QuantConfig.bias_correction
+    fold_weights: bool = QuantConfig.fold_weights
+
+
+def _plain(value: object) -> object:
+    """``value`` with enums as their values and tuples as lists (JSON-ready)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class WeightOverride:
+    """The weight settings one recipe rule sets (None: left as they are)."""
+
+    scheme: Scheme | None = None
+    bits: int | None = None
+    granularity: Granularity | None = None
+    group_size: int | None = None
+    block_size: int | None = None
+    method: CalibrationMethod | None = None
+
+    def apply(self, spec: WeightSpec) -> WeightSpec:
+        """``spec`` with these settings (validated by WeightSpec)."""
+        return WeightSpec(
+            scheme=spec.scheme if self.scheme is None else self.scheme,
+            bits=spec.bits if self.bits is None else self.bits,
+            granularity=spec.granularity if self.granularity is None else self.granularity,
+            group_size=spec.group_size if self.group_size is None else self.group_size,
+            block_size=spec.block_size if self.block_size is None else self.block_size,
+            method=spec.method if self.method is None else self.method,
+            percentile=spec.percentile,
+        )
+
+    def merge(self, other: WeightOverride) -> tuple[WeightOverride, str | None]:
+        """Both overrides in one, and the first setting they give different values."""
+        merged = {}
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if mine is not None and theirs is not None and mine != theirs:
+                return self, f.name
+            merged[f.name] = mine if theirs is None else theirs
+        return WeightOverride(**merged), None
+
+    def names(self) -> tuple[str, ...]:
+        """The settings this override sets."""
+        return tuple(f.name for f in fields(self) if getattr(self, f.name) is not None)
 
 
 @dataclass(frozen=True)
@@ -301,30 +401,11 @@ class RecipeRule:
 
     match: str
     exclude: bool | None = None
-    weight_scheme: Scheme | None = None
-    weight_bits: int | None = None
-    granularity: Granularity | None = None
-    group_size: int | None = None
-    block_size: int | None = None
-    weight_method: CalibrationMethod | None = None
+    weights: WeightOverride = field(default_factory=WeightOverride)
 
     def apply(self, spec: WeightSpec) -> WeightSpec:
         """``spec`` with this rule's weight settings (validated)."""
-        settings = {k: v for k, v in self.settings().items() if k != "exclude"}
-        return replace(spec, **settings)  # type: ignore[arg-type]
-
-    def settings(self) -> dict[str, object]:
-        """The settings this rule makes, by WeightSpec field name (plus ``exclude``)."""
-        names = {
-            "weight_scheme": "scheme",
-            "weight_bits": "bits",
-            "granularity": "granularity",
-            "group_size": "group_size",
-            "block_size": "block_size",
-            "weight_method": "method",
-            "exclude": "exclude",
-        }
-        return {names[k]: v for k, v in self.__dict__.items() if k != "match" and v is not None}
+        return self.weights.apply(spec)
 
 
 @dataclass(frozen=True)

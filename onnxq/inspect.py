@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +10,8 @@ from onnxq.config import QuantConfig
 from onnxq.graph.model_io import load_model
 from onnxq.graph.plan import NodeDecision, make_plan
 from onnxq.graph.summary import ModelSummary, summarize
-from onnxq.prepare import prepare
 from onnxq.report.preflight import RuntimePreview, preview
+from onnxq.stages.prepare import prepare
 
 __all__ = ["Inspection", "inspect_model"]
 
@@ -25,22 +25,9 @@ class Inspection:
     runtime: RuntimePreview | None = None  # with target "cpu"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": "onnxq-inspect",
-            "schema_version": 1,
-            "path": self.path,
-            **asdict(self.summary),
-            "preparation": list(self.preparation),
-            "nodes_after_preparation": [asdict(d) for d in self.decisions],
-            "quantized_nodes": sum(d.action == "quantize" for d in self.decisions),
-            "target": None
-            if self.runtime is None
-            else {
-                "name": "cpu",
-                "provider": "CPUExecutionProvider",
-                **self.runtime.to_dict(),
-            },
-        }
+        from onnxq.report.schema import inspect_document
+
+        return inspect_document(self)
 
 
 def inspect_model(

@@ -20,7 +20,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onnxq.config import CalibrationMethod, Granularity, Recipe, RecipeRule, Scheme, WeightSpec
+from onnxq.config import (
+    CalibrationMethod,
+    Granularity,
+    Recipe,
+    RecipeRule,
+    Scheme,
+    WeightOverride,
+    WeightSpec,
+)
 from onnxq.errors import ConfigError
 
 __all__ = ["read_recipe"]
@@ -45,6 +53,15 @@ _CONVERT: dict[str, Any] = {
     "group_size": _strict(int),
     "block_size": _strict(int),
     "weight_method": CalibrationMethod,
+}
+# recipe key -> WeightOverride field
+_WEIGHT_FIELD = {
+    "weight_scheme": "scheme",
+    "weight_bits": "bits",
+    "granularity": "granularity",
+    "group_size": "group_size",
+    "block_size": "block_size",
+    "weight_method": "method",
 }
 
 
@@ -76,7 +93,7 @@ def _rule(path: Path, i: int, entry: Any) -> RecipeRule:
     where = f"recipe file '{path}', rule {i + 1}"
     if not isinstance(entry, dict) or not isinstance(entry.get("match"), str) or not entry["match"]:
         raise ConfigError(f'{where}: each rule needs a "match" glob')
-    values: dict[str, Any] = {"match": entry["match"]}
+    values: dict[str, Any] = {}
     for key, value in entry.items():
         if key == "match":
             continue
@@ -89,9 +106,10 @@ def _rule(path: Path, i: int, entry: Any) -> RecipeRule:
             values[key] = _CONVERT[key](value)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{where} ('{entry['match']}'): bad {key} {value!r}") from exc
-    if len(values) == 1:
+    if not values:
         raise ConfigError(f"{where} ('{entry['match']}') sets nothing")
-    rule = RecipeRule(**values)
+    override = WeightOverride(**{_WEIGHT_FIELD[k]: v for k, v in values.items() if k != "exclude"})
+    rule = RecipeRule(entry["match"], values.get("exclude"), override)
     try:
         rule.apply(WeightSpec())
     except ConfigError as exc:

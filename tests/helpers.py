@@ -7,14 +7,15 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from onnxq.calibration.calibrate import observe
+from onnxq.calibration.collect import FloatSession
+from onnxq.calibration.remedy import activation_qparams
 from onnxq.config import CalibrationConfig, FidelityTarget, QuantConfig
 from onnxq.data import open_dataset
 from onnxq.graph.model_io import input_specs
+from onnxq.graph.passes.result import PassResult
 from onnxq.graph.plan import QuantPlan, make_plan
-from onnxq.graph.rewrite import RewriteResult, rewrite
-from onnxq.prepare import prepare
-from onnxq.quantize import _activation_qparams
+from onnxq.graph.rewrite_qdq import rewrite_qdq
+from onnxq.stages.prepare import prepare
 
 # tests of one mechanism switch the output check off, so that it cannot mask the mechanism
 NO_CHECK = FidelityTarget(sqnr_db=0)
@@ -33,16 +34,19 @@ def run(model: onnx.ModelProto, feed: dict, *, optimize: bool = True) -> list[np
 
 def quantize_in_memory(
     model: onnx.ModelProto, feed: dict, config: QuantConfig | None = None, tmp_path=None
-) -> tuple[RewriteResult, QuantPlan]:
+) -> tuple[PassResult, QuantPlan]:
     config = config or QuantConfig()
     prepared = prepare(model)
     plan = make_plan(prepared.model, config)
     path = tmp_path / "calib.npz"
     np.savez(path, **feed)
     dataset = open_dataset(path, input_specs(model))
-    observed = observe(prepared, dataset, plan.roots, CalibrationConfig())
-    qparams = {t: _activation_qparams(observed[t], config) for t in plan.roots}
-    return rewrite(prepared.model, plan, qparams, config), plan
+    observed = FloatSession(prepared.model).observe(dataset, plan.roots, CalibrationConfig())
+    qparams = {
+        t: activation_qparams(observed[t], config.activations, restricted=config.restricted)
+        for t in plan.roots
+    }
+    return rewrite_qdq(prepared.model, plan, qparams, config), plan
 
 
 def output_step(model: onnx.ModelProto, output: str, reference: np.ndarray) -> float:
@@ -57,3 +61,12 @@ def output_step(model: onnx.ModelProto, output: str, reference: np.ndarray) -> f
 
 def op_types(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
+
+
+def graph_bytes(path) -> bytes:
+    """The written model without its provenance (producer, metadata): what two runs with
+    different settings can share byte for byte."""
+    model = onnx.load(str(path))
+    model.producer_version = ""
+    del model.metadata_props[:]
+    return model.SerializeToString()

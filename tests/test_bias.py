@@ -16,11 +16,12 @@ from onnx import helper, numpy_helper
 
 from onnxq import QuantConfig, quantize
 from onnxq.cli.main import cli
+from onnxq.config import WeightSpec
 from onnxq.graph.outputs import with_outputs
 from onnxq.quant.bias_correction import conv_shift, matmul_shift
 
 import models
-from helpers import NO_CHECK, run
+from helpers import NO_CHECK, graph_bytes, run
 
 f32 = np.float32
 
@@ -118,7 +119,9 @@ def test_weights_only_nodes_get_their_mean_back(tmp_path):
     model, feed = _biased_model()
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "d.npz", **feed)
-    cfg = QuantConfig(weights_only=True, weight_bits=4, target=NO_CHECK)  # coarse rounding
+    cfg = QuantConfig(
+        weights_only=True, target=NO_CHECK, weights=WeightSpec(bits=4)
+    )  # coarse rounding
     plain = quantize(
         tmp_path / "m.onnx",
         tmp_path / "a.onnx",
@@ -166,7 +169,7 @@ def test_nodes_on_integer_activations_are_left_alone(tmp_path):
         data=tmp_path / "d.npz",
     )
     assert on.corrected_biases == ()
-    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert graph_bytes(tmp_path / "a.onnx") == graph_bytes(tmp_path / "b.onnx")
 
 
 def test_cli_switch_and_json(tmp_path):
@@ -200,7 +203,7 @@ def _mean_shift(tmp_path, model, feed, axes, **cfg) -> tuple[float, float, onnx.
     (4-bit weights-only), and the corrected model."""
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "d.npz", **feed)
-    base = QuantConfig(weights_only=True, weight_bits=4, target=NO_CHECK, **cfg)
+    base = QuantConfig(weights_only=True, target=NO_CHECK, **cfg, weights=WeightSpec(bits=4))
     shifts = []
     for name, on in (("off.onnx", False), ("on.onnx", True)):
         quantize(
@@ -277,13 +280,14 @@ def test_a_tensor_read_along_two_axes_is_not_corrected(tmp_path):
     onnx.save(model, str(tmp_path / "m.onnx"))
     x = rng.normal(0, 1, (32, 4, 4, 4)) + np.arange(4)[None, :, None, None] * 3.0
     np.savez(tmp_path / "d.npz", x=(x - np.arange(4) * 5.0).astype(f32))
-    cfg = QuantConfig(weights_only=True, weight_bits=4, target=NO_CHECK)
+    cfg = QuantConfig(weights_only=True, target=NO_CHECK, weights=WeightSpec(bits=4))
     report = quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", cfg, data=tmp_path / "d.npz")
     assert report.corrected_biases == ("conv2",)
 
 
 def test_non_finite_means_leave_the_bias_alone(tmp_path):
-    from onnxq.graph.bias import correct_biases
+    from onnxq.graph.passes.bias_correction import correct_biases
+    from onnxq.graph.passes.result import ChangeKind
 
     model, feed = _biased_model()
     onnx.save(model, str(tmp_path / "m.onnx"))
@@ -292,7 +296,8 @@ def test_non_finite_means_leave_the_bias_alone(tmp_path):
     quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", cfg, data=tmp_path / "d.npz")
     written = onnx.load(str(tmp_path / "q.onnx"))
     finite = {"x": np.full(4, 4.0), "r1": np.ones(8), "c2": np.ones(6)}
-    _, corrected = correct_biases(written, model, finite)
+    corrected = correct_biases(written, model, finite).names(ChangeKind.BIAS_CORRECTED)
     assert set(corrected) == {"conv1", "conv2", "mm3"}
-    _, corrected = correct_biases(written, model, {**finite, "x": np.array([4.0, np.nan, 4, 4])})
+    nan_x = {**finite, "x": np.array([4.0, np.nan, 4, 4])}
+    corrected = correct_biases(written, model, nan_x).names(ChangeKind.BIAS_CORRECTED)
     assert set(corrected) == {"conv2", "mm3"}

@@ -276,7 +276,7 @@ def test_output_equal_to_input_is_refused(cnn_files):
         (["--bits", "4"], "--bits 4 would set activations to 4 bits"),
         (["--weight-bits", "3"], "--weight-bits 3 is not supported: use 4 or 8"),
         (["--activation-bits", "4"], "--activation-bits 4 is not supported: use 8 or 16"),
-        (["--ranges", "r.json"], "mutually exclusive"),
+        (["--ranges", "r.json"], "not both"),
     ],
 )
 def test_bad_options_name_the_option(cnn_files, extra, fragment):

@@ -11,11 +11,12 @@ from click.testing import CliRunner
 
 from onnxq import Granularity, QuantConfig, Scheme, quantize
 from onnxq.cli.main import cli
-from onnxq.graph.fold import fold_float_weights
+from onnxq.config import WeightSpec
+from onnxq.graph.passes.fold_weights import fold_float_weights
 from onnxq.runtime import optimized_op_types
 
 import models
-from helpers import NO_CHECK, run
+from helpers import NO_CHECK, graph_bytes, run
 
 
 def _case(tmp_path, model, feed):
@@ -36,7 +37,7 @@ def test_weights_only_nodes_read_constant_float_weights_at_load(tmp_path):
     feed = {"input": np.random.default_rng(0).normal(0, 1, (8, 1, 8, 8)).astype(np.float32)}
     m, d = _case(tmp_path, model, feed)
     # asymmetric weights: the zero points are not 0, so the Sub is there too
-    cfg = QuantConfig(weights_only=True, weight_scheme=Scheme.ASYM, target=NO_CHECK)
+    cfg = QuantConfig(weights_only=True, target=NO_CHECK, weights=WeightSpec(scheme=Scheme.ASYM))
     folded = quantize(m, tmp_path / "a.onnx", cfg, data=d)
     kept = quantize(
         m, tmp_path / "b.onnx", QuantConfig(**{**cfg.__dict__, "fold_weights": False}), data=d
@@ -64,7 +65,7 @@ def test_integer_kernels_keep_their_dequantize(tmp_path):
     on = quantize(m, tmp_path / "a.onnx", QuantConfig(target=NO_CHECK), data=d)
     quantize(m, tmp_path / "b.onnx", QuantConfig(target=NO_CHECK, fold_weights=False), data=d)
     assert on.folded_weights == 0
-    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert graph_bytes(tmp_path / "a.onnx") == graph_bytes(tmp_path / "b.onnx")
 
 
 def test_blocked_and_4bit_weights_keep_their_dequantize(tmp_path):
@@ -73,10 +74,8 @@ def test_blocked_and_4bit_weights_keep_their_dequantize(tmp_path):
     m, d = _case(tmp_path, model, feed)
     cfg = QuantConfig(
         weights_only=True,
-        weight_bits=4,
-        granularity=Granularity.BLOCK,
-        block_size=16,
         target=NO_CHECK,
+        weights=WeightSpec(bits=4, granularity=Granularity.BLOCK, block_size=16),
     )
     report = quantize(m, tmp_path / "a.onnx", cfg, data=d)
     assert report.folded_weights == 0 and _ops(tmp_path / "a.onnx")["DequantizeLinear"] > 0
@@ -92,7 +91,8 @@ def test_fold_leaves_the_input_model_alone_and_names_unique(tmp_path):
     quantize(m, tmp_path / "q.onnx", cfg, data=d)
     written = onnx.load(str(tmp_path / "q.onnx"))
     before = written.SerializeToString()
-    out, n = fold_float_weights(written)
+    folded = fold_float_weights(written)
+    out, n = folded.model, len(folded.changes)
     assert n > 0 and written.SerializeToString() == before
     onnx.checker.check_model(out, full_check=True)
     names = [o for node in out.graph.node for o in node.output]

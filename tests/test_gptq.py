@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from onnxq import QuantConfig, quantize
-from onnxq.config import Granularity
+from onnxq.config import Granularity, WeightSpec
 from onnxq.quant import QType, dequantize
 from onnxq.quant import quantize as q_values
 from onnxq.quant.gptq import gptq
@@ -49,12 +49,10 @@ def test_quantize_with_gptq_beats_round_to_nearest(tmp_path):
     for gptq_on in (False, True):
         config = QuantConfig(
             weights_only=True,
-            weight_bits=4,
-            granularity=Granularity.BLOCK,
-            block_size=4,
             gptq=gptq_on,
             exclude=("stem",),
             target=NO_CHECK,
+            weights=WeightSpec(bits=4, granularity=Granularity.BLOCK, block_size=4),
         )
         report = quantize(
             tmp_path / "m.onnx", tmp_path / f"q{gptq_on}.onnx", config, data=tmp_path / "d.npz"

@@ -7,7 +7,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxq.config import Granularity, QuantConfig, RangeMode, Scheme
+from onnxq.config import ActivationSpec, Granularity, QuantConfig, RangeMode, Scheme, WeightSpec
+from onnxq.graph.plan import NodeAction
 from onnxq.runtime import optimized_op_types
 
 import models
@@ -36,7 +37,7 @@ def test_single_op_models_quantize_close_to_float_and_fuse(kind, tmp_path):
     model, feed = models.single_op(kind)
     result, plan = quantize_in_memory(model, feed, tmp_path=tmp_path)
     onnx.checker.check_model(result.model, full_check=True)
-    assert any(d.name == "op" and d.quantized for d in plan.decisions), plan.decisions
+    assert any(d.name == "op" and d.action is not NodeAction.FLOAT for d in plan.decisions)
 
     (reference,) = run(model, feed)
     (fused,) = run(result.model, feed)
@@ -81,7 +82,7 @@ def test_relu_is_fused_into_the_quantized_conv_output(tmp_path):
     assert {d.name for d in plan.decisions if d.action == "fused"} == {"relu1", "relu2"}
     # with symmetric activations the zero point is not the lowest code: Relu must stay
     sym, plan = quantize_in_memory(
-        model, feed, QuantConfig(activation_scheme=Scheme.SYM), tmp_path=tmp_path
+        model, feed, QuantConfig(activations=ActivationSpec(scheme=Scheme.SYM)), tmp_path=tmp_path
     )
     assert op_types(sym.model).count("Relu") == 2
     (a,), (b,) = run(model, feed), run(sym.model, feed)
@@ -131,10 +132,12 @@ def test_per_channel_axis_follows_the_op(kind, axis, tmp_path):
 @pytest.mark.parametrize(
     "config",
     [
-        QuantConfig(granularity=Granularity.TENSOR),
+        QuantConfig(weights=WeightSpec(granularity=Granularity.TENSOR)),
         QuantConfig(range_mode=RangeMode.RESTRICTED),
-        QuantConfig(weight_scheme=Scheme.ASYM),
-        QuantConfig(weight_scheme=Scheme.SYM, activation_scheme=Scheme.SYM),
+        QuantConfig(weights=WeightSpec(scheme=Scheme.ASYM)),
+        QuantConfig(
+            weights=WeightSpec(scheme=Scheme.SYM), activations=ActivationSpec(scheme=Scheme.SYM)
+        ),
     ],
     ids=["per-tensor", "restricted", "asym-weights", "all-sym"],
 )

@@ -18,7 +18,7 @@ from onnxq import CalibrationConfig, QuantConfig, calibrate, quantize
 from onnxq.calibration.histogram import HistogramObserver
 from onnxq.calibration.methods import entropy_range, mse_range, percentile_range
 from onnxq.cli.main import cli
-from onnxq.config import CalibrationMethod, Mode, Scheme
+from onnxq.config import ActivationSpec, CalibrationMethod, Mode, Scheme, WeightSpec
 from onnxq.errors import ConfigError, RangesError
 from onnxq.quant import QType, compute_qparams, dequantize
 from onnxq.quant import quantize as q_values
@@ -229,7 +229,7 @@ def test_ranges_file_records_method_and_parameters(tmp_path):
     # made for symmetric activations: asymmetric quantization refuses it
     with pytest.raises(RangesError, match="calibrated for sym activations"):
         quantize(model, tmp_path / "q.onnx", ranges=out)
-    sym = QuantConfig(activation_scheme=Scheme.SYM)
+    sym = QuantConfig(activations=ActivationSpec(scheme=Scheme.SYM))
     assert quantize(model, tmp_path / "q.onnx", sym, ranges=out).quantized_nodes == 3
 
 
@@ -258,7 +258,7 @@ def test_bad_method_parameters_are_refused(kwargs, message):
 @pytest.mark.parametrize("kind", ["gemm", "gemm_transb", "matmul", "conv"])
 def test_dynamic_models_run_close_to_float(kind, tmp_path):
     from onnxq.errors import ModelError
-    from onnxq.graph.dynamic import CONV_REASON, dynamic_decisions
+    from onnxq.graph.rewrite_dynamic import CONV_REASON, dynamic_decisions
 
     model, feed = models.single_op(kind)
     onnx.save(model, str(tmp_path / "m.onnx"))
@@ -327,7 +327,7 @@ def _conv_weight_run(tmp_path, method: str, outlier: float | None):
     np.savez(tmp_path / "d.npz", **feed)
     out = tmp_path / f"{method}.onnx"
     config = QuantConfig(
-        weight_method=CalibrationMethod(method), weight_percentile=99.0, target=NO_CHECK
+        target=NO_CHECK, weights=WeightSpec(method=CalibrationMethod(method), percentile=99.0)
     )
     quantize(tmp_path / "m.onnx", out, config, data=tmp_path / "d.npz")
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}

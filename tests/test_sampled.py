@@ -177,7 +177,7 @@ def test_big_samples_are_checked_one_per_feed(tmp_path):
 
 
 def test_in_sample_report_is_bounded_and_held_out_data_is_measured_whole(tmp_path, monkeypatch):
-    q = importlib.import_module("onnxq.quantize")  # the module, not the function
+    q = importlib.import_module("onnxq.stages.evaluate")
 
     model = models.cnn()
     shape = [d.dim_value or 40 for d in model.graph.input[0].type.tensor_type.shape.dim]

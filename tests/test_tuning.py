@@ -19,13 +19,13 @@ from onnxq.data import open_dataset
 from onnxq.errors import ConfigError
 from onnxq.graph.model_io import input_specs
 from onnxq.graph.simulate import UnitKind, build_simulation
-from onnxq.prepare import prepare
 from onnxq.runtime import OptLevel, Runner
+from onnxq.stages.prepare import prepare
 from onnxq.tuning.check import make_check_set
 from onnxq.tuning.search import search_fallback
 
 import models
-from helpers import NO_CHECK, quantize_in_memory, run
+from helpers import NO_CHECK, graph_bytes, quantize_in_memory, run
 
 # ----------------------------------------------------------------------------- the search
 
@@ -108,14 +108,15 @@ def test_simulation_matches_float_off_and_the_quantized_model_on(tmp_path):
     model, feed = models.single_op("conv")
     result, plan = quantize_in_memory(model, feed, QuantConfig(), tmp_path)
     prepared = prepare(model).model
-    from onnxq.calibration.calibrate import observe
+    from onnxq.calibration.collect import FloatSession
+    from onnxq.calibration.remedy import activation_qparams
     from onnxq.config import CalibrationConfig
-    from onnxq.quantize import _activation_qparams
 
     np.savez(tmp_path / "d.npz", **feed)
     data = open_dataset(tmp_path / "d.npz", input_specs(model))
-    observed = observe(prepare(model), data, plan.roots, CalibrationConfig())
-    qparams = {t: _activation_qparams(observed[t], QuantConfig()) for t in plan.roots}
+    observed = FloatSession(prepared).observe(data, plan.roots, CalibrationConfig())
+    acts = QuantConfig().activations
+    qparams = {t: activation_qparams(observed[t], acts, restricted=False) for t in plan.roots}
     sim = build_simulation(prepared, plan, result.model, qparams)
     kinds = {u.kind for u in sim.units}
     assert kinds == {UnitKind.ACTIVATION, UnitKind.WEIGHT}
@@ -212,7 +213,7 @@ def test_output_check_leaves_a_good_model_alone(tmp_path):
     )
     assert with_check.check is not None and with_check.check.met
     assert with_check.check.passes == 0 and not with_check.check.float_nodes
-    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert graph_bytes(tmp_path / "a.onnx") == graph_bytes(tmp_path / "b.onnx")
 
 
 def test_cli_reports_the_check_in_json_and_rejects_bad_targets(tmp_path):

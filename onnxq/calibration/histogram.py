@@ -48,7 +48,8 @@ class Histogram:
         """Counts of ``|x|`` on ``[j * width, (j + 1) * width)``, j = 0 .. bins - 1 (a value
         in ``[-(j + 1) w, -j w)`` has ``|x|`` in the same bin up to its lower edge)."""
         neg = self.counts[: self.bins][::-1]
-        return self.counts[self.bins :] + neg
+        out: np.ndarray = self.counts[self.bins :] + neg
+        return out
 
 
 class HistogramObserver:
@@ -126,7 +127,8 @@ class HistogramObserver:
             y = np.ldexp(np.asarray(x, dtype=np.float64).reshape(-1), -self.exponent)
         np.floor(y, out=y)
         y += self.bins
-        return y.astype(np.intp)
+        out: np.ndarray = y.astype(np.intp)
+        return out
 
     def merge(self, other: HistogramObserver) -> None:
         if other.bins != self.bins:

@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 
 from onnxq.calibration.observers import RangeQuality, TensorRange
+from onnxq.config import Scheme
 from onnxq.errors import RangesError
+from onnxq.quant.methods import CalibrationMethod, Granularity
+from onnxq.report.schema import RANGES
 
 __all__ = ["FORMAT", "VERSION", "RangesFile", "read_ranges"]
 
-FORMAT = "onnxq-ranges"
-VERSION = 1
+FORMAT, VERSION = RANGES
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,9 @@ class RangesFile:
 
     model_fingerprint: str
     model_path: str
-    method: str
+    method: CalibrationMethod
     params: dict[str, Any]
-    granularity: str
+    granularity: Granularity
     samples: int
     onnxq_version: str
     tensors: dict[str, TensorRange] = field(default_factory=dict)
@@ -38,29 +40,31 @@ class RangesFile:
             "version": VERSION,
             "onnxq_version": self.onnxq_version,
             "model": {"path": self.model_path, "fingerprint": self.model_fingerprint},
-            "method": {"name": self.method, "params": self.params},
-            "granularity": self.granularity,
+            "method": {"name": self.method.value, "params": self.params},
+            "granularity": self.granularity.value,
             "samples": self.samples,
             "tensors": {name: _encode(r) for name, r in self.tensors.items()},
         }
         return json.dumps(doc, indent=1, allow_nan=False) + "\n"
 
-    def fits(self, scheme: str, bits: int) -> bool:
+    def fits(self, scheme: Scheme, bits: int) -> bool:
         """Whether the quality estimates were made for this activation scheme and width."""
-        return self.params.get("scheme", "asym") == scheme and self.params.get("bits", 8) == bits
+        made_for = self.params.get("scheme", "asym")
+        return bool(made_for == scheme.value and self.params.get("bits", 8) == bits)
 
-    def check_scheme(self, scheme: str, source: str | Path, bits: int = 8) -> None:
+    def check_scheme(self, scheme: Scheme, source: str | Path, bits: int = 8) -> None:
         made_bits = self.params.get("bits", 8)
-        if made_bits != bits and self.method != "minmax":
+        minmax = self.method is CalibrationMethod.MINMAX
+        if made_bits != bits and not minmax:
             raise RangesError(
                 f"ranges file '{source}' was calibrated for {made_bits}-bit activations; "
                 f"recalibrate with --bits {bits} or quantize with --activation-bits {made_bits}"
             )
         made_for = self.params.get("scheme", "asym")
-        if made_for != scheme and self.method != "minmax":  # min/max ranges fit any scheme
+        if made_for != scheme.value and not minmax:  # min/max ranges fit any scheme
             raise RangesError(
                 f"ranges file '{source}' was calibrated for {made_for} activations; "
-                f"recalibrate with --scheme {scheme} or quantize with "
+                f"recalibrate with --scheme {scheme.value} or quantize with "
                 f"--activation-scheme {made_for}"
             )
 
@@ -166,9 +170,9 @@ def read_ranges(path: str | Path) -> RangesFile:
         return RangesFile(
             model_fingerprint=str(doc["model"]["fingerprint"]),
             model_path=str(doc["model"].get("path", "")),
-            method=str(doc["method"]["name"]),
+            method=CalibrationMethod(doc["method"]["name"]),
             params=dict(doc["method"].get("params", {})),
-            granularity=str(doc.get("granularity", "tensor")),
+            granularity=Granularity(doc.get("granularity", "tensor")),
             samples=int(doc["samples"]),
             onnxq_version=str(doc.get("onnxq_version", "")),
             tensors=tensors,

@@ -109,7 +109,8 @@ def _counts_at(hist: Histogram, width: float) -> np.ndarray:
     """``hist``'s counts on the grid of bin width ``width`` (a power-of-two multiple)."""
     factor = int(round(width / hist.width))
     if factor == 1:
-        return hist.counts.copy()
+        counts: np.ndarray = hist.counts.copy()
+        return counts
     bins = hist.bins
     centers = np.arange(hist.counts.size) - bins  # bin index relative to zero
     target = np.floor_divide(centers, factor) + bins

@@ -19,9 +19,9 @@ from rich.table import Table
 
 from onnxq.calibration.ranges import RangesFile
 from onnxq.inspect import Inspection
-from onnxq.quantize import QuantizeReport
 from onnxq.report.compare import CompareReport
 from onnxq.report.metrics import OutputFidelity
+from onnxq.report.quantize_report import QuantizeReport
 from onnxq.tuning.check import CheckResult
 from onnxq.tuning.fit import FitReport
 
@@ -134,10 +134,10 @@ def inspection(result: Inspection, as_json: bool) -> None:
         kernel = {
             d.name: ("float kernel" if d.name in fallback else "integer")
             for d in result.decisions
-            if d.action == "quantize"
+            if d.quantized
         }
     for d in result.decisions:
-        row = [d.name, d.op_type, d.action, d.reason]
+        row = [d.name, d.op_type, d.action.value, d.reason]
         if result.runtime is not None:
             row.append(kernel.get(d.name, ""))
         plan.add_row(*row)
@@ -158,7 +158,7 @@ def inspection(result: Inspection, as_json: bool) -> None:
 def calibration(ranges: RangesFile, path: Path) -> None:
     err.print(
         f"wrote {path}: {len(ranges.tensors)} tensors, {ranges.samples} samples, "
-        f"method {ranges.method}, granularity {ranges.granularity}"
+        f"method {ranges.method.value}, granularity {ranges.granularity.value}"
     )
 
 

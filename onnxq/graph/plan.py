@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from enum import Enum
 
 import onnx
 
-from onnxq.config import Granularity, QuantConfig, Recipe, Scheme, WeightSpec
+from onnxq.config import Granularity, QuantConfig, Recipe, Scheme, WeightOverride, WeightSpec
 from onnxq.errors import ConfigError
+from onnxq.graph.candidates import in_graph_order
 from onnxq.graph.rules import (
     ACTIVATION_FUSIONS,
-    CONV_LIKE,
     RULES,
     TRANSPARENT,
     GraphIndex,
@@ -28,14 +29,33 @@ from onnxq.graph.rules import (
 from onnxq.quant.weights import WeightLayout
 
 __all__ = [
+    "NodeAction",
     "NodeDecision",
+    "NodeSettings",
     "QuantPlan",
     "WeightUse",
-    "candidate_tensors",
-    "channel_axis",
     "first_match",
     "make_plan",
+    "resolve_recipe",
 ]
+
+
+class NodeAction(str, Enum):
+    """What the rewrite does to a node (the value is the word reports print).
+
+    Only ``QUANTIZE`` counts as a quantized node (integer inputs of its own, in the plan,
+    the report, ``inspect`` and the renderer alike); a passthrough node moves an integer
+    tensor unchanged and a fused activation is absorbed into its producer's output range.
+    """
+
+    QUANTIZE = "quantize"
+    PASSTHROUGH = "integer passthrough"
+    FUSED = "fused"
+    FLOAT = "float"
+
+    @property
+    def quantized(self) -> bool:
+        return self is NodeAction.QUANTIZE
 
 
 @dataclass(frozen=True)
@@ -44,13 +64,13 @@ class NodeDecision:
 
     name: str
     op_type: str
-    action: str  # "quantize", "integer passthrough", "fused", "float"
+    action: NodeAction
     reason: str
     excluded: bool = False  # by --exclude or the recipe: reads float, never a DQ
 
     @property
     def quantized(self) -> bool:
-        return self.action != "float"
+        return self.action.quantized
 
 
 @dataclass(frozen=True)
@@ -81,7 +101,7 @@ class QuantPlan:
 
     @property
     def quantized_nodes(self) -> list[NodeDecision]:
-        return [d for d in self.decisions if d.action == "quantize"]
+        return [d for d in self.decisions if d.quantized]
 
     def root_of(self, tensor: str) -> str:
         return self.aliases.get(tensor, tensor)
@@ -127,11 +147,14 @@ def _check_neighbour(
                 return None
     roles.pop(node.name, None)
     return NodeDecision(
-        node.name, node.op_type, "float", "no input from quantized compute (element-wise maths)"
+        node.name,
+        node.op_type,
+        NodeAction.FLOAT,
+        "no input from quantized compute (element-wise maths)",
     )
 
 
-_FLOAT = NodeDecision("", "", "float", "")
+_FLOAT = NodeDecision("", "", NodeAction.FLOAT, "")
 
 
 def first_match(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
@@ -160,14 +183,15 @@ def make_plan(
     roles: dict[str, list[InputRole]] = {}
     specs: dict[str, WeightSpec] = {}
     for node in model.graph.node:
-        node_settings = dict(settings.get(node.name, {}))
-        excluded = node_settings.pop("exclude", False)
-        specs[node.name] = replace(config.weights, **node_settings)  # type: ignore[arg-type]
+        node_settings = settings.get(node.name, NodeSettings())
+        specs[node.name] = node_settings.weights.apply(config.weights)
         if node.name in float_nodes:
             why = float_nodes[node.name]
-            decision = NodeDecision(node.name, node.op_type, "float", why, excluded=True)
+            decision = NodeDecision(node.name, node.op_type, NodeAction.FLOAT, why, excluded=True)
         else:
-            decision = _decide(node, idx, config, roles, specs[node.name], bool(excluded))
+            decision = _decide(
+                node, idx, config, roles, specs[node.name], bool(node_settings.exclude)
+            )
         if decision.quantized and node.op_type in NEEDS_QUANTIZED_INPUT:
             decision = _check_neighbour(node, idx, decisions, roles) or decision
         touched = [t for t in (*node.input, *node.output) if t in forbidden]
@@ -176,9 +200,13 @@ def make_plan(
             kept = [r for r in roles.pop(node.name, []) if r.role is Role.WEIGHT]
             if kept:  # keep the integer weights, leave the activations float
                 roles[node.name] = kept
-                decision = NodeDecision(node.name, node.op_type, "quantize", f"weights only: {why}")
+                decision = NodeDecision(
+                    node.name, node.op_type, NodeAction.QUANTIZE, f"weights only: {why}"
+                )
             else:
-                decision = NodeDecision(node.name, node.op_type, "float", f"{why}; kept in float")
+                decision = NodeDecision(
+                    node.name, node.op_type, NodeAction.FLOAT, f"{why}; kept in float"
+                )
         decisions[node.name] = decision
 
     need: set[str] = set()
@@ -201,7 +229,7 @@ def make_plan(
                 need.add(_quantized_output(node, fused, idx))
     aliases, passthrough = _close_over_passthrough(model, idx, config, need, decisions, forbidden)
     weights = _weight_uses(model, roles, aliases, specs)
-    roots = tuple(t for t in _ordered(model, need) if t not in aliases)
+    roots = tuple(t for t in in_graph_order(model, need) if t not in aliases)
     ordered = tuple(decisions[n.name] for n in model.graph.node)
     excluded = frozenset(d.name for d in ordered if d.excluded) | {
         name for name, r in roles.items() if all(x.role is Role.WEIGHT for x in r)
@@ -211,40 +239,57 @@ def make_plan(
     )
 
 
-def resolve_recipe(model: onnx.ModelProto, recipe: Recipe | None) -> dict[str, dict[str, object]]:
+@dataclass(frozen=True)
+class NodeSettings:
+    """What the recipe asks of one node: exclusion and weight settings (None: unset)."""
+
+    exclude: bool | None = None
+    weights: WeightOverride = field(default_factory=WeightOverride)
+
+
+def resolve_recipe(model: onnx.ModelProto, recipe: Recipe | None) -> dict[str, NodeSettings]:
     """Each node's settings from the recipe; errors name conflicts and unmatched rules."""
     if recipe is None:
         return {}
-    out: dict[str, dict[str, object]] = {}
-    origin: dict[tuple[str, str], str] = {}
+    out: dict[str, NodeSettings] = {}
+    origin: dict[tuple[str, str], str] = {}  # (node, setting) -> the rule that set it
     for rule in recipe.rules:
         matched = False
         for node in model.graph.node:
             if first_match(node, (rule.match,)) is None:
                 continue
             matched = True
-            mine = out.setdefault(node.name, {})
-            for key, value in rule.settings().items():
-                if key in mine and mine[key] != value:
-                    raise ConfigError(
-                        f"{recipe.source}: rules '{origin[(node.name, key)]}' and '{rule.match}' "
-                        f"give node '{node.name}' conflicting {key} ({mine[key]} vs {value})"
-                    )
-                mine[key] = value
-                origin[(node.name, key)] = rule.match
+            mine = out.get(node.name, NodeSettings())
+            merged, clash = mine.weights.merge(rule.weights)
+            if clash is None and None not in (mine.exclude, rule.exclude):
+                clash = "exclude" if mine.exclude != rule.exclude else None
+            if clash is not None:
+                was, now = (
+                    (mine.exclude, rule.exclude)
+                    if clash == "exclude"
+                    else (getattr(mine.weights, clash), getattr(rule.weights, clash))
+                )
+                raise ConfigError(
+                    f"{recipe.source}: rules '{origin[(node.name, clash)]}' and '{rule.match}' "
+                    f"give node '{node.name}' conflicting {clash} ({was} vs {now})"
+                )
+            exclude = mine.exclude if rule.exclude is None else rule.exclude
+            out[node.name] = NodeSettings(exclude, merged)
+            for key in rule.weights.names() + (("exclude",) if rule.exclude is not None else ()):
+                origin.setdefault((node.name, key), rule.match)
         if not matched:
             raise ConfigError(
                 f"{recipe.source}: rule '{rule.match}' matches no node name or op type in the model"
             )
-    for name, values in out.items():
+    for name, settings in out.items():
         try:
-            replace(WeightSpec(), **{k: v for k, v in values.items() if k != "exclude"})  # type: ignore[arg-type]
+            settings.weights.apply(WeightSpec())
         except ConfigError as exc:
             raise ConfigError(f"{recipe.source}: node '{name}': {exc}") from exc
     return out
 
 
-def _decide(
+def _decide(  # noqa: C901 - one early return per reason a node stays float
     node: onnx.NodeProto,
     idx: GraphIndex,
     config: QuantConfig,
@@ -252,24 +297,20 @@ def _decide(
     spec: WeightSpec,
     excluded: bool,
 ) -> NodeDecision:
-    def float_(reason: str) -> NodeDecision:
-        return NodeDecision(node.name, node.op_type, "float", reason)
+    def float_(reason: str, excluded: bool = False) -> NodeDecision:
+        return NodeDecision(node.name, node.op_type, NodeAction.FLOAT, reason, excluded)
 
     pattern = first_match(node, config.exclude)
     if pattern is not None:
-        return NodeDecision(
-            node.name, node.op_type, "float", f"excluded by --exclude {pattern}", excluded=True
-        )
+        return float_(f"excluded by --exclude {pattern}", excluded=True)
     if excluded:
-        return NodeDecision(
-            node.name, node.op_type, "float", "excluded by the recipe", excluded=True
-        )
+        return float_("excluded by the recipe", excluded=True)
     if node.domain not in ("", "ai.onnx"):
         return float_(f"op domain '{node.domain}' is not quantized")
     if node.op_type == "Gather":
         why = embedding_check(node, idx)
         if why is None:
-            return NodeDecision(node.name, node.op_type, "quantize", EMBEDDING_REASON)
+            return NodeDecision(node.name, node.op_type, NodeAction.QUANTIZE, EMBEDDING_REASON)
         return float_(why)
     rule = RULES.get(node.op_type)
     if rule is None:
@@ -293,7 +334,9 @@ def _decide(
     kinds = ", ".join(sorted({r.role.value for r in result}))
     has_weight = any(r.role is Role.WEIGHT for r in result)
     detail = f"; weights {spec.describe()}" if has_weight else ""
-    return NodeDecision(node.name, node.op_type, "quantize", f"integer inputs: {kinds}{detail}")
+    return NodeDecision(
+        node.name, node.op_type, NodeAction.QUANTIZE, f"integer inputs: {kinds}{detail}"
+    )
 
 
 def _quantized_output(node: onnx.NodeProto, fused: dict[str, str], idx: GraphIndex) -> str:
@@ -316,7 +359,7 @@ def _fuse_activations(
     """Relu / Clip(0, …) directly after a quantized node, as that node's only consumer:
     with asymmetric activations the zero point is the lowest code, so the output Q
     clamps at 0 exactly as the activation does, and the activation node is removed."""
-    if config.activation_scheme is not Scheme.ASYM or config.restricted:
+    if config.activations.scheme is not Scheme.ASYM or config.restricted:
         return {}  # only then is the zero point the lowest code Q saturates to
     weight_only = {n for n, r in roles.items() if all(x.role is Role.WEIGHT for x in r)}
     excluded = {d.name for d in decisions.values() if d.excluded}
@@ -341,7 +384,10 @@ def _fuse_activations(
             continue
         fused[act.name] = node.name
         decisions[act.name] = NodeDecision(
-            act.name, act.op_type, "fused", f"clamp done by the quantized output of '{node.name}'"
+            act.name,
+            act.op_type,
+            NodeAction.FUSED,
+            f"clamp done by the quantized output of '{node.name}'",
         )
     return fused
 
@@ -362,7 +408,7 @@ def _close_over_passthrough(
             excluded = decisions[node.name].excluded
             readers = idx.consumers.get(node.output[0], [])
             feeds_excluded = any(decisions[c.name].excluded for c in readers)
-            check = transparent_check(node, idx, config.activation_bits)
+            check = transparent_check(node, idx, config.activations.bits)
             touches = node.input[0] in forbidden or node.output[0] in forbidden
             if not excluded and not feeds_excluded and check is None and not touches:
                 candidates[node.name] = node
@@ -390,7 +436,7 @@ def _close_over_passthrough(
             decisions[node.name] = NodeDecision(
                 node.name,
                 node.op_type,
-                "integer passthrough",
+                NodeAction.PASSTHROUGH,
                 f"shares the range of '{aliases[node.output[0]]}'",
             )
     return aliases, passthrough
@@ -399,11 +445,11 @@ def _close_over_passthrough(
 def _layout(role: InputRole, spec: WeightSpec) -> WeightLayout:
     g = spec.granularity
     if g is Granularity.CHANNEL and role.axis is not None:
-        return WeightLayout("channel", role.axis)
+        return WeightLayout(g, role.axis)
     if g is Granularity.GROUP and role.axis is not None:
-        return WeightLayout("group", role.axis, spec.group_size)
+        return WeightLayout(g, role.axis, spec.group_size)
     if g is Granularity.BLOCK and role.reduce_axis is not None:
-        return WeightLayout("block", role.reduce_axis, spec.block_size)
+        return WeightLayout(g, role.reduce_axis, spec.block_size)
     return WeightLayout()
 
 
@@ -439,37 +485,3 @@ def _weight_uses(
                     )
                 )
     return uses
-
-
-def _ordered(model: onnx.ModelProto, tensors: set[str]) -> list[str]:
-    order: list[str] = [v.name for v in model.graph.input if v.name in tensors]
-    seen = set(order)
-    for node in model.graph.node:
-        for t in (*node.input, *node.output):
-            if t in tensors and t not in seen:
-                seen.add(t)
-                order.append(t)
-    return order
-
-
-def channel_axis(tensor: str, idx: GraphIndex) -> int:
-    """Axis of per-channel activation statistics: 1 for NCHW tensors, else the last."""
-    ops = [n.op_type for n in idx.consumers.get(tensor, [])]
-    if tensor in idx.producer:
-        ops.append(idx.producer[tensor].op_type)
-    rank = idx.ranks.get(tensor, 0)
-    if rank >= 4 or (rank == 3 and any(op in CONV_LIKE for op in ops)):
-        return 1
-    return -1
-
-
-def candidate_tensors(model: onnx.ModelProto) -> list[str]:
-    """Every float activation that some quantization setting may need a range for:
-    inputs and outputs of nodes with a rule, passthrough or fusable activation."""
-    idx = GraphIndex(model)
-    kinds = set(RULES) | TRANSPARENT | ACTIVATION_FUSIONS
-    wanted: set[str] = set()
-    for node in model.graph.node:
-        if node.op_type in kinds and node.domain in ("", "ai.onnx"):
-            wanted.update(t for t in (*node.input, *node.output) if idx.is_float_activation(t))
-    return _ordered(model, wanted)

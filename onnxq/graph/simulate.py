@@ -17,6 +17,7 @@ the integers for MaxPool and shape ops (a linear Resize on integers also rounds)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -24,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxq.graph.edit import replace_input, topological
 from onnxq.graph.names import NameFactory
 from onnxq.graph.plan import QuantPlan
-from onnxq.graph.rewrite import replace_input, topological
 from onnxq.graph.rules import GraphIndex, Role
 from onnxq.quant import QParams
 
@@ -64,11 +65,11 @@ class Simulation:
         return {u.mask: on if i in active else off for i, u in enumerate(self.units)}
 
 
-def build_simulation(
+def build_simulation(  # noqa: C901 - one walk over the graph; split it when it next changes
     model: onnx.ModelProto,
     plan: QuantPlan,
     quantized: onnx.ModelProto,
-    qparams: dict[str, QParams],
+    qparams: Mapping[str, QParams],
 ) -> Simulation:
     """The switchable simulation of ``quantized`` (the rewrite of the prepared float
     ``model`` under ``plan`` with activation ``qparams``)."""

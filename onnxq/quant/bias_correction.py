@@ -38,7 +38,8 @@ def conv_shift(
     taps = err.reshape(out_channels, per_group, -1).sum(axis=2)  # [O, C/group]
     by_group = m.reshape(group, per_group)  # the inputs each group reads
     rows = np.repeat(np.arange(group), out_channels // group)
-    return np.einsum("oc,oc->o", taps, by_group[rows])
+    out: np.ndarray = np.einsum("oc,oc->o", taps, by_group[rows])
+    return out
 
 
 def matmul_shift(error: npt.ArrayLike, mean: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -26,7 +26,8 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
     h[dead, dead] = 1.0
     h += damp * float(np.mean(np.diag(h))) * np.eye(h.shape[0])
     inverse = np.linalg.inv(np.linalg.cholesky(h))  # L⁻¹ with H = L Lᵀ
-    return np.linalg.cholesky(inverse.T @ inverse).T  # upper U with H⁻¹ = Uᵀ U
+    upper: np.ndarray = np.linalg.cholesky(inverse.T @ inverse).T  # upper U, H⁻¹ = Uᵀ U
+    return upper
 
 
 def gptq(

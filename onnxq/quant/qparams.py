@@ -120,7 +120,8 @@ def quantize(x: npt.ArrayLike, qp: QParams) -> np.ndarray:
     scale = _broadcast(qp.scale, arr.shape, qp)
     zp = _broadcast(qp.zero_point.astype(np.float64), arr.shape, qp)
     q = np.rint(arr / scale) + zp
-    return np.clip(q, qp.qtype.min(restricted=qp.restricted), qp.qtype.max).astype(qp.qtype.dtype)
+    codes: np.ndarray = np.clip(q, qp.qtype.min(restricted=qp.restricted), qp.qtype.max)
+    return codes.astype(qp.qtype.dtype)
 
 
 def dequantize(q: npt.ArrayLike, qp: QParams) -> npt.NDArray[np.float32]:
@@ -128,4 +129,5 @@ def dequantize(q: npt.ArrayLike, qp: QParams) -> npt.NDArray[np.float32]:
     arr = np.asarray(q)
     scale = _broadcast(qp.scale, arr.shape, qp)
     zp = _broadcast(qp.zero_point.astype(np.int64), arr.shape, qp)
-    return ((arr.astype(np.int64) - zp) * scale).astype(np.float32)
+    out: npt.NDArray[np.float32] = ((arr.astype(np.int64) - zp) * scale).astype(np.float32)
+    return out

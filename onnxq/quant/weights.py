@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxq.quant.methods import CalibrationMethod, Granularity
 from onnxq.quant.qparams import QParams, compute_qparams, dequantize, quantize
 from onnxq.quant.qtypes import QType
 
@@ -19,17 +20,20 @@ __all__ = ["WeightLayout", "weight_qparams", "weight_range"]
 class WeightLayout:
     """How a weight's values are grouped into ranges.
 
-    * ``kind="tensor"``: one range;
-    * ``"channel"``: one per index of ``axis`` (the output channel);
-    * ``"group"``: one per ``size`` consecutive indices of ``axis``; a last, partial
+    * ``Granularity.TENSOR``: one range;
+    * ``CHANNEL``: one per index of ``axis`` (the output channel);
+    * ``GROUP``: one per ``size`` consecutive indices of ``axis``; a last, partial
       group is allowed (its scale is still written once per channel);
-    * ``"block"``: one per ``size`` consecutive values along ``axis`` (the reduction
+    * ``BLOCK``: one per ``size`` consecutive values along ``axis`` (the reduction
       axis) for every index of the other axes; a last, partial block is allowed.
     """
 
-    kind: str = "tensor"
+    kind: Granularity = Granularity.TENSOR
     axis: int | None = None
     size: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Granularity(self.kind))  # also from its spelling
 
 
 def _rows(w: np.ndarray, layout: WeightLayout) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -37,18 +41,18 @@ def _rows(w: np.ndarray, layout: WeightLayout) -> tuple[np.ndarray, tuple[int, .
 
     Partial groups and blocks are padded by repeating their last slice, which leaves
     min and max unchanged."""
-    if layout.kind == "tensor" or layout.axis is None:
+    if layout.kind is Granularity.TENSOR or layout.axis is None:
         return w.reshape(1, -1), ()
     axis = layout.axis % w.ndim
     moved = np.moveaxis(w, axis, 0)
-    if layout.kind == "channel":
+    if layout.kind is Granularity.CHANNEL:
         return moved.reshape(moved.shape[0], -1), (moved.shape[0],)
-    if layout.kind == "group":
+    if layout.kind is Granularity.GROUP:
         c, g = moved.shape[0], layout.size
         groups = math.ceil(c / g)
         padded = np.concatenate([moved, np.repeat(moved[-1:], groups * g - c, axis=0)])
         return padded.reshape(groups, -1), (groups,)
-    if layout.kind == "block":
+    if layout.kind is Granularity.BLOCK:
         last = np.moveaxis(w, axis, -1)
         d, b = last.shape[-1], layout.size
         blocks = math.ceil(d / b)
@@ -66,9 +70,9 @@ def _to_param_shape(
     if not shape:
         return values.reshape(())
     arr = values.reshape(shape)
-    if layout.kind == "group":
+    if layout.kind is Granularity.GROUP:
         return arr  # expanded to channels by the caller, who knows the channel count
-    if layout.kind == "block":
+    if layout.kind is Granularity.BLOCK:
         return np.moveaxis(arr, -1, layout.axis % ndim)  # type: ignore[operator]
     return arr
 
@@ -76,7 +80,7 @@ def _to_param_shape(
 def weight_range(
     w: np.ndarray,
     layout: WeightLayout,
-    method: str,
+    method: CalibrationMethod,
     qtype: QType,
     *,
     symmetric: bool,
@@ -93,12 +97,13 @@ def weight_range(
       ``grid`` values in [0.01, 1]) minimising Σ (w - dequantize(quantize(w)))² exactly.
     """
     rows, _ = _rows(np.asarray(w, np.float32), layout)
+    method = CalibrationMethod(method)
     return _row_ranges(rows, method, qtype, symmetric, restricted, percentile, grid)
 
 
 def _row_ranges(
     rows: np.ndarray,
-    method: str,
+    method: CalibrationMethod,
     qtype: QType,
     symmetric: bool,
     restricted: bool,
@@ -106,16 +111,16 @@ def _row_ranges(
     grid: int = 48,
 ) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = rows.min(axis=1), rows.max(axis=1)
-    if method == "percentile":
+    if method is CalibrationMethod.PERCENTILE:
         if symmetric:
             hi = np.percentile(np.abs(rows), percentile, axis=1)
             lo = -hi
         else:
             lo = np.percentile(rows, 100.0 - percentile, axis=1)
             hi = np.percentile(rows, percentile, axis=1)
-    elif method == "mse":
+    elif method is CalibrationMethod.MSE:
         lo, hi = _mse_rows(rows, lo, hi, qtype, symmetric, restricted, grid)
-    elif method != "minmax":
+    elif method is not CalibrationMethod.MINMAX:
         raise ValueError(f"unknown weight method {method!r}")
     return lo.astype(np.float32), hi.astype(np.float32)
 
@@ -123,7 +128,7 @@ def _row_ranges(
 def weight_qparams(
     w: np.ndarray,
     layout: WeightLayout,
-    method: str,
+    method: CalibrationMethod,
     qtype: QType,
     *,
     symmetric: bool,
@@ -134,15 +139,18 @@ def weight_qparams(
     scalar (tensor), 1-D along ``axis`` (channel, group) or blocked (block)."""
     arr = np.asarray(w, np.float32)
     rows, shape = _rows(arr, layout)
+    method = CalibrationMethod(method)
     lo, hi = _row_ranges(rows, method, qtype, symmetric, restricted, percentile)
     lo_s = _to_param_shape(lo, shape, layout, arr.ndim)
     hi_s = _to_param_shape(hi, shape, layout, arr.ndim)
-    if layout.kind == "group":
+    if layout.kind is Granularity.GROUP:
         channels = arr.shape[layout.axis % arr.ndim]  # type: ignore[operator]
         lo_s = np.repeat(lo_s, layout.size)[:channels]
         hi_s = np.repeat(hi_s, layout.size)[:channels]
-    axis = None if layout.kind == "tensor" or layout.axis is None else layout.axis % arr.ndim
-    block = layout.size if layout.kind == "block" else None
+    axis = (
+        None if layout.kind is Granularity.TENSOR or layout.axis is None else layout.axis % arr.ndim
+    )
+    block = layout.size if layout.kind is Granularity.BLOCK else None
     return compute_qparams(
         lo_s, hi_s, qtype, symmetric=symmetric, restricted=restricted, axis=axis, block_size=block
     )

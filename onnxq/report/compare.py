@@ -9,21 +9,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from onnxq._version import __version__
-from onnxq.calibration.calibrate import affordable_batch
+from onnxq.calibration.collect import FloatSession
 from onnxq.config import CalibrationConfig
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError, ModelError
 from onnxq.graph.model_io import input_specs, load_model
-from onnxq.graph.prepare import infer_shapes
+from onnxq.graph.passes.shapes import infer_shapes
 from onnxq.report.fidelity import Fidelity, evaluate
-from onnxq.report.metrics import OutputFidelity
-from onnxq.runtime import Runner, measure_latency, runtime_version
+from onnxq.report.metrics import accuracy_of
+from onnxq.runtime import Runner, measure_latency
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "CompareReport", "Latency", "Thresholds", "compare"]
-
-SCHEMA = "onnxq-compare"
-SCHEMA_VERSION = 1
+__all__ = ["CompareReport", "Latency", "Thresholds", "compare"]
 
 
 @dataclass(frozen=True)
@@ -75,47 +71,10 @@ class CompareReport:
         return not self.violations
 
     def to_dict(self) -> dict[str, Any]:
-        """The documented JSON document (schema ``onnxq-compare``, version 1)."""
-        cls = self.fidelity.classifier
-        return {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "onnxq_version": __version__,
-            "onnxruntime_version": runtime_version(),
-            "reference": {"path": self.reference, "bytes": self.reference_bytes},
-            "candidate": {"path": self.candidate, "bytes": self.candidate_bytes},
-            "size_ratio": self.candidate_bytes / self.reference_bytes,
-            "data": {"path": self.data, "samples": self.fidelity.samples, "labels": self.labels},
-            "outputs": [o.to_dict() for o in self.fidelity.outputs],
-            "accuracy": _accuracy_dict(cls) if cls and cls.reference_accuracy is not None else None,
-            "latency": None
-            if self.latency is None
-            else {
-                "reference_ms": self.latency.reference_ms,
-                "candidate_ms": self.latency.candidate_ms,
-                "speedup": self.latency.speedup,
-                "threads": self.latency.threads,
-                "runs": self.latency.runs,
-            },
-            "thresholds": {
-                "max_drop": self.thresholds.max_drop,
-                "min_agreement": self.thresholds.min_agreement,
-                "min_cosine": self.thresholds.min_cosine,
-                "min_sqnr": self.thresholds.min_sqnr,
-            },
-            "violations": list(self.violations),
-            "ok": self.ok,
-        }
+        """The documented JSON document (:func:`onnxq.report.schema.compare_document`)."""
+        from onnxq.report.schema import compare_document
 
-
-def _accuracy_dict(o: OutputFidelity) -> dict[str, Any]:
-    assert o.reference_accuracy is not None and o.candidate_accuracy is not None
-    return {
-        "output": o.name,
-        "reference": o.reference_accuracy,
-        "candidate": o.candidate_accuracy,
-        "drop_pp": 100.0 * (o.reference_accuracy - o.candidate_accuracy),
-    }
+        return compare_document(self)
 
 
 def compare(
@@ -161,9 +120,9 @@ def compare(
     # no spinning: the two sessions alternate in the latency measurement
     ref_runner = Runner(reference, threads=threads, what="reference model", spin=False)
     cand_runner = Runner(candidate, threads=threads, what="candidate model", spin=False)
-    batch_size = affordable_batch(
-        infer_shapes(reference).model, dataset, batch_size, threads=threads
-    )
+    sizing = FloatSession(infer_shapes(reference).model, threads=threads)
+    batch_size = sizing.affordable_batch(dataset, batch_size)
+    del sizing
     fidelity = evaluate(ref_runner, cand_runner, dataset, batch_size=batch_size, progress=progress)
     latency = None
     if latency_runs > 0:
@@ -197,11 +156,11 @@ def check(report: CompareReport) -> list[str]:
                 f"< --min-agreement {t.min_agreement:g}%"
             )
     if t.max_drop is not None:
-        if cls is None or cls.reference_accuracy is None or cls.candidate_accuracy is None:
+        acc = accuracy_of(cls) if cls is not None else None
+        if acc is None:
             raise ConfigError("--max-drop needs a classifier-shaped output and --labels")
-        drop = 100.0 * (cls.reference_accuracy - cls.candidate_accuracy)
-        if drop > t.max_drop:
-            out.append(f"accuracy drop is {drop:.2f} pp > --max-drop {t.max_drop:g} pp")
+        if acc.drop_pp > t.max_drop:
+            out.append(f"accuracy drop is {acc.drop_pp:.2f} pp > --max-drop {t.max_drop:g} pp")
     for o in report.fidelity.outputs:
         if t.min_cosine is not None and o.cosine_mean < t.min_cosine:
             out.append(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from onnxq.data import Dataset
@@ -31,11 +31,12 @@ def evaluate(
     batch_size: int,
     limit: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    outputs: Sequence[str] | None = None,
 ) -> Fidelity:
-    """Metrics of every output of ``reference`` over ``dataset`` (its first ``limit``
-    samples or more, whole batches, when given), streamed batch by batch."""
+    """Metrics of ``outputs`` (default: every output of ``reference``) over ``dataset``
+    (its first ``limit`` samples or more, whole batches, when given), batch by batch."""
     total = dataset.num_samples if limit is None else min(limit, dataset.num_samples)
-    names = list(reference.output_names)
+    names = list(outputs if outputs is not None else reference.output_names)
     stats = {n: OutputStats(n) for n in names}
     done = 0
     for batch in dataset.batches(batch_size):

@@ -19,7 +19,34 @@ import numpy as np
 
 from onnxq.errors import ModelError
 
-__all__ = ["OutputFidelity", "OutputStats", "is_classifier"]
+__all__ = [
+    "Accuracy",
+    "OutputFidelity",
+    "OutputStats",
+    "accuracy_of",
+    "is_classifier",
+    "noise_ratio",
+    "sqnr_db",
+]
+
+
+def noise_ratio(signal: float, noise: float) -> float:
+    """``Σ noise² / Σ signal²``: 0 when both are 0, inf when only the signal is 0 or the
+    noise is NaN (a NaN output is the worst there is)."""
+    if math.isnan(noise) or math.isnan(signal):
+        return math.inf
+    if signal > 0:
+        return noise / signal
+    return 0.0 if noise == 0 else math.inf
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """SQNR = 10 log10(Σ signal² / Σ noise²) in dB: inf when the noise is 0 (identical),
+    -inf when the signal is 0 with noise, or either is NaN."""
+    ratio = noise_ratio(signal, noise)
+    if ratio == 0:
+        return math.inf
+    return -math.inf if math.isinf(ratio) else -10.0 * math.log10(ratio)
 
 
 def is_classifier(value: np.ndarray) -> bool:
@@ -48,6 +75,27 @@ class OutputFidelity:
             "max_abs_error": self.max_abs_error,
             "top1_agreement": self.top1_agreement,
         }
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-1 accuracy of both models against labels on one classifier output."""
+
+    output: str
+    reference: float
+    candidate: float
+
+    @property
+    def drop_pp(self) -> float:
+        """Accuracy lost, in percentage points (negative: the candidate gained)."""
+        return 100.0 * (self.reference - self.candidate)
+
+
+def accuracy_of(o: OutputFidelity) -> Accuracy | None:
+    """The accuracy of ``o`` against labels, when labels were given."""
+    if o.reference_accuracy is None or o.candidate_accuracy is None:
+        return None
+    return Accuracy(o.name, o.reference_accuracy, o.candidate_accuracy)
 
 
 class OutputStats:
@@ -96,12 +144,7 @@ class OutputStats:
 
     def result(self) -> OutputFidelity:
         n = max(self.samples, 1)
-        if self._noise == 0.0:
-            sqnr = math.inf
-        elif self._signal == 0.0:
-            sqnr = -math.inf
-        else:
-            sqnr = 10.0 * math.log10(self._signal / self._noise)
+        sqnr = sqnr_db(self._signal, self._noise)
         classifier = self._classifier and self.samples > 0
         labelled = classifier and self._labelled > 0
         return OutputFidelity(

@@ -5,6 +5,7 @@ remain at run time (each a pass over a tensor that can cost more than it saves).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ import onnx
 
 from onnxq.config import QuantConfig, Scheme
 from onnxq.graph.plan import NodeDecision, QuantPlan
-from onnxq.graph.rewrite import rewrite
+from onnxq.graph.rewrite_qdq import rewrite_qdq
 from onnxq.quant import compute_qparams
 from onnxq.runtime import optimized_nodes
 
@@ -63,14 +64,14 @@ class RuntimePreview:
         }
 
 
-def runtime_preview(model: onnx.ModelProto, decisions: tuple[NodeDecision, ...]) -> RuntimePreview:
-    """Classify ``model`` (quantized) as onnxruntime's CPU provider will run it."""
-    runs = optimized_nodes(model)
+def runtime_preview(
+    runs: Sequence[tuple[str, str]], decisions: tuple[NodeDecision, ...]
+) -> RuntimePreview:
+    """Classify a quantized model as onnxruntime's CPU provider runs it, from the
+    (name, op type) of the nodes of its optimized graph."""
     ops = dict(sorted(Counter(op for _, op in runs).items()))
     in_float = set(runs)
-    fallback = tuple(
-        d.name for d in decisions if d.action == "quantize" and (d.name, d.op_type) in in_float
-    )
+    fallback = tuple(d.name for d in decisions if d.quantized and (d.name, d.op_type) in in_float)
     qdq = sum(op in ("QuantizeLinear", "DequantizeLinear") for _, op in runs)
     return RuntimePreview(ops, fallback, qdq)
 
@@ -79,16 +80,16 @@ def preview(model: onnx.ModelProto, plan: QuantPlan, config: QuantConfig) -> Run
     """The runtime preview of the quantization ``plan`` would write, without data: the
     kernels onnxruntime picks depend on the graph, not on the range values, so every
     activation gets a placeholder range."""
-    symmetric = config.activation_scheme is Scheme.SYM
+    symmetric = config.activations.scheme is Scheme.SYM
     qparams = {
         t: compute_qparams(
             np.float32(-1.0),
             np.float32(1.0),
-            config.activation_qtype,
+            config.activations.qtype,
             symmetric=symmetric,
             restricted=config.restricted,
         )
         for t in plan.roots
     }
-    result = rewrite(model, plan, qparams, config)
-    return runtime_preview(result.model, plan.decisions)
+    result = rewrite_qdq(model, plan, qparams, config)
+    return runtime_preview(optimized_nodes(result.model), plan.decisions)

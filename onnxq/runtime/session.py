@@ -30,8 +30,6 @@ __all__ = [
     "runtime_version",
 ]
 
-ort.set_default_logger_severity(3)
-
 
 class OptLevel(str, Enum):
     BASIC = "basic"
@@ -82,6 +80,7 @@ class Runner:
         level: OptLevel = OptLevel.ALL,
         what: str = "model",
         spin: bool = True,
+        record_graph: bool = False,
         _optimized_path: Path | None = None,
     ) -> None:
         """``model`` may be serialized already (the caller can then drop the proto).
@@ -89,18 +88,37 @@ class Runner:
         ``spin=False``: the worker threads sleep between runs instead of spinning. Needed
         where two sessions alternate (latency): a spinning pool of the one steals the
         cores of the other (measured on 2 cores: float 7.45 vs 2.48 ms for the same model
-        run after another session)."""
+        run after another session).
+
+        ``record_graph``: keep (name, op type) of every node onnxruntime runs after its
+        optimizations (:attr:`optimized_nodes`), read from the optimized graph it writes
+        to a private temporary folder at load, so one session serves running and
+        inspecting the model."""
         self.what = what
         data = model if isinstance(model, bytes) else model.SerializeToString()
+        self.optimized_nodes: list[tuple[str, str]] | None = None
+        if record_graph and _optimized_path is None:
+            with tempfile.TemporaryDirectory(prefix="onnxq-") as tmp:
+                path = Path(tmp) / "optimized.onnx"
+                self._session = self._load(data, threads, level, path, spin)
+                self.optimized_nodes = _node_kinds(onnx.load(str(path), load_external_data=False))
+        else:
+            self._session = self._load(data, threads, level, _optimized_path, spin)
+        self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
+
+    def _load(
+        self, data: bytes, threads: int, level: OptLevel, path: Path | None, spin: bool
+    ) -> ort.InferenceSession:
         try:
-            self._session = ort.InferenceSession(
+            return ort.InferenceSession(
                 data,
-                sess_options=_options(threads, level, _optimized_path, spin),
+                sess_options=_options(threads, level, path, spin),
                 providers=["CPUExecutionProvider"],
             )
-        except Exception as exc:
-            raise RuntimeFailure(f"onnxruntime cannot load the {what}: {_one_line(exc)}") from exc
-        self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many kinds; one message
+            raise RuntimeFailure(
+                f"onnxruntime cannot load the {self.what}: {_one_line(exc)}"
+            ) from exc
 
     def run(
         self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
@@ -108,7 +126,7 @@ class Runner:
         names = list(outputs) if outputs is not None else list(self.output_names)
         try:
             values = self._session.run(names, dict(feed))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many kinds; one message
             raise RuntimeFailure(
                 f"onnxruntime failed to run the {self.what}: {_one_line(exc)}"
             ) from exc
@@ -128,10 +146,13 @@ def optimized_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
     """(node name, op type) of every node onnxruntime's CPU provider runs after its full
     optimization; op types outside the default domain read ``domain:OpType``. Shows
     which Q/DQ groups were fused into integer kernels and which still run in float."""
-    optimized = optimize_model(model, OptLevel.ALL)
+    return _node_kinds(optimize_model(model, OptLevel.ALL))
+
+
+def _node_kinds(model: onnx.ModelProto) -> list[tuple[str, str]]:
     return [
         (n.name, f"{n.domain}:{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type)
-        for n in optimized.graph.node
+        for n in model.graph.node
     ]
 
 

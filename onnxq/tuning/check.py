@@ -18,14 +18,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
+from onnxq.calibration.collect import FloatSession
 from onnxq.config import FidelityTarget
 from onnxq.data import Dataset
 from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex, attribute
-from onnxq.report.metrics import is_classifier
+from onnxq.report.metrics import is_classifier, noise_ratio, sqnr_db
 from onnxq.runtime import OptLevel, Runner
 
-__all__ = ["CheckResult", "CheckSet", "check_samples", "make_check_set"]
+__all__ = ["CheckResult", "CheckSet", "check_samples", "compared_tensors", "make_check_set"]
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,11 @@ class CheckResult:
 
     @property
     def sqnr_db(self) -> float:
-        """The worst output's SQNR (inf when every output is exact)."""
+        """The worst output's SQNR (inf when every output is exact, -inf on NaN)."""
         values = list(self.noise.values())
         if any(math.isnan(v) for v in values):
             return -math.inf
-        worst = max(values, default=0.0)
-        return math.inf if worst <= 0 else -10.0 * math.log10(worst)
+        return sqnr_db(1.0, max(values, default=0.0))
 
     @property
     def worst_top1(self) -> float | None:
@@ -123,9 +123,12 @@ class CheckSet:
         threads: int = 0,
         level: OptLevel = OptLevel.ALL,
         what: str = "quantized model",
+        record_graph: bool = False,
     ) -> Runner:
-        """A session over ``model`` that can fetch the compared tensors."""
-        return Runner(with_outputs(model, self.outputs), threads=threads, level=level, what=what)
+        """A session over ``model`` that can fetch the compared tensors (and the graph
+        outputs); ``record_graph``: see :class:`onnxq.runtime.Runner`."""
+        fetch = with_outputs(model, self.outputs)
+        return Runner(fetch, threads=threads, level=level, what=what, record_graph=record_graph)
 
     def run(self, runner: Runner, extra: Mapping[str, np.ndarray] | None = None) -> CheckResult:
         """Run ``runner`` (with ``extra`` inputs, e.g. simulation masks) on every feed."""
@@ -149,11 +152,7 @@ class CheckSet:
                     agree[name] += int(np.sum(same))
                     rows[name] += same.size
             feed_noise.append(tuple(here))
-        ratio = {
-            n: (noise[n] / signal[n] if signal[n] > 0 else (0.0 if noise[n] == 0 else math.inf))
-            for n in self.outputs
-        }
-        ratio = {n: math.inf if math.isnan(v) else v for n, v in ratio.items()}  # NaN out
+        ratio = {n: noise_ratio(signal[n], noise[n]) for n in self.outputs}
         top1 = {n: agree[n] / rows[n] for n in self.outputs if rows[n]}
         return CheckResult(self.samples, ratio, top1, tuple(feed_noise))
 
@@ -167,7 +166,8 @@ class CheckSet:
         summed = np.sum(
             np.asarray(result.feed_noise, np.float64).reshape(-1, len(self.outputs)), axis=0
         )
-        return summed * np.asarray(self.weights)
+        out: np.ndarray = summed * np.asarray(self.weights)
+        return out
 
 
 FEED_SAMPLES = 8  # samples per run of the check (small feeds: the search can use a few)
@@ -184,25 +184,28 @@ def check_samples(dataset: Dataset, budget: float = 2e6, low: int = 4, high: int
 
 
 def make_check_set(
-    model: onnx.ModelProto,
+    floats: FloatSession | onnx.ModelProto,
     dataset: Dataset,
     *,
     batch_size: int = 32,
-    threads: int = 0,
-    sample_bytes: int = 0,
+    sample_bytes: int | None = None,
 ) -> CheckSet:
     """The first :func:`check_samples` calibration samples (whole batches) and the float
-    ``model``'s outputs on them. ``sample_bytes`` (the model's float activations on one
-    sample) sizes the feeds: a sample larger than the search's probe is fed alone."""
+    model's outputs on them (``floats`` must fetch :func:`compared_tensors`; a bare model
+    gets a session of its own). The float activations of one sample (``sample_bytes``,
+    measured when not given) size the feeds: a sample larger than the probe is fed alone."""
+    if isinstance(floats, onnx.ModelProto):
+        floats = FloatSession(floats, extra=compared_tensors(floats)[0])
+    if sample_bytes is None:
+        sample_bytes = floats.sample_bytes(dataset)
     wanted = check_samples(dataset)
     per_feed = min(batch_size, wanted, FEED_SAMPLES, max(1, PROBE_BYTES // max(sample_bytes, 1)))
-    compared, softmax_axes = _compared(model)
-    reference = Runner(with_outputs(model, compared), threads=threads, what="float model")
+    compared, softmax_axes = compared_tensors(floats.model)
     feeds: list[dict[str, np.ndarray]] = []
     refs: list[dict[str, np.ndarray]] = []
     sizes: list[int] = []
     for batch in dataset.batches(per_feed):
-        ref = reference.run(batch.feed, compared)
+        ref = floats.run(batch.feed, compared)
         feeds.append(batch.feed)
         refs.append({n: np.asarray(ref[n]) for n in compared})
         sizes.append(batch.size)
@@ -238,7 +241,7 @@ def _probabilities(value: np.ndarray) -> bool:
     return bool(np.allclose(value.sum(axis=1), 1.0, atol=1e-3))
 
 
-def _compared(model: onnx.ModelProto) -> tuple[tuple[str, ...], dict[str, int]]:
+def compared_tensors(model: onnx.ModelProto) -> tuple[tuple[str, ...], dict[str, int]]:
     """The tensors compared (each output, or the input of the Softmax that makes it) and
     the softmax axis of those that are logits."""
     idx = GraphIndex(model)

@@ -13,46 +13,35 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import onnx
 
 from onnxq.config import FidelityTarget
+from onnxq.graph.candidate import Candidate
 from onnxq.graph.outputs import with_outputs
-from onnxq.graph.plan import QuantPlan
-from onnxq.graph.rewrite import RewriteResult
 from onnxq.graph.simulate import UnitKind, build_simulation
-from onnxq.quant import QParams
 from onnxq.runtime import OptLevel, Runner
 from onnxq.tuning.check import PROBE_BYTES, CheckResult, CheckSet
 from onnxq.tuning.search import Measurements, search_fallback
 
-__all__ = ["Candidate", "FitReport", "fit_target"]
+__all__ = ["CandidateBuilder", "Fitted", "FitReport", "fit_target"]
 
-log = logging.getLogger("onnxq")
+log = logging.getLogger(__name__)
 
 WHY = "kept float by the output check (costs output fidelity)"
 MAX_FLOAT_SHARE = 0.2  # the check keeps at most this share of the decisions float
 
 
-@dataclass(frozen=True)
-class Candidate:
-    plan: QuantPlan
-    qparams: dict[str, QParams]
-    result: RewriteResult  # the model to write
-    # the same model with every integer weight behind a DequantizeLinear, which the
-    # simulation switches (``result`` may have folded some: onnxq.graph.fold)
-    simulated: onnx.ModelProto | None = None
+class CandidateBuilder(Protocol):
+    """Plans and rewrites the model again with more activation tensors and nodes kept
+    float (each with why); :class:`onnxq.stages.replan.Replanner` is the one in use."""
 
-    @property
-    def switchable(self) -> onnx.ModelProto:
-        return self.result.model if self.simulated is None else self.simulated
-
-
-# (activation tensors to keep float, nodes to keep float) -> a planned, rewritten candidate
-Build = Callable[[dict[str, str], dict[str, str]], Candidate]
+    def __call__(
+        self, float_tensors: Mapping[str, str], float_nodes: Mapping[str, str]
+    ) -> Candidate: ...
 
 
 @dataclass(frozen=True)
@@ -92,32 +81,45 @@ def _score(result: CheckResult, target: FidelityTarget) -> tuple[bool, float]:
     return result.meets(target), margin
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """The output check's choice, its report, and the session it was checked in (which
+    can fetch every graph output: the caller reuses it for evaluation)."""
+
+    candidate: Candidate
+    report: FitReport
+    runner: Runner
+
+
 def fit_target(
     model: onnx.ModelProto,
     first: Candidate,
-    build: Build,
+    build: CandidateBuilder,
     check: CheckSet,
     target: FidelityTarget,
     *,
     threads: int = 0,
     rounds: int = 3,
     passes: int = 48,
-) -> tuple[Candidate, FitReport]:
+) -> Fitted:
     """The candidate that meets ``target`` on ``check`` while keeping the fewest
     decisions float (``first`` when it already does). ``model`` is the prepared float
     model ``first`` was rewritten from."""
-    before = check.run(check.runner(first.result.model, threads=threads))
+    first_runner = check.runner(first.model, threads=threads, record_graph=True)
+    before = check.run(first_runner)
     log.info("output check: %s on %d samples", _describe(before), before.samples)
-    if before.meets(target):
-        return first, FitReport(target, before, before, (), (), 0, 0)
-    sim = build_simulation(model, first.plan, first.switchable, first.qparams)
+    unchanged = FitReport(target, before, before, (), (), 0, 0)
+    if before.meets(target) or first.plan is None or first.qparams is None:
+        return Fitted(first, unchanged, first_runner)
+    plan, qparams = first.plan, first.qparams
+    sim = build_simulation(model, plan, first.switchable, qparams)
     if not sim.units:
-        return first, FitReport(target, before, before, (), (), 0, 0)
+        return Fitted(first, unchanged, first_runner)
     probe = check.probe(PROBE_BYTES, before)
 
     def simulation() -> Runner:  # built when a round needs it, released before re-planning;
         # the session is made from bytes so no second ModelProto copy stays alive
-        again = build_simulation(model, first.plan, first.switchable, first.qparams)
+        again = build_simulation(model, plan, first.switchable, qparams)
         data = with_outputs(again.model, probe.outputs).SerializeToString()
         del again
         return Runner(data, threads=threads, level=OptLevel.BASIC, what="simulation")
@@ -129,7 +131,7 @@ def fit_target(
     if before.sqnr_db >= target.sqnr_db:  # only top-1 misses: ask for 3 dB more than now
         limit = min(limit, 10.0 ** (-before.sqnr_db / 10.0) / 2.0)
     cap = max(1, int(len(sim.units) * MAX_FLOAT_SHARE))
-    best, best_result = first, before
+    best, best_result, best_runner = first, before, first_runner
     best_parts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     keep: frozenset[int] = frozenset()
     done = 0
@@ -149,7 +151,8 @@ def fit_target(
         float_tensors = {u.tensor: WHY for u in chosen if u.kind is UnitKind.ACTIVATION}
         float_nodes = {n: WHY for u in chosen if u.kind is UnitKind.WEIGHT for n in u.nodes}
         candidate = build(float_tensors, float_nodes)
-        result = check.run(check.runner(candidate.result.model, threads=threads))
+        runner = check.runner(candidate.model, threads=threads, record_graph=True)
+        result = check.run(runner)
         log.info(
             "output check, round %d: %d activations and %d nodes float, %s",
             done,
@@ -158,14 +161,15 @@ def fit_target(
             _describe(result),
         )
         if _score(result, target) > _score(best_result, target):
-            best, best_result = candidate, result
+            best, best_result, best_runner = candidate, result, runner
             best_parts = (tuple(float_tensors), tuple(float_nodes))
         if result.meets(target) or len(keep) >= cap:
             break
         limit /= 2.0
-    return best, FitReport(
+    report = FitReport(
         target, before, best_result, best_parts[0], best_parts[1], measure.passes, done
     )
+    return Fitted(best, report, best_runner)
 
 
 class _Lazy:

@@ -2,8 +2,12 @@
 
 Each case quantizes one model under one setting through the CLI (whose flags are the
 stable interface) and hashes the written graph: every node (op, inputs, outputs,
-attributes, name) and every initializer (name, type, shape, bytes). Provenance that is
-meant to change with the version (producer, metadata) is left out.
+attributes, name) and every integer initializer (name, type, shape, bytes) exactly; float
+initializers (scales, biases, weights left float) by name and shape exactly and by three
+sums (Σx, Σx², max|x|) compared to a relative 1e-5, because the float model's activations
+(hence calibrated ranges, bias-correction means, GPTQ moments) move in the last bit when
+onnxruntime optimises a session differently. Provenance meant to change with the version
+(producer, metadata) is left out.
 
 ``python tests/regression/fingerprint.py`` rewrites ``fingerprints.json`` from the code as
 it is; do that only for a change that is meant to change outputs, and say so in the commit.
@@ -91,16 +95,22 @@ def materialize(folder: Path) -> dict[str, tuple[Path, Path, Path]]:
     return files
 
 
-def fingerprint(model: onnx.ModelProto) -> dict[str, str]:
-    """Hashes of the nodes and the initializers of ``model``'s graph."""
+def fingerprint(model: onnx.ModelProto) -> dict:
+    """Hashes of the nodes and integer initializers, sums of the float initializers."""
     nodes = hashlib.sha256()
     for node in model.graph.node:
         nodes.update(node.SerializeToString(deterministic=True))
     inits = hashlib.sha256()
+    floats = {}
     for t in model.graph.initializer:
         inits.update(t.name.encode())
         inits.update(str((t.data_type, tuple(t.dims))).encode())
-        inits.update(onnx.numpy_helper.to_array(t).tobytes())
+        value = onnx.numpy_helper.to_array(t)
+        if np.issubdtype(value.dtype, np.floating):
+            v = value.astype(np.float64)
+            floats[t.name] = [float(v.sum()), float((v * v).sum()), float(np.abs(v).max(initial=0))]
+        else:
+            inits.update(value.tobytes())
     io = hashlib.sha256()
     for v in (*model.graph.input, *model.graph.output):
         io.update(v.SerializeToString(deterministic=True))
@@ -108,6 +118,7 @@ def fingerprint(model: onnx.ModelProto) -> dict[str, str]:
     return {
         "nodes": nodes.hexdigest()[:16],
         "initializers": inits.hexdigest()[:16],
+        "float_sums": floats,
         "io": io.hexdigest()[:16],
         "opsets": str(opsets),
     }
@@ -149,6 +160,18 @@ def versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
     }
+
+
+def same(got: dict, stored: dict, rtol: float = 1e-5) -> list[str]:
+    """What differs between two fingerprints (empty: the same output)."""
+    diffs = [k for k in stored if k != "float_sums" and got.get(k) != stored[k]]
+    a, b = got.get("float_sums", {}), stored["float_sums"]
+    if sorted(a) != sorted(b):
+        diffs.append(f"float initializers {sorted(set(a) ^ set(b))}")
+    for name in set(a) & set(b):
+        if not np.allclose(a[name], b[name], rtol=rtol, atol=1e-12):
+            diffs.append(f"float initializer {name}: {a[name]} vs {b[name]}")
+    return diffs
 
 
 def main() -> None:

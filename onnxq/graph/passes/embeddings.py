@@ -15,24 +15,24 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxq.graph.edit import drop_unused_initializers, topological
 from onnxq.graph.names import NameFactory
+from onnxq.graph.passes.result import Change, ChangeKind, PassResult
 from onnxq.graph.plan import NodeDecision
-from onnxq.graph.rewrite import drop_unused_initializers, topological
 from onnxq.graph.rules import GraphIndex
 from onnxq.quant import QType, quantize
+from onnxq.quant.methods import CalibrationMethod, Granularity
 from onnxq.quant.weights import WeightLayout, weight_qparams
 
 __all__ = ["quantize_embeddings"]
 
 
-def quantize_embeddings(
-    model: onnx.ModelProto, decisions: tuple[NodeDecision, ...]
-) -> tuple[onnx.ModelProto, int]:
-    """A copy of ``model`` with the Gathers the plan chose reading int8 tables, and the
-    number of tables quantized."""
-    chosen = {d.name for d in decisions if d.op_type == "Gather" and d.action == "quantize"}
+def quantize_embeddings(model: onnx.ModelProto, decisions: tuple[NodeDecision, ...]) -> PassResult:
+    """A copy of ``model`` with the Gathers the plan chose reading int8 tables; one
+    EMBEDDING_QUANTIZED change per table (a quantized node and weight in the counts)."""
+    chosen = {d.name for d in decisions if d.op_type == "Gather" and d.quantized}
     if not chosen:
-        return model, 0  # no copy of a model that does not change
+        return PassResult.unchanged(model)  # no copy of a model that does not change
     out = onnx.ModelProto()
     out.CopyFrom(model)
     idx = GraphIndex(out)
@@ -46,7 +46,8 @@ def quantize_embeddings(
         data = node.input[0]
         if data not in tables:
             w = numpy_helper.to_array(idx.initializers[data]).astype(np.float32)
-            qp = weight_qparams(w, WeightLayout("channel", 0), "minmax", QType.INT8, symmetric=True)
+            layout = WeightLayout(Granularity.CHANNEL, 0)
+            qp = weight_qparams(w, layout, CalibrationMethod.MINMAX, QType.INT8, symmetric=True)
             q_name, s_name = names.new(f"{data}_quantized"), names.new(f"{data}_row_scale")
             out.graph.initializer.extend(
                 [
@@ -78,8 +79,9 @@ def quantize_embeddings(
             helper.make_node("Mul", [rows_f, scale1], [y], name=names.new(f"{base}_Scale")),
         ]
     if not tables:
-        return model, 0
+        return PassResult.unchanged(model)
     del out.graph.node[:]
     out.graph.node.extend(topological(nodes, out.graph))
     drop_unused_initializers(out)
-    return out, len(tables)
+    changes = tuple(Change(ChangeKind.EMBEDDING_QUANTIZED, t, "int8 rows") for t in tables)
+    return PassResult(out, True, changes)

@@ -14,9 +14,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.config import Granularity, QuantConfig, Scheme
+from onnxq.graph.edit import drop_unused_initializers, topological
 from onnxq.graph.names import NameFactory
-from onnxq.graph.plan import EMBEDDING_REASON, NodeDecision, first_match
-from onnxq.graph.rewrite import RewriteResult, drop_unused_initializers, topological
+from onnxq.graph.passes.result import Change, ChangeKind, PassResult
+from onnxq.graph.plan import EMBEDDING_REASON, NodeAction, NodeDecision, first_match
 from onnxq.graph.rules import GraphIndex, attribute, embedding_check
 from onnxq.quant import quantize
 from onnxq.quant.weights import WeightLayout, weight_qparams
@@ -53,37 +54,34 @@ def _check(node: onnx.NodeProto, idx: GraphIndex, config: QuantConfig) -> str | 
 
 
 def dynamic_decisions(model: onnx.ModelProto, config: QuantConfig) -> tuple[NodeDecision, ...]:
+    """What dynamic quantization does to each node of ``model`` (prepared)."""
     idx = GraphIndex(model)
     out = []
     for node in model.graph.node:
-        reason = _check(node, idx, config)
         if node.op_type == "Gather" and first_match(node, config.exclude) is None:
-            why = embedding_check(node, idx)
-            out.append(
-                NodeDecision(
-                    node.name, node.op_type, "float" if why else "quantize", why or EMBEDDING_REASON
-                )
-            )
-            continue
-        action = "float" if reason else "quantize"
-        out.append(NodeDecision(node.name, node.op_type, action, reason or "dynamic uint8 x int8"))
+            reason, done = embedding_check(node, idx), EMBEDDING_REASON
+        else:
+            reason, done = _check(node, idx, config), "dynamic uint8 x int8"
+        action = NodeAction.FLOAT if reason else NodeAction.QUANTIZE
+        out.append(NodeDecision(node.name, node.op_type, action, reason or done))
     return tuple(out)
 
 
 def rewrite_dynamic(
-    model: onnx.ModelProto, config: QuantConfig
-) -> tuple[RewriteResult, tuple[NodeDecision, ...]]:
-    """The dynamically quantized copy of ``model`` (prepared: named nodes, shapes inferred)."""
+    model: onnx.ModelProto, decisions: tuple[NodeDecision, ...], config: QuantConfig
+) -> PassResult:
+    """The dynamically quantized copy of ``model`` (prepared: named nodes, shapes
+    inferred) for ``decisions`` (:func:`dynamic_decisions`); embeddings are left to
+    :func:`onnxq.graph.passes.embeddings.quantize_embeddings`."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     idx = GraphIndex(out)
     names = NameFactory(out)
-    decisions = dynamic_decisions(out, config)
-    chosen = {d.name for d in decisions if d.action == "quantize" and d.op_type != "Gather"}
+    chosen = {d.name for d in decisions if d.quantized and d.op_type != "Gather"}
     new_nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     activations: dict[str, tuple[str, str, str]] = {}  # x -> (x_q, x_scale, x_zp)
-    weights = 0
+    weights: list[str] = []
     for node in out.graph.node:
         if node.name not in chosen:
             new_nodes.append(node)
@@ -108,14 +106,14 @@ def rewrite_dynamic(
                 bias = (node.input[2], _float_attr(node, "beta", 1.0))
         spec = config.weights
         layout = (
-            WeightLayout("channel", 1)
+            WeightLayout(Granularity.CHANNEL, 1)
             if spec.granularity is Granularity.CHANNEL
             else WeightLayout()
         )
         qp = weight_qparams(
             w,
             layout,
-            spec.method.value,
+            spec.method,
             spec.qtype,
             symmetric=spec.scheme is Scheme.SYM,
             restricted=config.restricted,
@@ -128,7 +126,7 @@ def rewrite_dynamic(
             numpy_helper.from_array(qp.zero_point, w_zp),
             numpy_helper.from_array((qp.scale * np.float32(alpha)).astype(np.float32), w_scale),
         ]
-        weights += 1
+        weights.append(base)
         y = node.output[0]
         acc, acc_f, both = (names.new(f"{y}_{k}") for k in ("int32", "float", "scale"))
         last = y if bias is None else names.new(f"{y}_nobias")
@@ -164,11 +162,7 @@ def rewrite_dynamic(
     out.graph.node.extend(topological(new_nodes, out.graph))
     out.graph.initializer.extend(inits)
     drop_unused_initializers(out)
-    result = RewriteResult(
-        model=out,
-        quantized_nodes=len(chosen),
-        quantized_weights=weights,
-        qdq_pairs=len(activations),
-        float_biases=(),
-    )
-    return result, decisions
+    changes = [Change(ChangeKind.NODE_QUANTIZED, d.name) for d in decisions if d.name in chosen]
+    changes += [Change(ChangeKind.WEIGHT_QUANTIZED, w, "weight") for w in weights]
+    changes += [Change(ChangeKind.QDQ_PAIR, x, "dynamic") for x in activations]
+    return PassResult(out, bool(changes), tuple(changes))

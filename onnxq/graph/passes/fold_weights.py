@@ -19,13 +19,13 @@ dequantized too), blocked scales and 4-bit codes (onnxruntime fuses those into
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.graph.dq import constant_dq_params
+from onnxq.graph.names import NameFactory
+from onnxq.graph.passes.result import Change, ChangeKind, PassResult
 from onnxq.graph.rules import GraphIndex, attribute
 
 __all__ = ["fold_float_weights"]
@@ -38,41 +38,31 @@ _CODES = {
 }
 
 
-def fold_float_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def fold_float_weights(model: onnx.ModelProto) -> PassResult:
     """``model`` with the DequantizeLinear of float nodes' integer weights written as
-    load-time arithmetic (see the module docstring), and how many were."""
+    load-time arithmetic (see the module docstring); one WEIGHT_FOLDED change each."""
     idx = GraphIndex(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    taken = {t.name for t in out.graph.initializer}
-    taken |= {o for n in out.graph.node for o in (*n.input, *n.output, n.name)}
-
-    def fresh(name: str) -> str:
-        new, k = name, 1
-        while new in taken:
-            k += 1
-            new = f"{name}_{k}"
-        taken.add(new)
-        return new
-
+    names = NameFactory(out)
     nodes: list[onnx.NodeProto] = []
     replaced: set[str] = set()
-    folded = 0
+    folded: list[Change] = []
     for node in out.graph.node:
         if _foldable(node, idx):
-            nodes.extend(_arithmetic(node, idx, out, fresh))
+            nodes.extend(_arithmetic(node, idx, out, names))
             replaced.update(i for i in node.input[1:] if i)
-            folded += 1
+            folded.append(Change(ChangeKind.WEIGHT_FOLDED, node.input[0]))
         else:
             nodes.append(node)
     if not folded:
-        return out, 0
+        return PassResult.unchanged(model)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     read = {i for n in out.graph.node for i in n.input}
     for t in [t for t in out.graph.initializer if t.name in replaced and t.name not in read]:
         out.graph.initializer.remove(t)  # scales and zero points now read reshaped
-    return out, folded
+    return PassResult(out, True, tuple(folded))
 
 
 def _foldable(node: onnx.NodeProto, idx: GraphIndex) -> bool:
@@ -103,7 +93,7 @@ def _float_reader(reader: onnx.NodeProto, weight: str, idx: GraphIndex) -> bool:
 
 
 def _arithmetic(
-    dq: onnx.NodeProto, idx: GraphIndex, model: onnx.ModelProto, fresh: Callable[[str], str]
+    dq: onnx.NodeProto, idx: GraphIndex, model: onnx.ModelProto, names: NameFactory
 ) -> list[onnx.NodeProto]:
     rank = len(idx.initializers[dq.input[0]].dims)
     qp = constant_dq_params(dq, idx)
@@ -113,17 +103,19 @@ def _arithmetic(
         shape[qp.axis % rank] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     base = dq.output[0]
-    value = fresh(f"{base}_codes")
+    value = names.new(f"{base}_codes")
     cast = helper.make_node(
-        "Cast", [dq.input[0]], [value], fresh(f"{dq.name}_cast"), to=TensorProto.FLOAT
+        "Cast", [dq.input[0]], [value], names.new(f"{dq.name}_cast"), to=TensorProto.FLOAT
     )
     nodes = [cast]
     if np.any(zp != 0):
-        zp_name, centred = fresh(f"{base}_zero_point"), fresh(f"{base}_centred")
+        zp_name, centred = names.new(f"{base}_zero_point"), names.new(f"{base}_centred")
         model.graph.initializer.append(numpy_helper.from_array(zp, zp_name))
-        nodes.append(helper.make_node("Sub", [value, zp_name], [centred], fresh(f"{dq.name}_sub")))
+        nodes.append(
+            helper.make_node("Sub", [value, zp_name], [centred], names.new(f"{dq.name}_sub"))
+        )
         value = centred
-    scale_name = fresh(f"{base}_scale")
+    scale_name = names.new(f"{base}_scale")
     model.graph.initializer.append(numpy_helper.from_array(scale, scale_name))
-    nodes.append(helper.make_node("Mul", [value, scale_name], [base], fresh(f"{dq.name}_mul")))
+    nodes.append(helper.make_node("Mul", [value, scale_name], [base], names.new(f"{dq.name}_mul")))
     return nodes

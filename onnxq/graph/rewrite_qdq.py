@@ -8,10 +8,7 @@ onnxruntime's CPU provider fuses into integer kernels (QLinearConv, QGemm, …).
 
 from __future__ import annotations
 
-import heapq
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
@@ -19,26 +16,17 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.config import QuantConfig, Scheme
+from onnxq.graph.edit import drop_unused_initializers, replace_input, replace_output, topological
 from onnxq.graph.names import NameFactory
+from onnxq.graph.passes.result import Change, ChangeKind, PassResult
 from onnxq.graph.plan import QuantPlan, WeightUse
-from onnxq.graph.rules import GraphIndex, Role, node_reads
+from onnxq.graph.rules import GraphIndex, Role
 from onnxq.quant import QParams, QType, quantize
+from onnxq.quant.bias import bias_codes
+from onnxq.quant.methods import CalibrationMethod
 from onnxq.quant.weights import WeightLayout, weight_qparams
 
-__all__ = ["RewriteResult", "drop_unused_initializers", "replace_input", "rewrite", "topological"]
-
-_INT32_MAX = float(np.iinfo(np.int32).max)
-
-
-@dataclass(frozen=True)
-class RewriteResult:
-    model: onnx.ModelProto
-    quantized_nodes: int
-    quantized_weights: int
-    qdq_pairs: int
-    float_biases: tuple[str, ...]  # biases kept in float (int32 would overflow)
-    corrected_biases: tuple[str, ...] = ()  # weights-only nodes whose bias was corrected
-    folded_weights: int = 0  # integer weights of float nodes written for load-time folding
+__all__ = ["rewrite_qdq"]
 
 
 class _Builder:
@@ -84,13 +72,13 @@ class _Builder:
         self.nodes.append(node)
 
 
-def rewrite(
+def rewrite_qdq(
     model: onnx.ModelProto,
     plan: QuantPlan,
-    activation_qparams: dict[str, QParams],
+    activation_qparams: Mapping[str, QParams],
     config: QuantConfig,
     weight_codes: Mapping[str, tuple[np.ndarray, QParams]] | None = None,
-) -> RewriteResult:
+) -> PassResult:
     """The quantized copy of ``model``. ``activation_qparams`` holds one entry per
     ``plan.roots``; ``weight_codes`` gives precomputed codes and qparams of some weights
     (GPTQ), by node name; ``model`` is left untouched."""
@@ -112,21 +100,26 @@ def rewrite(
     out.graph.node.extend(topological(nodes, out.graph))
     out.graph.initializer.extend(b.inits)
     drop_unused_initializers(out)
-    counts = Counter(n.op_type for n in b.nodes)
-    return RewriteResult(
-        model=out,
-        quantized_nodes=len(plan.quantized_nodes),
-        quantized_weights=len({(w.tensor, w.role) for w in plan.weights}) - len(float_biases),
-        qdq_pairs=counts["QuantizeLinear"],
-        float_biases=tuple(float_biases),
-    )
+    floated = set(float_biases)
+    changes = [Change(ChangeKind.NODE_QUANTIZED, d.name) for d in plan.quantized_nodes]
+    stored = dict.fromkeys((w.tensor, w.role) for w in plan.weights)  # ordered, distinct
+    changes += [
+        Change(ChangeKind.WEIGHT_QUANTIZED, t, role.value)
+        for t, role in stored
+        if not (role is Role.BIAS and t in floated)
+    ]
+    changes += [Change(ChangeKind.BIAS_KEPT_FLOAT, t, "int32 would overflow") for t in float_biases]
+    changes += [
+        Change(ChangeKind.QDQ_PAIR, n.input[0]) for n in b.nodes if n.op_type == "QuantizeLinear"
+    ]
+    return PassResult(out, True, tuple(changes))
 
 
 def _quantize_activations(
     model: onnx.ModelProto,
     idx: GraphIndex,
     plan: QuantPlan,
-    qparams: dict[str, QParams],
+    qparams: Mapping[str, QParams],
     b: _Builder,
     by_name: dict[str, onnx.NodeProto],
 ) -> dict[str, str]:
@@ -153,7 +146,7 @@ def _quantize_activations(
         else:
             source, dq = b.names.new(f"{root}_float"), root
             owner = by_name[producer.name]
-            _replace_output(owner, _fused_source(owner, root, plan, by_name), source)
+            replace_output(owner, _fused_source(owner, root, plan, by_name), source)
             for node in idx.consumers.get(root, []):
                 if node.name in plan.float_readers:  # excluded: the float value, not a DQ
                     replace_input(node, root, source)
@@ -181,7 +174,7 @@ def _rewire_passthrough(
     model: onnx.ModelProto,
     idx: GraphIndex,
     plan: QuantPlan,
-    qparams: dict[str, QParams],
+    qparams: Mapping[str, QParams],
     qname: dict[str, str],
     b: _Builder,
     by_name: dict[str, onnx.NodeProto],
@@ -207,7 +200,7 @@ def _rewire_passthrough(
 
 def _quantize_weights(
     plan: QuantPlan,
-    act_qparams: dict[str, QParams],
+    act_qparams: Mapping[str, QParams],
     config: QuantConfig,
     b: _Builder,
     by_name: dict[str, onnx.NodeProto],
@@ -258,7 +251,7 @@ def _store_weight(
         qp = weight_qparams(
             w,
             use.layout,
-            spec.method.value,
+            spec.method,
             spec.qtype,
             symmetric=spec.scheme is Scheme.SYM,
             restricted=config.restricted,
@@ -268,9 +261,9 @@ def _store_weight(
         qp = weight_qparams(
             w,
             WeightLayout(),
-            "minmax",
-            config.activation_qtype,
-            symmetric=config.activation_scheme is Scheme.SYM,
+            CalibrationMethod.MINMAX,
+            config.activations.qtype,
+            symmetric=config.activations.scheme is Scheme.SYM,
             restricted=config.restricted,
         )
     return _write_weight(use.tensor, quantize(w, qp), qp, b)
@@ -287,83 +280,15 @@ def _write_weight(tensor: str, codes: np.ndarray, qp: QParams, b: _Builder) -> t
 def _store_bias(
     use: WeightUse, x_qp: QParams, w_qp: QParams, b: _Builder, idx: GraphIndex
 ) -> str | None:
-    """int32 bias with scale = input scale × weight scale (zero point 0), or None when
-    a value would not fit in int32 (the bias then stays float)."""
-    bias = numpy_helper.to_array(idx.initializers[use.tensor]).astype(np.float64).reshape(-1)
-    scale = (x_qp.scale.astype(np.float64) * w_qp.scale.astype(np.float64)).reshape(-1)
-    if scale.size not in (1, bias.size):
+    """int32 bias with scale = input scale × weight scale (zero point 0), or None when it
+    stays float (:func:`onnxq.quant.bias.bias_codes`)."""
+    bias = numpy_helper.to_array(idx.initializers[use.tensor])
+    stored = bias_codes(bias, x_qp.scale, w_qp.scale)
+    if stored is None:
         return None
-    q = np.rint(bias / scale)
-    if np.abs(q).max(initial=0.0) > _INT32_MAX:
-        return None
-    per_channel = scale.size > 1
-    qp = QParams(
-        scale=scale.astype(np.float32),
-        zero_point=np.zeros(scale.shape if per_channel else (), np.int32),
-        qtype=QType.INT32,
-        axis=0 if per_channel else None,
-    )
-    shape = tuple(idx.initializers[use.tensor].dims)
-    if per_channel and len(shape) != 1:
-        return None  # a per-axis scale fits a 1-D bias only
-    q_name = b.constant(f"{use.tensor}_quantized", q.astype(np.int32).reshape(shape))
+    codes, qp = stored
+    q_name = b.constant(f"{use.tensor}_quantized", codes)
     params = b.qparams(use.tensor, qp, omit_zero=True)
     dq = b.names.new(f"{use.tensor}_dq")
     b.node("DequantizeLinear", [q_name, *params], dq, f"{use.tensor}_DQ", qp.axis)
     return dq
-
-
-def replace_input(node: onnx.NodeProto, old: str, new: str) -> None:
-    for i, name in enumerate(node.input):
-        if name == old:
-            node.input[i] = new
-    for attr in node.attribute:  # outer-scope references inside subgraphs
-        if attr.type == onnx.AttributeProto.GRAPH:
-            for sub in attr.g.node:
-                replace_input(sub, old, new)
-
-
-def _replace_output(node: onnx.NodeProto, old: str, new: str) -> None:
-    for i, name in enumerate(node.output):
-        if name == old:
-            node.output[i] = new
-
-
-def topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Kahn's order, stable with respect to the given order."""
-    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
-    waiting: dict[int, int] = {}
-    dependents: dict[int, list[int]] = {}
-    for i, n in enumerate(nodes):
-        deps = {producer[t] for t in node_reads(n) if t not in available and t in producer}
-        waiting[i] = len(deps)
-        for d in deps:
-            dependents.setdefault(d, []).append(i)
-    ready = [i for i in range(len(nodes)) if waiting[i] == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(nodes[i])
-        for j in dependents.get(i, []):
-            waiting[j] -= 1
-            if waiting[j] == 0:
-                heapq.heappush(ready, j)
-    if len(order) != len(nodes):
-        raise RuntimeError("rewrite produced a cycle; this is a bug in onnxq")
-    return order
-
-
-def drop_unused_initializers(model: onnx.ModelProto) -> None:
-    """Remove float initializers that no node reads any more (and their graph inputs)."""
-    used: set[str] = {o.name for o in model.graph.output}
-    for node in model.graph.node:
-        used.update(node_reads(node))
-    dropped = {t.name for t in model.graph.initializer if t.name not in used}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    inputs = [v for v in model.graph.input if v.name not in dropped]
-    del model.graph.input[:]
-    model.graph.input.extend(inputs)

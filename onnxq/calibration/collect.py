@@ -1,0 +1,170 @@
+"""The float model in one onnxruntime session, and everything read from it: activation
+ranges (the calibration pass), input moments (GPTQ), input means (bias correction), and
+the float reference outputs (the output check, the report's evaluation).
+
+One session serves them all, so a quantize run loads the float model once. It can fetch
+every tensor calibration may need (:func:`onnxq.graph.candidates.candidate_tensors`), the
+graph outputs and any extra tensor named at construction; each run fetches only the tensors
+asked for. Calibration reads the graph, never the planner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from onnxq.calibration.estimate import finish, make_observer
+from onnxq.calibration.observers import TensorRange
+from onnxq.config import CalibrationConfig, Granularity
+from onnxq.data import Dataset
+from onnxq.graph.candidates import candidate_tensors, channel_axis
+from onnxq.graph.outputs import with_outputs
+from onnxq.graph.rules import GraphIndex
+from onnxq.runtime import Runner
+
+__all__ = ["OUTPUT_BUDGET", "FloatSession", "Progress", "batch_for"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, in all)
+
+OUTPUT_BUDGET = 64 * 2**20  # bytes of observed activations fetched by one onnxruntime run
+
+
+class FloatSession:
+    """The prepared float ``model`` in one session (made when first needed)."""
+
+    def __init__(
+        self, model: onnx.ModelProto, *, threads: int = 0, extra: Iterable[str] = ()
+    ) -> None:
+        self.model = model
+        self.threads = threads
+        self.candidates = tuple(candidate_tensors(model))
+        self.outputs = tuple(o.name for o in model.graph.output)
+        self._fetchable = tuple(dict.fromkeys((*self.candidates, *extra)))
+        self._runner: Runner | None = None
+        self._sample_bytes: dict[int, int] = {}
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            fetch = with_outputs(self.model, self._fetchable)
+            self._runner = Runner(fetch, threads=self.threads, what="float model")
+        return self._runner
+
+    def run(self, feed: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.runner.run(feed, names)
+
+    def bytes_per_sample(self, dataset: Dataset, tensors: Sequence[str]) -> int:
+        """Bytes of ``tensors`` on one sample of ``dataset`` (one run of its first sample)."""
+        if not tensors:
+            return 0
+        probe = next(dataset.batches(1))
+        values = self.run(probe.feed, list(tensors))
+        return sum(v.nbytes for v in values.values()) // max(probe.size, 1)
+
+    def sample_bytes(self, dataset: Dataset) -> int:
+        """Bytes of all float activations on one sample of ``dataset``: a measure of what
+        one sample costs to run and to hold (measured once per dataset)."""
+        key = id(dataset)
+        if key not in self._sample_bytes:
+            self._sample_bytes[key] = self.bytes_per_sample(dataset, self.candidates)
+        return self._sample_bytes[key]
+
+    def affordable_batch(self, dataset: Dataset, requested: int) -> int:
+        """``requested``, lowered so that one run's activations fit OUTPUT_BUDGET."""
+        return batch_for(self.sample_bytes(dataset), requested)
+
+    def observe(
+        self,
+        dataset: Dataset,
+        tensors: Sequence[str],
+        config: CalibrationConfig,
+        progress: Progress | None = None,
+    ) -> dict[str, TensorRange]:
+        """Stream ``dataset`` through the model once and return each tensor's range."""
+        idx = GraphIndex(self.model)
+        channel = config.granularity is Granularity.CHANNEL
+        observers = {
+            t: make_observer(config, channel_axis(t, idx) if channel else None) for t in tensors
+        }
+        log.info("observing %d tensors with %s", len(tensors), config.method.value)
+        batch_size = batch_for(self.bytes_per_sample(dataset, tensors), config.batch_size)
+        done = 0
+        batches = dataset.num_batches(batch_size)
+        for batch in dataset.batches(batch_size):
+            values = self.run(batch.feed, list(tensors))
+            for name, value in values.items():
+                observers[name].update(value, batches)
+            del values  # before the next run allocates its outputs
+            done += batch.size
+            if progress is not None:
+                progress("calibrating", done, dataset.num_samples)
+        ranges = {}
+        for i, (name, obs) in enumerate(observers.items()):
+            ranges[name] = finish(obs, config)
+            if progress is not None and config.method.uses_histogram:
+                progress(f"{config.method.value} search", i + 1, len(observers))
+        return ranges
+
+    def moments(
+        self,
+        dataset: Dataset,
+        tensors: Sequence[str],
+        *,
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> dict[str, np.ndarray]:
+        """``Σ xᵀx`` over all rows of each tensor (its last axis is the reduction width)."""
+        sums: dict[str, np.ndarray] = {}
+        done = 0
+        for batch in dataset.batches(batch_size):
+            for name, value in self.run(batch.feed, list(tensors)).items():
+                rows = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
+                sums[name] = sums.get(name, 0.0) + rows.T @ rows
+            done += batch.size
+            if progress is not None:
+                progress("GPTQ statistics", done, dataset.num_samples)
+        return sums
+
+    def means(
+        self, dataset: Dataset, axes: Mapping[str, int], *, samples: int, batch_size: int
+    ) -> dict[str, np.ndarray]:
+        """Per-channel means of tensors over the first ``samples`` samples (whole
+        batches): the mean along every axis but ``axes[name]``."""
+        names = list(axes)
+        if not names:
+            return {}
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        done = 0
+        for batch in dataset.batches(batch_size):
+            for name, value in self.run(batch.feed, names).items():
+                if np.ndim(value) < 2 or not np.issubdtype(np.asarray(value).dtype, np.floating):
+                    continue
+                arr = np.asarray(value, np.float64)
+                channels = np.moveaxis(arr, axes[name] % arr.ndim, -1)
+                rows = channels.reshape(-1, channels.shape[-1])
+                sums[name] = sums.get(name, 0.0) + rows.sum(axis=0)
+                counts[name] = counts.get(name, 0) + rows.shape[0]
+            done += batch.size
+            if done >= samples:
+                break
+        return {n: sums[n] / counts[n] for n in sums if counts[n]}
+
+
+def batch_for(per_sample: int, requested: int) -> int:
+    """``requested``, lowered so that one run's fetched activations fit OUTPUT_BUDGET.
+    Ranges do not depend on the batch size, and a run's outputs are the only activations
+    held, so memory stays flat in the number of samples."""
+    affordable = max(1, min(requested, OUTPUT_BUDGET // max(per_sample, 1)))
+    if affordable < requested:
+        log.info(
+            "running %d samples per run (%.0f MB of activations per sample)",
+            affordable,
+            per_sample / 2**20,
+        )
+    return affordable

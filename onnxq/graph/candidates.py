@@ -1,0 +1,49 @@
+"""Which activation tensors calibration may need a range for, and along which axis their
+per-channel statistics run: read off the graph alone, before any plan is made (so
+calibration depends on the graph rules, never on the planner)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx
+
+from onnxq.graph.rules import ACTIVATION_FUSIONS, CONV_LIKE, RULES, TRANSPARENT, GraphIndex
+
+__all__ = ["candidate_tensors", "channel_axis", "in_graph_order"]
+
+
+def in_graph_order(model: onnx.ModelProto, tensors: Iterable[str]) -> list[str]:
+    """``tensors`` in the order the graph first mentions them (inputs first)."""
+    wanted = set(tensors)
+    order: list[str] = [v.name for v in model.graph.input if v.name in wanted]
+    seen = set(order)
+    for node in model.graph.node:
+        for t in (*node.input, *node.output):
+            if t in wanted and t not in seen:
+                seen.add(t)
+                order.append(t)
+    return order
+
+
+def channel_axis(tensor: str, idx: GraphIndex) -> int:
+    """Axis of per-channel activation statistics: 1 for NCHW tensors, else the last."""
+    ops = [n.op_type for n in idx.consumers.get(tensor, [])]
+    if tensor in idx.producer:
+        ops.append(idx.producer[tensor].op_type)
+    rank = idx.ranks.get(tensor, 0)
+    if rank >= 4 or (rank == 3 and any(op in CONV_LIKE for op in ops)):
+        return 1
+    return -1
+
+
+def candidate_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float activation that some quantization setting may need a range for:
+    inputs and outputs of nodes with a rule, passthrough or fusable activation."""
+    idx = GraphIndex(model)
+    kinds = set(RULES) | TRANSPARENT | ACTIVATION_FUSIONS
+    wanted: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in kinds and node.domain in ("", "ai.onnx"):
+            wanted.update(t for t in (*node.input, *node.output) if idx.is_float_activation(t))
+    return in_graph_order(model, wanted)

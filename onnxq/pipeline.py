@@ -1,0 +1,143 @@
+"""``onnxq.quantize``: the list of its stages and nothing else.
+
+inputs → prepare → float session → (dynamic rewrite | ranges → weight choices → plan and
+rewrite → output check) → candidate session → save → evaluate → report. Each stage is a
+module of :mod:`onnxq.stages`; adding one (say, equalisation before rounding) is one
+module and one line here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnxq.calibration.collect import FloatSession
+from onnxq.config import CalibrationConfig, Mode, QuantConfig
+from onnxq.graph.candidate import Candidate
+from onnxq.report.fidelity import Fidelity
+from onnxq.report.preflight import RuntimePreview
+from onnxq.report.quantize_report import QuantizeReport
+from onnxq.stages.check import Checked, output_check
+from onnxq.stages.dynamic import DYNAMIC_SOURCE, quantize_dynamic
+from onnxq.stages.evaluate import candidate_session, measure, runtime_of
+from onnxq.stages.inputs import Inputs, Progress, QuantizeRequest, load_inputs
+from onnxq.stages.prepare import PreparedModel, prepare
+from onnxq.stages.ranges import RangeSource, static_ranges
+from onnxq.stages.replan import Replanner
+from onnxq.stages.save import save
+from onnxq.stages.weights import weight_choices
+from onnxq.tuning.check import compared_tensors
+
+__all__ = ["QuantizeReport", "quantize"]
+
+
+def quantize(
+    model_path: str | Path,
+    output_path: str | Path,
+    config: QuantConfig | None = None,
+    *,
+    data: str | Path | None = None,
+    ranges: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    labels: str | None = None,
+    calibration: CalibrationConfig | None = None,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> QuantizeReport:
+    """Quantize ``model_path`` to ``output_path`` and measure the result.
+
+    Ranges come from ``data`` (calibrated here) or a ``ranges`` file made by
+    :func:`onnxq.calibrate`. Fidelity is measured on ``eval_data`` (else ``data``).
+    Everything is validated before anything is written; the output is written
+    atomically and only once onnxruntime has loaded it.
+    """
+    request = QuantizeRequest(
+        Path(model_path),
+        Path(output_path),
+        config or QuantConfig(),
+        calibration or CalibrationConfig(),
+        data=_path(data),
+        ranges=_path(ranges),
+        eval_data=_path(eval_data),
+        labels=labels,
+        threads=threads,
+        progress=progress,
+    )
+    inputs = load_inputs(request)
+    prepared = prepare(inputs.model, min_opset=request.config.min_opset)
+    floats = FloatSession(prepared.model, threads=threads, extra=_reference_tensors(prepared))
+    checked = _quantized(request, inputs, prepared, floats)
+    runner = candidate_session(checked.candidate, checked.runner, threads)
+    runtime = runtime_of(checked.candidate, runner)
+    settings = request.settings()
+    written = save(
+        checked.candidate, inputs.model, request.model_path, request.output_path, settings
+    )
+    fidelity = measure(
+        floats,
+        runner,
+        inputs.eval,
+        in_sample=inputs.eval is inputs.calib,
+        batch_size=request.calibration.batch_size,
+        progress=progress,
+    )
+    return _report(request, inputs, prepared, checked, runtime, written, fidelity)
+
+
+def _quantized(
+    request: QuantizeRequest, inputs: Inputs, prepared: PreparedModel, floats: FloatSession
+) -> Checked:
+    """The candidate to write: dynamic, or static/weights-only after the output check."""
+    config, calib = request.config, request.calibration
+    if config.mode is Mode.DYNAMIC:
+        return Checked(quantize_dynamic(prepared.model, config), None, None, DYNAMIC_SOURCE)
+    data_path = str(request.data or request.ranges)
+    source = RangeSource(floats, inputs.calib, inputs.ranges, data_path, calib, request.progress)
+    ranges = static_ranges(prepared, config, source)
+    weights = weight_choices(ranges.plan, config, floats, inputs.calib, calib, request.progress)
+    replanner = Replanner(prepared.model, config, source, ranges, weights)
+    first: Candidate = replanner.build(ranges.plan)
+    checked = output_check(first, replanner, floats, inputs.calib, config, calib, request.progress)
+    return Checked(checked.candidate, checked.report, checked.runner, ranges.source)
+
+
+def _report(
+    request: QuantizeRequest,
+    inputs: Inputs,
+    prepared: PreparedModel,
+    checked: Checked,
+    runtime: RuntimePreview,
+    written: int,
+    fidelity: Fidelity | None,
+) -> QuantizeReport:
+    c = checked.candidate
+    return QuantizeReport(
+        model_path=str(request.model_path),
+        output_path=str(request.output_path),
+        float_bytes=request.model_path.stat().st_size,
+        quantized_bytes=written,
+        quantized_nodes=c.quantized_nodes,
+        quantized_weights=c.quantized_weights,
+        qdq_pairs=c.qdq_pairs,
+        decisions=c.decisions,
+        ranges_source=checked.ranges_source,
+        preparation=prepared.steps,
+        runtime=runtime,
+        fidelity=fidelity,
+        fidelity_data=inputs.eval_path if inputs.eval is not None else None,
+        float_biases=c.float_biases,
+        check=checked.report,
+        corrected_biases=c.corrected_biases,
+        folded_weights=c.folded_weights,
+        settings=request.settings(),
+    )
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _reference_tensors(prepared: PreparedModel) -> tuple[str, ...]:
+    """What the float session fetches beyond calibration's tensors: the graph outputs and
+    the logits the output check compares."""
+    outputs = tuple(o.name for o in prepared.model.graph.output)
+    return (*outputs, *compared_tensors(prepared.model)[0])

@@ -1,0 +1,146 @@
+"""Every JSON document onnxq writes, in one place: names, versions and builders.
+
+* ``onnxq-quantize`` v1 — the quantize report (``--json``, ``--report``);
+* ``onnxq-compare`` v1 — the compare report;
+* ``onnxq-inspect`` v1 — the inspect summary;
+* ``onnxq-ranges`` v1 — the ranges file (written and read by
+  :mod:`onnxq.calibration.ranges`, which takes its name and version from here).
+
+docs/cli.md documents each field. Infinite values (an SQNR of identical outputs) are
+written as null.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from onnxq._version import __version__
+from onnxq.report.metrics import accuracy_of
+
+if TYPE_CHECKING:
+    from onnxq.inspect import Inspection
+    from onnxq.report.compare import CompareReport
+    from onnxq.report.quantize_report import QuantizeReport
+
+__all__ = [
+    "COMPARE",
+    "INSPECT",
+    "QUANTIZE",
+    "RANGES",
+    "compare_document",
+    "inspect_document",
+    "quantize_document",
+]
+
+QUANTIZE = ("onnxq-quantize", 1)
+COMPARE = ("onnxq-compare", 1)
+INSPECT = ("onnxq-inspect", 1)
+RANGES = ("onnxq-ranges", 1)
+
+
+def _decision(d: Any) -> dict[str, Any]:
+    out = asdict(d)
+    out["action"] = d.action.value
+    return out
+
+
+def quantize_document(report: QuantizeReport) -> dict[str, Any]:
+    fid = report.fidelity
+    cls = fid.classifier if fid else None
+    acc = accuracy_of(cls) if cls is not None else None
+    return {
+        "schema": QUANTIZE[0],
+        "schema_version": QUANTIZE[1],
+        "onnxq_version": __version__,
+        "model": report.model_path,
+        "output": report.output_path,
+        "size": {
+            "float_bytes": report.float_bytes,
+            "quantized_bytes": report.quantized_bytes,
+            "ratio": report.size_ratio,
+        },
+        "quantized_nodes": report.quantized_nodes,
+        "quantized_weights": report.quantized_weights,
+        "qdq_pairs": report.qdq_pairs,
+        "float_biases": list(report.float_biases),
+        "corrected_biases": list(report.corrected_biases),
+        "folded_weights": report.folded_weights,
+        "output_check": None if report.check is None else report.check.to_dict(),
+        "ranges": report.ranges_source,
+        "preparation": list(report.preparation),
+        "runtime": report.runtime.to_dict(),
+        "fidelity": None
+        if fid is None
+        else {
+            "data": report.fidelity_data,
+            "samples": fid.samples,
+            "outputs": [o.to_dict() for o in fid.outputs],
+            "accuracy": None
+            if acc is None
+            else {
+                "output": acc.output,
+                "float": acc.reference,
+                "quantized": acc.candidate,
+                "drop_pp": acc.drop_pp,
+            },
+        },
+        "settings": report.settings,
+        "nodes": [_decision(d) for d in report.decisions],
+    }
+
+
+def compare_document(report: CompareReport) -> dict[str, Any]:
+    from onnxq.runtime import runtime_version
+
+    cls = report.fidelity.classifier
+    acc = accuracy_of(cls) if cls is not None else None
+    t = report.thresholds
+    return {
+        "schema": COMPARE[0],
+        "schema_version": COMPARE[1],
+        "onnxq_version": __version__,
+        "onnxruntime_version": runtime_version(),
+        "reference": {"path": report.reference, "bytes": report.reference_bytes},
+        "candidate": {"path": report.candidate, "bytes": report.candidate_bytes},
+        "size_ratio": report.candidate_bytes / report.reference_bytes,
+        "data": {"path": report.data, "samples": report.fidelity.samples, "labels": report.labels},
+        "outputs": [o.to_dict() for o in report.fidelity.outputs],
+        "accuracy": None if acc is None else {**asdict(acc), "drop_pp": acc.drop_pp},
+        "latency": None
+        if report.latency is None
+        else {
+            "reference_ms": report.latency.reference_ms,
+            "candidate_ms": report.latency.candidate_ms,
+            "speedup": report.latency.speedup,
+            "threads": report.latency.threads,
+            "runs": report.latency.runs,
+        },
+        "thresholds": {
+            "max_drop": t.max_drop,
+            "min_agreement": t.min_agreement,
+            "min_cosine": t.min_cosine,
+            "min_sqnr": t.min_sqnr,
+        },
+        "violations": list(report.violations),
+        "ok": report.ok,
+    }
+
+
+def inspect_document(result: Inspection) -> dict[str, Any]:
+    return {
+        "schema": INSPECT[0],
+        "schema_version": INSPECT[1],
+        "path": result.path,
+        **asdict(result.summary),
+        "preparation": list(result.preparation),
+        "nodes_after_preparation": [_decision(d) for d in result.decisions],
+        "quantized_nodes": sum(d.quantized for d in result.decisions),
+        "target": None
+        if result.runtime is None
+        else {
+            "name": "cpu",
+            "provider": "CPUExecutionProvider",
+            **result.runtime.to_dict(),
+        },
+    }

@@ -1,0 +1,116 @@
+"""Stage: what one quantize run is asked to do, checked before anything runs, and its
+inputs read (the model, the calibration and evaluation data, a ranges file)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import onnx
+
+from onnxq.calibration.ranges import RangesFile, read_ranges
+from onnxq.config import CalibrationConfig, Mode, QuantConfig
+from onnxq.data import Dataset, open_dataset
+from onnxq.errors import ConfigError
+from onnxq.graph.model_io import check_distinct, check_writable, input_specs, load_model
+
+__all__ = ["Inputs", "QuantizeRequest", "load_inputs"]
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class QuantizeRequest:
+    """One quantize run: paths, settings, and how to report progress."""
+
+    model_path: Path
+    output_path: Path
+    config: QuantConfig = field(default_factory=QuantConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    data: Path | None = None
+    ranges: Path | None = None
+    eval_data: Path | None = None
+    labels: str | None = None
+    threads: int = 0
+    progress: Progress | None = None
+
+    def __post_init__(self) -> None:
+        # the ranges are chosen for the activations the config quantizes
+        acts = self.config.activations
+        object.__setattr__(
+            self, "calibration", replace(self.calibration, scheme=acts.scheme, bits=acts.bits)
+        )
+        if self.data is not None and self.ranges is not None:
+            raise ConfigError(
+                "give one of --data (calibrate now) or --ranges (reuse a file), not both"
+            )
+        if self.config.needs_ranges and self.data is None and self.ranges is None:
+            raise ConfigError(
+                "give --data (calibrate now) or --ranges (a file from onnxq calibrate)"
+            )
+        if not self.config.needs_ranges and self.ranges is not None:
+            raise ConfigError(
+                "--mode dynamic and --weights-only need no activation ranges: drop --ranges"
+            )
+
+    @property
+    def wants_data(self) -> bool:
+        """Whether calibration samples are read (ranges, GPTQ, the check, bias correction)."""
+        c = self.config
+        if c.mode is Mode.DYNAMIC:
+            return False
+        return not c.weights_only or c.gptq or c.target.enabled or c.bias_correction
+
+    def settings(self) -> dict[str, object]:
+        """Every setting of the run, JSON-ready (the report and the model record them)."""
+        return {
+            "quantize": self.config.settings(),
+            "calibration": _plain_calibration(self.calibration),
+            "data": None if self.data is None else str(self.data),
+            "ranges": None if self.ranges is None else str(self.ranges),
+            "eval_data": None if self.eval_data is None else str(self.eval_data),
+            "labels": self.labels,
+        }
+
+
+def _plain_calibration(c: CalibrationConfig) -> dict[str, object]:
+    return {
+        "method": c.method.value,
+        "granularity": c.granularity.value,
+        "batch_size": c.batch_size,
+        **c.params,
+    }
+
+
+@dataclass(frozen=True)
+class Inputs:
+    model: onnx.ModelProto
+    calib: Dataset | None  # calibration samples, when the settings use them
+    eval: Dataset | None  # what the report measures (the calibration data when not given)
+    eval_path: str | None
+    ranges: RangesFile | None
+
+
+def load_inputs(request: QuantizeRequest) -> Inputs:
+    """Refuse outputs that would overwrite an input, then read the inputs (each
+    validated once; the calibration data doubles as evaluation data when no other is given)."""
+    r = request
+    for source, what in (
+        (r.model_path, "model"),
+        (r.data, "data"),
+        (r.ranges, "ranges file"),
+        (r.eval_data, "evaluation data"),
+    ):
+        check_distinct(source, r.output_path, what)
+    check_writable(r.output_path)
+    model = load_model(r.model_path)
+    specs = input_specs(model)
+    calib = open_dataset(r.data, specs) if r.data is not None and r.wants_data else None
+    eval_path = r.eval_data if r.eval_data is not None else r.data
+    if eval_path is not None and calib is not None and eval_path == r.data and r.labels is None:
+        evaluation: Dataset | None = calib  # validated once
+    else:
+        evaluation = open_dataset(eval_path, specs, label_key=r.labels) if eval_path else None
+    ranges = read_ranges(r.ranges) if r.ranges is not None else None
+    return Inputs(model, calib, evaluation, None if eval_path is None else str(eval_path), ranges)

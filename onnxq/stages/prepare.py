@@ -1,0 +1,64 @@
+"""Stage: the model onnxq plans on. Built on what onnx and onnxruntime provide: Constant
+nodes to initializers, opset upgrade (per-axis Q/DQ needs 13), onnxruntime's basic graph
+optimizations (constant folding, Conv+BatchNorm and other semantics-preserving fusions),
+unique node names, shape inference.
+
+Calibration and quantization prepare a model the same way, so tensor names in a ranges
+file match the graph the quantizer plans on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import onnx
+
+from onnxq.graph.model_io import fingerprint
+from onnxq.graph.passes.constants import constants_to_initializers
+from onnxq.graph.passes.node_names import name_nodes
+from onnxq.graph.passes.opset import upgrade_opset
+from onnxq.graph.passes.result import Change, ChangeKind, PassResult
+from onnxq.graph.passes.shapes import infer_shapes
+from onnxq.runtime import optimize_model
+
+__all__ = ["MIN_OPSET", "PreparedModel", "prepare"]
+
+MIN_OPSET = 13
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    original: onnx.ModelProto
+    model: onnx.ModelProto
+    fingerprint: str  # of the original model, as the user gave it
+    steps: tuple[str, ...]
+
+
+def _optimize(model: onnx.ModelProto) -> PassResult:
+    detail = "onnxruntime basic optimizations"
+    return PassResult(optimize_model(model), True, (Change(ChangeKind.OPTIMIZED, ""),), detail)
+
+
+def prepare(
+    model: onnx.ModelProto, *, min_opset: int = MIN_OPSET, optimize: bool = True
+) -> PreparedModel:
+    """The model onnxq plans on. Outputs are unchanged beyond float rounding.
+
+    ``min_opset`` is 13 (per-axis Q/DQ) or 21 (4- and 16-bit types, blocked Q/DQ)."""
+
+    def opset(m: onnx.ModelProto) -> PassResult:
+        return upgrade_opset(m, min_opset)
+
+    passes: list[Callable[[onnx.ModelProto], PassResult]] = [constants_to_initializers, opset]
+    if optimize:
+        passes.append(_optimize)
+    passes += [name_nodes, infer_shapes]
+    result = PassResult.unchanged(model)
+    steps: list[str] = []
+    for run in passes:
+        step = run(result.model)
+        result = result.then(step)
+        if step.detail:
+            steps.append(step.detail)
+    return PreparedModel(model, result.model, fingerprint(model), tuple(steps))

@@ -1,0 +1,70 @@
+"""Stage: write the quantized model — refused when nothing was quantized, trimmed of the
+shapes inferred during preparation, stamped with onnxq's version and every setting used
+(``producer_name``/``producer_version``, ``metadata_props``), checked by onnx and written
+atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import onnx
+
+from onnxq._version import __version__
+from onnxq.errors import ModelError
+from onnxq.graph.candidate import Candidate
+from onnxq.graph.model_io import save_model
+from onnxq.graph.outputs import restrict_value_info
+
+__all__ = ["SETTINGS_KEY", "save"]
+
+log = logging.getLogger(__name__)
+
+SETTINGS_KEY = "onnxq.settings"  # metadata_props key of the settings (JSON)
+
+
+def save(
+    candidate: Candidate,
+    original: onnx.ModelProto,
+    model_path: Path,
+    output_path: Path,
+    settings: Mapping[str, object],
+) -> int:
+    """Write ``candidate`` to ``output_path``; returns the bytes written."""
+    if candidate.quantized_nodes == 0:
+        raise ModelError(
+            f"nothing in '{model_path}' can be quantized with these settings (weights inside "
+            f"If/Loop/Scan bodies are not quantized); run onnxq inspect for why each node stays "
+            "float; no file written"
+        )
+    model = candidate.model
+    restrict_value_info(model, (vi.name for vi in original.graph.value_info))
+    if candidate.folded_weights:
+        log.info(
+            "%d integer weights of float nodes are dequantized at load", candidate.folded_weights
+        )
+    log.info(
+        "rewrote %d nodes, %d weights, %d Q/DQ pairs",
+        candidate.quantized_nodes,
+        candidate.quantized_weights,
+        candidate.qdq_pairs,
+    )
+    stamp(model, settings)
+    return save_model(model, output_path)
+
+
+def stamp(model: onnx.ModelProto, settings: Mapping[str, object]) -> None:
+    """Record onnxq's version and ``settings`` in ``model`` (replacing earlier ones)."""
+    model.producer_name = "onnxq"
+    model.producer_version = __version__
+    kept = [p for p in model.metadata_props if p.key not in (SETTINGS_KEY, "onnxq.version")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in (
+        ("onnxq.version", __version__),
+        (SETTINGS_KEY, json.dumps(settings, sort_keys=True, separators=(",", ":"))),
+    ):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value

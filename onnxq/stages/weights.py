@@ -1,0 +1,117 @@
+"""Stage: weight transforms chosen before rounding — GPTQ codes of MatMul/Gemm weights
+(from the inputs' second moments) and the input means bias correction needs. Each reads
+the float model once through the shared :class:`FloatSession`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from onnx import numpy_helper
+
+from onnxq.calibration.collect import FloatSession, Progress
+from onnxq.config import CalibrationConfig, Granularity, QuantConfig, Scheme
+from onnxq.data import Dataset
+from onnxq.errors import ConfigError
+from onnxq.graph.passes.bias_correction import bias_inputs
+from onnxq.graph.plan import QuantPlan
+from onnxq.graph.rules import GraphIndex
+from onnxq.quant import QParams
+from onnxq.quant.gptq import gptq
+from onnxq.tuning.check import check_samples
+
+__all__ = ["WeightChoices", "weight_choices"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightChoices:
+    # precomputed codes and qparams of some weights, by node name (GPTQ)
+    codes: dict[str, tuple[np.ndarray, QParams]] = field(default_factory=dict)
+    # per-channel input means of weighted nodes (bias correction), by tensor name
+    means: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def weight_choices(
+    plan: QuantPlan,
+    config: QuantConfig,
+    floats: FloatSession,
+    data: Dataset | None,
+    calibration: CalibrationConfig,
+    progress: Progress | None,
+) -> WeightChoices:
+    """GPTQ codes (``config.gptq``) and bias-correction means (``config.bias_correction``)."""
+    codes: dict[str, tuple[np.ndarray, QParams]] = {}
+    if config.gptq:
+        if data is None:
+            raise ConfigError("--gptq needs calibration data: give --data")
+        codes = gptq_codes(plan, config, floats, data, calibration.batch_size, progress)
+    means: dict[str, np.ndarray] = {}
+    if config.bias_correction and data is not None:
+        means = floats.means(
+            data,
+            bias_inputs(floats.model, plan),
+            samples=check_samples(data),
+            batch_size=floats.affordable_batch(data, calibration.batch_size),
+        )
+    elif config.bias_correction:
+        log.info("bias correction needs calibration data (--data): skipped")
+    return WeightChoices(codes, means)
+
+
+def gptq_codes(
+    plan: QuantPlan,
+    config: QuantConfig,
+    floats: FloatSession,
+    data: Dataset,
+    batch_size: int,
+    progress: Progress | None,
+) -> dict[str, tuple[np.ndarray, QParams]]:
+    """GPTQ codes of the 2-D weights of quantized MatMul and Gemm nodes, by node name,
+    laid out as the plan stores the weight (blocked along the reduction axis, per output
+    channel or per tensor)."""
+    model = floats.model
+    idx = GraphIndex(model)
+    nodes = {n.name: n for n in model.graph.node}
+    uses = [
+        u
+        for u in plan.weights
+        if u.spec is not None
+        and nodes[u.node].op_type in ("MatMul", "Gemm")
+        and u.layout.kind in (Granularity.BLOCK, Granularity.CHANNEL, Granularity.TENSOR)
+        and len(idx.initializers[u.tensor].dims) == 2
+    ]
+    inputs = sorted({nodes[u.node].input[0] for u in uses})
+    if not inputs:
+        return {}
+    moments = floats.moments(data, inputs, batch_size=batch_size, progress=progress)
+    out = {}
+    for u in uses:
+        assert u.spec is not None  # filtered above
+        w = numpy_helper.to_array(idx.initializers[u.tensor]).astype(np.float32)
+        kind, axis = u.layout.kind, u.layout.axis
+        transposed = (kind is Granularity.BLOCK and axis == 1) or (
+            kind is Granularity.CHANNEL and axis == 0
+        )
+        kn = w.T if transposed else w  # [K, N]: rows are the reduction axis
+        codes, qp = gptq(
+            kn,
+            moments[nodes[u.node].input[0]],
+            u.spec.qtype,
+            symmetric=u.spec.scheme is Scheme.SYM,
+            block=u.layout.size if kind is Granularity.BLOCK else None,
+            per_channel=kind in (Granularity.CHANNEL, Granularity.GROUP),
+            restricted=config.restricted,
+        )
+        out[u.node] = (codes.T, _transposed(qp)) if transposed else (codes, qp)
+    log.info("GPTQ rounded %d weights", len(out))
+    return out
+
+
+def _transposed(qp: QParams) -> QParams:
+    axis = None if qp.axis is None else 1 - qp.axis
+    scale = qp.scale.T if qp.block_size else qp.scale
+    zp = qp.zero_point.T if qp.block_size else qp.zero_point
+    return replace(qp, scale=scale, zero_point=zp, axis=axis)

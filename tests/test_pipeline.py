@@ -1,0 +1,124 @@
+"""The pipeline's shape: few sessions, a readable quantize(), calibration independent of
+the planner, one result type for graph passes, provenance in the written model."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxq
+from onnxq.graph.passes.result import PassResult
+from onnxq.stages.save import SETTINGS_KEY
+
+from conftest import ROOT, SAMPLES
+
+
+@pytest.fixture
+def count_sessions(monkeypatch):
+    made = []
+    original = ort.InferenceSession
+
+    class Counting(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            made.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Counting)
+    return made
+
+
+def test_default_static_quantize_with_eval_makes_three_sessions(tmp_path, count_sessions):
+    """prepare (onnxruntime's basic optimizations), the float model (calibration, bias
+    correction means, check reference, evaluation reference) and the quantized model (the
+    check, the kernel preview, evaluation). The code before the pipeline made ten."""
+    onnxq.quantize(
+        SAMPLES / "digits_cnn.onnx",
+        tmp_path / "q.onnx",
+        data=SAMPLES / "digits_calib.npz",
+        eval_data=SAMPLES / "digits_eval.npz",
+    )
+    assert len(count_sessions) == 3
+
+
+def test_quantize_reads_as_its_stages():
+    from onnxq import pipeline
+
+    func = ast.parse(inspect.getsource(pipeline.quantize)).body[0]
+    assert isinstance(func, ast.FunctionDef)
+    body = func.body  # the docstring and the stages, not the signature
+    assert body[-1].end_lineno - body[0].lineno + 1 <= 40
+    body = inspect.getsource(pipeline)
+    for stage in ("load_inputs", "prepare", "static_ranges", "weight_choices", "Replanner"):
+        assert stage in body
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_calibration_does_not_import_the_planner_and_quant_is_pure_numpy():
+    for path in (ROOT / "onnxq" / "calibration").glob("*.py"):
+        assert "onnxq.graph.plan" not in _imports(path), path
+    for path in (ROOT / "onnxq" / "quant").glob("*.py"):
+        banned = {"onnx", "onnxruntime", "click", "rich"} & {
+            m.split(".")[0] for m in _imports(path)
+        }
+        assert not banned, (path, banned)
+
+
+def test_every_graph_pass_returns_pass_result():
+    from onnxq.graph import rewrite_dynamic, rewrite_qdq
+    from onnxq.graph.passes import (
+        bias_correction,
+        constants,
+        embeddings,
+        fold_weights,
+        node_names,
+        opset,
+        shapes,
+    )
+
+    functions = [
+        constants.constants_to_initializers,
+        opset.upgrade_opset,
+        node_names.name_nodes,
+        shapes.infer_shapes,
+        bias_correction.correct_biases,
+        embeddings.quantize_embeddings,
+        fold_weights.fold_float_weights,
+        rewrite_qdq.rewrite_qdq,
+        rewrite_dynamic.rewrite_dynamic,
+    ]
+    for fn in functions:
+        assert inspect.signature(fn).return_annotation in ("PassResult", PassResult), fn
+
+
+def test_written_model_records_version_and_settings(tmp_path):
+    out = tmp_path / "q.onnx"
+    report = onnxq.quantize(
+        SAMPLES / "digits_cnn.onnx",
+        out,
+        onnxq.QuantConfig(weights_only=True, weights=onnxq.WeightSpec(bits=4)),
+        data=SAMPLES / "digits_calib.npz",
+    )
+    model = onnx.load(str(out))
+    assert model.producer_name == "onnxq" and model.producer_version == onnxq.__version__
+    meta = {p.key: p.value for p in model.metadata_props}
+    settings = json.loads(meta[SETTINGS_KEY])
+    assert settings["quantize"]["weights"]["bits"] == 4
+    assert settings["quantize"]["weights_only"] is True
+    assert settings["data"] == str(SAMPLES / "digits_calib.npz")
+    assert report.to_dict()["settings"] == settings
