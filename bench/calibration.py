@@ -389,10 +389,10 @@ def _child_kl(spec: Result) -> Result:
 
 
 def _child_prep(spec: Result) -> Result:
-    import onnxq.prepare as prep_mod
+    import onnxq.stages.prepare as prep_mod
+    from onnxq.graph.candidates import candidate_tensors
     from onnxq.graph.outputs import with_outputs
-    from onnxq.graph.plan import candidate_tensors
-    from onnxq.prepare import prepare
+    from onnxq.stages.prepare import prepare
 
     timings = _Timings()
     for name in (

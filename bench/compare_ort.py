@@ -233,10 +233,8 @@ def onnxq_setting(setting: str) -> tuple[Any, Any]:
     elif setting == "w4_block128_gptq":
         qc = onnxq.QuantConfig(
             weights_only=True,
-            weight_bits=4,
-            granularity=onnxq.Granularity.BLOCK,
-            block_size=128,
             gptq=True,
+            weights=onnxq.WeightSpec(bits=4, granularity=onnxq.Granularity.BLOCK, block_size=128),
         )
     else:
         raise ValueError(f"unknown onnxq setting {setting}")
@@ -250,8 +248,8 @@ SETTING_CODE = {
     "no_check": "QuantConfig(target=FidelityTarget(sqnr_db=0)) (the output check off)",
     "weights_only": "QuantConfig(weights_only=True)",
     "weights_only_no_bc": "QuantConfig(weights_only=True, bias_correction=False)",
-    "w4_block128_gptq": "QuantConfig(weights_only=True, weight_bits=4, "
-    "granularity=BLOCK, block_size=128, gptq=True)",
+    "w4_block128_gptq": "QuantConfig(weights_only=True, "
+    "granularity=BLOCK, gptq=True, weights=WeightSpec(bits=4, block_size=128))",
 }
 
 

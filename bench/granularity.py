@@ -55,7 +55,7 @@ from minilm import embed, load_npz, mean_cosine, retrieval_agreement
 from onnx import numpy_helper
 
 import onnxq
-from onnxq import Granularity, QuantConfig
+from onnxq import ActivationSpec, Granularity, QuantConfig, WeightSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_models"
@@ -88,37 +88,45 @@ class Case:
 
 
 def weights_text(c: QuantConfig) -> str:
-    size = {Granularity.GROUP: f" {c.group_size}", Granularity.BLOCK: f" {c.block_size}"}
+    size = {
+        Granularity.GROUP: f" {c.weights.group_size}",
+        Granularity.BLOCK: f" {c.weights.block_size}",
+    }
     extra = ""
-    if c.weight_scheme is not onnxq.Scheme.SYM or c.weight_method.value != "minmax":
-        extra = f" ({c.weight_scheme.value}, {c.weight_method.value})"
-    gran = f"{c.granularity.value}{size.get(c.granularity, '')}"
-    return f"int{c.weight_bits} per {gran}{extra}"
+    if c.weights.scheme is not onnxq.Scheme.SYM or c.weights.method.value != "minmax":
+        extra = f" ({c.weights.scheme.value}, {c.weights.method.value})"
+    gran = f"{c.weights.granularity.value}{size.get(c.weights.granularity, '')}"
+    return f"int{c.weights.bits} per {gran}{extra}"
 
 
 def activations_text(c: QuantConfig) -> str:
-    return "float" if c.weights_only else f"uint{c.activation_bits}"
+    return "float" if c.weights_only else f"uint{c.activations.bits}"
 
 
 def minilm_cases() -> list[Case]:
     block = Granularity.BLOCK
-    wo = [QuantConfig(granularity=block, block_size=b, weight_bits=4) for b in BLOCK_SIZES]
+    wo = [
+        QuantConfig(weights=WeightSpec(granularity=block, block_size=b, bits=4))
+        for b in BLOCK_SIZES
+    ]
     wo += [
-        QuantConfig(granularity=Granularity.CHANNEL, weight_bits=4),
-        QuantConfig(granularity=Granularity.TENSOR, weight_bits=4),
-        QuantConfig(granularity=Granularity.CHANNEL, weight_bits=8),
-        QuantConfig(granularity=Granularity.TENSOR, weight_bits=8),
+        QuantConfig(weights=WeightSpec(granularity=Granularity.CHANNEL, bits=4)),
+        QuantConfig(weights=WeightSpec(granularity=Granularity.TENSOR, bits=4)),
+        QuantConfig(weights=WeightSpec(granularity=Granularity.CHANNEL, bits=8)),
+        QuantConfig(weights=WeightSpec(granularity=Granularity.TENSOR, bits=8)),
         QuantConfig(
-            granularity=block,
-            block_size=32,
-            weight_bits=4,
-            weight_scheme=onnxq.Scheme.ASYM,
-            weight_method=onnxq.CalibrationMethod.MSE,
+            weights=WeightSpec(
+                granularity=block,
+                block_size=32,
+                bits=4,
+                scheme=onnxq.Scheme.ASYM,
+                method=onnxq.CalibrationMethod.MSE,
+            )
         ),
     ]
     cases = [Case("minilm-weights", weights_text(c), replace(c, weights_only=True)) for c in wo]
     for bits in (8, 16):
-        c = QuantConfig(activation_bits=bits)
+        c = QuantConfig(activations=ActivationSpec(bits=bits))
         cases.append(Case("minilm-static", f"{weights_text(c)}, uint{bits} act", c))
     return cases
 
@@ -126,15 +134,15 @@ def minilm_cases() -> list[Case]:
 def cnn_cases() -> list[Case]:
     cases = []
     for bits in (8, 4):
-        configs = [QuantConfig(granularity=Granularity.TENSOR, weight_bits=bits)]
+        configs = [QuantConfig(weights=WeightSpec(granularity=Granularity.TENSOR, bits=bits))]
         configs += [
-            QuantConfig(granularity=Granularity.GROUP, group_size=g, weight_bits=bits)
+            QuantConfig(weights=WeightSpec(granularity=Granularity.GROUP, group_size=g, bits=bits))
             for g in GROUP_SIZES
         ]
-        configs.append(QuantConfig(granularity=Granularity.CHANNEL, weight_bits=bits))
+        configs.append(QuantConfig(weights=WeightSpec(granularity=Granularity.CHANNEL, bits=bits)))
         cases += [Case("cnn-weights", weights_text(c), c) for c in configs]
     for act in (8, 16):
-        c = QuantConfig(activation_bits=act)
+        c = QuantConfig(activations=ActivationSpec(bits=act))
         cases.append(Case("cnn-activations", f"{weights_text(c)}, uint{act} act", c))
     return cases
 
@@ -148,17 +156,19 @@ def cli_command(model: Path, out: Path, case: Case, calib: Path, evals: Path, cn
     parts += ["--eval", str(evals)]
     if cnn:
         parts += ["--labels", LABELS]
-    parts += ["--granularity", c.granularity.value]
-    if c.granularity is Granularity.GROUP:
-        parts += ["--group-size", str(c.group_size)]
-    if c.granularity is Granularity.BLOCK:
-        parts += ["--block-size", str(c.block_size)]
-    parts += ["--weight-bits", str(c.weight_bits)]
-    if c.weight_scheme is not onnxq.Scheme.SYM:
-        parts += ["--weight-scheme", c.weight_scheme.value]
-    if c.weight_method.value != "minmax":
-        parts += ["--weight-method", c.weight_method.value]
-    parts += ["--weights-only"] if c.weights_only else ["--activation-bits", str(c.activation_bits)]
+    parts += ["--granularity", c.weights.granularity.value]
+    if c.weights.granularity is Granularity.GROUP:
+        parts += ["--group-size", str(c.weights.group_size)]
+    if c.weights.granularity is Granularity.BLOCK:
+        parts += ["--block-size", str(c.weights.block_size)]
+    parts += ["--weight-bits", str(c.weights.bits)]
+    if c.weights.scheme is not onnxq.Scheme.SYM:
+        parts += ["--weight-scheme", c.weights.scheme.value]
+    if c.weights.method.value != "minmax":
+        parts += ["--weight-method", c.weights.method.value]
+    parts += (
+        ["--weights-only"] if c.weights_only else ["--activation-bits", str(c.activations.bits)]
+    )
     return " ".join([*parts, "--threads", "1"])
 
 
