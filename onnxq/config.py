@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 
 from onnxq.errors import ConfigError
-from onnxq.quant.methods import CalibrationMethod, Granularity
+from onnxq.quant.methods import CalibrationMethod, Granularity, Rounding
 from onnxq.quant.qtypes import QType
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "RangeMode",
     "Recipe",
     "RecipeRule",
+    "Rounding",
     "Scheme",
     "WeightOverride",
     "WeightSpec",
@@ -216,8 +217,16 @@ class QuantConfig:
     target: FidelityTarget = field(default_factory=FidelityTarget)  # the output check
     bias_correction: bool = True  # of weights-only nodes, from input means (needs data)
     fold_weights: bool = True  # float nodes' integer weights: Cast/Sub/Mul folded at load
+    rounding: Rounding = Rounding.NEAREST  # of weights (GPTQ rounds its own)
+    seed: int = 0  # of stochastic rounding
 
     def __post_init__(self) -> None:
+        if self.rounding is not Rounding.NEAREST and self.gptq:
+            raise ConfigError(f"--rounding {self.rounding.value} and --gptq exclude each other")
+        if self.rounding is not Rounding.NEAREST and self.mode is Mode.DYNAMIC:
+            raise ConfigError(
+                f"--rounding {self.rounding.value} applies to static and weights-only"
+            )
         for name in self.exclude:
             if not name:
                 raise ConfigError("--exclude needs a node name or op type, got an empty string")
@@ -309,6 +318,8 @@ class QuantConfig:
             target=FidelityTarget(f.target_sqnr, f.target_top1),
             bias_correction=f.bias_correction,
             fold_weights=f.fold_weights,
+            rounding=f.rounding,
+            seed=f.seed,
         )
 
     def settings(self) -> dict[str, object]:
@@ -344,6 +355,8 @@ class QuantFlags:
     target_top1: float = FidelityTarget.top1
     bias_correction: bool = QuantConfig.bias_correction
     fold_weights: bool = QuantConfig.fold_weights
+    rounding: Rounding = QuantConfig.rounding
+    seed: int = QuantConfig.seed
 
 
 def _plain(value: object) -> object:

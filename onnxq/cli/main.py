@@ -34,6 +34,7 @@ from onnxq.config import (
     QuantConfig,
     QuantFlags,
     RangeMode,
+    Rounding,
     Scheme,
 )
 from onnxq.errors import OnnxqError
@@ -326,6 +327,8 @@ def quant_flags(flags: dict[str, Any]) -> QuantFlags:
         target_top1=flags["target_top1"],
         bias_correction=flags["bias_correction"],
         fold_weights=flags["fold_weights"],
+        rounding=Rounding(flags["rounding"]),
+        seed=flags["seed"],
     )
 
 

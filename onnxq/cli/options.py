@@ -19,6 +19,7 @@ from onnxq.config import (
     Mode,
     QuantConfig,
     RangeMode,
+    Rounding,
     Scheme,
     WeightSpec,
 )
@@ -238,6 +239,21 @@ tuning_options = stack(
         help="Write the integer weights of nodes that run in float as Cast/Sub/Mul, which "
         "onnxruntime folds into float weights when it loads the model (file size of "
         "integers, speed of float); --no-fold-weights keeps their DequantizeLinear.",
+    ),
+    click.option(
+        "--rounding",
+        type=choice(Rounding),
+        default=QUANT.rounding.value,
+        show_default=True,
+        help="How weights round to codes: nearest, or stochastic (up or down at random, "
+        "unbiased, reproducible for a --seed).",
+    ),
+    click.option(
+        "--seed",
+        type=int,
+        default=QUANT.seed,
+        show_default=True,
+        help="Seed of --rounding stochastic.",
     ),
     click.option(
         "--weights-only",

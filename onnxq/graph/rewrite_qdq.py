@@ -8,6 +8,7 @@ onnxruntime's CPU provider fuses into integer kernels (QLinearConv, QGemm, …).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 
 import ml_dtypes
@@ -23,7 +24,8 @@ from onnxq.graph.plan import QuantPlan, WeightUse
 from onnxq.graph.rules import GraphIndex, Role
 from onnxq.quant import QParams, QType, quantize
 from onnxq.quant.bias import bias_codes
-from onnxq.quant.methods import CalibrationMethod
+from onnxq.quant.methods import CalibrationMethod, Rounding
+from onnxq.quant.rounding import stochastic_quantize
 from onnxq.quant.weights import WeightLayout, weight_qparams
 
 __all__ = ["rewrite_qdq"]
@@ -266,6 +268,10 @@ def _store_weight(
             symmetric=config.activations.scheme is Scheme.SYM,
             restricted=config.restricted,
         )
+    if use.spec is not None and config.rounding is Rounding.STOCHASTIC:
+        # one stream per tensor: the codes of a weight do not depend on the others
+        rng = np.random.default_rng([config.seed, zlib.crc32(use.tensor.encode())])
+        return _write_weight(use.tensor, stochastic_quantize(w, qp, rng), qp, b)
     return _write_weight(use.tensor, quantize(w, qp), qp, b)
 
 

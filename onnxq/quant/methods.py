@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["Granularity", "CalibrationMethod"]
+__all__ = ["CalibrationMethod", "Granularity", "Rounding"]
 
 
 class Granularity(str, Enum):
@@ -31,3 +31,12 @@ class CalibrationMethod(str, Enum):
     @property
     def uses_histogram(self) -> bool:
         return self is not CalibrationMethod.MINMAX
+
+
+class Rounding(str, Enum):
+    """How a weight value becomes a code: to the nearest level (half to even, as ONNX's
+    QuantizeLinear), or up or down at random with probability given by the distance to
+    each (unbiased in expectation, seeded: survey III-H)."""
+
+    NEAREST = "nearest"
+    STOCHASTIC = "stochastic"
