@@ -390,7 +390,7 @@ def _child_kl(spec: Result) -> Result:
 
 def _child_prep(spec: Result) -> Result:
     import onnxq.stages.prepare as prep_mod
-    from onnxq.graph.candidates import candidate_tensors
+    from onnxq.graph.activations import candidate_tensors
     from onnxq.graph.outputs import with_outputs
     from onnxq.stages.prepare import prepare
 

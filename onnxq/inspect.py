@@ -11,6 +11,7 @@ from onnxq.graph.model_io import load_model
 from onnxq.graph.plan import NodeDecision, make_plan
 from onnxq.graph.summary import ModelSummary, summarize
 from onnxq.report.preflight import RuntimePreview, preview
+from onnxq.report.schema import inspect_document
 from onnxq.stages.prepare import prepare
 
 __all__ = ["Inspection", "inspect_model"]
@@ -25,8 +26,6 @@ class Inspection:
     runtime: RuntimePreview | None = None  # with target "cpu"
 
     def to_dict(self) -> dict[str, Any]:
-        from onnxq.report.schema import inspect_document
-
         return inspect_document(self)
 
 

@@ -8,6 +8,7 @@ module and one line here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from onnxq.calibration.collect import FloatSession
@@ -65,7 +66,7 @@ def quantize(
     inputs = load_inputs(request)
     prepared = prepare(inputs.model, min_opset=request.config.min_opset)
     floats = FloatSession(prepared.model, threads=threads, extra=_reference_tensors(prepared))
-    checked = _quantized(request, inputs, prepared, floats)
+    checked, ranges_source = _quantized(request, inputs, prepared, floats)
     runner = candidate_session(checked.candidate, checked.runner, threads)
     runtime = runtime_of(checked.candidate, runner)
     settings = request.settings()
@@ -80,16 +81,18 @@ def quantize(
         batch_size=request.calibration.batch_size,
         progress=progress,
     )
-    return _report(request, inputs, prepared, checked, runtime, written, fidelity)
+    facts = _Facts(ranges_source, runtime, written, fidelity, settings)
+    return _report(request, inputs, prepared, checked, facts)
 
 
 def _quantized(
     request: QuantizeRequest, inputs: Inputs, prepared: PreparedModel, floats: FloatSession
-) -> Checked:
-    """The candidate to write: dynamic, or static/weights-only after the output check."""
+) -> tuple[Checked, str]:
+    """The candidate to write (dynamic, or static/weights-only after the output check) and
+    where its activation ranges came from, in words."""
     config, calib = request.config, request.calibration
     if config.mode is Mode.DYNAMIC:
-        return Checked(quantize_dynamic(prepared.model, config), None, None, DYNAMIC_SOURCE)
+        return Checked(quantize_dynamic(prepared.model, config), None, None), DYNAMIC_SOURCE
     data_path = str(request.data or request.ranges)
     source = RangeSource(floats, inputs.calib, inputs.ranges, data_path, calib, request.progress)
     ranges = static_ranges(prepared, config, source)
@@ -97,7 +100,18 @@ def _quantized(
     replanner = Replanner(prepared.model, config, source, ranges, weights)
     first: Candidate = replanner.build(ranges.plan)
     checked = output_check(first, replanner, floats, inputs.calib, config, calib, request.progress)
-    return Checked(checked.candidate, checked.report, checked.runner, ranges.source)
+    return checked, ranges.source
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the later stages measured, for the report."""
+
+    ranges_source: str
+    runtime: RuntimePreview
+    written: int
+    fidelity: Fidelity | None
+    settings: dict[str, object]
 
 
 def _report(
@@ -105,30 +119,28 @@ def _report(
     inputs: Inputs,
     prepared: PreparedModel,
     checked: Checked,
-    runtime: RuntimePreview,
-    written: int,
-    fidelity: Fidelity | None,
+    facts: _Facts,
 ) -> QuantizeReport:
     c = checked.candidate
     return QuantizeReport(
         model_path=str(request.model_path),
         output_path=str(request.output_path),
         float_bytes=request.model_path.stat().st_size,
-        quantized_bytes=written,
+        quantized_bytes=facts.written,
         quantized_nodes=c.quantized_nodes,
         quantized_weights=c.quantized_weights,
         qdq_pairs=c.qdq_pairs,
         decisions=c.decisions,
-        ranges_source=checked.ranges_source,
+        ranges_source=facts.ranges_source,
         preparation=prepared.steps,
-        runtime=runtime,
-        fidelity=fidelity,
+        runtime=facts.runtime,
+        fidelity=facts.fidelity,
         fidelity_data=inputs.eval_path if inputs.eval is not None else None,
         float_biases=c.float_biases,
         check=checked.report,
         corrected_biases=c.corrected_biases,
         folded_weights=c.folded_weights,
-        settings=request.settings(),
+        settings=facts.settings,
     )
 
 

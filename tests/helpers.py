@@ -70,3 +70,11 @@ def graph_bytes(path) -> bytes:
     model.producer_version = ""
     del model.metadata_props[:]
     return model.SerializeToString()
+
+
+def float_session(model: onnx.ModelProto) -> FloatSession:
+    """The float session the pipeline makes for ``model`` (prepared): it can fetch the
+    tensors the output check compares."""
+    from onnxq.tuning.check import compared_tensors
+
+    return FloatSession(model, extra=compared_tensors(model)[0])

@@ -27,7 +27,7 @@ from onnxq.runtime import Runner
 from onnxq.tuning.check import make_check_set
 
 import models
-from helpers import NO_CHECK
+from helpers import NO_CHECK, float_session
 
 f32 = np.float32
 
@@ -154,7 +154,7 @@ def test_probe_takes_the_noisiest_feeds_and_extrapolates(tmp_path):
     np.savez(tmp_path / "d.npz", x=x)
     ref, cand = _scale_model(1.0), _scale_model(1.02)
     data = open_dataset(tmp_path / "d.npz", input_specs(ref))
-    check = make_check_set(ref, data, sample_bytes=1000)
+    check = make_check_set(float_session(ref), data, sample_bytes=1000)
     assert check.sizes == (8,) * 8
     before = check.run(check.runner(cand))
     probe = check.probe(8 * 1000, before)
@@ -169,8 +169,8 @@ def test_big_samples_are_checked_one_per_feed(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((12, 16), f32))
     model = _scale_model(1.0)
     data = open_dataset(tmp_path / "d.npz", input_specs(model))
-    assert make_check_set(model, data, sample_bytes=2**31).sizes == (1,) * 12
-    assert make_check_set(model, data, sample_bytes=0).sizes == (8, 4)
+    assert make_check_set(float_session(model), data, sample_bytes=2**31).sizes == (1,) * 12
+    assert make_check_set(float_session(model), data, sample_bytes=0).sizes == (8, 4)
 
 
 # ----------------------------------------------------------------------------- the report
@@ -228,7 +228,7 @@ def test_probe_extrapolates_for_a_later_candidate(tmp_path):
     np.savez(tmp_path / "d.npz", x=x)
     ref = _scale_model(1.0)
     data = open_dataset(tmp_path / "d.npz", input_specs(ref))
-    check = make_check_set(ref, data, sample_bytes=1000)
+    check = make_check_set(float_session(ref), data, sample_bytes=1000)
     probe = check.probe(8 * 1000, check.run(check.runner(_scale_model(1.02))))
     later = _scale_model(1.08)
     whole = check.run(check.runner(later)).noise["y"]
@@ -242,7 +242,7 @@ def test_probe_of_a_candidate_with_infinite_noise(tmp_path):
     np.savez(tmp_path / "d.npz", x=x)
     ref = _scale_model(1.0)
     data = open_dataset(tmp_path / "d.npz", input_specs(ref))
-    check = make_check_set(ref, data, sample_bytes=1000)
+    check = make_check_set(float_session(ref), data, sample_bytes=1000)
     before = check.run(check.runner(_scale_model(1.5)))
     probe = check.probe(8 * 1000, before)
     assert probe.feeds[0]["x"][0, 0] == f32(3e38)

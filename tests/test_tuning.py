@@ -25,7 +25,7 @@ from onnxq.tuning.check import make_check_set
 from onnxq.tuning.search import search_fallback
 
 import models
-from helpers import NO_CHECK, graph_bytes, quantize_in_memory, run
+from helpers import NO_CHECK, float_session, graph_bytes, quantize_in_memory, run
 
 # ----------------------------------------------------------------------------- the search
 
@@ -161,7 +161,7 @@ def test_check_compares_logits_before_a_softmax_and_counts_top1(tmp_path):
     model, feed = _softmax_classifier()
     np.savez(tmp_path / "d.npz", **feed)
     data = open_dataset(tmp_path / "d.npz", input_specs(model))
-    check = make_check_set(prepare(model).model, data)
+    check = make_check_set(float_session(prepare(model).model), data)
     assert check.outputs == ("logits",) and check.axes == {"logits": -1}
     assert check.samples == 40
     same = check.run(check.runner(model))
@@ -300,6 +300,6 @@ def test_check_set_skips_empty_outputs_and_asks_top1_of_probabilities_only(tmp_p
     )
     np.savez(tmp_path / "d.npz", x=rng.normal(0, 1, (20, 16)).astype(f32))
     data = open_dataset(tmp_path / "d.npz", input_specs(model))
-    check = make_check_set(model, data)
+    check = make_check_set(float_session(model), data)
     assert check.outputs == ("emb", "probs")  # 'nothing' has no signal to compare
     assert check.axes == {"probs": 1}  # no top-1 asked of the embedding

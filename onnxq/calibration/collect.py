@@ -3,7 +3,7 @@ ranges (the calibration pass), input moments (GPTQ), input means (bias correctio
 the float reference outputs (the output check, the report's evaluation).
 
 One session serves them all, so a quantize run loads the float model once. It can fetch
-every tensor calibration may need (:func:`onnxq.graph.candidates.candidate_tensors`), the
+every tensor calibration may need (:func:`onnxq.graph.activations.candidate_tensors`), the
 graph outputs and any extra tensor named at construction; each run fetches only the tensors
 asked for. Calibration reads the graph, never the planner.
 """
@@ -20,7 +20,7 @@ from onnxq.calibration.estimate import finish, make_observer
 from onnxq.calibration.observers import TensorRange
 from onnxq.config import CalibrationConfig, Granularity
 from onnxq.data import Dataset
-from onnxq.graph.candidates import candidate_tensors, channel_axis
+from onnxq.graph.activations import candidate_tensors, channel_axis
 from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex
 from onnxq.runtime import Runner

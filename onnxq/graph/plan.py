@@ -13,7 +13,7 @@ import onnx
 
 from onnxq.config import Granularity, QuantConfig, Recipe, Scheme, WeightOverride, WeightSpec
 from onnxq.errors import ConfigError
-from onnxq.graph.candidates import in_graph_order
+from onnxq.graph.activations import in_graph_order
 from onnxq.graph.rules import (
     ACTIVATION_FUSIONS,
     RULES,

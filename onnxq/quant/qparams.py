@@ -20,7 +20,14 @@ import numpy.typing as npt
 
 from onnxq.quant.qtypes import QType
 
-__all__ = ["QParams", "compute_qparams", "dequantize", "observed_range", "quantize"]
+__all__ = [
+    "QParams",
+    "broadcast_param",
+    "compute_qparams",
+    "dequantize",
+    "observed_range",
+    "quantize",
+]
 
 _F32_MAX = float(np.finfo(np.float32).max)
 _F32_TINY = float(np.finfo(np.float32).tiny)
@@ -99,17 +106,38 @@ def compute_qparams(
     )
 
 
-def _broadcast(values: np.ndarray, shape: tuple[int, ...], qp: QParams) -> np.ndarray:
-    """Scale or zero point shaped to broadcast against a tensor of ``shape``."""
-    if qp.axis is None or values.ndim == 0:
-        return values
+def broadcast_param(values: np.ndarray, shape: tuple[int, ...], qp: QParams) -> np.ndarray:
+    """``values`` (``qp``'s scale or zero point) shaped to broadcast against ``shape``.
+
+    Per tensor (or a scalar whatever the axis): the scalar. Per axis: [1, .., C, .., 1].
+    Blocked: every block's value repeated over its block along ``qp.axis`` (the last block
+    may be partial), so the result has ``shape``. :func:`quantize`, :func:`dequantize` and
+    the rounding modes use it; raises ``ValueError`` when ``values`` do not fit.
+    """
+    arr = np.asarray(values)
+    if qp.axis is None or arr.ndim == 0:
+        if arr.size != 1:
+            raise ValueError(f"per-tensor qparams need one value, got shape {arr.shape}")
+        return arr.reshape(())
+    if not -len(shape) <= qp.axis < len(shape):
+        raise ValueError(f"qparams axis {qp.axis} is out of range for shape {shape}")
     axis = qp.axis % len(shape)
-    if qp.block_size is not None:  # repeat each block's value over its block, trim the tail
-        expanded = np.repeat(values, qp.block_size, axis=axis)
-        return np.take(expanded, np.arange(shape[axis]), axis=axis)
-    out = [1] * len(shape)
-    out[axis] = values.size
-    return values.reshape(out)
+    if qp.block_size is None:
+        if arr.size != shape[axis]:
+            raise ValueError(
+                f"per-axis qparams along axis {axis} need {shape[axis]} values, got {arr.size}"
+            )
+        out = [1] * len(shape)
+        out[axis] = shape[axis]
+        return arr.reshape(out)
+    blocks = list(shape)
+    blocks[axis] = -(-shape[axis] // qp.block_size)
+    if arr.shape != tuple(blocks):
+        raise ValueError(
+            f"blocked qparams (block {qp.block_size} along axis {axis}) for shape {shape} "
+            f"need shape {tuple(blocks)}, got {arr.shape}"
+        )
+    return np.take(np.repeat(arr, qp.block_size, axis=axis), np.arange(shape[axis]), axis=axis)
 
 
 def quantize(x: npt.ArrayLike, qp: QParams) -> np.ndarray:
@@ -117,8 +145,8 @@ def quantize(x: npt.ArrayLike, qp: QParams) -> np.ndarray:
     (saturating at the restricted lowest code when ``qp.restricted``; onnxq only uses that
     for weights, which it quantizes ahead of time)."""
     arr = np.asarray(x, dtype=np.float32)
-    scale = _broadcast(qp.scale, arr.shape, qp)
-    zp = _broadcast(qp.zero_point.astype(np.float64), arr.shape, qp)
+    scale = broadcast_param(qp.scale, arr.shape, qp)
+    zp = broadcast_param(qp.zero_point.astype(np.float64), arr.shape, qp)
     q = np.rint(arr / scale) + zp
     codes: np.ndarray = np.clip(q, qp.qtype.min(restricted=qp.restricted), qp.qtype.max)
     return codes.astype(qp.qtype.dtype)
@@ -127,7 +155,7 @@ def quantize(x: npt.ArrayLike, qp: QParams) -> np.ndarray:
 def dequantize(q: npt.ArrayLike, qp: QParams) -> npt.NDArray[np.float32]:
     """``(q - zp) * S`` as ONNX DequantizeLinear."""
     arr = np.asarray(q)
-    scale = _broadcast(qp.scale, arr.shape, qp)
-    zp = _broadcast(qp.zero_point.astype(np.int64), arr.shape, qp)
+    scale = broadcast_param(qp.scale, arr.shape, qp)
+    zp = broadcast_param(qp.zero_point.astype(np.int64), arr.shape, qp)
     out: npt.NDArray[np.float32] = ((arr.astype(np.int64) - zp) * scale).astype(np.float32)
     return out

@@ -65,13 +65,12 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
-from onnxq.quant.qparams import QParams, quantize
+from onnxq.quant.qparams import QParams, broadcast_param, quantize
 
 __all__ = [
     "DenseMoments",
     "PatchMoments",
     "adaround_quantize",
-    "broadcast_param",
     "conv_as_matrix",
     "matrix_as_conv",
     "matrix_qparams",
@@ -83,40 +82,6 @@ _ADAM_B1, _ADAM_B2, _ADAM_EPS = 0.9, 0.999, 1e-8
 
 
 # --- shared element-wise pieces ---------------------------------------------------------
-
-
-def broadcast_param(values: np.ndarray, shape: tuple[int, ...], qp: QParams) -> np.ndarray:
-    """``values`` (``qp``'s scale or zero point) shaped to broadcast against ``shape``.
-
-    Per tensor (or a scalar whatever the axis): the scalar. Per axis: [1, .., C, .., 1].
-    Blocked: every block's value repeated over its block along ``qp.axis`` (the last block
-    may be partial), so the result has ``shape``. The same rule as
-    :func:`onnxq.quant.quantize`; raises ``ValueError`` when ``values`` do not fit.
-    """
-    arr = np.asarray(values)
-    if qp.axis is None or arr.ndim == 0:
-        if arr.size != 1:
-            raise ValueError(f"per-tensor qparams need one value, got shape {arr.shape}")
-        return arr.reshape(())
-    if not -len(shape) <= qp.axis < len(shape):
-        raise ValueError(f"qparams axis {qp.axis} is out of range for shape {shape}")
-    axis = qp.axis % len(shape)
-    if qp.block_size is None:
-        if arr.size != shape[axis]:
-            raise ValueError(
-                f"per-axis qparams along axis {axis} need {shape[axis]} values, got {arr.size}"
-            )
-        out = [1] * len(shape)
-        out[axis] = shape[axis]
-        return arr.reshape(out)
-    blocks = list(shape)
-    blocks[axis] = -(-shape[axis] // qp.block_size)
-    if arr.shape != tuple(blocks):
-        raise ValueError(
-            f"blocked qparams (block {qp.block_size} along axis {axis}) for shape {shape} "
-            f"need shape {tuple(blocks)}, got {arr.shape}"
-        )
-    return np.take(np.repeat(arr, qp.block_size, axis=axis), np.arange(shape[axis]), axis=axis)
 
 
 def _floor_codes(w: np.ndarray, qp: QParams) -> tuple[np.ndarray, np.ndarray]:

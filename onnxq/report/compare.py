@@ -17,6 +17,7 @@ from onnxq.graph.model_io import input_specs, load_model
 from onnxq.graph.passes.shapes import infer_shapes
 from onnxq.report.fidelity import Fidelity, evaluate
 from onnxq.report.metrics import accuracy_of
+from onnxq.report.schema import compare_document
 from onnxq.runtime import Runner, measure_latency
 
 __all__ = ["CompareReport", "Latency", "Thresholds", "compare"]
@@ -72,8 +73,6 @@ class CompareReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The documented JSON document (:func:`onnxq.report.schema.compare_document`)."""
-        from onnxq.report.schema import compare_document
-
         return compare_document(self)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from onnxq.graph.plan import NodeDecision
 from onnxq.report.fidelity import Fidelity
 from onnxq.report.preflight import RuntimePreview
+from onnxq.report.schema import quantize_document
 from onnxq.tuning.fit import FitReport
 
 __all__ = ["QuantizeReport"]
@@ -49,6 +50,4 @@ class QuantizeReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (:func:`onnxq.report.schema.quantize_document`)."""
-        from onnxq.report.schema import quantize_document
-
         return quantize_document(self)

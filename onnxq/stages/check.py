@@ -26,7 +26,6 @@ class Checked:
     candidate: Candidate
     report: FitReport | None  # None: the check did not run
     runner: Runner | None  # the candidate's session, when the check made one
-    ranges_source: str = ""  # where the activation ranges came from, in words
 
 
 def output_check(

@@ -3,21 +3,19 @@ inputs read (the model, the calibration and evaluation data, a ranges file)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
 
+from onnxq.calibration.collect import Progress
 from onnxq.calibration.ranges import RangesFile, read_ranges
 from onnxq.config import CalibrationConfig, Mode, QuantConfig
 from onnxq.data import Dataset, open_dataset
 from onnxq.errors import ConfigError
 from onnxq.graph.model_io import check_distinct, check_writable, input_specs, load_model
 
-__all__ = ["Inputs", "QuantizeRequest", "load_inputs"]
-
-Progress = Callable[[str, int, int], None]
+__all__ = ["Inputs", "Progress", "QuantizeRequest", "load_inputs"]
 
 
 @dataclass(frozen=True)

@@ -184,18 +184,16 @@ def check_samples(dataset: Dataset, budget: float = 2e6, low: int = 4, high: int
 
 
 def make_check_set(
-    floats: FloatSession | onnx.ModelProto,
+    floats: FloatSession,
     dataset: Dataset,
     *,
     batch_size: int = 32,
     sample_bytes: int | None = None,
 ) -> CheckSet:
     """The first :func:`check_samples` calibration samples (whole batches) and the float
-    model's outputs on them (``floats`` must fetch :func:`compared_tensors`; a bare model
-    gets a session of its own). The float activations of one sample (``sample_bytes``,
-    measured when not given) size the feeds: a sample larger than the probe is fed alone."""
-    if isinstance(floats, onnx.ModelProto):
-        floats = FloatSession(floats, extra=compared_tensors(floats)[0])
+    model's outputs on them (``floats`` must fetch :func:`compared_tensors`). The float
+    activations of one sample (``sample_bytes``, measured when not given) size the feeds:
+    a sample larger than the probe is fed alone."""
     if sample_bytes is None:
         sample_bytes = floats.sample_bytes(dataset)
     wanted = check_samples(dataset)

@@ -3,7 +3,6 @@ changed, and the list of what changed (typed records, never parsed back from nam
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -75,10 +74,3 @@ class PassResult:
             self.changes + later.changes,
             details,
         )
-
-    @staticmethod
-    def chain(model: onnx.ModelProto, results: Iterable[PassResult]) -> PassResult:
-        out = PassResult.unchanged(model)
-        for r in results:
-            out = out.then(r)
-        return out
