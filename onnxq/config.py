@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 
 from onnxq.errors import ConfigError
+from onnxq.quant.codebook import MAX_BITS as CODEBOOK_MAX_BITS
+from onnxq.quant.codebook import MIN_BITS as CODEBOOK_MIN_BITS
+from onnxq.quant.codebook import LevelKind
 from onnxq.quant.methods import CalibrationMethod, Granularity, Rounding
 from onnxq.quant.qtypes import QType
 
@@ -25,6 +28,7 @@ __all__ = [
     "RangeMode",
     "Recipe",
     "RecipeRule",
+    "LevelKind",
     "Rounding",
     "Scheme",
     "WeightOverride",
@@ -135,9 +139,13 @@ class WeightSpec:
     block_size: int = 32
     method: CalibrationMethod = CalibrationMethod.MINMAX
     percentile: float = 99.99
+    levels: LevelKind = LevelKind.UNIFORM  # else a codebook of 2^bits float levels
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits, "--weight-bits", WEIGHT_BITS)
+        if self.levels is LevelKind.UNIFORM:
+            _check_bits(self.bits, "--weight-bits", WEIGHT_BITS)
+        else:
+            self._check_codebook()
         if self.method is CalibrationMethod.ENTROPY:
             raise ConfigError(
                 "--weight-method entropy is not offered: use minmax, percentile or mse"
@@ -149,13 +157,32 @@ class WeightSpec:
         if self.block_size < 2:
             raise ConfigError(f"--block-size must be at least 2, got {self.block_size}")
 
+    def _check_codebook(self) -> None:
+        if not CODEBOOK_MIN_BITS <= self.bits <= CODEBOOK_MAX_BITS:
+            raise ConfigError(
+                f"--weight-levels {self.levels.value} takes --weight-bits "
+                f"{CODEBOOK_MIN_BITS} to {CODEBOOK_MAX_BITS}, got {self.bits}"
+            )
+        if self.granularity not in (Granularity.TENSOR, Granularity.CHANNEL):
+            raise ConfigError(
+                f"--weight-levels {self.levels.value} fits one codebook per tensor or per "
+                f"channel: use --granularity tensor or channel, not {self.granularity.value}"
+            )
+
+    @property
+    def codebook(self) -> bool:
+        """Stored as indices into float levels (decoded in the graph), not as integers."""
+        return self.levels is not LevelKind.UNIFORM
+
     @property
     def qtype(self) -> QType:
-        return self.scheme.qtype(self.bits)
+        return self.scheme.qtype(self.bits if self.bits in WEIGHT_BITS else 8)
 
     def describe(self) -> str:
         size = {Granularity.GROUP: f" {self.group_size}", Granularity.BLOCK: f" {self.block_size}"}
         gran = f"{self.granularity.value}{size.get(self.granularity, '')}"
+        if self.codebook:
+            return f"{self.bits}-bit {self.levels.value} codebook per {gran}"
         return f"{self.qtype.value} {self.scheme.value} per {gran} ({self.method.value})"
 
 
@@ -219,8 +246,12 @@ class QuantConfig:
     fold_weights: bool = True  # float nodes' integer weights: Cast/Sub/Mul folded at load
     rounding: Rounding = Rounding.NEAREST  # of weights (GPTQ rounds its own)
     seed: int = 0  # of stochastic rounding
+    adaround_iters: int = 500  # optimisation steps per weight of --rounding adaround
+    equalize: bool = False  # cross-layer equalisation (and high-bias absorption) first
+    relu6_to_relu: bool = False  # let equalisation replace ReLU6 by Relu (changes the model)
 
     def __post_init__(self) -> None:
+        self._check_methods()
         if self.rounding is not Rounding.NEAREST and self.gptq:
             raise ConfigError(f"--rounding {self.rounding.value} and --gptq exclude each other")
         if self.rounding is not Rounding.NEAREST and self.mode is Mode.DYNAMIC:
@@ -236,6 +267,26 @@ class QuantConfig:
             )
         if self.mode is Mode.DYNAMIC:
             self._check_dynamic()
+
+    def _check_methods(self) -> None:
+        if self.adaround_iters < 0:
+            raise ConfigError(f"--adaround-iters must be ≥ 0, got {self.adaround_iters}")
+        if self.relu6_to_relu and not self.equalize:
+            raise ConfigError("--relu6-to-relu is part of --equalize: add --equalize")
+        specs = [self.weights, *(self.recipe.specs(self.weights) if self.recipe else [])]
+        levels = next((s.levels for s in specs if s.codebook), None)
+        if levels is None:
+            return
+        if not self.weights_only:
+            raise ConfigError(
+                f"--weight-levels {levels.value} stores float levels that integer kernels "
+                "cannot read: add --weights-only"
+            )
+        if self.gptq or self.rounding is not Rounding.NEAREST:
+            raise ConfigError(
+                f"--weight-levels {levels.value} assigns each value its nearest level: "
+                "drop --gptq and --rounding"
+            )
 
     def _check_dynamic(self) -> None:
         if self.weights_only:
@@ -273,12 +324,16 @@ class QuantConfig:
 
     @property
     def min_opset(self) -> int:
-        """Opset the written model needs: 21 for 4/16-bit types and blocked Q/DQ, else 13."""
+        """Opset the written model needs: 21 for 4/16-bit types and blocked Q/DQ, 18 for
+        codebook weights, else 13."""
         specs = [self.weights, *(self.recipe.specs(self.weights) if self.recipe else [])]
         if self.activations.bits == 16 and self.needs_ranges:
             return 21
-        if any(s.bits == 4 or s.granularity is Granularity.BLOCK for s in specs):
+        grid = [s for s in specs if not s.codebook]
+        if any(s.bits == 4 or s.granularity is Granularity.BLOCK for s in grid):
             return 21
+        if len(grid) < len(specs):
+            return 18  # BitwiseAnd decodes codebook indices
         return 13
 
     @classmethod
@@ -303,6 +358,7 @@ class QuantConfig:
                 block_size=f.block_size,
                 method=f.weight_method,
                 percentile=f.weight_percentile,
+                levels=f.weight_levels,
             ),
             activations=ActivationSpec(
                 scheme=f.activation_scheme or f.scheme or default_a.scheme,
@@ -320,6 +376,9 @@ class QuantConfig:
             fold_weights=f.fold_weights,
             rounding=f.rounding,
             seed=f.seed,
+            adaround_iters=f.adaround_iters,
+            equalize=f.equalize,
+            relu6_to_relu=f.relu6_to_relu,
         )
 
     def settings(self) -> dict[str, object]:
@@ -357,6 +416,10 @@ class QuantFlags:
     fold_weights: bool = QuantConfig.fold_weights
     rounding: Rounding = QuantConfig.rounding
     seed: int = QuantConfig.seed
+    adaround_iters: int = QuantConfig.adaround_iters
+    equalize: bool = QuantConfig.equalize
+    relu6_to_relu: bool = QuantConfig.relu6_to_relu
+    weight_levels: LevelKind = WeightSpec.levels
 
 
 def _plain(value: object) -> object:

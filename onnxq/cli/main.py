@@ -30,6 +30,7 @@ from onnxq.config import (
     CalibrationConfig,
     CalibrationMethod,
     Granularity,
+    LevelKind,
     Mode,
     QuantConfig,
     QuantFlags,
@@ -329,6 +330,10 @@ def quant_flags(flags: dict[str, Any]) -> QuantFlags:
         fold_weights=flags["fold_weights"],
         rounding=Rounding(flags["rounding"]),
         seed=flags["seed"],
+        adaround_iters=flags["adaround_iters"],
+        equalize=flags["equalize"],
+        relu6_to_relu=flags["relu6_to_relu"],
+        weight_levels=LevelKind(flags["weight_levels"]),
     )
 
 

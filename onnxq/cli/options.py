@@ -16,6 +16,7 @@ from onnxq.config import (
     CalibrationMethod,
     FidelityTarget,
     Granularity,
+    LevelKind,
     Mode,
     QuantConfig,
     RangeMode,
@@ -156,7 +157,10 @@ weight_options = stack(
     ),
     click.option("--bits", type=int, help="Bit width of weights and activations (sets both)."),
     click.option(
-        "--weight-bits", type=int, help=f"Weight bit width: 8 or 4.  [default: {WEIGHTS.bits}]"
+        "--weight-bits",
+        type=int,
+        help="Weight bit width: 8 or 4 (2 to 8 with --weight-levels kmeans or log).  "
+        f"[default: {WEIGHTS.bits}]",
     ),
     click.option(
         "--activation-bits",
@@ -190,6 +194,15 @@ weight_options = stack(
         default=WEIGHTS.percentile,
         show_default=True,
         help="Percentile kept by --weight-method percentile.",
+    ),
+    click.option(
+        "--weight-levels",
+        type=choice(LevelKind),
+        default=WEIGHTS.levels.value,
+        show_default=True,
+        help="uniform: the integer grid (Q/DQ). kmeans or log: a codebook of 2^bits float "
+        "levels per tensor or channel (k-means from the uniform grid, or powers of two), "
+        "stored as packed indices and decoded in the graph; needs --weights-only.",
     ),
 )
 
@@ -245,8 +258,29 @@ tuning_options = stack(
         type=choice(Rounding),
         default=QUANT.rounding.value,
         show_default=True,
-        help="How weights round to codes: nearest, or stochastic (up or down at random, "
-        "unbiased, reproducible for a --seed).",
+        help="How weights round to codes: nearest; stochastic (up or down at random, "
+        "unbiased, reproducible for a --seed); adaround (up or down learnt per value from "
+        "each layer's output error on --data, Nagel et al. 2020).",
+    ),
+    click.option(
+        "--adaround-iters",
+        type=click.IntRange(min=0),
+        default=QUANT.adaround_iters,
+        show_default=True,
+        help="Optimisation steps per weight of --rounding adaround (more: slower, better).",
+    ),
+    click.option(
+        "--equalize",
+        is_flag=True,
+        help="Cross-layer equalisation first (Nagel et al. 2019): rescale consecutive "
+        "weight layers joined by Relu/LeakyRelu/PRelu or nothing so their per-channel ranges "
+        "match (the float function is unchanged), and absorb high biases with --data.",
+    ),
+    click.option(
+        "--relu6-to-relu",
+        is_flag=True,
+        help="With --equalize: replace ReLU6 (Clip 0..6) between equalised layers by Relu, "
+        "which changes the float model (the report measures by how much).",
     ),
     click.option(
         "--seed",

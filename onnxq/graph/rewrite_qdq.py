@@ -28,7 +28,7 @@ from onnxq.quant.methods import CalibrationMethod, Rounding
 from onnxq.quant.rounding import stochastic_quantize
 from onnxq.quant.weights import WeightLayout, weight_qparams
 
-__all__ = ["rewrite_qdq"]
+__all__ = ["rewrite_qdq", "use_qparams"]
 
 
 class _Builder:
@@ -248,9 +248,20 @@ def _store_weight(
     if precomputed is not None:
         codes, qp = precomputed
         return _write_weight(use.tensor, codes, qp, b)
+    qp = use_qparams(use, w, config)
+    if use.spec is not None and config.rounding is Rounding.STOCHASTIC:
+        # one stream per tensor: the codes of a weight do not depend on the others
+        rng = np.random.default_rng([config.seed, zlib.crc32(use.tensor.encode())])
+        return _write_weight(use.tensor, stochastic_quantize(w, qp, rng), qp, b)
+    return _write_weight(use.tensor, quantize(w, qp), qp, b)
+
+
+def use_qparams(use: WeightUse, w: np.ndarray, config: QuantConfig) -> QParams:
+    """The qparams the rewrite gives weight ``w`` of ``use``: its spec's, or (a constant
+    input of an element-wise node, ``spec`` None) per tensor like the activations."""
     if use.spec is not None:
         spec = use.spec
-        qp = weight_qparams(
+        return weight_qparams(
             w,
             use.layout,
             spec.method,
@@ -259,20 +270,14 @@ def _store_weight(
             restricted=config.restricted,
             percentile=spec.percentile,
         )
-    else:
-        qp = weight_qparams(
-            w,
-            WeightLayout(),
-            CalibrationMethod.MINMAX,
-            config.activations.qtype,
-            symmetric=config.activations.scheme is Scheme.SYM,
-            restricted=config.restricted,
-        )
-    if use.spec is not None and config.rounding is Rounding.STOCHASTIC:
-        # one stream per tensor: the codes of a weight do not depend on the others
-        rng = np.random.default_rng([config.seed, zlib.crc32(use.tensor.encode())])
-        return _write_weight(use.tensor, stochastic_quantize(w, qp, rng), qp, b)
-    return _write_weight(use.tensor, quantize(w, qp), qp, b)
+    return weight_qparams(
+        w,
+        WeightLayout(),
+        CalibrationMethod.MINMAX,
+        config.activations.qtype,
+        symmetric=config.activations.scheme is Scheme.SYM,
+        restricted=config.restricted,
+    )
 
 
 def _write_weight(tensor: str, codes: np.ndarray, qp: QParams, b: _Builder) -> tuple[str, QParams]:

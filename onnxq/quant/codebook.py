@@ -6,7 +6,8 @@ one per index of a channel axis) and one ``b``-bit index per value::
     w~[i] = levels[idx[i]]                      per tensor
     w~[i] = levels[c(i), idx[i]]                per channel, c(i) the value's channel
 
-Two ways to choose the levels (survey section III-F):
+Two ways to choose the levels (survey section III-F), next to the uniform grid
+(``uniform``: ``lo + k·(hi − lo)/(K − 1)`` per row, k-means' starting point):
 
 * ``kmeans``: Lloyd's algorithm in 1-D, started from the uniform grid, minimising
   ``Σ h·(w − w~)²`` (``h`` optional per-value importance, 1 by default);
@@ -49,6 +50,7 @@ _U32 = npt.NDArray[np.uint32]
 class LevelKind(str, Enum):
     """How the levels of a codebook are chosen (values are the CLI spellings)."""
 
+    UNIFORM = "uniform"  # the integer grid: stored as Q/DQ; as a codebook, k-means' start
     KMEANS = "kmeans"
     LOG = "log"
 
@@ -127,9 +129,9 @@ def fit_codebook(
         raise ValueError("cannot fit a codebook to non-finite values")
     axis = _normalize_axis(axis, arr.ndim)
     rows = _as_rows(arr, axis)
-    if kind is LevelKind.KMEANS:
+    if kind in (LevelKind.KMEANS, LevelKind.UNIFORM):
         h = _importance(weights, arr, axis)
-        levels, idx = _kmeans_rows(rows, bits, iters, h)
+        levels, idx = _kmeans_rows(rows, bits, iters if kind is LevelKind.KMEANS else 0, h)
     elif kind is LevelKind.LOG:
         levels = _log_levels(rows, bits)
         idx = _assign(rows, levels)

@@ -40,3 +40,4 @@ class Rounding(str, Enum):
 
     NEAREST = "nearest"
     STOCHASTIC = "stochastic"
+    ADAROUND = "adaround"  # learnt up/down per value from the layer's output error

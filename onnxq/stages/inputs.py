@@ -10,7 +10,7 @@ import onnx
 
 from onnxq.calibration.collect import Progress
 from onnxq.calibration.ranges import RangesFile, read_ranges
-from onnxq.config import CalibrationConfig, Mode, QuantConfig
+from onnxq.config import CalibrationConfig, Mode, QuantConfig, Rounding
 from onnxq.data import Dataset, open_dataset
 from onnxq.errors import ConfigError
 from onnxq.graph.model_io import check_distinct, check_writable, input_specs, load_model
@@ -47,6 +47,13 @@ class QuantizeRequest:
             raise ConfigError(
                 "give --data (calibrate now) or --ranges (a file from onnxq calibrate)"
             )
+        if self.config.rounding is Rounding.ADAROUND and self.data is None:
+            raise ConfigError("--rounding adaround learns from each layer's inputs: give --data")
+        if self.config.equalize and self.ranges is not None:
+            raise ConfigError(
+                "--equalize changes the activations a ranges file was measured on: "
+                "give --data instead of --ranges"
+            )
         if not self.config.needs_ranges and self.ranges is not None:
             raise ConfigError(
                 "--mode dynamic and --weights-only need no activation ranges: drop --ranges"
@@ -58,7 +65,8 @@ class QuantizeRequest:
         c = self.config
         if c.mode is Mode.DYNAMIC:
             return False
-        return not c.weights_only or c.gptq or c.target.enabled or c.bias_correction
+        adaround = c.rounding is Rounding.ADAROUND
+        return not c.weights_only or c.gptq or c.target.enabled or c.bias_correction or adaround
 
     def settings(self) -> dict[str, object]:
         """Every setting of the run, JSON-ready (the report and the model record them)."""
