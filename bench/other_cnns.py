@@ -21,6 +21,10 @@ Models (``--models`` picks a subset):
   Reshape, Gemm. Trained with BatchNorm, which is folded into the Convs before export.
   Unlike the sample model it keeps the exporter's Constant nodes (Clip min/max, Reshape
   shape), as real exported models often do.
+* ``digits16_mbv2_relu`` (16x16, upsampled): MobileNetV2-style with ReLU: stem Conv, four
+  inverted residual blocks (1x1 expand, ReLU, 3x3 depthwise, ReLU, 1x1 linear project,
+  residual Add where shapes allow), 1x1 head Conv, global average pool, Linear. BatchNorm
+  folded before export. The cross-layer equalisation case (``--equalize``).
 * ``digits28_lenet`` (28x28): the same digits bilinearly upsampled to 28x28. LeNet-style:
   5x5 Conv, MaxPool, dilated 3x3 Conv + LeakyRelu, MaxPool, strided Conv + Tanh, AveragePool,
   Flatten, bias-free Linear (MatMul), Relu, Linear (Gemm).
@@ -86,12 +90,19 @@ class ConvBNAct(nn.Module):
     """Conv + BatchNorm + activation; ``fuse()`` folds the BN into the Conv for export."""
 
     def __init__(
-        self, c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, act: bool = True
+        self,
+        c_in: int,
+        c_out: int,
+        k: int,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+        relu: bool = False,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False)
         self.bn: nn.Module = nn.BatchNorm2d(c_out)
-        self.act: nn.Module = nn.ReLU6() if act else nn.Identity()
+        self.act: nn.Module = (nn.ReLU() if relu else nn.ReLU6()) if act else nn.Identity()
 
     def fuse(self) -> None:
         assert isinstance(self.bn, nn.BatchNorm2d)
@@ -140,6 +151,51 @@ class DigitsMBv2(nn.Module):
         x = self.add_relu(x + self.grouped(x))  # residual Add around the grouped conv
         x = self.down(self.avgpool(self.se(x)))
         return self.fc(x.reshape(-1, 64 * 2 * 2))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block with ReLU: 1x1 expand, ReLU, 3x3 depthwise, ReLU, 1x1 linear
+    project, and the residual Add when the shape allows it."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        self.expand = ConvBNAct(c_in, hidden, 1, relu=True)
+        self.dw = ConvBNAct(hidden, hidden, 3, stride, groups=hidden, relu=True)
+        self.project = ConvBNAct(hidden, c_out, 1, act=False)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.dw(self.expand(x)))
+        return x + y if self.residual else y
+
+
+class DigitsMBv2Relu(nn.Module):
+    """MobileNetV2-style CNN with ReLU (not ReLU6), for cross-layer equalisation:
+    depthwise -> ReLU -> pointwise pairs whose per-channel weight ranges differ widely
+    once BatchNorm is folded."""
+
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = ConvBNAct(1, 16, 3, relu=True)
+        self.blocks = nn.Sequential(
+            InvertedResidual(16, 16, 1),
+            InvertedResidual(16, 24, 2),
+            InvertedResidual(24, 24, 1),
+            InvertedResidual(24, 32, 2),
+        )
+        self.head = ConvBNAct(32, 64, 1, relu=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, n_classes)
+
+    def fuse(self) -> None:
+        for m in self.modules():
+            if isinstance(m, ConvBNAct):
+                m.fuse()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.head(self.blocks(self.stem(x))))
+        return self.fc(x.flatten(1))
 
 
 class Digits28LeNet(nn.Module):
@@ -254,6 +310,7 @@ MODELS: dict[str, tuple[int, Callable[[], nn.Module], int, float]] = {
     # name: (image size, constructor, epochs, learning rate)
     "digits_mbv2": (8, DigitsMBv2, 60, 3e-3),
     "digits28_lenet": (28, Digits28LeNet, 30, 3e-3),
+    "digits16_mbv2_relu": (16, DigitsMBv2Relu, 40, 3e-3),
 }
 
 

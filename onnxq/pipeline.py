@@ -8,17 +8,20 @@ module and one line here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from onnxq.calibration.collect import FloatSession
 from onnxq.config import CalibrationConfig, Mode, QuantConfig
 from onnxq.graph.candidate import Candidate
+from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.report.fidelity import Fidelity
 from onnxq.report.preflight import RuntimePreview
 from onnxq.report.quantize_report import QuantizeReport
+from onnxq.runtime import Runner
 from onnxq.stages.check import Checked, output_check
 from onnxq.stages.dynamic import DYNAMIC_SOURCE, quantize_dynamic
+from onnxq.stages.equalize import Equalized, equalized
 from onnxq.stages.evaluate import candidate_session, measure, runtime_of
 from onnxq.stages.inputs import Inputs, Progress, QuantizeRequest, load_inputs
 from onnxq.stages.prepare import PreparedModel, prepare
@@ -65,6 +68,11 @@ def quantize(
     )
     inputs = load_inputs(request)
     prepared = prepare(inputs.model, min_opset=request.config.min_opset)
+    batch_size = request.calibration.batch_size
+    equal = equalized(
+        prepared, request.config, inputs.calib, batch_size=batch_size, threads=threads
+    )
+    prepared = equal.prepared
     floats = FloatSession(prepared.model, threads=threads, extra=_reference_tensors(prepared))
     checked, ranges_source = _quantized(request, inputs, prepared, floats)
     runner = candidate_session(checked.candidate, checked.runner, threads)
@@ -73,16 +81,36 @@ def quantize(
     written = save(
         checked.candidate, inputs.model, request.model_path, request.output_path, settings
     )
-    fidelity = measure(
-        floats,
-        runner,
-        inputs.eval,
-        in_sample=inputs.eval is inputs.calib,
-        batch_size=request.calibration.batch_size,
-        progress=progress,
-    )
-    facts = _Facts(ranges_source, runtime, written, fidelity, settings)
+    fidelity, equal = _fidelity(request, inputs, floats, equal, runner)
+    facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal)
     return _report(request, inputs, prepared, checked, facts)
+
+
+def _fidelity(
+    request: QuantizeRequest,
+    inputs: Inputs,
+    floats: FloatSession,
+    equal: Equalized,
+    runner: Runner,
+) -> tuple[Fidelity | None, Equalized]:
+    """The written model's fidelity against the user's float model and, when equalisation
+    changed the float function (ReLU6 replaced), what that change alone costs."""
+
+    def against(reference: FloatSession, candidate: Runner) -> Fidelity | None:
+        return measure(
+            reference,
+            candidate,
+            inputs.eval,
+            in_sample=inputs.eval is inputs.calib,
+            batch_size=request.calibration.batch_size,
+            progress=request.progress,
+        )
+
+    if equal.original is None:
+        return against(floats, runner), equal
+    return against(equal.original, runner), replace(
+        equal, float_change=against(equal.original, floats.runner)
+    )
 
 
 def _quantized(
@@ -112,6 +140,7 @@ class _Facts:
     written: int
     fidelity: Fidelity | None
     settings: dict[str, object]
+    equalization: Equalized
 
 
 def _report(
@@ -141,7 +170,17 @@ def _report(
         corrected_biases=c.corrected_biases,
         folded_weights=c.folded_weights,
         settings=facts.settings,
+        methods=(*facts.equalization.changes, *_method_changes(c)),
+        float_change=facts.equalization.float_change,
     )
+
+
+def _method_changes(candidate: Candidate) -> tuple[Change, ...]:
+    """What the weight methods did in the rewrite, for the report (codebooks)."""
+    return tuple(ch for ch in candidate.result.changes if ch.kind in _METHOD_KINDS)
+
+
+_METHOD_KINDS = frozenset({ChangeKind.WEIGHT_CODEBOOK})
 
 
 def _path(value: str | Path | None) -> Path | None:

@@ -135,25 +135,70 @@ class FloatSession:
     ) -> dict[str, np.ndarray]:
         """Per-channel means of tensors over the first ``samples`` samples (whole
         batches): the mean along every axis but ``axes[name]``."""
+        sums = self._per_channel(dataset, axes, samples, batch_size, _Sum())
+        return {n: total / count for n, (total, count) in sums.items() if count}
+
+    def minima(
+        self, dataset: Dataset, axes: Mapping[str, int], *, batch_size: int
+    ) -> dict[str, np.ndarray]:
+        """Per-channel minima of tensors over all of ``dataset``: the minimum along every
+        axis but ``axes[name]`` (high-bias absorption shifts a channel by it)."""
+        lows = self._per_channel(dataset, axes, dataset.num_samples, batch_size, _Min())
+        return {n: low for n, (low, count) in lows.items() if count}
+
+    def _per_channel(
+        self,
+        dataset: Dataset,
+        axes: Mapping[str, int],
+        samples: int,
+        batch_size: int,
+        fold: _Fold,
+    ) -> dict[str, tuple[np.ndarray, int]]:
+        """``fold`` of each tensor's rows (one row per position, one column per channel of
+        ``axes[name]``) over the first ``samples`` samples, and the rows counted."""
         names = list(axes)
-        if not names:
-            return {}
-        sums: dict[str, np.ndarray] = {}
-        counts: dict[str, int] = {}
+        acc: dict[str, tuple[np.ndarray, int]] = {}
         done = 0
-        for batch in dataset.batches(batch_size):
+        for batch in dataset.batches(batch_size) if names else ():
             for name, value in self.run(batch.feed, names).items():
                 if np.ndim(value) < 2 or not np.issubdtype(np.asarray(value).dtype, np.floating):
                     continue
                 arr = np.asarray(value, np.float64)
                 channels = np.moveaxis(arr, axes[name] % arr.ndim, -1)
                 rows = channels.reshape(-1, channels.shape[-1])
-                sums[name] = sums.get(name, 0.0) + rows.sum(axis=0)
-                counts[name] = counts.get(name, 0) + rows.shape[0]
+                prior = acc.get(name)
+                folded = fold(rows) if prior is None else fold.merge(prior[0], fold(rows))
+                acc[name] = (folded, (prior[1] if prior else 0) + rows.shape[0])
             done += batch.size
             if done >= samples:
                 break
-        return {n: sums[n] / counts[n] for n in sums if counts[n]}
+        return acc
+
+
+class _Fold:
+    """A per-column reduction of rows that merges across batches."""
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _Sum(_Fold):
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(rows.sum(axis=0))
+
+    def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.asarray(a + b)
+
+
+class _Min(_Fold):
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(rows.min(axis=0))
+
+    def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.asarray(np.minimum(a, b))
 
 
 def batch_for(per_sample: int, requested: int) -> int:

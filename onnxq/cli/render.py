@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from onnxq.calibration.ranges import RangesFile
+from onnxq.graph.passes.result import ChangeKind
 from onnxq.inspect import Inspection
 from onnxq.report.compare import CompareReport
 from onnxq.report.metrics import OutputFidelity
@@ -216,6 +218,41 @@ def quantization(report: QuantizeReport, as_json: bool) -> None:
         )
     if report.check is not None:
         err.print(_check_line(report.check))
+    for line in _method_lines(report):
+        err.print(line)
+
+
+def _method_lines(report: QuantizeReport) -> list[str]:
+    """One line per method that ran: equalisation (with why pairs were skipped, most
+    common reason first), the ReLU6 replacement's cost, AdaRound, codebooks."""
+    lines = []
+    done = report.method_changes(ChangeKind.PAIR_EQUALIZED)
+    skipped = report.method_changes(ChangeKind.PAIR_SKIPPED)
+    if done or skipped:
+        absorbed = len(report.method_changes(ChangeKind.BIAS_ABSORBED))
+        line = f"equalisation: {len(done)} layer pairs equalised, {absorbed} high biases absorbed"
+        if skipped:
+            reasons = Counter(_reason(c.detail) for c in skipped).most_common(3)
+            shown = "; ".join(f"{n}x {why}" for why, n in reasons)
+            line += f", {len(skipped)} pairs skipped ({shown})"
+        lines.append(line)
+    replaced = report.method_changes(ChangeKind.ACTIVATION_REPLACED)
+    if replaced and report.float_change is not None:
+        worst = min(o.sqnr_db for o in report.float_change.outputs)
+        lines.append(
+            f"ReLU6 -> Relu in {len(replaced)} places changed the float model: output SQNR "
+            f"{_db(worst)} dB against the original (the fidelity above includes it)"
+        )
+    return lines
+
+
+def _reason(detail: str) -> str:
+    """A skip reason without node names: the op type that sat between the layers."""
+    if " between " in detail:
+        return f"{detail.split(' between ', 1)[0]} between layers"
+    if detail.startswith("'") and "' is read by " in detail:
+        return "output " + detail.split("' ", 1)[1]  # the tensor's name left out
+    return detail
 
 
 def _check_line(check: FitReport) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.graph.plan import NodeDecision
 from onnxq.report.fidelity import Fidelity
 from onnxq.report.preflight import RuntimePreview
@@ -35,6 +36,12 @@ class QuantizeReport:
     corrected_biases: tuple[str, ...] = ()  # weights-only nodes whose bias was corrected
     folded_weights: int = 0  # integer weights of float nodes dequantized at load
     settings: dict[str, Any] = field(default_factory=dict)  # every setting of the run
+    # what equalisation, AdaRound and codebooks did, node by node or pair by pair
+    methods: tuple[Change, ...] = ()
+    float_change: Fidelity | None = None  # equalisation's ReLU6 -> Relu, float vs float
+
+    def method_changes(self, kind: ChangeKind) -> tuple[Change, ...]:
+        return tuple(c for c in self.methods if c.kind is kind)
 
     @property
     def size_ratio(self) -> float:

@@ -21,6 +21,7 @@ from onnxq.report.metrics import accuracy_of
 if TYPE_CHECKING:
     from onnxq.inspect import Inspection
     from onnxq.report.compare import CompareReport
+    from onnxq.report.fidelity import Fidelity
     from onnxq.report.quantize_report import QuantizeReport
 
 __all__ = [
@@ -86,8 +87,21 @@ def quantize_document(report: QuantizeReport) -> dict[str, Any]:
             },
         },
         "settings": report.settings,
+        "methods": {
+            "changes": [
+                {"kind": c.kind.name.lower(), "name": c.name, "detail": c.detail}
+                for c in report.methods
+            ],
+            "float_change": _fidelity(report.float_change),
+        },
         "nodes": [_decision(d) for d in report.decisions],
     }
+
+
+def _fidelity(fid: Fidelity | None) -> dict[str, Any] | None:
+    if fid is None:
+        return None
+    return {"samples": fid.samples, "outputs": [o.to_dict() for o in fid.outputs]}
 
 
 def compare_document(report: CompareReport) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from onnxq.quant.equalize import (
     range_ratio,
 )
 
-__all__ = ["equalize"]
+__all__ = ["absorption_tensors", "equalize"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,19 @@ def equalize(
     return PassResult(out, True, tuple(changes), detail)
 
 
+def absorption_tensors(model: onnx.ModelProto, *, relu6_to_relu: bool = False) -> dict[str, int]:
+    """The tensors whose per-channel minima high-bias absorption reads (the output of
+    every layer 1 of an equalisable pair with an activation), with their channel axis."""
+    idx = GraphIndex(model)
+    fixed = {v.name for v in model.graph.input} | idx.graph_outputs
+    links, _, _ = _find_links(model, idx, fixed, relu6_to_relu)
+    return {
+        link.first.output[0]: 1 if link.first.op_type == "Conv" else -1
+        for link in links
+        if link.act is not None
+    }
+
+
 # --- finding pairs --------------------------------------------------------------------
 
 
@@ -189,7 +202,9 @@ def _single_use(tensor: str, idx: GraphIndex) -> str | None:
         return f"'{tensor}' is a graph output"
     readers = idx.consumers.get(tensor, [])
     if len(readers) != 1:
-        return f"'{tensor}' is read by {len(readers)} nodes"
+        ops = sorted(n.op_type for n in readers)
+        swish = " (hard-swish: not positive-homogeneous)" if ops == ["HardSigmoid", "Mul"] else ""
+        return f"'{tensor}' is read by {len(readers)} nodes: {', '.join(ops)}{swish}"
     return None
 
 
