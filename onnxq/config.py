@@ -142,9 +142,12 @@ class WeightSpec:
     levels: LevelKind = LevelKind.UNIFORM  # else a codebook of 2^bits float levels
 
     def __post_init__(self) -> None:
-        if self.levels is LevelKind.UNIFORM:
-            _check_bits(self.bits, "--weight-bits", WEIGHT_BITS)
-        else:
+        if not CODEBOOK_MIN_BITS <= self.bits <= CODEBOOK_MAX_BITS:
+            raise ConfigError(
+                f"--weight-bits {self.bits} is not supported: use 4 or 8 (integers), or 2 to 8 "
+                "with --weights-only (a codebook)"
+            )
+        if self.codebook:
             self._check_codebook()
         if self.method is CalibrationMethod.ENTROPY:
             raise ConfigError(
@@ -165,14 +168,16 @@ class WeightSpec:
             )
         if self.granularity not in (Granularity.TENSOR, Granularity.CHANNEL):
             raise ConfigError(
-                f"--weight-levels {self.levels.value} fits one codebook per tensor or per "
-                f"channel: use --granularity tensor or channel, not {self.granularity.value}"
+                f"{self.describe()}: a codebook is fitted per tensor or per channel: "
+                f"use --granularity tensor or channel, not {self.granularity.value}"
             )
 
     @property
     def codebook(self) -> bool:
-        """Stored as indices into float levels (decoded in the graph), not as integers."""
-        return self.levels is not LevelKind.UNIFORM
+        """Stored as indices into float levels (decoded in the graph), not as integers:
+        k-means or log levels, or uniform ones at a width ONNX has no integer type for
+        (2, 3, 5, 6, 7 bits)."""
+        return self.levels is not LevelKind.UNIFORM or self.bits not in WEIGHT_BITS
 
     @property
     def qtype(self) -> QType:
@@ -274,17 +279,17 @@ class QuantConfig:
         if self.relu6_to_relu and not self.equalize:
             raise ConfigError("--relu6-to-relu is part of --equalize: add --equalize")
         specs = [self.weights, *(self.recipe.specs(self.weights) if self.recipe else [])]
-        levels = next((s.levels for s in specs if s.codebook), None)
-        if levels is None:
+        book = next((s for s in specs if s.codebook), None)
+        if book is None:
             return
         if not self.weights_only:
             raise ConfigError(
-                f"--weight-levels {levels.value} stores float levels that integer kernels "
-                "cannot read: add --weights-only"
+                f"{book.describe()} weights are float levels that integer kernels cannot "
+                "read: add --weights-only"
             )
         if self.gptq or self.rounding is not Rounding.NEAREST:
             raise ConfigError(
-                f"--weight-levels {levels.value} assigns each value its nearest level: "
+                f"{book.describe()} weights take each value's nearest level: "
                 "drop --gptq and --rounding"
             )
 
@@ -454,6 +459,7 @@ class WeightOverride:
             block_size=spec.block_size if self.block_size is None else self.block_size,
             method=spec.method if self.method is None else self.method,
             percentile=spec.percentile,
+            levels=spec.levels,
         )
 
     def merge(self, other: WeightOverride) -> tuple[WeightOverride, str | None]:

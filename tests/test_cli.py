@@ -274,7 +274,8 @@ def test_output_equal_to_input_is_refused(cnn_files):
     "extra,fragment",
     [
         (["--bits", "4"], "--bits 4 would set activations to 4 bits"),
-        (["--weight-bits", "3"], "--weight-bits 3 is not supported: use 4 or 8"),
+        (["--weight-bits", "9"], "--weight-bits 9 is not supported: use 4 or 8"),
+        (["--weight-bits", "3"], "3-bit uniform codebook per channel weights are float levels"),
         (["--activation-bits", "4"], "--activation-bits 4 is not supported: use 8 or 16"),
         (["--ranges", "r.json"], "not both"),
     ],
