@@ -314,13 +314,16 @@ def child(spec: dict[str, Any]) -> None:
     Path(spec["result"]).write_text(json.dumps(res))
 
 
-def run_child(spec: dict[str, Any], timeout: float, mem_bytes: int, log: Path) -> dict[str, Any]:
-    """Run one quantization in a fresh process with the limits; classify failures."""
+def run_child(
+    spec: dict[str, Any], timeout: float, mem_bytes: int, log: Path, script: str | None = None
+) -> dict[str, Any]:
+    """Run one quantization in a fresh process with the limits (``script --child SPEC``,
+    this file by default); classify failures."""
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    cmd = [sys.executable, str(Path(script or __file__).resolve()), "--child", json.dumps(spec)]
     t0 = time.perf_counter()
     with log.open("w") as fl:
         proc = subprocess.Popen(
@@ -717,10 +720,10 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_section(path: Path, text: str) -> None:
+def write_section(path: Path, text: str, section: str = SECTION) -> None:
     doc = path.read_text() if path.exists() else ""
     lines = doc.split("\n")
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == SECTION), None)
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == section), None)
     if start is None:
         new = doc.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
     else:

@@ -12,13 +12,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from onnxq.calibration.collect import FloatSession
-from onnxq.config import CalibrationConfig, Mode, QuantConfig
+from onnxq.config import CalibrationConfig, Mode, QuantConfig, Rounding
+from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.passes.result import Change, ChangeKind
+from onnxq.graph.plan import QuantPlan
 from onnxq.report.fidelity import Fidelity
 from onnxq.report.preflight import RuntimePreview
 from onnxq.report.quantize_report import QuantizeReport
 from onnxq.runtime import Runner
+from onnxq.stages.adaround import adaround_codes
 from onnxq.stages.check import Checked, output_check
 from onnxq.stages.dynamic import DYNAMIC_SOURCE, quantize_dynamic
 from onnxq.stages.equalize import Equalized, equalized
@@ -127,8 +130,33 @@ def _quantized(
     weights = weight_choices(ranges.plan, config, floats, inputs.calib, calib, request.progress)
     replanner = Replanner(prepared.model, config, source, ranges, weights)
     first: Candidate = replanner.build(ranges.plan)
+    if config.rounding is Rounding.ADAROUND and inputs.calib is not None:
+        first = _adarounded(first, ranges.plan, replanner, floats, inputs.calib, request)
     checked = output_check(first, replanner, floats, inputs.calib, config, calib, request.progress)
     return checked, ranges.source
+
+
+def _adarounded(
+    nearest: Candidate,
+    plan: QuantPlan,
+    replanner: Replanner,
+    floats: FloatSession,
+    data: Dataset,
+    request: QuantizeRequest,
+) -> Candidate:
+    """The candidate rebuilt with AdaRound codes learnt on ``nearest``'s inputs; the
+    replanner keeps the codes for the output check's rebuilds."""
+    rounded = adaround_codes(
+        nearest,
+        floats,
+        data,
+        request.config,
+        batch_size=request.calibration.batch_size,
+        threads=request.threads,
+        progress=request.progress,
+    )
+    replanner.add_codes(rounded.codes, rounded.changes)
+    return replanner.build(plan)
 
 
 @dataclass(frozen=True)
@@ -180,7 +208,9 @@ def _method_changes(candidate: Candidate) -> tuple[Change, ...]:
     return tuple(ch for ch in candidate.result.changes if ch.kind in _METHOD_KINDS)
 
 
-_METHOD_KINDS = frozenset({ChangeKind.WEIGHT_CODEBOOK})
+_METHOD_KINDS = frozenset(
+    {ChangeKind.WEIGHT_CODEBOOK, ChangeKind.WEIGHT_ADAROUND, ChangeKind.WEIGHT_ADAROUND_SKIPPED}
+)
 
 
 def _path(value: str | Path | None) -> Path | None:

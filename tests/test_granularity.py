@@ -217,7 +217,7 @@ def test_recipe_sets_weights_per_node_and_reports_it(tmp_path):
             "rules 'Conv' and 'conv1' give node 'conv1' conflicting bits",
         ),
         ([{"match": "Conv", "colour": "red"}], "unknown key 'colour'"),
-        ([{"match": "Conv", "weight_bits": 3}], "--weight-bits 3 is not supported"),
+        ([{"match": "Conv", "weight_bits": 9}], "--weight-bits 9 is not supported"),
         ([{"match": "Conv", "granularity": "diagonal"}], "bad granularity 'diagonal'"),
     ],
 )

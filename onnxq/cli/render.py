@@ -20,6 +20,7 @@ from rich.table import Table
 
 from onnxq.calibration.ranges import RangesFile
 from onnxq.graph.passes.result import ChangeKind
+from onnxq.graph.summary import CodebookInfo
 from onnxq.inspect import Inspection
 from onnxq.report.compare import CompareReport
 from onnxq.report.metrics import OutputFidelity
@@ -124,6 +125,7 @@ def inspection(result: Inspection, as_json: bool) -> None:
     for op, n in s.op_histogram.items():
         ops.add_row(op, str(n))
     out.print(ops)
+    _codebooks(s.codebook_weights)
     plan = Table(
         title="quantization plan (default settings, after preparation)", title_justify="left"
     )
@@ -155,6 +157,23 @@ def inspection(result: Inspection, as_json: bool) -> None:
                 "risk: more Q/DQ conversions than integer kernels; the quantized model is "
                 "likely slower than float (measure with onnxq compare)"
             )
+
+
+def _codebooks(books: tuple[CodebookInfo, ...]) -> None:
+    """The weights the model stores as codebook indices (none: nothing printed)."""
+    if not books:
+        return
+    table = Table(
+        title="weights stored as codebooks (decoded when onnxruntime loads the model)",
+        title_justify="left",
+    )
+    for col in ("decoded tensor", "shape", "bits", "tables", "stored"):
+        table.add_column(col, justify="left" if col == "decoded tensor" else "right")
+    for b in books:
+        tables = "1" if b.axis is None else f"{b.shape[b.axis]} (axis {b.axis})"
+        shape = "[" + ", ".join(map(str, b.shape)) + "]"
+        table.add_row(b.name, shape, str(b.bits), tables, _mb(b.stored_bytes))
+    out.print(table)
 
 
 def calibration(ranges: RangesFile, path: Path) -> None:

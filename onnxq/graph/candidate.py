@@ -41,9 +41,13 @@ class Candidate:
 
     @property
     def quantized_weights(self) -> int:
-        return self.result.count(ChangeKind.WEIGHT_QUANTIZED) + self.result.count(
-            ChangeKind.EMBEDDING_QUANTIZED
+        """Weights stored as integers, as codebook indices or as int8 embedding rows."""
+        kinds = (
+            ChangeKind.WEIGHT_QUANTIZED,
+            ChangeKind.WEIGHT_CODEBOOK,
+            ChangeKind.EMBEDDING_QUANTIZED,
         )
+        return sum(self.result.count(kind) for kind in kinds)
 
     @property
     def qdq_pairs(self) -> int:

@@ -334,6 +334,9 @@ def _decide(  # noqa: C901 - one early return per reason a node stays float
     kinds = ", ".join(sorted({r.role.value for r in result}))
     has_weight = any(r.role is Role.WEIGHT for r in result)
     detail = f"; weights {spec.describe()}" if has_weight else ""
+    if has_weight and spec.codebook:  # weights-only: the weight is the one stored input
+        reason = f"weights stored as a {spec.describe()}, decoded at load"
+        return NodeDecision(node.name, node.op_type, NodeAction.QUANTIZE, reason)
     return NodeDecision(
         node.name, node.op_type, NodeAction.QUANTIZE, f"integer inputs: {kinds}{detail}"
     )

@@ -28,7 +28,7 @@ from onnxq.quant.methods import CalibrationMethod, Rounding
 from onnxq.quant.rounding import stochastic_quantize
 from onnxq.quant.weights import WeightLayout, weight_qparams
 
-__all__ = ["rewrite_qdq", "use_qparams"]
+__all__ = ["is_codebook", "rewrite_qdq", "use_qparams"]
 
 
 class _Builder:
@@ -104,7 +104,9 @@ def rewrite_qdq(
     drop_unused_initializers(out)
     floated = set(float_biases)
     changes = [Change(ChangeKind.NODE_QUANTIZED, d.name) for d in plan.quantized_nodes]
-    stored = dict.fromkeys((w.tensor, w.role) for w in plan.weights)  # ordered, distinct
+    stored = dict.fromkeys(  # ordered, distinct; codebook weights: their own pass's changes
+        (w.tensor, w.role) for w in plan.weights if not is_codebook(w)
+    )
     changes += [
         Change(ChangeKind.WEIGHT_QUANTIZED, t, role.value)
         for t, role in stored
@@ -212,8 +214,8 @@ def _quantize_weights(
     done: dict[tuple[object, ...], tuple[str, QParams]] = {}
     float_biases: list[str] = []
     for use in plan.weights:
-        if use.role is Role.BIAS:
-            continue
+        if use.role is Role.BIAS or is_codebook(use):
+            continue  # a codebook weight stays float here (see is_codebook)
         key: tuple[object, ...] = (use.tensor, use.role, use.layout, use.spec)
         if use.role is Role.WEIGHT and use.node in codes:
             key = (*key, use.node)  # rounded for this node's inputs
@@ -224,6 +226,8 @@ def _quantize_weights(
         if use.role is not Role.BIAS:
             continue
         w_use = next(w for w in plan.weights if w.node == use.node and w.role is Role.WEIGHT)
+        if is_codebook(w_use):
+            continue  # no weight scale: the bias stays float (weights-only nodes have none)
         w_key = (w_use.tensor, Role.WEIGHT, w_use.layout, w_use.spec)
         w_qp = done[(*w_key, w_use.node) if w_use.node in codes else w_key][1]
         x_qp = act_qparams[use.activation or ""]
@@ -233,6 +237,13 @@ def _quantize_weights(
         else:
             by_name[use.node].input[use.index] = name
     return float_biases
+
+
+def is_codebook(use: WeightUse) -> bool:
+    """A weight whose spec asks for codebook levels: the rewrite leaves the node reading
+    its float initializer; :func:`onnxq.graph.passes.codebook.store_codebook_weights`
+    stores it afterwards."""
+    return use.spec is not None and use.spec.codebook
 
 
 def _store_weight(

@@ -8,8 +8,9 @@ answers "what does the output look like with exactly these units quantized" for 
 units, without re-planning or re-loading anything. Activations are quantized with the plan's
 qparams after the activation node they are fused with (a Relu stays in the graph, the Q/DQ
 sits on its output: the same values as the fused clamp); weights use the very
-DequantizeLinear nodes and codes of the rewritten model (GPTQ included), with their float
-biases (bias corrections, :mod:`onnxq.graph.bias`, are not simulated). Integer biases are
+DequantizeLinear nodes and codes of the rewritten model (GPTQ included; a codebook weight
+its decode subgraph), with their float biases (bias corrections,
+:mod:`onnxq.graph.bias`, are not simulated). Integer biases are
 not simulated (their rounding error is far below the activation's), nor are embedding
 tables; passthrough nodes run on the simulated float values, which equals running them on
 the integers for MaxPool and shape ops (a linear Resize on integers also rounds).
@@ -27,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.graph.edit import replace_input, topological
 from onnxq.graph.names import NameFactory
+from onnxq.graph.passes.codebook import find_codebook
 from onnxq.graph.plan import QuantPlan
 from onnxq.graph.rules import GraphIndex, Role
 from onnxq.quant import QParams
@@ -140,33 +142,40 @@ def build_simulation(  # noqa: C901 - one walk over the graph; split it when it 
         switch(exact, qdq, mask, out)
         units.append(Unit(UnitKind.ACTIVATION, root, (), mask))
 
-    # weights: the rewritten model's DequantizeLinear, mixed with the float initializer
-    q_producer = {o: n for n in quantized.graph.node for o in n.output}
-    q_inits = {t.name: t for t in quantized.graph.initializer}
+    # weights: the rewritten model's DequantizeLinear (or codebook decode subgraph), mixed
+    # with the float initializer
+    q_idx = GraphIndex(quantized)
     q_nodes = {n.name: n for n in quantized.graph.node}
-    by_dq: dict[str, tuple[str, list[tuple[str, int]]]] = {}
+    by_dq: dict[str, tuple[str, list[tuple[str, int]], list[onnx.NodeProto]]] = {}
     for use in plan.weights:
         if use.role is Role.BIAS or use.node not in q_nodes:
             continue
         dq_out = q_nodes[use.node].input[use.index]
-        dq_node = q_producer.get(dq_out)
-        if dq_node is None or dq_node.op_type != "DequantizeLinear":
-            continue
-        entry = by_dq.setdefault(dq_out, (use.tensor, []))
-        entry[1].append((use.node, use.index))
+        if dq_out not in by_dq:
+            stored = _stored_weight(q_idx, dq_out)
+            if stored is None:
+                continue
+            by_dq[dq_out] = (use.tensor, [], stored)
+        by_dq[dq_out][1].append((use.node, use.index))
     copied: set[str] = set()
-    for dq_out, (tensor, readers) in by_dq.items():
-        dq_node = q_producer[dq_out]
-        for name in dq_node.input:
-            if name and name not in copied:
-                new_inits.append(q_inits[name])
-                copied.add(name)
-        copy = onnx.NodeProto()
-        copy.CopyFrom(dq_node)
+    for tensor, readers, stored in by_dq.values():
+        copies: list[onnx.NodeProto] = []
+        for node in stored:  # a chain: each node reads the one before (Gather: input 1)
+            for name in node.input:
+                if name in q_idx.initializers and name not in copied:
+                    new_inits.append(q_idx.initializers[name])
+                    copied.add(name)
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            if copies:
+                copy.input[1 if node.op_type == "Gather" else 0] = copies[-1].output[0]
+            if len(copies) < len(stored) - 1:  # the last output is named by switch()
+                copy.output[0] = names.new(copy.output[0])
+            copies.append(copy)
         nodes = tuple(dict.fromkeys(n for n, _ in readers))
         mask = mask_input(tensor)
         out = names.new(f"{tensor}_sim")
-        switch(tensor, [copy], mask, out)
+        switch(tensor, copies, mask, out)
         for node_name, index in readers:
             by_name[node_name].input[index] = out
         units.append(Unit(UnitKind.WEIGHT, tensor, nodes, mask))
@@ -184,6 +193,16 @@ def build_simulation(  # noqa: C901 - one walk over the graph; split it when it 
     g.node.extend(ordered)
     g.initializer.extend(new_inits)
     return Simulation(sim, tuple(sorted(units, key=place)))
+
+
+def _stored_weight(idx: GraphIndex, weight: str) -> list[onnx.NodeProto] | None:
+    """The nodes that make stored weight ``weight`` of the rewritten model from its
+    initializers: its DequantizeLinear, or its codebook decode subgraph; else None."""
+    node = idx.producer.get(weight)
+    if node is not None and node.op_type == "DequantizeLinear":
+        return [node]
+    book = find_codebook(idx, weight)
+    return None if book is None else list(book.nodes)
 
 
 def _float_info(name: str) -> onnx.ValueInfoProto:

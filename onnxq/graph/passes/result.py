@@ -34,6 +34,8 @@ class ChangeKind(str, Enum):
     BIAS_ABSORBED = "high bias absorbed"
     ACTIVATION_REPLACED = "activation replaced"
     WEIGHT_CODEBOOK = "weight stored as codebook indices"
+    WEIGHT_ADAROUND = "weight rounded by AdaRound"
+    WEIGHT_ADAROUND_SKIPPED = "weight not rounded by AdaRound"
 
 
 @dataclass(frozen=True)
