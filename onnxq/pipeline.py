@@ -13,7 +13,7 @@ from pathlib import Path
 
 from onnxq.calibration.collect import FloatSession
 from onnxq.config import CalibrationConfig, Mode, QuantConfig, Rounding
-from onnxq.data import Dataset
+from onnxq.data import Dataset, DataSource, Preprocess, as_sources
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.graph.plan import QuantPlan
@@ -28,6 +28,7 @@ from onnxq.stages.equalize import Equalized, equalized
 from onnxq.stages.evaluate import candidate_session, measure, runtime_of
 from onnxq.stages.inputs import Inputs, Progress, QuantizeRequest, load_inputs
 from onnxq.stages.prepare import PreparedModel, prepare
+from onnxq.stages.range_check import ranges_file_warnings
 from onnxq.stages.ranges import RangeSource, static_ranges
 from onnxq.stages.replan import Replanner
 from onnxq.stages.save import save
@@ -42,32 +43,33 @@ def quantize(
     output_path: str | Path,
     config: QuantConfig | None = None,
     *,
-    data: str | Path | None = None,
+    data: DataSource | None = None,
     ranges: str | Path | None = None,
-    eval_data: str | Path | None = None,
+    eval_data: DataSource | None = None,
     labels: str | None = None,
     calibration: CalibrationConfig | None = None,
     threads: int = 0,
     progress: Progress | None = None,
+    preprocess: Preprocess | None = None,
 ) -> QuantizeReport:
-    """Quantize ``model_path`` to ``output_path`` and measure the result.
-
-    Ranges come from ``data`` (calibrated here) or a ``ranges`` file made by
-    :func:`onnxq.calibrate`. Fidelity is measured on ``eval_data`` (else ``data``).
-    Everything is validated before anything is written; the output is written
-    atomically and only once onnxruntime has loaded it.
-    """
+    """Quantize ``model_path`` to ``output_path`` and measure the result: ranges come from
+    ``data`` (calibrated here) or a ``ranges`` file made by :func:`onnxq.calibrate`, fidelity
+    from ``eval_data`` (else ``data``); data is a path, arrays or feeds (:data:`DataSource`;
+    ``preprocess``: of image folders). Everything is validated before anything is written;
+    the output is written atomically and only once onnxruntime has loaded it."""
+    data_source, eval_source = as_sources(data, eval_data, preprocess, labels=labels)
     request = QuantizeRequest(
         Path(model_path),
         Path(output_path),
         config or QuantConfig(),
         calibration or CalibrationConfig(),
-        data=_path(data),
+        data=data_source,
         ranges=_path(ranges),
-        eval_data=_path(eval_data),
+        eval_data=eval_source,
         labels=labels,
         threads=threads,
         progress=progress,
+        preprocess=preprocess,
     )
     inputs = load_inputs(request)
     prepared = prepare(inputs.model, min_opset=request.config.min_opset)
@@ -78,6 +80,9 @@ def quantize(
     prepared = equal.prepared
     floats = FloatSession(prepared.model, threads=threads, extra=_reference_tensors(prepared))
     checked, ranges_source = _quantized(request, inputs, prepared, floats)
+    warned = ranges_file_warnings(
+        floats, inputs.eval, inputs.ranges, request.ranges, request.calibration.batch_size
+    )
     runner = candidate_session(checked.candidate, checked.runner, threads)
     runtime = runtime_of(checked.candidate, runner)
     settings = request.settings()
@@ -85,7 +90,7 @@ def quantize(
         checked.candidate, inputs.model, request.model_path, request.output_path, settings
     )
     fidelity, equal = _fidelity(request, inputs, floats, equal, runner)
-    facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal)
+    facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal, warned)
     return _report(request, inputs, prepared, checked, facts)
 
 
@@ -169,6 +174,7 @@ class _Facts:
     fidelity: Fidelity | None
     settings: dict[str, object]
     equalization: Equalized
+    ranges_warnings: tuple[str, ...]  # a --ranges file against the data
 
 
 def _report(
@@ -200,6 +206,7 @@ def _report(
         settings=facts.settings,
         methods=(*facts.equalization.changes, *_method_changes(c)),
         float_change=facts.equalization.float_change,
+        ranges_warnings=facts.ranges_warnings,
     )
 
 

@@ -17,6 +17,8 @@ conflict; a rule that matches nothing is an error (both name what is wrong).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from onnxq.config import (
 )
 from onnxq.errors import ConfigError
 
-__all__ = ["read_recipe"]
+__all__ = ["exclusion_recipe", "glob_literal", "read_recipe"]
 
 
 def _strict(kind: type) -> Any:
@@ -115,3 +117,16 @@ def _rule(path: Path, i: int, entry: Any) -> RecipeRule:
     except ConfigError as exc:
         raise ConfigError(f"{where} ('{entry['match']}'): {exc}") from exc
     return rule
+
+
+def glob_literal(name: str) -> str:
+    """A ``match`` glob that matches exactly ``name`` (``*``, ``?`` and ``[`` bracketed)."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def exclusion_recipe(nodes: Sequence[str]) -> dict[str, Any]:
+    """A recipe document (as :func:`read_recipe` reads it) keeping ``nodes`` float."""
+    return {
+        "version": 1,
+        "rules": [{"match": glob_literal(n), "exclude": True} for n in nodes],
+    }

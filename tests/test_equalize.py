@@ -543,3 +543,38 @@ def test_absorption_skipped_for_a_padded_layer_two_or_no_activation() -> None:
         assert result.count(ChangeKind.BIAS_ABSORBED) == 0
         assert note in result.changes[0].detail
         _assert_close(_run(result.model, feed)[0], _run(model, feed)[0])
+
+
+def test_activation_ranges_balance_the_activation_against_layer_two() -> None:
+    rng = np.random.default_rng(3)
+    first = Layer(rng.normal(0, 1, (6, 4, 3, 3)), rng.normal(0, 1, 6), CONV)
+    second = Layer(
+        rng.normal(0, 1, (5, 6, 1, 1)) * _spread(rng, 6, 3)[None, :, None, None], None, CONV
+    )
+    act = _spread(rng, 6, 4)  # per-channel range of the activation between them
+    result = equalize_chain([first, second], activations=[act])
+    s = result.scales[0]
+    a_after = act / s
+    r2_after = input_ranges(result.layers[1].weight, CONV)
+    np.testing.assert_allclose(a_after, r2_after, rtol=1e-9)  # both sqrt(a · r2)
+    np.testing.assert_allclose(a_after, np.sqrt(act * input_ranges(second.weight, CONV)))
+    # the function is kept: layer 1's output channel i divided by s_i, layer 2's input
+    # channel i multiplied by it
+    np.testing.assert_allclose(result.layers[0].weight * s[:, None, None, None], first.weight)
+    with pytest.raises(ValueError, match="2 activation ranges for 1 pairs"):
+        equalize_chain([first, second], activations=[act, act])
+
+
+def test_a_depthwise_layer_two_gets_its_activation_channels_made_equal() -> None:
+    rng = np.random.default_rng(4)
+    first = Layer(rng.normal(0, 1, (6, 4, 3, 3)), rng.normal(0, 1, 6), CONV)
+    depthwise = Layer(rng.normal(0, 1, (6, 1, 3, 3)), None, Layout(0, 1, 6))
+    act = _spread(rng, 6, 4)
+    result = equalize_chain([first, depthwise], activations=[act])
+    np.testing.assert_allclose(act / result.scales[0], act.max(), rtol=1e-12)
+    # each output channel of the depthwise layer scaled as a whole: its per-channel
+    # weight range moves with it, so per-channel quantization loses nothing
+    ratio = output_ranges(result.layers[1].weight, Layout(0, 1, 6)) / output_ranges(
+        depthwise.weight, Layout(0, 1, 6)
+    )
+    np.testing.assert_allclose(ratio, result.scales[0], rtol=1e-12)

@@ -56,12 +56,12 @@ def test_the_equalised_model_computes_what_the_prepared_one_does(tmp_path) -> No
     prepared = prepare(model)
     data = open_dataset(data_path, input_specs(model))
     result = equalized(prepared, QuantConfig(equalize=True), data, batch_size=16)
-    kinds = {c.kind.name for c in result.changes}
-    assert {"PAIR_EQUALIZED", "BIAS_ABSORBED"} <= kinds
-    assert result.original is None  # the float function is unchanged
-    batch = np.load(data_path)["x"]
-    want = run(prepared.model, {"x": batch})[0]
-    got = run(result.prepared.model, {"x": batch})[0]
+    assert {c.kind.name for c in result.changes} == {"PAIR_EQUALIZED"}
+    assert "balanced: activation vs weights" in result.changes[0].detail
+    assert result.original is None  # the float function is unchanged, on any input
+    fresh = np.random.default_rng(7).normal(0, 3, (32, 4, 8, 8)).astype(np.float32)
+    want = run(prepared.model, {"x": fresh})[0]
+    got = run(result.prepared.model, {"x": fresh})[0]
     assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
     # weights changed: a no-op stage would pass the check above
     w = {t.name: t for t in result.prepared.model.graph.initializer}
@@ -69,11 +69,37 @@ def test_the_equalised_model_computes_what_the_prepared_one_does(tmp_path) -> No
     assert w["w_a"].raw_data != w0["w_a"].raw_data
 
 
+def test_high_bias_absorption_is_exact_on_the_data_and_measured_as_a_change(tmp_path) -> None:
+    bias = np.where(np.arange(16) % 2 == 0, 12.0, 0.1)
+    model, feed = conv_pair("Relu", bias_a=bias)
+    model_path, data_path = _files(tmp_path, model, feed)
+    prepared = prepare(model)
+    data = open_dataset(data_path, input_specs(model))
+    config = QuantConfig(equalize=True, absorb_high_bias=True)
+    result = equalized(prepared, config, data, batch_size=16)
+    assert {"PAIR_EQUALIZED", "BIAS_ABSORBED"} <= {c.kind.name for c in result.changes}
+    assert result.original is not None  # the report measures the float change
+    batch = np.load(data_path)["x"]
+    want = run(prepared.model, {"x": batch})[0]
+    got = run(result.prepared.model, {"x": batch})[0]
+    assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
+
+
+def test_per_tensor_weights_balance_weights(tmp_path) -> None:
+    model, feed = conv_pair("Relu")
+    model_path, data_path = _files(tmp_path, model, feed)
+    data = open_dataset(data_path, input_specs(model))
+    config = QuantConfig(equalize=True, weights=WeightSpec(granularity=Granularity.TENSOR))
+    result = equalized(prepare(model), config, data, batch_size=16)
+    assert "balanced: weights" in result.changes[0].detail
+
+
 def test_without_data_or_for_weights_only_nothing_is_absorbed(tmp_path) -> None:
     model, feed = conv_pair("Relu", bias_a=np.full(16, 12.0))
     prepared = prepare(model)
-    weights_only = QuantConfig(equalize=True, weights_only=True)
-    for config, data in ((QuantConfig(equalize=True), None), (weights_only, "data")):
+    weights_only = QuantConfig(equalize=True, weights_only=True, absorb_high_bias=True)
+    static = QuantConfig(equalize=True, absorb_high_bias=True)
+    for config, data in ((static, None), (weights_only, "data")):
         model_path, data_path = _files(tmp_path, model, feed)
         dataset = open_dataset(data_path, input_specs(model)) if data else None
         result = equalized(prepared, config, dataset, batch_size=16)
@@ -149,6 +175,7 @@ def test_relu6_replacement_is_measured_against_the_original(tmp_path) -> None:
     ("flags", "message"),
     [
         (["--relu6-to-relu"], "--relu6-to-relu is part of --equalize"),
+        (["--absorb-high-bias"], "--absorb-high-bias is part of --equalize"),
         (["--equalize", "--ranges", "RANGES"], "give --data instead of --ranges"),
     ],
 )

@@ -238,7 +238,7 @@ def test_cli_reports_the_check_in_json_and_rejects_bad_targets(tmp_path):
     res = CliRunner().invoke(cli, [str(a) for a in [*base, "--target-sqnr", "0", "--json"]])
     assert res.exit_code == 0 and json.loads(res.stdout)["output_check"] is None
     (tmp_path / "q.onnx").unlink()
-    res = CliRunner().invoke(cli, [str(a) for a in [*base, "--target-top1", "1.5"]])
+    res = CliRunner().invoke(cli, [str(a) for a in [*base, "--target-top1", "150"]])
     assert res.exit_code == 2
     assert "--target-top1" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "q.onnx").exists()

@@ -9,7 +9,7 @@ from onnxq._version import __version__
 from onnxq.calibration.collect import FloatSession, Progress
 from onnxq.calibration.ranges import RangesFile
 from onnxq.config import CalibrationConfig
-from onnxq.data import open_dataset
+from onnxq.data import DataSource, Preprocess, open_data
 from onnxq.graph.model_io import input_specs, load_model
 from onnxq.stages.prepare import prepare
 
@@ -18,16 +18,19 @@ __all__ = ["calibrate"]
 
 def calibrate(
     model_path: str | Path,
-    data_path: str | Path,
+    data_path: DataSource,
     config: CalibrationConfig | None = None,
     *,
     threads: int = 0,
     progress: Progress | None = None,
+    preprocess: Preprocess | None = None,
 ) -> RangesFile:
-    """Ranges of every activation tensor any quantization setting may need."""
+    """Ranges of every activation tensor any quantization setting may need, from
+    ``data_path``: a path, an array, a dict of arrays or feeds (:data:`DataSource`);
+    ``preprocess`` is the preprocessing of a folder of images."""
     config = config or CalibrationConfig()
     model = load_model(model_path)
-    dataset = open_dataset(data_path, input_specs(model))
+    dataset = open_data(data_path, input_specs(model), preprocess=preprocess)
     prepared = prepare(model)
     floats = FloatSession(prepared.model, threads=threads)
     ranges = floats.observe(dataset, floats.candidates, config, progress)

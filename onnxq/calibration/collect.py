@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -25,7 +26,7 @@ from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex
 from onnxq.runtime import Runner
 
-__all__ = ["OUTPUT_BUDGET", "FloatSession", "Progress", "batch_for"]
+__all__ = ["OUTPUT_BUDGET", "ChannelStats", "FloatSession", "Progress", "batch_for"]
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,15 @@ class FloatSession:
         batch_size: int,
         progress: Progress | None = None,
     ) -> dict[str, np.ndarray]:
-        """``Σ xᵀx`` over all rows of each tensor (its last axis is the reduction width)."""
+        """``Σ xᵀx`` over all rows of each tensor (its last axis is the reduction width);
+        inf or NaN where the float model computes them (callers skip those tensors)."""
         sums: dict[str, np.ndarray] = {}
         done = 0
         for batch in dataset.batches(batch_size):
             for name, value in self.run(batch.feed, list(tensors)).items():
                 rows = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
-                sums[name] = sums.get(name, 0.0) + rows.T @ rows
+                with np.errstate(invalid="ignore", over="ignore"):
+                    sums[name] = sums.get(name, 0.0) + rows.T @ rows
             done += batch.size
             if progress is not None:
                 progress("GPTQ statistics", done, dataset.num_samples)
@@ -134,17 +137,26 @@ class FloatSession:
         self, dataset: Dataset, axes: Mapping[str, int], *, samples: int, batch_size: int
     ) -> dict[str, np.ndarray]:
         """Per-channel means of tensors over the first ``samples`` samples (whole
-        batches): the mean along every axis but ``axes[name]``."""
+        batches): the mean along every axis but ``axes[name]``. A tensor with an inf or NaN
+        mean (the float model overflows on the data) is left out."""
         sums = self._per_channel(dataset, axes, samples, batch_size, _Sum())
-        return {n: total / count for n, (total, count) in sums.items() if count}
+        means = {n: total / count for n, (total, count) in sums.items() if count}
+        return {n: m for n, m in means.items() if np.isfinite(m).all()}
 
-    def minima(
+    def channel_stats(
         self, dataset: Dataset, axes: Mapping[str, int], *, batch_size: int
-    ) -> dict[str, np.ndarray]:
-        """Per-channel minima of tensors over all of ``dataset``: the minimum along every
-        axis but ``axes[name]`` (high-bias absorption shifts a channel by it)."""
-        lows = self._per_channel(dataset, axes, dataset.num_samples, batch_size, _Min())
-        return {n: low for n, (low, count) in lows.items() if count}
+    ) -> dict[str, ChannelStats]:
+        """Per-channel minimum, maximum, mean and standard deviation of tensors over all
+        of ``dataset``: along every axis but ``axes[name]`` (equalisation balances and
+        shifts channels by them)."""
+        folded = self._per_channel(dataset, axes, dataset.num_samples, batch_size, _Moments())
+        out = {}
+        for name, (v, count) in folded.items():
+            if count:
+                mean = v[2] / count
+                var = np.maximum(v[3] / count - mean * mean, 0.0)
+                out[name] = ChannelStats(v[0], v[1], mean, np.sqrt(var))
+        return out
 
     def _per_channel(
         self,
@@ -186,19 +198,37 @@ class _Fold:
 
 
 class _Sum(_Fold):
+    """Column sums; inf - inf gives NaN silently (the caller drops non-finite means)."""
+
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(rows.sum(axis=0))
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.asarray(rows.sum(axis=0))
 
     def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.asarray(a + b)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.asarray(a + b)
 
 
-class _Min(_Fold):
+class _Moments(_Fold):
+    """Rows 0-3: the minimum, maximum, sum and sum of squares of each column."""
+
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(rows.min(axis=0))
+        return np.stack(
+            [rows.min(axis=0), rows.max(axis=0), rows.sum(axis=0), (rows * rows).sum(axis=0)]
+        )
 
     def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.asarray(np.minimum(a, b))
+        return np.stack([np.minimum(a[0], b[0]), np.maximum(a[1], b[1]), a[2] + b[2], a[3] + b[3]])
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel statistics of one tensor (float64, one value per channel)."""
+
+    min: np.ndarray
+    max: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
 
 
 def batch_for(per_sample: int, requested: int) -> int:

@@ -141,6 +141,10 @@ def read_ranges(path: str | Path) -> RangesFile:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RangesError(f"ranges file '{path}' is not JSON ({exc})") from exc
+    except RecursionError as exc:  # the parser recurses once per level of nesting
+        raise RangesError(
+            f"ranges file '{path}' nests lists or objects too deeply to be a ranges file"
+        ) from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise RangesError(f'\'{path}\' is not an onnxq ranges file (no "format": "{FORMAT}")')
     if doc.get("version") != VERSION:

@@ -5,11 +5,11 @@ violated, 2 bad usage or input, 3 an internal error (a bug: please report it).""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,14 +18,22 @@ import click
 from onnxq._version import __version__
 from onnxq.calibration.calibrate import calibrate as run_calibrate
 from onnxq.cli import render
+from onnxq.cli.config_file import config_options, save_config
+from onnxq.cli.diagnose import diagnose_options, run_diagnose
 from onnxq.cli.options import (
+    FiniteFloat,
+    Percent,
     data_option,
     debug_option,
+    image_options,
+    is_quiet,
     method_options,
+    quiet_option,
     run_options,
     tuning_options,
     weight_options,
 )
+from onnxq.cli.reports import check_report_files, compare_reports, quantize_reports, report_options
 from onnxq.config import (
     CalibrationConfig,
     CalibrationMethod,
@@ -38,11 +46,13 @@ from onnxq.config import (
     Rounding,
     Scheme,
 )
+from onnxq.data import Preprocess
 from onnxq.errors import OnnxqError
-from onnxq.graph.model_io import check_distinct, check_writable, write_atomic
+from onnxq.graph.model_io import check_distinct, check_outputs, check_writable, write_atomic
 from onnxq.inspect import inspect_model
 from onnxq.pipeline import quantize as run_quantize
 from onnxq.recipe import read_recipe
+from onnxq.report import schema
 from onnxq.report.compare import Thresholds
 from onnxq.report.compare import compare as run_compare
 
@@ -68,32 +78,101 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with _one_line_errors(_file_states(kwargs)):
             return func(*args, **kwargs)
-        except OnnxqError as exc:
-            raise InputError(str(exc)) from exc
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted; no output written", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 3
-            if logging.getLogger("onnxq").isEnabledFor(logging.DEBUG):
-                traceback.print_exc()
-                sys.exit(EXIT_INTERNAL)
-            click.echo(
-                f"Error: internal error {type(exc).__name__}: {exc} (a bug in onnxq; "
-                "rerun with --debug for the traceback)".replace("\n", " "),
-                err=True,
-            )
-            sys.exit(EXIT_INTERNAL)
 
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _NotRaised(Exception):
+    """Stands for click's NoArgsIsHelpError before click 8.2."""
+
+
+# click >= 8.2 raises it for a bare `onnxq`: it shows the help, which is kept
+_HELP_ERROR: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", _NotRaised)
+
+
+@contextmanager
+def _one_line_errors(files: dict[Path, tuple[int, int] | None]) -> Iterator[None]:
+    """Every error as one ``Error: ...`` line and its exit code: a usage error (not click's
+    Usage/Try lines) or a library error 2, Ctrl-C 130 (saying which of ``files`` were
+    written), a bug 3."""
+    try:
+        yield
+    except _HELP_ERROR:
+        raise
+    except click.UsageError as exc:
+        raise InputError(exc.format_message().replace("\n", " ")) from exc
+    except OnnxqError as exc:
+        raise InputError(str(exc)) from exc
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except KeyboardInterrupt:
+        click.echo(f"Error: interrupted; {_written_since(files)}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the one place a bug becomes exit 3
+        if logging.getLogger("onnxq").isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
+            sys.exit(EXIT_INTERNAL)
+        click.echo(
+            f"Error: internal error {type(exc).__name__}: {exc} (a bug in onnxq; "
+            "rerun with --debug for the traceback)".replace("\n", " "),
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL)
+
+
+def _file_states(kwargs: dict[str, Any]) -> dict[Path, tuple[int, int] | None]:
+    """Inode and modification time of each file path the command got (None: absent)."""
+    states: dict[Path, tuple[int, int] | None] = {}
+    for value in kwargs.values():
+        if isinstance(value, Path) and not value.is_dir():
+            try:
+                st = value.stat()
+                states[value] = (st.st_ino, st.st_mtime_ns)
+            except OSError:
+                states[value] = None
+    return states
+
+
+def _written_since(before: dict[Path, tuple[int, int] | None]) -> str:
+    """What an interrupted command wrote (each output is renamed into place whole, so a
+    changed file is a complete new one), in words."""
+    now = _file_states({str(i): p for i, p in enumerate(before)})
+    written = [str(p) for p, state in before.items() if now[p] is not None and now[p] != state]
+    if not written:
+        return "no output written"
+    names = "', '".join(written)
+    return f"'{names}' already written (complete); nothing else written"
+
+
+class OnnxqGroup(click.Group):
+    """The command group: an unknown option or command, a bad value, a missing argument or
+    a file an option's callback cannot read — at the group or in a command — is one line on
+    stderr and exit 2, as inside the commands (:func:`handle_errors`)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _one_line_errors({}):
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_errors({}):
+            return super().invoke(ctx)
+
+
+@click.group(
+    cls=OnnxqGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="onnxq")
 @click.option("--debug", is_flag=True, help="Log details to stderr; show tracebacks of bugs.")
+@quiet_option
 def cli(debug: bool) -> None:
     """Post-training quantization of ONNX models.
 
@@ -114,6 +193,7 @@ def cli(debug: bool) -> None:
     "kernels, which fall back to float, and the Q/DQ conversions left at run time.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@quiet_option
 @debug_option
 @handle_errors
 def inspect(model: Path, exclude: tuple[str, ...], target: str | None, as_json: bool) -> None:
@@ -160,7 +240,9 @@ def inspect(model: Path, exclude: tuple[str, ...], target: str | None, as_json: 
 )
 @method_options
 @run_options
+@config_options
 @handle_errors
+@image_options
 def calibrate(
     model: Path,
     data: Path,
@@ -174,7 +256,7 @@ def calibrate(
     moving_average: float | None,
     batch_size: int,
     threads: int,
-    quiet: bool,
+    preprocess: Preprocess | None,
 ) -> None:
     """Run DATA through MODEL once and write the activation ranges to a JSON file.
 
@@ -184,6 +266,7 @@ def calibrate(
     """
     check_distinct(model, output)
     check_distinct(data, output, "data")
+    check_distinct(_preprocess_file(), output, "preprocess file")
     check_writable(output)
     config = CalibrationConfig(
         method=CalibrationMethod(method),
@@ -195,10 +278,13 @@ def calibrate(
         scheme=Scheme(scheme),
         bits=bits,
     )
-    with render.progress(quiet) as progress:
-        ranges = run_calibrate(model, data, config, threads=threads, progress=progress)
+    with render.progress(is_quiet()) as progress:
+        ranges = run_calibrate(
+            model, data, config, threads=threads, progress=progress, preprocess=preprocess
+        )
     write_atomic(output, ranges.to_json().encode())
-    render.calibration(ranges, output)
+    save_config(click.get_current_context(), "calibrate")
+    render.calibration(ranges, output, quiet=is_quiet())
 
 
 @cli.command()
@@ -210,7 +296,7 @@ def calibrate(
     required=True,
     help="Quantized model to write.",
 )
-@data_option(required=False, help_text="Calibration data (.npz or folder); or use --ranges.")
+@data_option(required=False, help_text="Calibration data (file or folder); or use --ranges.")
 @click.option("--ranges", type=click.Path(path_type=Path), help="Ranges file from onnxq calibrate.")
 @weight_options
 @tuning_options
@@ -237,8 +323,17 @@ def calibrate(
     type=click.Path(path_type=Path),
     help="Also write the JSON report here.",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 when the output check misses its target or the quantized model is likely "
+    "slower than float (the warnings print on stderr either way).",
+)
+@report_options
 @run_options
+@config_options
 @handle_errors
+@image_options
 def quantize(
     model: Path,
     output: Path,
@@ -253,9 +348,12 @@ def quantize(
     moving_average: float | None,
     as_json: bool,
     report_path: Path | None,
+    strict: bool,
+    html: Path | None,
+    markdown: Path | None,
     batch_size: int,
     threads: int,
-    quiet: bool,
+    preprocess: Preprocess | None,
     **flags: Any,
 ) -> None:
     """Quantize MODEL to int8 with QuantizeLinear/DequantizeLinear nodes and report the cost.
@@ -266,10 +364,20 @@ def quantize(
       onnxq quantize model.onnx -o q.onnx --ranges ranges.json --eval eval.npz --labels labels
       onnxq quantize model.onnx -o q.onnx --data calib.npz --scheme asym --granularity channel
     """
+    check_outputs(
+        {
+            "model": model,
+            "data": data,
+            "ranges file": ranges,
+            "evaluation data": eval_data,
+            "recipe": recipe,
+            "preprocess file": _preprocess_file(),
+        },
+        {"-o/--output": output, "--report": report_path, "--html": html, "--markdown": markdown},
+    )
     if report_path is not None:
-        for source in (model, output, data, ranges, eval_data, recipe):
-            check_distinct(source, report_path, "input or output")
         check_writable(report_path)
+    check_report_files(html, markdown)
     config = QuantConfig.from_flags(
         quant_flags(flags), read_recipe(recipe) if recipe is not None else None
     )
@@ -282,7 +390,7 @@ def quantize(
         scheme=config.activations.scheme,
         bits=config.activations.bits,
     )
-    with render.progress(quiet) as progress:
+    with render.progress(is_quiet()) as progress:
         result = run_quantize(
             model,
             output,
@@ -294,10 +402,23 @@ def quantize(
             calibration=calibration,
             threads=threads,
             progress=progress,
+            preprocess=preprocess,
         )
     if report_path is not None:
-        write_atomic(report_path, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
-    render.quantization(result, as_json)
+        write_atomic(report_path, schema.dumps(result.to_dict()).encode())
+    save_config(click.get_current_context(), "quantize")
+    render.quantization(result, as_json, quiet=is_quiet())
+    quantize_reports(
+        result, html, markdown, batch_size=batch_size, threads=threads, preprocess=preprocess
+    )
+    if strict and result.warnings:
+        sys.exit(EXIT_THRESHOLD)
+
+
+def _preprocess_file() -> Path | None:
+    """The --preprocess file: an input, though the command gets only its settings."""
+    value = click.get_current_context().params.get("preprocess_file")
+    return value if isinstance(value, Path) else None
 
 
 def quant_flags(flags: dict[str, Any]) -> QuantFlags:
@@ -325,7 +446,7 @@ def quant_flags(flags: dict[str, Any]) -> QuantFlags:
         auto_sqnr=flags["auto_sqnr"],
         gptq=flags["gptq"],
         target_sqnr=flags["target_sqnr"],
-        target_top1=flags["target_top1"],
+        target_top1=flags["target_top1"] / 100,  # percent on the command line
         bias_correction=flags["bias_correction"],
         fold_weights=flags["fold_weights"],
         rounding=Rounding(flags["rounding"]),
@@ -333,6 +454,7 @@ def quant_flags(flags: dict[str, Any]) -> QuantFlags:
         adaround_iters=flags["adaround_iters"],
         equalize=flags["equalize"],
         relu6_to_relu=flags["relu6_to_relu"],
+        absorb_high_bias=flags["absorb_high_bias"],
         weight_levels=LevelKind(flags["weight_levels"]),
     )
 
@@ -343,11 +465,21 @@ def quant_flags(flags: dict[str, Any]) -> QuantFlags:
 @data_option()
 @click.option("--labels", help="Key of integer labels in the data: report accuracy of both.")
 @click.option(
-    "--max-drop", type=float, help="Fail (exit 1) if accuracy drops by more than PP points."
+    "--max-drop",
+    type=Percent(),
+    help="Fail (exit 1) if accuracy drops by more than PP percentage points (0 to 100).",
 )
-@click.option("--min-agreement", type=float, help="Fail if top-1 agreement is below PCT percent.")
-@click.option("--min-cosine", type=float, help="Fail if any output's mean cosine is below this.")
-@click.option("--min-sqnr", type=float, help="Fail if any output's SQNR is below this many dB.")
+@click.option(
+    "--min-agreement",
+    type=Percent(agreement=True),
+    help="Fail if top-1 agreement is below PCT percent (0 to 100; 0.5% for under one percent).",
+)
+@click.option(
+    "--min-cosine", type=FiniteFloat(), help="Fail if any output's mean cosine is below this."
+)
+@click.option(
+    "--min-sqnr", type=FiniteFloat(), help="Fail if any output's SQNR is below this many dB."
+)
 @click.option(
     "--latency-runs",
     type=click.IntRange(min=0),
@@ -358,8 +490,11 @@ def quant_flags(flags: dict[str, Any]) -> QuantFlags:
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON document on stdout (schema onnxq-compare v1)."
 )
+@report_options
 @run_options
+@config_options
 @handle_errors
+@image_options
 def compare(
     reference: Path,
     candidate: Path,
@@ -371,9 +506,11 @@ def compare(
     min_sqnr: float | None,
     latency_runs: int,
     as_json: bool,
+    html: Path | None,
+    markdown: Path | None,
     batch_size: int,
     threads: int,
-    quiet: bool,
+    preprocess: Preprocess | None,
 ) -> None:
     """Measure CANDIDATE against REFERENCE; exit 1 when a threshold is violated.
 
@@ -383,7 +520,17 @@ def compare(
           --max-drop 1 --min-agreement 99 --json
     """
     thresholds = Thresholds(max_drop, min_agreement, min_cosine, min_sqnr)
-    with render.progress(quiet) as progress:
+    check_outputs(
+        {
+            "reference": reference,
+            "candidate": candidate,
+            "data": data,
+            "preprocess file": _preprocess_file(),
+        },
+        {"--html": html, "--markdown": markdown},
+    )
+    check_report_files(html, markdown)
+    with render.progress(is_quiet()) as progress:
         report = run_compare(
             reference,
             candidate,
@@ -394,10 +541,34 @@ def compare(
             threads=threads,
             latency_runs=latency_runs,
             progress=progress,
+            preprocess=preprocess,
         )
+    save_config(click.get_current_context(), "compare")
     render.comparison(report, as_json)
+    compare_reports(
+        report, html, markdown, batch_size=batch_size, threads=threads, preprocess=preprocess
+    )
     if not report.ok:
         sys.exit(EXIT_THRESHOLD)
+
+
+@cli.command()
+@diagnose_options
+@handle_errors
+@image_options
+def diagnose(**options: Any) -> None:
+    """Show where QUANTIZED loses accuracy against FLOAT_MODEL, tensor by tensor.
+
+    For every quantized activation: SQNR, cosine and max error of the quantized model's
+    value against the float model's, the share of values clipped, the range used against
+    the range seen; worst first.
+
+    \b
+    Examples:
+      onnxq diagnose model.onnx model.int8.onnx --data eval.npz --top 10
+      onnxq diagnose model.onnx model.int8.onnx --data calib.npz --recipe-out recipe.json
+    """
+    run_diagnose(**options)
 
 
 def main() -> None:

@@ -3,6 +3,8 @@ configuration dataclasses, so no number is written twice."""
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -24,6 +26,7 @@ from onnxq.config import (
     Scheme,
     WeightSpec,
 )
+from onnxq.data.preprocess import PREPROCESS_KEYS, ColourOrder, ImageLayout, declared_preprocess
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,6 +65,89 @@ debug_option = click.option(
     help="Log details to stderr; show tracebacks of bugs.",
 )
 
+QUIET = "onnxq.quiet"  # ctx.meta key, shared by the group's context and the command's
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[QUIET] = True
+    return value
+
+
+# before or after the command name (the group and every command carry it)
+quiet_option = click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_quiet,
+    help="No progress and no notes on stderr (warnings and errors still print).",
+)
+
+
+def is_quiet() -> bool:
+    """-q/--quiet was given, before or after the command name."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(QUIET))
+
+
+class Percent(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2
+    """A percentage from 0 to 100, optionally written with a ``%`` suffix (``99``,
+    ``99.5%``). With ``agreement``, a value in (0, 1] without ``%`` is refused as
+    ambiguous: 0.99 is 99 % written as a fraction more often than it is 0.99 %."""
+
+    name = "percent"
+
+    def __init__(self, agreement: bool = False) -> None:
+        self.agreement = agreement
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        text = value.strip() if isinstance(value, str) else value
+        explicit = isinstance(text, str) and text.endswith("%")
+        if explicit:
+            text = text[:-1].strip()
+        if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+            self.fail(f"{value!r} is not a percentage from 0 to 100", param, ctx)
+        try:
+            number = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a percentage from 0 to 100", param, ctx)
+        if not 0.0 <= number <= 100.0:  # also refuses NaN
+            self.fail(f"{value} is not a percentage from 0 to 100", param, ctx)
+        if self.agreement and 0.0 < number <= 1.0 and not explicit:
+            self.fail(
+                f"{value} is ambiguous: percentages run from 0 to 100; write "
+                f"{100 * number:g} for {100 * number:g} %, or {number:g}% for {number:g} %",
+                param,
+                ctx,
+            )
+        return number
+
+    def to_config(self, value: float) -> float | str:
+        """``value`` as a config file writes it so that reading it gives it back."""
+        return f"{value:g}%" if self.agreement and 0.0 < value <= 1.0 else value
+
+
+class FiniteFloat(click.FloatRange):
+    """A float that is a finite number, optionally bounded like ``click.FloatRange``:
+    ``nan``, ``inf`` and ``-inf`` are refused (a threshold of NaN would switch its gate
+    off, one of inf would make it meaningless)."""
+
+    name = "float"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        number = float(super().convert(value, param, ctx))
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 def data_option(required: bool = True, help_text: str = "") -> Callable[[F], F]:
     return click.option(
@@ -69,7 +155,9 @@ def data_option(required: bool = True, help_text: str = "") -> Callable[[F], F]:
         "data",
         type=click.Path(path_type=Path),
         required=required,
-        help=help_text or ".npz file (keys = input names) or a folder of .npz files.",
+        help=help_text
+        or ".npz file (keys = input names), .npy file (one-input models), or a folder of "
+        ".npz/.npy files or of images.",
     )
 
 
@@ -88,7 +176,7 @@ run_options = stack(
         show_default=True,
         help="onnxruntime intra-op threads (0: onnxruntime's default; compare: all cores).",
     ),
-    click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    quiet_option,
     debug_option,
 )
 
@@ -103,7 +191,7 @@ method_options = stack(
     ),
     click.option(
         "--percentile",
-        type=float,
+        type=FiniteFloat(),
         default=CAL.percentile,
         show_default=True,
         help="Percentile kept by --method percentile.",
@@ -117,7 +205,7 @@ method_options = stack(
     ),
     click.option(
         "--moving-average",
-        type=float,
+        type=FiniteFloat(),
         default=None,
         help="With --method minmax: moving average of batch extremes, this constant.",
     ),
@@ -190,7 +278,7 @@ weight_options = stack(
     ),
     click.option(
         "--weight-percentile",
-        type=float,
+        type=FiniteFloat(),
         default=WEIGHTS.percentile,
         show_default=True,
         help="Percentile kept by --weight-method percentile.",
@@ -209,7 +297,7 @@ weight_options = stack(
 tuning_options = stack(
     click.option(
         "--auto-sqnr",
-        type=click.FloatRange(min=0),
+        type=FiniteFloat(min=0),
         default=QUANT.auto_sqnr,
         show_default=True,
         help="Activations whose range would keep less SQNR (dB) on their integer grid get an "
@@ -217,7 +305,7 @@ tuning_options = stack(
     ),
     click.option(
         "--target-sqnr",
-        type=float,
+        type=FiniteFloat(min=0),
         default=TARGET.sqnr_db,
         show_default=True,
         help="Output check on calibration samples: while an output's SQNR (dB; logits for a "
@@ -226,11 +314,11 @@ tuning_options = stack(
     ),
     click.option(
         "--target-top1",
-        type=float,
-        default=TARGET.top1,
+        type=Percent(agreement=True),
+        default=100 * TARGET.top1,
         show_default=True,
         help="Output check: top-1 agreement with float asked of classifier and Softmax "
-        "outputs (fraction).",
+        "outputs, in percent (0 to 100; 0.5% for under one percent).",
     ),
     click.option(
         "--gptq",
@@ -277,6 +365,13 @@ tuning_options = stack(
         "match (the float function is unchanged), and absorb high biases with --data.",
     ),
     click.option(
+        "--absorb-high-bias",
+        is_flag=True,
+        help="With --equalize and --data: move each channel's always-positive part of a "
+        "layer's output into the next layer's bias (narrower activation ranges). Exact on "
+        "the calibration data only: the report measures the changed float model.",
+    ),
+    click.option(
         "--relu6-to-relu",
         is_flag=True,
         help="With --equalize: replace ReLU6 (Clip 0..6) between equalised layers by Relu, "
@@ -302,3 +397,58 @@ tuning_options = stack(
         help="static: calibrated activation ranges; dynamic: ranges computed at run time.",
     ),
 )
+
+
+_image_flags = stack(
+    click.option(
+        "--image-size",
+        metavar="H,W",
+        help="Image folders: resize every image to H,W.  [default: the input's static size]",
+    ),
+    click.option(
+        "--image-layout",
+        type=choice(ImageLayout),
+        help="Image folders: layout of the input.  [default: from its channel dimension, 1 or 3]",
+    ),
+    click.option(
+        "--image-scale",
+        metavar="F",
+        help="Image folders: multiply pixel values 0-255 by F (e.g. 1/255).  [default: 1]",
+    ),
+    click.option(
+        "--image-mean",
+        metavar="A[,B,C]",
+        help="Image folders: then subtract this, per channel.  [default: 0]",
+    ),
+    click.option(
+        "--image-std",
+        metavar="A[,B,C]",
+        help="Image folders: then divide by this, per channel.  [default: 1]",
+    ),
+    click.option(
+        "--image-order",
+        type=choice(ColourOrder),
+        help="Image folders: channel order fed to a colour input.  [default: rgb]",
+    ),
+    click.option(
+        "--preprocess",
+        "preprocess_file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Image folders: a TOML file of the same settings (keys size, layout, scale, "
+        "mean, std, order) instead of the --image-* options.",
+    ),
+)
+
+
+def image_options(func: F) -> F:
+    """The --image-* options and --preprocess, handed to the command as one ``preprocess``
+    argument (None when none is given). Goes below ``handle_errors``, so that a bad value
+    or file is a one-line error."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        options = {key: kwargs.pop(f"image_{key}") for key in PREPROCESS_KEYS}
+        kwargs["preprocess"] = declared_preprocess(options, kwargs.pop("preprocess_file"))
+        return func(*args, **kwargs)
+
+    return _image_flags(wrapper)  # type: ignore[return-value]

@@ -3,10 +3,11 @@ or exactly one JSON document on stdout with ``--json``. Colour only on a termina
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -22,6 +24,7 @@ from onnxq.calibration.ranges import RangesFile
 from onnxq.graph.passes.result import ChangeKind
 from onnxq.graph.summary import CodebookInfo
 from onnxq.inspect import Inspection
+from onnxq.report import schema
 from onnxq.report.compare import CompareReport
 from onnxq.report.metrics import OutputFidelity
 from onnxq.report.quantize_report import QuantizeReport
@@ -41,7 +44,8 @@ def setup_logging(debug: bool) -> None:
 
 
 def emit_json(doc: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+    """``doc`` as strict JSON on stdout (NaN and inf written as null)."""
+    sys.stdout.write(schema.dumps(doc))
 
 
 class _Stages:
@@ -57,11 +61,46 @@ class _Stages:
         self._bar.update(self._tasks[stage], completed=done, total=total)
 
 
+PROGRESS_INTERVAL = "ONNXQ_PROGRESS_INTERVAL"  # seconds between plain progress lines
+DEFAULT_INTERVAL = 5.0
+
+
+class _Lines:
+    """Progress callback for a stderr that is not a terminal (a file, a CI log): a plain
+    line ``stage: done/total (pct%)`` at most every ``interval`` seconds, so a long run
+    shows it is alive and a short one prints nothing."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last = time.monotonic()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            return
+        self._last = now
+        share = f" ({100 * done // total}%)" if total > 0 else ""
+        err.print(f"{stage}: {done}/{total}{share}")
+
+
+def _interval() -> float:
+    """``ONNXQ_PROGRESS_INTERVAL`` seconds (a number >= 0), else 5."""
+    try:
+        value = float(os.environ.get(PROGRESS_INTERVAL, DEFAULT_INTERVAL))
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return value if value >= 0 and math.isfinite(value) else DEFAULT_INTERVAL
+
+
 @contextmanager
 def progress(quiet: bool) -> Iterator[Any]:
-    """A progress bar with ETA on stderr when it is a terminal and not ``--quiet``."""
-    if quiet or not err.is_terminal:
+    """A progress bar with ETA on stderr when it is a terminal, plain progress lines every
+    few seconds when it is not; nothing with ``--quiet``."""
+    if quiet:
         yield None
+        return
+    if not err.is_terminal:
+        yield _Lines(_interval())
         return
     bar = Progress(
         TextColumn("{task.description:<12}"),
@@ -74,6 +113,21 @@ def progress(quiet: bool) -> Iterator[Any]:
     )
     with bar:
         yield _Stages(bar)
+
+
+WIDE = 100_000  # "no limit" for a table's natural width
+
+
+def _show(table: Table) -> None:
+    """Print ``table`` on stdout without ever cutting a name: a cell wider than its
+    column folds onto more lines instead of ending in an ellipsis, and when stdout is not
+    a terminal (a file, a pipe, a CI log) and COLUMNS is not set, the table takes its
+    natural width instead of 80 columns."""
+    for column in table.columns:
+        column.overflow = "fold"
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        table.width = Measurement.get(out, out.options.update_width(WIDE), table).maximum
+    out.print(table)
 
 
 def _mb(n: int) -> str:
@@ -118,13 +172,13 @@ def inspection(result: Inspection, as_json: bool) -> None:
         for t in infos:
             shape = "[" + ", ".join("?" if d is None else str(d) for d in t.shape) + "]"
             io.add_row(kind, t.name, t.dtype, shape)
-    out.print(io)
+    _show(io)
     ops = Table(title="op types", title_justify="left")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, n in s.op_histogram.items():
         ops.add_row(op, str(n))
-    out.print(ops)
+    _show(ops)
     _codebooks(s.codebook_weights)
     plan = Table(
         title="quantization plan (default settings, after preparation)", title_justify="left"
@@ -145,7 +199,7 @@ def inspection(result: Inspection, as_json: bool) -> None:
         if result.runtime is not None:
             row.append(kernel.get(d.name, ""))
         plan.add_row(*row)
-    out.print(plan)
+    _show(plan)
     if result.runtime is not None:
         rt = result.runtime
         out.print(
@@ -173,20 +227,33 @@ def _codebooks(books: tuple[CodebookInfo, ...]) -> None:
         tables = "1" if b.axis is None else f"{b.shape[b.axis]} (axis {b.axis})"
         shape = "[" + ", ".join(map(str, b.shape)) + "]"
         table.add_row(b.name, shape, str(b.bits), tables, _mb(b.stored_bytes))
-    out.print(table)
+    _show(table)
 
 
-def calibration(ranges: RangesFile, path: Path) -> None:
+def calibration(ranges: RangesFile, path: Path, quiet: bool = False) -> None:
+    if quiet:
+        return
     err.print(
         f"wrote {path}: {len(ranges.tensors)} tensors, {ranges.samples} samples, "
         f"method {ranges.method.value}, granularity {ranges.granularity.value}"
     )
 
 
-def quantization(report: QuantizeReport, as_json: bool) -> None:
+def quantization(report: QuantizeReport, as_json: bool, quiet: bool = False) -> None:
+    """The report as tables or one JSON document on stdout; notes on stderr in both cases
+    (none with ``quiet``), and warnings (what ``--strict`` fails on) always."""
     if as_json:
         emit_json(report.to_dict())
-        return
+    else:
+        _quantization_tables(report)
+    if not quiet:
+        for line in _quantization_notes(report):
+            err.print(line)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}")
+
+
+def _quantization_tables(report: QuantizeReport) -> None:
     table = Table(
         title=f"quantized {report.model_path} -> {report.output_path}", title_justify="left"
     )
@@ -201,9 +268,9 @@ def quantization(report: QuantizeReport, as_json: bool) -> None:
     table.add_row("Q/DQ pairs", str(report.qdq_pairs))
     table.add_row("onnxruntime integer kernels", str(report.integer_kernels))
     table.add_row("ranges", report.ranges_source)
-    out.print(table)
+    _show(table)
     if report.fidelity is not None:
-        out.print(
+        _show(
             _fidelity_table(
                 f"fidelity on {report.fidelity_data} ({report.fidelity.samples} samples)",
                 report.fidelity.outputs,
@@ -216,29 +283,32 @@ def quantization(report: QuantizeReport, as_json: bool) -> None:
                 f"accuracy float {_pct(cls.reference_accuracy)}, quantized "
                 f"{_pct(cls.candidate_accuracy)} (drop {drop:.2f} pp)"
             )
+
+
+def _quantization_notes(report: QuantizeReport) -> list[str]:
+    lines = []
     if report.float_kernels:
         shown = ", ".join(report.float_kernels[:8])
         more = f" and {len(report.float_kernels) - 8} more" if len(report.float_kernels) > 8 else ""
-        err.print(
+        lines.append(
             f"note: onnxruntime's CPU provider runs {len(report.float_kernels)} quantized nodes "
             f"with float kernels (dequantized weights): {shown}{more}"
         )
     if report.float_biases:
-        err.print(f"kept {len(report.float_biases)} biases in float (int32 would overflow)")
+        lines.append(f"kept {len(report.float_biases)} biases in float (int32 would overflow)")
     if report.folded_weights:
-        err.print(
+        lines.append(
             f"{report.folded_weights} integer weights of float nodes are dequantized when "
             "onnxruntime loads the model (constant folding)"
         )
     if report.corrected_biases:
-        err.print(
+        lines.append(
             f"bias correction: {len(report.corrected_biases)} weights-only nodes "
             "(mean shift of their rounded weights taken back)"
         )
     if report.check is not None:
-        err.print(_check_line(report.check))
-    for line in _method_lines(report):
-        err.print(line)
+        lines.append(_check_line(report.check))
+    return lines + _method_lines(report)
 
 
 def _method_lines(report: QuantizeReport) -> list[str]:
@@ -255,12 +325,15 @@ def _method_lines(report: QuantizeReport) -> list[str]:
             shown = "; ".join(f"{n}x {why}" for why, n in reasons)
             line += f", {len(skipped)} pairs skipped ({shown})"
         lines.append(line)
-    replaced = report.method_changes(ChangeKind.ACTIVATION_REPLACED)
-    if replaced and report.float_change is not None:
+    if report.float_change is not None:
+        replaced = len(report.method_changes(ChangeKind.ACTIVATION_REPLACED))
+        absorbed = len(report.method_changes(ChangeKind.BIAS_ABSORBED))
+        what = [f"ReLU6 -> Relu in {replaced} places"] if replaced else []
+        what += [f"{absorbed} high biases absorbed"] if absorbed else []
         worst = min(o.sqnr_db for o in report.float_change.outputs)
         lines.append(
-            f"ReLU6 -> Relu in {len(replaced)} places changed the float model: output SQNR "
-            f"{_db(worst)} dB against the original (the fidelity above includes it)"
+            f"{' and '.join(what)} changed the float model: output SQNR {_db(worst)} dB "
+            "against the original (the fidelity above includes it)"
         )
     return lines
 
@@ -288,18 +361,31 @@ def _check_line(check: FitReport) -> str:
     if not check.float_tensors and not check.float_nodes and check.before.meets(t):
         return head + f"met as planned ({state(check.before)})"
     verdict = "met" if check.met else "NOT met"
-    return head + (
-        f"{state(check.before)} -> {state(check.after)}, {verdict}, after keeping "
-        f"{len(check.float_tensors)} activations and {len(check.float_nodes)} nodes float "
-        f"({check.passes} simulation runs)"
+    return (
+        head
+        + (
+            f"{state(check.before)} -> {state(check.after)}, {verdict}, after keeping "
+            f"{len(check.float_tensors)} activations and {len(check.float_nodes)} nodes float "
+            f"({check.passes} simulation runs)"
+        )
+        + "".join(
+            f"\n  kept float by the output check: {kind} {_names(names)}"
+            for kind, names in (("nodes", check.float_nodes), ("activations", check.float_tensors))
+            if names
+        )
     )
+
+
+def _names(names: tuple[str, ...], shown: int = 8) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def comparison(report: CompareReport, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_dict())
     else:
-        out.print(
+        _show(
             _fidelity_table(
                 f"{report.candidate} vs {report.reference} on {report.data} "
                 f"({report.fidelity.samples} samples)",

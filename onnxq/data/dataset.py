@@ -1,8 +1,11 @@
 """Reading ``.npz`` data for a model, validated before anything runs.
 
 ``--data PATH`` is one ``.npz`` whose keys are the model's input names, or a folder
-of such files read one at a time. Extra keys (``labels``, …) are never fed. Each
-array is told apart by rank:
+of such files read one at a time. Extra keys (``labels``, …) are never fed. For a
+model with one input it may also be a ``.npy`` file (:mod:`onnxq.data.npy`) or a
+folder of them, or a folder of images (:mod:`onnxq.data.images`). Each source is read
+as :class:`Part` objects (a file, a chunk of images, arrays in memory), one in memory
+at a time. Each array is told apart by rank:
 
 * the input's rank (``Layout.BATCHED``): samples along the input's batch axis 0,
   which onnxq cuts into batches;
@@ -18,12 +21,26 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from onnxq.data.images import IMAGE_SUFFIXES, image_parts
+from onnxq.data.npy import npy_part
+from onnxq.data.npz_sizes import check_declared_sizes
+from onnxq.data.preprocess import Preprocess
 from onnxq.errors import DataError
 
-__all__ = ["Batch", "Dataset", "InputSpec", "Layout", "open_dataset"]
+__all__ = [
+    "Batch",
+    "Dataset",
+    "InputSpec",
+    "Layout",
+    "NpzPart",
+    "Part",
+    "open_dataset",
+    "open_parts",
+]
 
 
 CACHE_BYTES = 2**29  # a file's arrays kept in memory between passes when at most this
@@ -56,30 +73,55 @@ class Batch:
     size: int
 
 
+class Part(Protocol):
+    """What a dataset reads at a time: a file, a chunk of images, arrays in memory.
+    ``str()`` names it in messages."""
+
+    def read(self, names: list[str], label_key: str | None) -> dict[str, np.ndarray]:
+        """The arrays of ``names`` (and of the label key), or a DataError."""
+        ...
+
+
+@dataclass(frozen=True)
+class NpzPart:
+    """One ``.npz`` file; ``label`` names it in messages instead of its path, ``owner``
+    (e.g. the temporary folder the file is in) lives as long as the part."""
+
+    path: Path
+    label: str | None = None
+    owner: object = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return self.label or str(self.path)
+
+    def read(self, names: list[str], label_key: str | None) -> dict[str, np.ndarray]:
+        return _load_arrays(self.path, names, label_key)
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Validated data: the files, how each input is laid out, and the sample count."""
+    """Validated data: its parts, how each input is laid out, and the sample count."""
 
-    files: tuple[Path, ...]
+    parts: tuple[Part, ...]
     specs: tuple[InputSpec, ...]
     layouts: dict[str, Layout]
     num_samples: int
     label_key: str | None
-    # the arrays of the file read last, when small: quantize reads the data several times
+    # the arrays of the part read last, when small: quantize reads the data several times
     # (calibration, output check, evaluation) and a compressed .npz is slow to inflate
-    _cache: dict[Path, dict[str, np.ndarray]] = field(
+    _cache: dict[Part, dict[str, np.ndarray]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        """Feeds of at most ``batch_size`` samples, one file in memory at a time.
+        """Feeds of at most ``batch_size`` samples, one part in memory at a time.
 
         Inputs with a fixed batch dimension ``k`` are fed ``k`` samples at a time;
         with any input in the FEEDS layout, one feed (one sample) at a time.
         """
         step = self._step(batch_size)
-        for path in self.files:
-            arrays = self._arrays(path)
+        for part in self.parts:
+            arrays = self._arrays(part)
             count = _file_count(arrays, self.specs, self.layouts)
             for start in range(0, count, step):
                 stop = min(start + step, count)
@@ -92,14 +134,14 @@ class Dataset:
         folder whose file sizes the step does not divide gives up to one more per file."""
         return math.ceil(self.num_samples / self._step(batch_size))
 
-    def _arrays(self, path: Path) -> dict[str, np.ndarray]:
-        if path not in self._cache:
-            arrays = _load_arrays(path, [s.name for s in self.specs], self.label_key)
+    def _arrays(self, part: Part) -> dict[str, np.ndarray]:
+        if part not in self._cache:
+            arrays = part.read([s.name for s in self.specs], self.label_key)
             self._cache.clear()
             if sum(a.nbytes for a in arrays.values()) <= CACHE_BYTES:
-                self._cache[path] = arrays
+                self._cache[part] = arrays
             return arrays
-        return self._cache[path]
+        return self._cache[part]
 
     def _step(self, batch_size: int) -> int:
         if any(layout is Layout.FEEDS for layout in self.layouts.values()):
@@ -114,18 +156,35 @@ class Dataset:
 
 
 def open_dataset(
-    path: str | Path, specs: Sequence[InputSpec], *, label_key: str | None = None
+    path: str | Path,
+    specs: Sequence[InputSpec],
+    *,
+    label_key: str | None = None,
+    preprocess: Preprocess | None = None,
 ) -> Dataset:
-    """Validate every file under ``path`` against ``specs`` and return the dataset.
+    """Validate every file under ``path`` against ``specs`` and return the dataset
+    (``preprocess``: how a folder of images becomes the input; other data ignores it).
 
     Raises :class:`DataError` naming the file and input for a missing or unknown
     key, wrong dtype, rank or fixed dimension, NaN or Inf, or zero samples.
     """
-    files = _list_files(Path(path))
+    parts = _list_parts(Path(path), specs, label_key, preprocess)
+    return open_parts(parts, specs, label_key=label_key, origin=str(path))
+
+
+def open_parts(
+    parts: Sequence[Part],
+    specs: Sequence[InputSpec],
+    *,
+    label_key: str | None = None,
+    origin: str,
+) -> Dataset:
+    """Validate every part against ``specs`` (``origin`` names the whole in messages)."""
     layouts: dict[str, Layout] = {}
     total = 0
-    for file in files:
-        arrays = _load_arrays(file, [s.name for s in specs], label_key)
+    arrays: dict[str, np.ndarray] = {}
+    for file in parts:
+        arrays = file.read([s.name for s in specs], label_key)
         file_layouts = {s.name: _check_array(file, s, arrays[s.name]) for s in specs}
         for name, layout in file_layouts.items():
             if layouts.setdefault(name, layout) is not layout:
@@ -139,22 +198,59 @@ def open_dataset(
             _check_labels(file, label_key, arrays[label_key], count)
         total += count
     if total == 0:
-        raise DataError(f"{path}: holds zero samples; calibration and evaluation need at least one")
-    dataset = Dataset(tuple(files), tuple(specs), layouts, total, label_key)
-    if len(files) == 1 and sum(a.nbytes for a in arrays.values()) <= CACHE_BYTES:
-        dataset._cache[files[0]] = arrays
+        raise DataError(
+            f"{origin}: holds zero samples; calibration and evaluation need at least one"
+        )
+    dataset = Dataset(tuple(parts), tuple(specs), layouts, total, label_key)
+    if len(parts) == 1 and sum(a.nbytes for a in arrays.values()) <= CACHE_BYTES:
+        dataset._cache[parts[0]] = arrays
     return dataset
 
 
-def _list_files(path: Path) -> list[Path]:
+ARRAY_SUFFIXES = frozenset({".npz", ".npy"})
+
+
+def _list_parts(
+    path: Path, specs: Sequence[InputSpec], label_key: str | None, pre: Preprocess | None
+) -> list[Part]:
     if not path.exists():
         raise DataError(f"data path '{path}' does not exist")
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
-        if not files:
-            raise DataError(f"data folder '{path}' holds no .npz files")
-        return files
-    return [path]
+    files = _folder_files(path) if path.is_dir() else [path]
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    if images and len(images) < len(files):
+        raise DataError(
+            f"data folder '{path}' mixes {len(images)} images with {len(files) - len(images)} "
+            ".npz/.npy files; keep one kind of data per folder"
+        )
+    if images:
+        where = f"data folder '{path}'" if path.is_dir() else str(path)
+        return list(image_parts(images, specs, pre, where=where, label_key=label_key))
+    return [_array_part(f, specs, label_key) for f in files]
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The data files of ``folder`` in sorted order; hidden entries are skipped and
+    anything else that is not an .npz, .npy or image file is an error naming it."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    known = ARRAY_SUFFIXES | IMAGE_SUFFIXES
+    unknown = [p for p in entries if p.suffix.lower() not in known or not p.is_file()]
+    if unknown:
+        named = ", ".join(p.name + ("/" if p.is_dir() else "") for p in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise DataError(
+            f"data folder '{folder}' holds what onnxq cannot read: {named}{more} "
+            f"(it reads .npz, .npy and {', '.join(sorted(IMAGE_SUFFIXES))} files; "
+            "hidden files are skipped)"
+        )
+    if not entries:
+        raise DataError(f"data folder '{folder}' holds no .npz files, .npy files or images")
+    return entries
+
+
+def _array_part(path: Path, specs: Sequence[InputSpec], label_key: str | None) -> Part:
+    if path.suffix.lower() == ".npy":
+        return npy_part(path, specs, label_key)
+    return NpzPart(path)
 
 
 def _load_arrays(path: Path, names: list[str], label_key: str | None) -> dict[str, np.ndarray]:
@@ -172,16 +268,19 @@ def _load_arrays(path: Path, names: list[str], label_key: str | None) -> dict[st
                     f"{path}: no array for {what} '{missing[0]}' "
                     f"(found keys: {', '.join(keys) or 'none'}; model inputs: {', '.join(names)})"
                 )
+            check_declared_sizes(path, wanted)  # before np.load allocates what they declare
             return {n: npz[n] for n in wanted}
     except DataError:
         raise
+    except MemoryError as exc:
+        raise DataError(f"{path}: its arrays do not fit in memory; split the data") from exc
     except ValueError as exc:
         raise DataError(f"{path}: cannot read without unpickling objects ({exc})") from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: cannot read .npz archive ({exc})") from exc
 
 
-def _check_array(path: Path, spec: InputSpec, arr: np.ndarray) -> Layout:
+def _check_array(path: Part, spec: InputSpec, arr: np.ndarray) -> Layout:
     where = f"{path}: input '{spec.name}'"
     if arr.dtype != spec.dtype:
         raise DataError(
@@ -227,7 +326,7 @@ def _file_count(
 
 
 def _check_fixed_batch(
-    path: Path,
+    path: Part,
     specs: Sequence[InputSpec],
     arrays: dict[str, np.ndarray],
     layouts: dict[str, Layout],
@@ -251,7 +350,7 @@ def _check_fixed_batch(
             )
 
 
-def _check_labels(path: Path, key: str, labels: np.ndarray, count: int) -> None:
+def _check_labels(path: Part, key: str, labels: np.ndarray, count: int) -> None:
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(
             f"{path}: labels '{key}' must be a 1-D integer array, "

@@ -54,6 +54,14 @@ class Candidate:
         return self.result.count(ChangeKind.QDQ_PAIR)
 
     @property
+    def activation_codes(self) -> dict[str, str]:
+        """Integer tensor of each quantized activation -> the float tensor it holds (the
+        rewrite's record; :mod:`onnxq.stages.save` writes it into the model)."""
+        return {
+            c.name: c.detail for c in self.result.changes if c.kind is ChangeKind.ACTIVATION_CODES
+        }
+
+    @property
     def float_biases(self) -> tuple[str, ...]:
         return self.result.names(ChangeKind.BIAS_KEPT_FLOAT)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +18,22 @@ from onnxq.data.dataset import InputSpec
 from onnxq.errors import ModelError
 
 __all__ = [
+    "TEMP_SUFFIX",
     "check_distinct",
+    "check_outputs",
     "check_writable",
     "fingerprint",
     "input_specs",
     "load_model",
     "opset_version",
+    "remove_stale_temps",
     "save_model",
+    "write_atomic",
 ]
+
+# write_atomic's temporary files: ".<name>.<pid>.<random>.onnxq-tmp" beside <name>
+TEMP_SUFFIX = ".onnxq-tmp"
+_STARTED = time.time()  # when this process loaded onnxq: temporary files older are stale
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -92,6 +103,26 @@ def check_distinct(source: str | Path | None, target: str | Path, what: str = "m
         raise ModelError(f"output '{target}' is the input {what}; choose another path")
 
 
+def check_outputs(
+    inputs: Mapping[str, str | Path | None], outputs: Mapping[str, str | Path | None]
+) -> None:
+    """Refuse, before any work, a run that would write one of its ``outputs`` (option →
+    path) over one of its ``inputs`` (what it is → path) or over another output."""
+    written = [(option, Path(p)) for option, p in outputs.items() if p is not None]
+    for i, (option, target) in enumerate(written):
+        for what, source in inputs.items():
+            check_distinct(source, target, what)
+        for other, earlier in written[:i]:
+            if _same_file(earlier, target):
+                raise ModelError(
+                    f"{option} '{target}' is also the {other} output; choose another path"
+                )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
 def check_writable(target: str | Path) -> None:
     """Fail early, before any work, when ``target`` cannot be written."""
     path = Path(target)
@@ -118,14 +149,20 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> int:
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder
+    (``.<name>.<pid>.<random>.onnxq-tmp``) flushed to disk, a rename, and the folder
+    flushed. Temporary files of ``path`` that a killed run left behind are removed first
+    (:func:`remove_stale_temps`)."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelError(f"cannot write '{path}': folder '{folder}' does not exist")
     check_writable(path)
+    remove_stale_temps(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder
+        )
     except OSError as exc:
         raise ModelError(f"cannot write '{path}': {exc.strerror}") from exc
     try:
@@ -143,3 +180,61 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_folder(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; elsewhere, and where a folder cannot be
+    opened, the rename is left to the file system)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete the temporary files of ``path`` that a killed run left behind, and return
+    them: named ``.<name>.<pid>.<random>.onnxq-tmp``, their process no longer running, and
+    last written before this process loaded onnxq. Another live run's file is never
+    touched, nor is any file whose name does not follow the scheme."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    prefix = f".{path.name}."
+    removed = []
+    for tmp in folder.glob(glob.escape(prefix) + "*" + TEMP_SUFFIX):
+        pid = _temp_owner(tmp.name[len(prefix) : -len(TEMP_SUFFIX)])
+        if pid is None or _running(pid):
+            continue
+        try:
+            if tmp.stat().st_mtime < _STARTED:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone meanwhile, or not ours to delete: leave it
+            continue
+    return removed
+
+
+def _temp_owner(middle: str) -> int | None:
+    """The process id in the ``<pid>.<random>`` part of a temporary file's name."""
+    parts = middle.split(".")
+    if len(parts) != 2 or not parts[0].isdigit() or not parts[1]:
+        return None
+    return int(parts[0])
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows: os.kill would end the process
+        return True  # this process writes it, or wrote it before a failure it handled
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's: not ours to judge
+        return True
+    return True

@@ -34,6 +34,7 @@ __all__ = [
     "NodeSettings",
     "QuantPlan",
     "WeightUse",
+    "check_patterns",
     "first_match",
     "make_plan",
     "resolve_recipe",
@@ -165,6 +166,17 @@ def first_match(node: onnx.NodeProto, patterns: Iterable[str]) -> str | None:
     return None
 
 
+def check_patterns(model: onnx.ModelProto, patterns: Iterable[str]) -> None:
+    """Refuse an --exclude pattern that matches no node: a typo would otherwise quantize
+    everything without a word (a recipe rule that matches nothing is refused the same way)."""
+    for pattern in patterns:
+        if not any(first_match(node, (pattern,)) for node in model.graph.node):
+            raise ConfigError(
+                f"--exclude {pattern} matches no node name or op type in the model (globs are "
+                "case-sensitive; onnxq inspect lists the names)"
+            )
+
+
 def make_plan(
     model: onnx.ModelProto,
     config: QuantConfig,
@@ -175,6 +187,7 @@ def make_plan(
     nodes, constants as initializers, shapes inferred). ``forbidden`` names activation
     tensors that must stay float (with why): nodes reading or making them are not
     quantized. ``float_nodes`` names nodes kept float like excluded ones (with why)."""
+    check_patterns(model, config.exclude)
     forbidden = dict(forbidden or {})
     float_nodes = dict(float_nodes or {})
     idx = GraphIndex(model)

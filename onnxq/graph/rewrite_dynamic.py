@@ -17,7 +17,13 @@ from onnxq.config import Granularity, QuantConfig, Scheme
 from onnxq.graph.edit import drop_unused_initializers, topological
 from onnxq.graph.names import NameFactory
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
-from onnxq.graph.plan import EMBEDDING_REASON, NodeAction, NodeDecision, first_match
+from onnxq.graph.plan import (
+    EMBEDDING_REASON,
+    NodeAction,
+    NodeDecision,
+    check_patterns,
+    first_match,
+)
 from onnxq.graph.rules import GraphIndex, attribute, embedding_check
 from onnxq.quant import quantize
 from onnxq.quant.weights import WeightLayout, weight_qparams
@@ -55,6 +61,7 @@ def _check(node: onnx.NodeProto, idx: GraphIndex, config: QuantConfig) -> str | 
 
 def dynamic_decisions(model: onnx.ModelProto, config: QuantConfig) -> tuple[NodeDecision, ...]:
     """What dynamic quantization does to each node of ``model`` (prepared)."""
+    check_patterns(model, config.exclude)
     idx = GraphIndex(model)
     out = []
     for node in model.graph.node:

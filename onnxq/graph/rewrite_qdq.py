@@ -116,6 +116,7 @@ def rewrite_qdq(
     changes += [
         Change(ChangeKind.QDQ_PAIR, n.input[0]) for n in b.nodes if n.op_type == "QuantizeLinear"
     ]
+    changes += [Change(ChangeKind.ACTIVATION_CODES, q, t) for t, q in qname.items()]
     return PassResult(out, True, tuple(changes))
 
 

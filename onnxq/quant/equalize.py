@@ -48,8 +48,10 @@ __all__ = [
     "equalization_scales",
     "equalize_chain",
     "equalize_pair",
+    "flattening_scales",
     "input_ranges",
     "input_response",
+    "is_depthwise",
     "output_ranges",
     "range_ratio",
     "scale_inputs",
@@ -189,19 +191,49 @@ def _check_pair(first: Layer, second: Layer) -> None:
         raise ValueError(f"{out_ch} output channels feed a layer with {in_ch} input channels")
 
 
-def equalize_pair(first: Layer, second: Layer) -> tuple[Layer, Layer, Array]:
-    """One equalisation step of a pair: the two layers rescaled and the scales ``s``."""
-    _check_pair(first, second)
-    s = equalization_scales(
-        output_ranges(first.weight, first.layout), input_ranges(second.weight, second.layout)
-    )
+def flattening_scales(r: npt.ArrayLike) -> Array:
+    """``s_i = r_i / max(r)``, so that every ``r_i / s_i`` is ``max(r)``; a channel whose
+    range is zero or not finite keeps ``s_i = 1``; clamped like
+    :func:`equalization_scales`."""
+    a = np.asarray(r, np.float64).reshape(-1)
+    ok = (a > 0) & np.isfinite(a)
+    s = np.ones_like(a)
+    if ok.any():
+        s[ok] = a[ok] / a[ok].max()
+    return np.clip(s, SCALE_MIN, SCALE_MAX)
+
+
+def is_depthwise(layer: Layer) -> bool:
+    """Each output channel reads exactly one input channel (a grouped layer with one
+    input channel per group)."""
+    return layer.layout.group > 1 and int(layer.weight.shape[layer.layout.in_axis]) == 1
+
+
+def _rescaled(first: Layer, second: Layer, s: Array) -> tuple[Layer, Layer]:
     w1, b1 = scale_outputs(first.weight, first.bias, first.layout, s)
     w2 = scale_inputs(second.weight, second.layout, s)
-    return Layer(w1, b1, first.layout), Layer(w2, second.bias, second.layout), s
+    return Layer(w1, b1, first.layout), Layer(w2, second.bias, second.layout)
+
+
+def equalize_pair(
+    first: Layer, second: Layer, r1: npt.ArrayLike | None = None
+) -> tuple[Layer, Layer, Array]:
+    """One equalisation step of a pair: the two layers rescaled and the scales ``s``.
+    ``r1``: the ranges to balance against layer 2's input ranges (default: layer 1's
+    output ranges; see :func:`equalize_chain` for activation ranges)."""
+    _check_pair(first, second)
+    left = output_ranges(first.weight, first.layout) if r1 is None else r1
+    s = equalization_scales(left, input_ranges(second.weight, second.layout))
+    one, two = _rescaled(first, second, s)
+    return one, two, s
 
 
 def equalize_chain(
-    layers: Sequence[Layer], *, tolerance: float = 1e-4, max_sweeps: int = 50
+    layers: Sequence[Layer],
+    *,
+    tolerance: float = 1e-4,
+    max_sweeps: int = 50,
+    activations: Sequence[npt.ArrayLike | None] | None = None,
 ) -> ChainResult:
     """Equalise every consecutive pair of a chain ``L0 → L1 → … → Ln`` (n ≥ 1).
 
@@ -210,6 +242,19 @@ def equalize_chain(
     largest relative change ``|s_i - 1|`` of any cumulative scale in a sweep is below
     ``tolerance``, or ``max_sweeps`` sweeps ran. A single pair settles in one sweep
     (the second only confirms it).
+
+    ``activations[k]`` (optional, per pair): the per-channel range ``a_i`` of the
+    activation between layers ``k`` and ``k + 1``, measured before any scaling. Given
+    it, that pair balances the activation against layer ``k + 1``'s input ranges
+    instead of layer ``k``'s output ranges: ``s_i = sqrt((a_i / S_i) / r2_i)`` with
+    ``S_i`` the pair's scale so far, so both become ``sqrt(a_i · r2_i)``. That is the
+    right balance when layer ``k``'s weights have one scale per output channel (which
+    absorbs any ``s_i``) and the activation has one scale for the whole tensor (the
+    same balance as SmoothQuant's with α = ½). When layer ``k + 1`` is depthwise (each
+    output channel reads one input channel, so its per-output-channel weight scales
+    absorb any ``s_i`` too), nothing on the weight side is worth balancing and the
+    activation's channels are made equal instead: ``s_i = a_i / max(a)``, every channel
+    then using the whole integer grid.
     """
     if len(layers) < 2:
         raise ValueError(f"a chain needs at least 2 layers, not {len(layers)}")
@@ -218,13 +263,22 @@ def equalize_chain(
     current = list(layers)
     for a, b in zip(current, current[1:], strict=False):
         _check_pair(a, b)
+    acts = list(activations) if activations is not None else [None] * (len(current) - 1)
+    if len(acts) != len(current) - 1:
+        raise ValueError(f"{len(acts)} activation ranges for {len(current) - 1} pairs")
     scales = [np.ones(a.layout.out_channels(a.weight)) for a in current[:-1]]
     sweeps = 0
     while sweeps < max_sweeps:
         sweeps += 1
         change = 0.0
         for k in range(len(current) - 1):
-            current[k], current[k + 1], s = equalize_pair(current[k], current[k + 1])
+            act = acts[k]
+            r1 = None if act is None else np.asarray(act, np.float64).reshape(-1) / scales[k]
+            if r1 is not None and is_depthwise(current[k + 1]):
+                s = flattening_scales(r1)
+                current[k], current[k + 1] = _rescaled(current[k], current[k + 1], s)
+            else:
+                current[k], current[k + 1], s = equalize_pair(current[k], current[k + 1], r1)
             scales[k] = scales[k] * s
             change = max(change, float(np.max(np.abs(s - 1.0), initial=0.0)))
         if change < tolerance:

@@ -79,13 +79,14 @@ def compute_qparams(
       ``zp = (qmin + qmax + 1) // 2``, the middle code (0 for signed types). Full-range
       int8 gives the survey's ``S = 2 max|r| / (2^b - 1)``; restricted int8 gives ``max|r| / 127``.
 
-    Degenerate case: a range of width zero (all values zero) gets ``S = 1``,
+    Degenerate cases: a range of width zero (all values zero) gets ``S = 1``,
     and any scale below float32's smallest normal number is raised to it, so
-    ``S`` is always a positive normal float32.
+    ``S`` is always a positive normal float32; a NaN bound (a tensor that held only NaN)
+    counts as 0, so scale and zero point are always finite.
     """
     qmin, qmax = qtype.min(restricted=restricted), qtype.max
-    lo = np.minimum(np.clip(np.asarray(rmin, np.float64), -_F32_MAX, _F32_MAX), 0.0)
-    hi = np.maximum(np.clip(np.asarray(rmax, np.float64), -_F32_MAX, _F32_MAX), 0.0)
+    lo = np.minimum(_finite_bound(rmin), 0.0)
+    hi = np.maximum(_finite_bound(rmax), 0.0)
     if symmetric:
         amax = np.maximum(-lo, hi)
         lo, hi = -amax, amax
@@ -104,6 +105,12 @@ def compute_qparams(
         block_size=block_size,
         restricted=restricted,
     )
+
+
+def _finite_bound(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """A range bound in float64, clamped to finite float32 values (NaN: 0)."""
+    arr = np.nan_to_num(np.asarray(x, np.float64), nan=0.0, posinf=_F32_MAX, neginf=-_F32_MAX)
+    return np.clip(arr, -_F32_MAX, _F32_MAX)
 
 
 def broadcast_param(values: np.ndarray, shape: tuple[int, ...], qp: QParams) -> np.ndarray:

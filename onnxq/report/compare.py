@@ -11,12 +11,12 @@ from typing import Any
 
 from onnxq.calibration.collect import FloatSession
 from onnxq.config import CalibrationConfig
-from onnxq.data import open_dataset
+from onnxq.data import DataSource, Preprocess, as_source
 from onnxq.errors import ConfigError, ModelError
 from onnxq.graph.model_io import input_specs, load_model
 from onnxq.graph.passes.shapes import infer_shapes
 from onnxq.report.fidelity import Fidelity, evaluate
-from onnxq.report.metrics import accuracy_of
+from onnxq.report.metrics import OutputFidelity, accuracy_of
 from onnxq.report.schema import compare_document
 from onnxq.runtime import Runner, measure_latency
 
@@ -40,6 +40,14 @@ class Thresholds:
         ):
             if value is not None and not (low <= value <= high):
                 raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+        if self.min_sqnr is not None and not math.isfinite(self.min_sqnr):
+            raise ConfigError(f"--min-sqnr must be a finite number of dB, got {self.min_sqnr:g}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any gate is set."""
+        gates = (self.max_drop, self.min_agreement, self.min_cosine, self.min_sqnr)
+        return any(v is not None for v in gates)
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class CompareReport:
 def compare(
     reference_path: str | Path,
     candidate_path: str | Path,
-    data_path: str | Path,
+    data_path: DataSource,
     *,
     labels: str | None = None,
     thresholds: Thresholds | None = None,
@@ -87,8 +95,11 @@ def compare(
     threads: int = 0,
     latency_runs: int = 20,
     progress: Callable[[str, int, int], None] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> CompareReport:
-    """Fidelity, accuracy, size and latency of ``candidate`` against ``reference``."""
+    """Fidelity, accuracy, size and latency of ``candidate`` against ``reference`` on
+    ``data_path``: a path, an array, a dict of arrays or feeds (:data:`DataSource`);
+    ``preprocess`` is the preprocessing of a folder of images."""
     thresholds = thresholds or Thresholds()
     if thresholds.max_drop is not None and labels is None:
         raise ConfigError("--max-drop needs --labels KEY naming the labels in the data")
@@ -114,7 +125,8 @@ def compare(
             "--min-agreement and --max-drop need a classifier-shaped output [batch, classes]; "
             "this model's outputs have ranks " + ", ".join(map(str, ranks))
         )
-    dataset = open_dataset(data_path, specs, label_key=labels)
+    source = as_source(data_path, preprocess, labels=labels)
+    dataset = source.open(specs, label_key=labels)
     threads = threads or (os.cpu_count() or 1)
     # no spinning: the two sessions alternate in the latency measurement
     ref_runner = Runner(reference, threads=threads, what="reference model", spin=False)
@@ -131,7 +143,7 @@ def compare(
     report = CompareReport(
         reference=str(reference_path),
         candidate=str(candidate_path),
-        data=str(data_path),
+        data=str(source),
         reference_bytes=Path(reference_path).stat().st_size,
         candidate_bytes=Path(candidate_path).stat().st_size,
         fidelity=fidelity,
@@ -143,7 +155,32 @@ def compare(
 
 
 def check(report: CompareReport) -> list[str]:
-    """Every threshold the report violates, in words."""
+    """Every threshold the report violates, in words. An output holding NaN or inf (in
+    either model) fails every threshold given: its metrics mean nothing."""
+    t = report.thresholds
+    if not t.enabled:
+        return []
+    out = [_nonfinite(o) for o in report.fidelity.outputs if not o.finite]
+    out += _classifier_violations(report)
+    for o in report.fidelity.outputs:
+        # written so that a NaN metric fails too
+        if t.min_cosine is not None and not o.cosine_mean >= t.min_cosine:
+            out.append(
+                f"mean cosine of '{o.name}' is {o.cosine_mean:.5f} < --min-cosine {t.min_cosine:g}"
+            )
+        if t.min_sqnr is not None and not o.sqnr_db >= t.min_sqnr:
+            out.append(f"SQNR of '{o.name}' is {o.sqnr_db:.2f} dB < --min-sqnr {t.min_sqnr:g} dB")
+    return out
+
+
+def _nonfinite(o: OutputFidelity) -> str:
+    return (
+        f"output '{o.name}' holds {o.candidate_nonfinite} NaN or infinite values in the "
+        f"candidate and {o.reference_nonfinite} in the reference: every threshold fails"
+    )
+
+
+def _classifier_violations(report: CompareReport) -> list[str]:
     t, out = report.thresholds, []
     cls = report.fidelity.classifier
     if t.min_agreement is not None:
@@ -160,11 +197,4 @@ def check(report: CompareReport) -> list[str]:
             raise ConfigError("--max-drop needs a classifier-shaped output and --labels")
         if acc.drop_pp > t.max_drop:
             out.append(f"accuracy drop is {acc.drop_pp:.2f} pp > --max-drop {t.max_drop:g} pp")
-    for o in report.fidelity.outputs:
-        if t.min_cosine is not None and o.cosine_mean < t.min_cosine:
-            out.append(
-                f"mean cosine of '{o.name}' is {o.cosine_mean:.5f} < --min-cosine {t.min_cosine:g}"
-            )
-        if t.min_sqnr is not None and o.sqnr_db < t.min_sqnr:
-            out.append(f"SQNR of '{o.name}' is {o.sqnr_db:.2f} dB < --min-sqnr {t.min_sqnr:g} dB")
     return out

@@ -6,7 +6,10 @@ For one output over all samples:
 * SQNR = 10 log10(Σ ref² / Σ (ref - cand)²) in dB over all values (inf when equal);
 * maximum absolute error;
 * for classifier-shaped outputs ([batch, classes], classes ≥ 2): top-1 agreement,
-  and top-1 accuracy of each model against labels when given.
+  and top-1 accuracy of each model against labels when given;
+* how many values of each model were NaN or infinite. Such values make cosine and error
+  NaN (or inf) rather than being skipped, and a row holding one never agrees on top-1 and
+  is never correct: a broken output cannot look good.
 """
 
 from __future__ import annotations
@@ -64,17 +67,34 @@ class OutputFidelity:
     top1_agreement: float | None  # fraction in [0, 1]
     reference_accuracy: float | None
     candidate_accuracy: float | None
+    reference_nonfinite: int = 0  # NaN or infinite values in the reference's output
+    candidate_nonfinite: int = 0  # ... and in the candidate's
+
+    @property
+    def finite(self) -> bool:
+        """Whether both models' values were all finite (else no metric can be trusted)."""
+        return self.reference_nonfinite == 0 and self.candidate_nonfinite == 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form; an infinite SQNR (identical outputs) is written as null."""
+        """JSON form. A value that is not a finite number is written as null: an infinite
+        SQNR (identical outputs), or any metric of an output holding NaN or inf, which
+        ``nonfinite`` counts."""
         return {
             "name": self.name,
-            "cosine_mean": self.cosine_mean,
-            "cosine_min": self.cosine_min,
-            "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else None,
-            "max_abs_error": self.max_abs_error,
+            "cosine_mean": _finite(self.cosine_mean),
+            "cosine_min": _finite(self.cosine_min),
+            "sqnr_db": _finite(self.sqnr_db),
+            "max_abs_error": _finite(self.max_abs_error),
             "top1_agreement": self.top1_agreement,
+            "nonfinite": {
+                "reference": self.reference_nonfinite,
+                "candidate": self.candidate_nonfinite,
+            },
         }
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,7 @@ class OutputStats:
         self._ref_correct = 0
         self._cand_correct = 0
         self._labelled = 0
+        self._nonfinite = [0, 0]  # reference, candidate
 
     def update(self, ref: np.ndarray, cand: np.ndarray, labels: np.ndarray | None = None) -> None:
         r = np.asarray(ref, np.float64)
@@ -125,21 +146,28 @@ class OutputStats:
             )
         rows_r = r.reshape(r.shape[0], -1) if r.ndim >= 1 and r.shape[0] else r.reshape(1, -1)
         rows_c = c.reshape(rows_r.shape)
-        cos = _cosine_rows(rows_r, rows_c)
+        self._nonfinite[0] += int(r.size - np.count_nonzero(np.isfinite(r)))
+        self._nonfinite[1] += int(c.size - np.count_nonzero(np.isfinite(c)))
+        # NaN and inf propagate on purpose (the counts above say why), silently
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            cos = _cosine_rows(rows_r, rows_c)
+            err = r - c
+            self._signal += float(np.sum(r * r))
+            self._noise += float(np.sum(err * err))
+            batch_err = float(np.abs(err).max(initial=0.0))
         self.samples += cos.size
         self._cos_sum += float(cos.sum())
-        self._cos_min = min(self._cos_min, float(cos.min(initial=math.inf)))
-        err = r - c
-        self._signal += float(np.sum(r * r))
-        self._noise += float(np.sum(err * err))
-        self._max_err = max(self._max_err, float(np.abs(err).max(initial=0.0)))
+        # np.min / np.max keep a NaN where Python's min / max would drop it
+        self._cos_min = float(np.min([self._cos_min, float(cos.min(initial=math.inf))]))
+        self._max_err = float(np.max([self._max_err, batch_err]))
         self._classifier = self._classifier and is_classifier(np.asarray(ref))
         if self._classifier:
             top_r, top_c = r.argmax(axis=1), c.argmax(axis=1)
-            self._agree += int((top_r == top_c).sum())
+            ok_r, ok_c = _finite_rows(r), _finite_rows(c)  # others never match
+            self._agree += int(((top_r == top_c) & ok_r & ok_c).sum())
             if labels is not None and labels.shape[0] == top_r.shape[0]:
-                self._ref_correct += int((top_r == labels).sum())
-                self._cand_correct += int((top_c == labels).sum())
+                self._ref_correct += int(((top_r == labels) & ok_r).sum())
+                self._cand_correct += int(((top_c == labels) & ok_c).sum())
                 self._labelled += int(labels.shape[0])
 
     def result(self) -> OutputFidelity:
@@ -157,7 +185,14 @@ class OutputStats:
             top1_agreement=self._agree / n if classifier else None,
             reference_accuracy=self._ref_correct / self._labelled if labelled else None,
             candidate_accuracy=self._cand_correct / self._labelled if labelled else None,
+            reference_nonfinite=self._nonfinite[0],
+            candidate_nonfinite=self._nonfinite[1],
         )
+
+
+def _finite_rows(rows: np.ndarray) -> np.ndarray:
+    """Whether each row holds only finite values (its arg-max means something)."""
+    return np.asarray(np.isfinite(rows).all(axis=1))
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

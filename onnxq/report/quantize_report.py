@@ -39,6 +39,7 @@ class QuantizeReport:
     # what equalisation, AdaRound and codebooks did, node by node or pair by pair
     methods: tuple[Change, ...] = ()
     float_change: Fidelity | None = None  # equalisation's ReLU6 -> Relu, float vs float
+    ranges_warnings: tuple[str, ...] = ()  # --ranges ranges that miss the data's values
 
     def method_changes(self, kind: ChangeKind) -> tuple[Change, ...]:
         return tuple(c for c in self.methods if c.kind is kind)
@@ -55,6 +56,34 @@ class QuantizeReport:
     def float_kernels(self) -> tuple[str, ...]:
         return self.runtime.float_kernels
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What a CI job should know (``quantize --strict`` exits 1 on any): the output
+        check missed its target; onnxruntime will likely run the model slower than float;
+        a ranges file's range leaves most of a tensor's values outside."""
+        out = list(self.ranges_warnings)
+        if self.check is not None and not self.check.met:
+            out.append(_missed(self.check))
+        rt = self.runtime
+        if rt.slower_than_float_risk:
+            out.append(
+                f"onnxruntime's CPU provider runs {rt.standalone_qdq} stand-alone Q/DQ "
+                f"conversions and only {rt.integer_kernels} integer kernels: the quantized "
+                "model is likely slower than float (measure with onnxq compare)"
+            )
+        return tuple(out)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (:func:`onnxq.report.schema.quantize_document`)."""
         return quantize_document(self)
+
+
+def _missed(check: FitReport) -> str:
+    t, after = check.target, check.after
+    got = f"SQNR {after.sqnr_db:.1f} dB"
+    if after.worst_top1 is not None:
+        got += f", top-1 {100 * after.worst_top1:.2f}%"
+    return (
+        f"the output check missed its target (SQNR {t.sqnr_db:g} dB, top-1 {100 * t.top1:g}%) "
+        f"on {after.samples} calibration samples: {got}"
+    )

@@ -3,15 +3,19 @@
 * ``onnxq-quantize`` v1 — the quantize report (``--json``, ``--report``);
 * ``onnxq-compare`` v1 — the compare report;
 * ``onnxq-inspect`` v1 — the inspect summary;
+* ``onnxq-diagnose`` v1 — the per-tensor error and node sensitivity of ``onnxq diagnose``;
 * ``onnxq-ranges`` v1 — the ranges file (written and read by
   :mod:`onnxq.calibration.ranges`, which takes its name and version from here).
 
-docs/cli.md documents each field. Infinite values (an SQNR of identical outputs) are
-written as null.
+docs/cli.md documents each field. Every document is strict JSON (RFC 8259; :func:`dumps`):
+a value that is not a finite number — an infinite SQNR of identical outputs, a metric of an
+output holding NaN — is written as null.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -21,15 +25,19 @@ from onnxq.report.metrics import accuracy_of
 if TYPE_CHECKING:
     from onnxq.inspect import Inspection
     from onnxq.report.compare import CompareReport
+    from onnxq.report.diagnose import DiagnoseReport
     from onnxq.report.fidelity import Fidelity
     from onnxq.report.quantize_report import QuantizeReport
 
 __all__ = [
     "COMPARE",
+    "DIAGNOSE",
     "INSPECT",
     "QUANTIZE",
     "RANGES",
     "compare_document",
+    "dumps",
+    "diagnose_document",
     "inspect_document",
     "quantize_document",
 ]
@@ -37,6 +45,7 @@ __all__ = [
 QUANTIZE = ("onnxq-quantize", 1)
 COMPARE = ("onnxq-compare", 1)
 INSPECT = ("onnxq-inspect", 1)
+DIAGNOSE = ("onnxq-diagnose", 1)
 RANGES = ("onnxq-ranges", 1)
 
 
@@ -158,3 +167,74 @@ def inspect_document(result: Inspection) -> dict[str, Any]:
             **result.runtime.to_dict(),
         },
     }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def diagnose_document(report: DiagnoseReport) -> dict[str, Any]:
+    sens = report.sensitivity
+    return {
+        "schema": DIAGNOSE[0],
+        "schema_version": DIAGNOSE[1],
+        "onnxq_version": __version__,
+        "float": {"path": report.float_path, "prepared": report.float_prepared},
+        "quantized": {"path": report.quantized_path},
+        "data": {"path": report.data, "samples": report.samples},
+        "matching": report.matching,
+        "layers": [
+            {
+                "tensor": e.tensor,
+                "codes": e.codes,
+                "qtype": e.qtype,
+                "scale": e.scale,
+                "zero_point": e.zero_point,
+                "values": e.values,
+                "sqnr_db": _finite(e.sqnr_db),
+                "own_sqnr_db": _finite(e.own_sqnr_db),
+                "cosine": e.cosine,
+                "max_abs_error": _finite(e.max_abs_error),
+                "clipped_share": e.clipped_share,
+                "range": {"min": _finite(e.range_min), "max": _finite(e.range_max)},
+                "observed": {"min": _finite(e.observed_min), "max": _finite(e.observed_max)},
+            }
+            for e in report.layers
+        ],
+        "unmatched": list(report.unmatched),
+        "settings": report.settings,
+        "sensitivity": None
+        if sens is None
+        else {
+            "method": sens.method,
+            "samples": sens.samples,
+            "outputs": list(sens.outputs),
+            "all_sqnr_db": _finite(sens.all_sqnr_db),
+            "nodes": [
+                {
+                    "name": n.node,
+                    "op_type": n.op_type,
+                    "sqnr_db": _finite(n.sqnr_db),
+                    "noise_share": n.share,
+                }
+                for n in sens.nodes
+            ],
+        },
+    }
+
+
+def strict(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite replaced by None (JSON null),
+    through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    return value
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    """``doc`` as the text onnxq prints or writes: indented strict JSON and a newline."""
+    return json.dumps(strict(doc), indent=1, allow_nan=False) + "\n"

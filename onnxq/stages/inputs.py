@@ -11,7 +11,7 @@ import onnx
 from onnxq.calibration.collect import Progress
 from onnxq.calibration.ranges import RangesFile, read_ranges
 from onnxq.config import CalibrationConfig, Mode, QuantConfig, Rounding
-from onnxq.data import Dataset, open_dataset
+from onnxq.data import Dataset, Preprocess, Source, path_of
 from onnxq.errors import ConfigError
 from onnxq.graph.model_io import check_distinct, check_writable, input_specs, load_model
 
@@ -26,12 +26,13 @@ class QuantizeRequest:
     output_path: Path
     config: QuantConfig = field(default_factory=QuantConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    data: Path | None = None
+    data: Source | None = None
     ranges: Path | None = None
-    eval_data: Path | None = None
+    eval_data: Source | None = None
     labels: str | None = None
     threads: int = 0
     progress: Progress | None = None
+    preprocess: Preprocess | None = None  # of image folders
 
     def __post_init__(self) -> None:
         # the ranges are chosen for the activations the config quantizes
@@ -77,6 +78,7 @@ class QuantizeRequest:
             "ranges": None if self.ranges is None else str(self.ranges),
             "eval_data": None if self.eval_data is None else str(self.eval_data),
             "labels": self.labels,
+            "preprocess": None if self.preprocess is None else self.preprocess.settings(),
         }
 
 
@@ -104,19 +106,21 @@ def load_inputs(request: QuantizeRequest) -> Inputs:
     r = request
     for source, what in (
         (r.model_path, "model"),
-        (r.data, "data"),
+        (path_of(r.data), "data"),
         (r.ranges, "ranges file"),
-        (r.eval_data, "evaluation data"),
+        (path_of(r.eval_data), "evaluation data"),
     ):
         check_distinct(source, r.output_path, what)
     check_writable(r.output_path)
     model = load_model(r.model_path)
     specs = input_specs(model)
-    calib = open_dataset(r.data, specs) if r.data is not None and r.wants_data else None
+    calib = r.data.open(specs) if r.data is not None and r.wants_data else None
     eval_path = r.eval_data if r.eval_data is not None else r.data
     if eval_path is not None and calib is not None and eval_path == r.data and r.labels is None:
         evaluation: Dataset | None = calib  # validated once
+    elif eval_path is not None:
+        evaluation = eval_path.open(specs, label_key=r.labels)
     else:
-        evaluation = open_dataset(eval_path, specs, label_key=r.labels) if eval_path else None
+        evaluation = None
     ranges = read_ranges(r.ranges) if r.ranges is not None else None
     return Inputs(model, calib, evaluation, None if eval_path is None else str(eval_path), ranges)

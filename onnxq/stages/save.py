@@ -1,7 +1,8 @@
 """Stage: write the quantized model — refused when nothing was quantized, trimmed of the
 shapes inferred during preparation, stamped with onnxq's version and every setting used
-(``producer_name``/``producer_version``, ``metadata_props``), checked by onnx and written
-atomically."""
+(``producer_name``/``producer_version``, ``metadata_props``) and with the record of which
+integer tensor holds which float activation (``onnxq.tensors``, read by ``onnxq diagnose``),
+checked by onnx and written atomically."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from onnxq.errors import ModelError
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.model_io import save_model
 from onnxq.graph.outputs import restrict_value_info
+from onnxq.graph.qdq_points import TENSORS_KEY
 
-__all__ = ["SETTINGS_KEY", "save"]
+__all__ = ["SETTINGS_KEY", "TENSORS_KEY", "save", "stamp"]
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +53,31 @@ def save(
         candidate.quantized_weights,
         candidate.qdq_pairs,
     )
-    stamp(model, settings)
+    stamp(model, settings, candidate.activation_codes)
     return save_model(model, output_path)
 
 
-def stamp(model: onnx.ModelProto, settings: Mapping[str, object]) -> None:
-    """Record onnxq's version and ``settings`` in ``model`` (replacing earlier ones)."""
+def _compact(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def stamp(
+    model: onnx.ModelProto,
+    settings: Mapping[str, object],
+    tensors: Mapping[str, str] | None = None,
+) -> None:
+    """Record onnxq's version, ``settings`` and, when given, ``tensors`` (integer tensor of
+    each quantized activation -> the float tensor it holds) in ``model``, replacing
+    earlier ones."""
     model.producer_name = "onnxq"
     model.producer_version = __version__
-    kept = [p for p in model.metadata_props if p.key not in (SETTINGS_KEY, "onnxq.version")]
+    ours = (SETTINGS_KEY, "onnxq.version", TENSORS_KEY)
+    kept = [p for p in model.metadata_props if p.key not in ours]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
-    for key, value in (
-        ("onnxq.version", __version__),
-        (SETTINGS_KEY, json.dumps(settings, sort_keys=True, separators=(",", ":"))),
-    ):
+    entries = [("onnxq.version", __version__), (SETTINGS_KEY, _compact(settings))]
+    if tensors:
+        entries.append((TENSORS_KEY, _compact(dict(tensors))))
+    for key, value in entries:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

@@ -93,6 +93,9 @@ def gptq_codes(
     out = {}
     for u in uses:
         assert u.spec is not None  # filtered above
+        if not np.isfinite(moments[nodes[u.node].input[0]]).all():
+            log.info("GPTQ skipped for '%s': its input overflows on the data", u.node)
+            continue  # round to nearest
         w = numpy_helper.to_array(idx.initializers[u.tensor]).astype(np.float32)
         kind, axis = u.layout.kind, u.layout.axis
         transposed = (kind is Granularity.BLOCK and axis == 1) or (

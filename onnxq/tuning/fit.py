@@ -58,6 +58,23 @@ class FitReport:
     def met(self) -> bool:
         return self.after.meets(self.target)
 
+    @property
+    def reason(self) -> str | None:
+        """Why the check kept ``float_tensors`` and ``float_nodes`` float (None: it kept
+        nothing)."""
+        if not self.float_tensors and not self.float_nodes:
+            return None
+        top1 = self.before.worst_top1
+        seen = f"SQNR {self.before.sqnr_db:.1f} dB" + (
+            "" if top1 is None else f", top-1 agreement {100 * top1:.2f}%"
+        )
+        return (
+            f"{WHY}: as first planned, the outputs missed the target (SQNR "
+            f"{self.target.sqnr_db:g} dB, top-1 {100 * self.target.top1:g}%) with {seen} on "
+            f"{self.before.samples} calibration samples, and these decisions added the most "
+            "output noise in the switchable simulation"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": {"sqnr_db": self.target.sqnr_db, "top1_agreement": self.target.top1},
@@ -66,6 +83,7 @@ class FitReport:
             "after": self.after.to_dict(),
             "float_tensors": list(self.float_tensors),
             "float_nodes": list(self.float_nodes),
+            "reason": self.reason,
             "simulation_passes": self.passes,
             "rounds": self.rounds,
         }

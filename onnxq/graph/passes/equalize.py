@@ -47,11 +47,12 @@ from onnxq.quant.equalize import (
     absorb_high_bias,
     equalize_chain,
     input_ranges,
+    is_depthwise,
     output_ranges,
     range_ratio,
 )
 
-__all__ = ["absorption_tensors", "equalize"]
+__all__ = ["equalize", "link_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,19 @@ def equalize(
     *,
     relu6_to_relu: bool = False,
     pre_activation_min: Mapping[str, np.ndarray] | None = None,
+    pre_activation_max: Mapping[str, np.ndarray] | None = None,
+    absorb_floor: Mapping[str, np.ndarray] | None = None,
     iterations: int = 50,
 ) -> PassResult:
     """Cross-layer equalisation of ``model`` (prepared: initializers, folded batch norms,
     unique node names). ``pre_activation_min`` maps a layer 1's output tensor to the
     per-channel minimum of its values over calibration data; given it, high bias is
-    absorbed into layer 2 after the scaling. ``iterations``: most sweeps per chain.
+    absorbed into layer 2 after the scaling. ``pre_activation_max`` (with the minimum
+    of the same tensor) makes that pair balance the activation's per-channel range
+    against layer 2 rather than layer 1's weights (see
+    :func:`onnxq.quant.equalize.equalize_chain`): for layer-1 weights with one scale
+    per output channel. ``absorb_floor`` (default: the minima) bounds each channel's
+    absorbed shift, per tensor like the minima. ``iterations``: most sweeps per chain.
     The input model is never modified."""
     if iterations < 1:
         raise ConfigError(f"equalize: iterations must be at least 1, not {iterations}")
@@ -133,8 +141,10 @@ def equalize(
     fixed = {v.name for v in out.graph.input} | idx.graph_outputs  # can't change in place
     links, sites, changes = _find_links(out, idx, fixed, relu6_to_relu)
     minima = dict(pre_activation_min or {})
+    floor = dict(absorb_floor) if absorb_floor is not None else minima
+    stats = _Stats(minima, dict(pre_activation_max or {}), floor)
     for chain in _chains(links):
-        changes.extend(_equalize_chain(chain, sites, minima, iterations))
+        changes.extend(_equalize_chain(chain, sites, stats, iterations))
     _rewrite(out, links, sites, idx, fixed)
     if not changes:
         return PassResult.unchanged(model)
@@ -145,17 +155,38 @@ def equalize(
     return PassResult(out, True, tuple(changes), detail)
 
 
-def absorption_tensors(model: onnx.ModelProto, *, relu6_to_relu: bool = False) -> dict[str, int]:
-    """The tensors whose per-channel minima high-bias absorption reads (the output of
-    every layer 1 of an equalisable pair with an activation), with their channel axis."""
+def link_tensors(model: onnx.ModelProto, *, relu6_to_relu: bool = False) -> dict[str, int]:
+    """The output tensor of every layer 1 of an equalisable pair (whose per-channel
+    minimum and maximum the pass can use), with its channel axis."""
     idx = GraphIndex(model)
     fixed = {v.name for v in model.graph.input} | idx.graph_outputs
     links, _, _ = _find_links(model, idx, fixed, relu6_to_relu)
-    return {
-        link.first.output[0]: 1 if link.first.op_type == "Conv" else -1
-        for link in links
-        if link.act is not None
-    }
+    return {link.first.output[0]: 1 if link.first.op_type == "Conv" else -1 for link in links}
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """Per-channel minima and maxima of layer-1 outputs (before the activation), measured
+    on calibration data before equalisation, by tensor."""
+
+    minima: dict[str, np.ndarray]
+    maxima: dict[str, np.ndarray]
+    floor: dict[str, np.ndarray]  # how far absorption may shift each channel down
+
+    def activation_range(self, link: _Link) -> np.ndarray | None:
+        """Per channel, the largest magnitude the tensor between the layers takes (after
+        the activation), or None without both statistics."""
+        tensor = link.first.output[0]
+        if tensor not in self.minima or tensor not in self.maxima:
+            return None
+        low = np.asarray(self.minima[tensor], np.float64).reshape(-1)
+        high = np.asarray(self.maxima[tensor], np.float64).reshape(-1)
+        op = "" if link.act is None else link.act.op_type
+        if link.replace or op in ("Relu", "Clip"):  # Clip(0, ∞): negatives are cut
+            return np.maximum(high, 0.0)
+        leaky = op == "LeakyRelu" and link.act is not None
+        slope = float(attribute(link.act, "alpha", 0.01)) if leaky and link.act else 1.0
+        return np.maximum(np.abs(high), np.abs(low) * abs(slope))  # nothing, PRelu: both
 
 
 # --- finding pairs --------------------------------------------------------------------
@@ -406,16 +437,20 @@ def _chains(links: Sequence[_Link]) -> list[list[_Link]]:
 def _equalize_chain(
     chain: list[_Link],
     sites: dict[str, _Site],
-    minima: Mapping[str, np.ndarray],
+    stats: _Stats,
     iterations: int,
 ) -> list[Change]:
     """Equalise one chain in ``sites`` (replaced by the rescaled layers); the changes."""
     keys = [chain[0].first.output[0], *(link.second.output[0] for link in chain)]
     before = [sites[k] for k in keys]
     ratios = [_ratio(a, b) for a, b in zip(before, before[1:], strict=False)]
+    acts = [stats.activation_range(link) for link in chain]
     result = equalize_chain(
-        [Layer(s.weight, s.bias, s.layout) for s in before], max_sweeps=iterations
+        [Layer(s.weight, s.bias, s.layout) for s in before],
+        max_sweeps=iterations,
+        activations=acts,
     )
+    minima = stats.floor
     after = [
         replace(s, weight=layer.weight, bias=layer.bias)
         for s, layer in zip(before, result.layers, strict=True)
@@ -434,9 +469,17 @@ def _equalize_chain(
             changes.append(
                 Change(ChangeKind.ACTIVATION_REPLACED, link.act.name, "Clip(0, 6) -> Relu")
             )
+        basis = (
+            "weights"
+            if acts[k] is None
+            else "activation channels made equal (depthwise layer 2)"
+            if is_depthwise(result.layers[k + 1])
+            else "activation vs weights"
+        )
         detail = (
-            f"mean range ratio {ratios[k]:.3g} -> {_ratio(after[k], after[k + 1]):.3g}"
-            f" ({result.sweeps} sweeps, chain of {len(chain) + 1} layers){note}"
+            f"mean weight range ratio {ratios[k]:.3g} -> {_ratio(after[k], after[k + 1]):.3g}"
+            f" (balanced: {basis}; {result.sweeps} sweeps, chain of {len(chain) + 1} "
+            f"layers){note}"
         )
         changes.append(Change(ChangeKind.PAIR_EQUALIZED, link.name, detail))
         log.debug("equalized %s: %s", link.name, detail)

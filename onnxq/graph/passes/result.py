@@ -24,6 +24,8 @@ class ChangeKind(str, Enum):
     NODE_QUANTIZED = "node quantized"
     WEIGHT_QUANTIZED = "weight stored as integers"
     QDQ_PAIR = "activation Q/DQ"
+    # name: the integer tensor of a quantized activation; detail: the float tensor it holds
+    ACTIVATION_CODES = "activation held as integers"
     BIAS_KEPT_FLOAT = "bias kept float"
     BIAS_CORRECTED = "bias corrected"
     EMBEDDING_QUANTIZED = "embedding rows stored as int8"
