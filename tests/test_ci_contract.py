@@ -128,6 +128,8 @@ def test_missed_check_warns_with_json_and_strict_exits_1(cnn_files):
     assert doc["output_check"]["met"] is False
     warning = "warning: the output check missed its target (SQNR 200 dB, top-1 99%)"
     assert warning in loose.stderr
+    assert len(doc["warnings"]) == 1  # the same warning in the JSON, for a CI job
+    assert doc["warnings"][0].startswith("the output check missed its target")
     (cnn_files["dir"] / "q.onnx").unlink()
     strict = invoke(*args, "--strict", "-q")
     assert strict.exit_code == 1
@@ -155,6 +157,7 @@ def test_strict_passes_a_clean_run(cnn_files):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["output_check"]["met"] and not doc["runtime"]["slower_than_float_risk"]
+    assert doc["warnings"] == []
     assert "warning:" not in result.stderr
 
 
@@ -353,6 +356,11 @@ def test_save_config_refuses_paths_of_the_run(cnn_files):
     result = invoke(*quantize_args(cnn_files), "--report", out, "--save-config", out)
     usage_error(result, "--save-config", "also given as --report")
     usage_error(invoke(*quantize_args(cnn_files), "--save-config", "s.ini"), ".toml, .yaml")
+    config = cnn_files["dir"] / "c.toml"
+    config.write_text("auto-sqnr = 20\n")
+    same = invoke(*quantize_args(cnn_files), "--config", config, "--save-config", config)
+    usage_error(same, "--save-config", "also given as --config")
+    assert config.read_text() == "auto-sqnr = 20\n"  # the input is left as it was
     assert not (cnn_files["dir"] / "q.onnx").exists()
 
 

@@ -27,6 +27,7 @@ __all__ = ["config_options", "save_config"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 SAVE = "onnxq.save_config"  # ctx.meta key: where --save-config writes
+LOADED = "onnxq.config"  # ctx.meta key: the --config file read
 FORMATS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 # not settings: the file options themselves, where output goes and how it is shown
 NOT_IN_FILE = frozenset({"config", "save_config"})
@@ -140,6 +141,7 @@ def _load(ctx: click.Context, param: click.Parameter, value: Path | None) -> Non
     except ConfigError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
     ctx.default_map = {**(ctx.default_map or {}), **found}
+    ctx.meta[LOADED] = value
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
@@ -181,6 +183,13 @@ def _distinct(func: F) -> F:
     def checked(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
         target = ctx.meta.get(SAVE)
+        loaded = ctx.meta.get(LOADED)
+        if target is not None and loaded is not None and _same(loaded, target):
+            raise click.BadParameter(
+                f"'{target}' is also given as --config (an input); choose another path",
+                ctx=ctx,
+                param_hint="'--save-config'",
+            )
         for param in ctx.command.params:
             value = ctx.params.get(param.name or "")
             if target is not None and isinstance(value, Path) and _same(value, target):

@@ -96,6 +96,7 @@ def quantize_document(report: QuantizeReport) -> dict[str, Any]:
             },
         },
         "settings": report.settings,
+        "warnings": list(report.warnings),
         "methods": {
             "changes": [
                 {"kind": c.kind.name.lower(), "name": c.name, "detail": c.detail}
