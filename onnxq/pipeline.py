@@ -1,9 +1,9 @@
 """``onnxq.quantize``: the list of its stages and nothing else.
 
-inputs → prepare → float session → (dynamic rewrite | ranges → weight choices → plan and
-rewrite → output check) → candidate session → save → evaluate → report. Each stage is a
-module of :mod:`onnxq.stages`; adding one (say, equalisation before rounding) is one
-module and one line here.
+inputs → prepare → equalize → float session → (dynamic rewrite | ranges → weight choices →
+plan and rewrite → AdaRound codes and rewrite → output check) → candidate session → save →
+evaluate → report. Each stage is a module of :mod:`onnxq.stages`; adding one is one module
+and one line here.
 """
 
 from __future__ import annotations
@@ -86,9 +86,7 @@ def quantize(
     runner = candidate_session(checked.candidate, checked.runner, threads)
     runtime = runtime_of(checked.candidate, runner)
     settings = request.settings()
-    written = save(
-        checked.candidate, inputs.model, request.model_path, request.output_path, settings
-    )
+    written = save(checked.candidate, inputs.model, request, settings, equal.rescaled)
     fidelity, equal = _fidelity(request, inputs, floats, equal, runner)
     facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal, warned)
     return _report(request, inputs, prepared, checked, facts)
@@ -204,7 +202,7 @@ def _report(
         corrected_biases=c.corrected_biases,
         folded_weights=c.folded_weights,
         settings=facts.settings,
-        methods=(*facts.equalization.changes, *_method_changes(c)),
+        methods=(*facts.equalization.reported, *_method_changes(c)),
         float_change=facts.equalization.float_change,
         ranges_warnings=facts.ranges_warnings,
     )

@@ -371,3 +371,18 @@ def test_data_from_config_with_relative_paths(cnn_files, monkeypatch):
     result = invoke("quantize", cnn_files["model"], "-o", "q.onnx", "--config", "c.toml", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["settings"]["data"] == "local.npz"
+
+
+def test_config_file_is_an_input_and_unreadable_ones_are_usage_errors(cnn_files):
+    config = cnn_files["dir"] / "run.json"
+    config.write_text('{"auto-sqnr": 20}')
+    clash = invoke(*quantize_args(cnn_files), "--config", config, "--report", config)
+    assert clash.exit_code == 2, clash.output
+    assert "config file" in clash.output and len(clash.output.strip().splitlines()) == 1
+    assert config.read_text() == '{"auto-sqnr": 20}'
+    bad = cnn_files["dir"] / "bad.toml"
+    bad.write_bytes(b"auto-sqnr = \xff\n")
+    unreadable = invoke(*quantize_args(cnn_files), "--config", bad)
+    assert unreadable.exit_code == 2, unreadable.output
+    assert "cannot be read" in unreadable.output
+    assert not (cnn_files["dir"] / "q.onnx").exists()

@@ -56,8 +56,9 @@ def test_the_equalised_model_computes_what_the_prepared_one_does(tmp_path) -> No
     prepared = prepare(model)
     data = open_dataset(data_path, input_specs(model))
     result = equalized(prepared, QuantConfig(equalize=True), data, batch_size=16)
-    assert {c.kind.name for c in result.changes} == {"PAIR_EQUALIZED"}
-    assert "balanced: activation vs weights" in result.changes[0].detail
+    assert {c.kind.name for c in result.reported} == {"PAIR_EQUALIZED"}
+    assert "balanced: activation vs weights" in result.reported[0].detail
+    assert result.rescaled == {"c_a", "r_a"}  # the tensors between the layers
     assert result.original is None  # the float function is unchanged, on any input
     fresh = np.random.default_rng(7).normal(0, 3, (32, 4, 8, 8)).astype(np.float32)
     want = run(prepared.model, {"x": fresh})[0]
@@ -91,7 +92,7 @@ def test_per_tensor_weights_balance_weights(tmp_path) -> None:
     data = open_dataset(data_path, input_specs(model))
     config = QuantConfig(equalize=True, weights=WeightSpec(granularity=Granularity.TENSOR))
     result = equalized(prepare(model), config, data, batch_size=16)
-    assert "balanced: weights" in result.changes[0].detail
+    assert "balanced: weights" in result.reported[0].detail
 
 
 def test_without_data_or_for_weights_only_nothing_is_absorbed(tmp_path) -> None:
@@ -196,3 +197,19 @@ def test_refusals(tmp_path, flags: list[str], message: str) -> None:
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_rescaled_tensors_are_left_out_of_the_per_layer_record(tmp_path) -> None:
+    model, feed = conv_chain(0)
+    model_path, data_path = _files(tmp_path, model, feed)
+    records = {}
+    for eq in (False, True):
+        out = tmp_path / f"{eq}.onnx"
+        quantize(model_path, out, _config(Granularity.CHANNEL, equalize=eq), data=data_path)
+        meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+        records[eq] = set(json.loads(meta["onnxq.tensors"]).values())
+    # diagnose compares what the record names against the original model: the tensors
+    # between equalised layers hold scaled channels, so they must not be named
+    assert {"r_a", "c_dw"} <= records[False]
+    assert not {"r_a", "c_dw", "c_a"} & records[True]
+    assert records[True] and records[True] < records[False]

@@ -153,8 +153,9 @@ class FloatSession:
         out = {}
         for name, (v, count) in folded.items():
             if count:
-                mean = v[2] / count
-                var = np.maximum(v[3] / count - mean * mean, 0.0)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    mean = v[2] / count
+                    var = np.maximum(v[3] / count - mean * mean, 0.0)
                 out[name] = ChannelStats(v[0], v[1], mean, np.sqrt(var))
         return out
 
@@ -213,12 +214,14 @@ class _Moments(_Fold):
     """Rows 0-3: the minimum, maximum, sum and sum of squares of each column."""
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return np.stack(
-            [rows.min(axis=0), rows.max(axis=0), rows.sum(axis=0), (rows * rows).sum(axis=0)]
-        )
+        with np.errstate(invalid="ignore", over="ignore"):
+            sums = [rows.sum(axis=0), (rows * rows).sum(axis=0)]
+        return np.stack([rows.min(axis=0), rows.max(axis=0), *sums])
 
     def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.stack([np.minimum(a[0], b[0]), np.maximum(a[1], b[1]), a[2] + b[2], a[3] + b[3]])
+        with np.errstate(invalid="ignore", over="ignore"):
+            sums = [a[2] + b[2], a[3] + b[3]]
+        return np.stack([np.minimum(a[0], b[0]), np.maximum(a[1], b[1]), *sums])
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,10 @@ def read_document(path: Path) -> dict[str, Any]:
     kind = _format(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{path}' cannot be read: {_first_line(exc)}") from exc
     try:
         doc = _parse(kind, text)
     # tomllib, json and yaml errors are ValueErrors; RecursionError: nested too deeply
@@ -174,6 +177,18 @@ def config_options(func: F) -> F:
         help="Read options from FILE (.toml, .yaml or .json; keys are long option names); "
         "options on the command line win.",
     )(_distinct(func))
+
+
+def side_inputs() -> dict[str, Path | None]:
+    """Files a command reads besides its arguments: the --config file and the
+    --preprocess file (neither may be one of its outputs)."""
+    ctx = click.get_current_context()
+    loaded = ctx.meta.get(LOADED)
+    pre = ctx.params.get("preprocess_file")
+    return {
+        "config file": loaded if isinstance(loaded, Path) else None,
+        "preprocess file": pre if isinstance(pre, Path) else None,
+    }
 
 
 def _distinct(func: F) -> F:

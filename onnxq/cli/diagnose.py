@@ -13,6 +13,7 @@ import click
 from rich.table import Table
 
 from onnxq.cli import render
+from onnxq.cli.config_file import side_inputs
 from onnxq.cli.options import data_option, is_quiet, run_options, stack
 from onnxq.cli.reports import check_report_files, diagnose_reports, report_options
 from onnxq.data import Preprocess
@@ -85,7 +86,12 @@ def run_diagnose(
 ) -> None:
     """Check the outputs, run the diagnosis, write the files, print the result."""
     check_outputs(
-        {"float model": float_model, "quantized model": quantized, "data": data},
+        {
+            "float model": float_model,
+            "quantized model": quantized,
+            "data": data,
+            **side_inputs(),
+        },
         {"--recipe-out": recipe_out, "--html": html, "--markdown": markdown},
     )
     check_report_files(html, markdown)

@@ -18,7 +18,7 @@ import click
 from onnxq._version import __version__
 from onnxq.calibration.calibrate import calibrate as run_calibrate
 from onnxq.cli import render
-from onnxq.cli.config_file import config_options, save_config
+from onnxq.cli.config_file import config_options, save_config, side_inputs
 from onnxq.cli.diagnose import diagnose_options, run_diagnose
 from onnxq.cli.options import (
     FiniteFloat,
@@ -48,7 +48,7 @@ from onnxq.config import (
 )
 from onnxq.data import Preprocess
 from onnxq.errors import OnnxqError
-from onnxq.graph.model_io import check_distinct, check_outputs, check_writable, write_atomic
+from onnxq.graph.model_io import check_outputs, check_writable, write_atomic
 from onnxq.inspect import inspect_model
 from onnxq.pipeline import quantize as run_quantize
 from onnxq.recipe import read_recipe
@@ -264,9 +264,7 @@ def calibrate(
     Example:
       onnxq calibrate model.onnx --data calib.npz -o ranges.json --granularity channel
     """
-    check_distinct(model, output)
-    check_distinct(data, output, "data")
-    check_distinct(_preprocess_file(), output, "preprocess file")
+    check_outputs({"model": model, "data": data, **side_inputs()}, {"-o/--output": output})
     check_writable(output)
     config = CalibrationConfig(
         method=CalibrationMethod(method),
@@ -371,7 +369,7 @@ def quantize(
             "ranges file": ranges,
             "evaluation data": eval_data,
             "recipe": recipe,
-            "preprocess file": _preprocess_file(),
+            **side_inputs(),
         },
         {"-o/--output": output, "--report": report_path, "--html": html, "--markdown": markdown},
     )
@@ -413,12 +411,6 @@ def quantize(
     )
     if strict and result.warnings:
         sys.exit(EXIT_THRESHOLD)
-
-
-def _preprocess_file() -> Path | None:
-    """The --preprocess file: an input, though the command gets only its settings."""
-    value = click.get_current_context().params.get("preprocess_file")
-    return value if isinstance(value, Path) else None
 
 
 def quant_flags(flags: dict[str, Any]) -> QuantFlags:
@@ -525,7 +517,7 @@ def compare(
             "reference": reference,
             "candidate": candidate,
             "data": data,
-            "preprocess file": _preprocess_file(),
+            **side_inputs(),
         },
         {"--html": html, "--markdown": markdown},
     )

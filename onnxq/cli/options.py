@@ -247,7 +247,8 @@ weight_options = stack(
     click.option(
         "--weight-bits",
         type=int,
-        help="Weight bit width: 8 or 4 (2 to 8 with --weight-levels kmeans or log).  "
+        help="Weight bit width: 8 or 4 as integers; 2 to 8 with --weights-only as a codebook "
+        "(--weight-levels; 2, 3, 5, 6, 7 bits are a uniform codebook).  "
         f"[default: {WEIGHTS.bits}]",
     ),
     click.option(
@@ -361,8 +362,9 @@ tuning_options = stack(
         "--equalize",
         is_flag=True,
         help="Cross-layer equalisation first (Nagel et al. 2019): rescale consecutive "
-        "weight layers joined by Relu/LeakyRelu/PRelu or nothing so their per-channel ranges "
-        "match (the float function is unchanged), and absorb high biases with --data.",
+        "weight layers joined by Relu/LeakyRelu/PRelu or nothing, channel by channel (the "
+        "float function is unchanged): per-tensor weights balance the two layers' weights; "
+        "per-channel weights with --data balance the activation between them.",
     ),
     click.option(
         "--absorb-high-bias",

@@ -194,7 +194,12 @@ def adaround_codes(
     for keys in _passes([layer.key for layer in layers], budget_bytes):
         moments = _collect(keys, data, floats.run, fetch_q, batch, max_rows, config.seed)
         for layer in (la for la in layers if la.key in moments):
-            layer_codes, change = _round(layer, moments[layer.key], config.adaround_iters)
+            m = moments[layer.key]
+            if not (np.isfinite(m.gram).all() and np.isfinite(m.cross).all()):
+                why = "the float model's inputs to this layer overflow (inf or NaN) on the data"
+                skipped.append(Change(ChangeKind.WEIGHT_ADAROUND_SKIPPED, layer.node, why))
+                continue
+            layer_codes, change = _round(layer, m, config.adaround_iters)
             codes[layer.node] = (layer_codes, layer.qparams)
             done.append(change)
             if progress is not None:

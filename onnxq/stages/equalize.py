@@ -61,6 +61,16 @@ class Equalized:
     float_change: Fidelity | None = None  # the changed float model against the original
 
     @property
+    def rescaled(self) -> frozenset[str]:
+        """Tensors whose channels equalisation scaled."""
+        return frozenset(c.name for c in self.changes if c.kind is ChangeKind.TENSOR_RESCALED)
+
+    @property
+    def reported(self) -> tuple[Change, ...]:
+        """The changes the report lists (pairs, skips, absorptions, replacements)."""
+        return tuple(c for c in self.changes if c.kind is not ChangeKind.TENSOR_RESCALED)
+
+    @property
     def changed_function(self) -> bool:
         """Whether the float function changed: a ReLU6 replaced, or high bias absorbed
         (exact on the calibration data, not beyond)."""
@@ -82,11 +92,12 @@ def equalized(
     heads = link_tensors(prepared.model, relu6_to_relu=config.relu6_to_relu)
     original: FloatSession | None = None
     observed: dict[str, ChannelStats] = {}
-    if data is not None and config.needs_ranges and heads:
+    per_tensor = config.weights.granularity is Granularity.TENSOR
+    wanted = config.absorb_high_bias or not per_tensor  # what the statistics serve
+    if data is not None and config.needs_ranges and heads and wanted:
         original = FloatSession(prepared.model, threads=threads, extra=heads)
         batch = original.affordable_batch(data, batch_size)
         observed = original.channel_stats(data, heads, batch_size=batch)
-    per_tensor = config.weights.granularity is Granularity.TENSOR
     result = equalize(
         prepared.model,
         relu6_to_relu=config.relu6_to_relu,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import onnx
 
@@ -19,6 +18,7 @@ from onnxq.graph.candidate import Candidate
 from onnxq.graph.model_io import save_model
 from onnxq.graph.outputs import restrict_value_info
 from onnxq.graph.qdq_points import TENSORS_KEY
+from onnxq.stages.inputs import QuantizeRequest
 
 __all__ = ["SETTINGS_KEY", "TENSORS_KEY", "save", "stamp"]
 
@@ -30,16 +30,18 @@ SETTINGS_KEY = "onnxq.settings"  # metadata_props key of the settings (JSON)
 def save(
     candidate: Candidate,
     original: onnx.ModelProto,
-    model_path: Path,
-    output_path: Path,
+    request: QuantizeRequest,
     settings: Mapping[str, object],
+    rescaled: frozenset[str] = frozenset(),
 ) -> int:
-    """Write ``candidate`` to ``output_path``; returns the bytes written."""
+    """Write ``candidate`` to the request's output path; returns the bytes written. The
+    record of quantized activations leaves out ``rescaled`` float tensors (equalisation scaled
+    their channels: they no longer hold the original model's values)."""
     if candidate.quantized_nodes == 0:
         raise ModelError(
-            f"nothing in '{model_path}' can be quantized with these settings (weights inside "
-            f"If/Loop/Scan bodies are not quantized); run onnxq inspect for why each node stays "
-            "float; no file written"
+            f"nothing in '{request.model_path}' can be quantized with these settings (weights "
+            "inside If/Loop/Scan bodies are not quantized); run onnxq inspect for why each node "
+            "stays float; no file written"
         )
     model = candidate.model
     restrict_value_info(model, (vi.name for vi in original.graph.value_info))
@@ -53,8 +55,9 @@ def save(
         candidate.quantized_weights,
         candidate.qdq_pairs,
     )
-    stamp(model, settings, candidate.activation_codes)
-    return save_model(model, output_path)
+    codes = {q: f for q, f in candidate.activation_codes.items() if f not in rescaled}
+    stamp(model, settings, codes)
+    return save_model(model, request.output_path)
 
 
 def _compact(value: object) -> str:

@@ -146,6 +146,7 @@ def equalize(
     for chain in _chains(links):
         changes.extend(_equalize_chain(chain, sites, stats, iterations))
     _rewrite(out, links, sites, idx, fixed)
+    changes.extend(_rescaled(links))
     if not changes:
         return PassResult.unchanged(model)
     skipped = sum(c.kind is ChangeKind.PAIR_SKIPPED for c in changes)
@@ -153,6 +154,14 @@ def equalize(
     if not links:
         return PassResult(model, False, tuple(changes), detail)
     return PassResult(out, True, tuple(changes), detail)
+
+
+def _rescaled(links: Sequence[_Link]) -> list[Change]:
+    """The tensors between equalised layers: their channels now hold scaled values (a
+    per-layer comparison with the original model must leave them out)."""
+    names = [link.first.output[0] for link in links]
+    names += [link.act.output[0] for link in links if link.act is not None]
+    return [Change(ChangeKind.TENSOR_RESCALED, name) for name in names]
 
 
 def link_tensors(model: onnx.ModelProto, *, relu6_to_relu: bool = False) -> dict[str, int]:

@@ -35,6 +35,7 @@ class ChangeKind(str, Enum):
     PAIR_SKIPPED = "layer pair not equalized"
     BIAS_ABSORBED = "high bias absorbed"
     ACTIVATION_REPLACED = "activation replaced"
+    TENSOR_RESCALED = "tensor rescaled per channel by equalisation"
     WEIGHT_CODEBOOK = "weight stored as codebook indices"
     WEIGHT_ADAROUND = "weight rounded by AdaRound"
     WEIGHT_ADAROUND_SKIPPED = "weight not rounded by AdaRound"
