@@ -238,5 +238,9 @@ def test_quantize_report_names_what_the_output_check_kept_float():
     line = _check_line(kept)
     assert "kept float by the output check: nodes /fc/Gemm" in line
     assert "activations /Concat_output_0" in line
+    assert "--target-sqnr 0 keeps every choice" in line  # and how to keep what was asked
+    assert "keeps every choice" not in _check_line(
+        FitReport(FidelityTarget(sqnr_db=35), before, before, (), (), 0, 0)
+    )
     nothing = FitReport(FidelityTarget(sqnr_db=35), before, before, (), (), 0, 0)
     assert nothing.reason is None and nothing.to_dict()["reason"] is None

@@ -373,6 +373,12 @@ def _check_line(check: FitReport) -> str:
             for kind, names in (("nodes", check.float_nodes), ("activations", check.float_tensors))
             if names
         )
+        + (
+            "\n  (that undoes what was asked for them: --target-sqnr 0 keeps every choice, "
+            "a lower --target-sqnr keeps more)"
+            if check.float_nodes or check.float_tensors
+            else ""
+        )
     )
 
 
