@@ -48,7 +48,8 @@ __all__ = [
     "equalization_scales",
     "equalize_chain",
     "equalize_pair",
-    "flattening_scales",
+    "ACTIVATION_SCALE_LIMIT",
+    "activation_scales",
     "input_ranges",
     "input_response",
     "is_depthwise",
@@ -191,16 +192,23 @@ def _check_pair(first: Layer, second: Layer) -> None:
         raise ValueError(f"{out_ch} output channels feed a layer with {in_ch} input channels")
 
 
-def flattening_scales(r: npt.ArrayLike) -> Array:
-    """``s_i = r_i / max(r)``, so that every ``r_i / s_i`` is ``max(r)``; a channel whose
-    range is zero or not finite keeps ``s_i = 1``; clamped like
-    :func:`equalization_scales`."""
-    a = np.asarray(r, np.float64).reshape(-1)
-    ok = (a > 0) & np.isfinite(a)
-    s = np.ones_like(a)
-    if ok.any():
-        s[ok] = a[ok] / a[ok].max()
-    return np.clip(s, SCALE_MIN, SCALE_MAX)
+ACTIVATION_SCALE_LIMIT = 256.0
+
+
+def activation_scales(r1: Array, second: Layer, flat: Array | None = None) -> Array:
+    """Scales that balance activation ranges ``r1``: against layer 2's input ranges
+    (``sqrt(r1 / r2)``), or, given ``flat`` (a depthwise layer 2), to make every channel's
+    range ``flat`` (``r1 / flat``). Clamped to ``[1/256, 256]``: past what an 8-bit grid
+    resolves, a larger scale gains nothing and only inflates layer 1's bias and its
+    pre-activation values (a dead channel, range near 0, would otherwise be divided by
+    up to 1e8 and overflow its int32 bias)."""
+    if flat is None:
+        s = equalization_scales(r1, input_ranges(second.weight, second.layout))
+    else:
+        ok = (r1 > 0) & np.isfinite(r1) & (flat > 0)
+        s = np.ones_like(r1)
+        s[ok] = r1[ok] / flat[ok]
+    return np.clip(s, 1.0 / ACTIVATION_SCALE_LIMIT, ACTIVATION_SCALE_LIMIT)
 
 
 def is_depthwise(layer: Layer) -> bool:
@@ -274,11 +282,13 @@ def equalize_chain(
         for k in range(len(current) - 1):
             act = acts[k]
             r1 = None if act is None else np.asarray(act, np.float64).reshape(-1) / scales[k]
-            if r1 is not None and is_depthwise(current[k + 1]):
-                s = flattening_scales(r1)
-                current[k], current[k + 1] = _rescaled(current[k], current[k + 1], s)
+            if r1 is None:
+                current[k], current[k + 1], s = equalize_pair(current[k], current[k + 1])
             else:
-                current[k], current[k + 1], s = equalize_pair(current[k], current[k + 1], r1)
+                target = np.full_like(r1, float(np.max(r1, initial=0.0)))
+                r2 = target if is_depthwise(current[k + 1]) else None
+                s = activation_scales(r1, current[k + 1], r2)
+                current[k], current[k + 1] = _rescaled(current[k], current[k + 1], s)
             scales[k] = scales[k] * s
             change = max(change, float(np.max(np.abs(s - 1.0), initial=0.0)))
         if change < tolerance:
