@@ -255,6 +255,12 @@ def _db(r: dict[str, Any] | None) -> str:
     return "∞" if v is None or not np.isfinite(v) else f"{v:.1f}"
 
 
+def _size(r: dict[str, Any] | None) -> str:
+    if not r or r.get("status") != "ok" or "size_ratio" not in r:
+        return "—"
+    return f"{100 * r['size_ratio']:.1f} %"
+
+
 def _time(r: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
     if not r or "seconds" not in r or r.get("status") != "ok":
         return "—"
@@ -276,6 +282,9 @@ def table(res: dict[str, Any], settings: list[str], base: str, title: str) -> li
         )
         lines.append("| | SQNR dB | " + " | ".join(_db(got.get(s)) for s in settings) + " |")
         lines.append(
+            "| | size of float | " + " | ".join(_size(got.get(s)) for s in settings) + " |"
+        )
+        lines.append(
             "| | time, peak | "
             + " | ".join(_time(got.get(s), got.get(base)) for s in settings)
             + " |"
@@ -288,7 +297,8 @@ def render(res: dict[str, Any]) -> str:
     lines = [
         SECTION,
         "",
-        f"Command: `{res['command']}`; commit {v.get('onnxq', '?')}; CPU: {v.get('cpu', '?')}; "
+        f"Command: `{res['command']}`; commits {v.get('onnxq', '?')} (in run order); "
+        f"CPU: {v.get('cpu', '?')}; "
         f"total {res.get('total_seconds', 0):.0f} s. Metric: the model's task metric on the "
         "first eval samples (CNNs: top-1 agreement with float); SQNR: worst output against "
         "float; time: wall time of `onnxq.quantize` in a fresh process (× the first column "
@@ -313,6 +323,8 @@ def merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {**runs[0], "models": {}}
     out["command"] = "; ".join(r["command"] for r in runs)
     out["total_seconds"] = sum(r.get("total_seconds", 0) for r in runs)
+    commits = [r.get("versions", {}).get("onnxq", "?") for r in runs]
+    out["versions"] = {**runs[-1].get("versions", {}), "onnxq": ", ".join(dict.fromkeys(commits))}
     for r in runs:
         for name, rec in r["models"].items():
             have = out["models"].setdefault(name, {**rec, "settings": {}})
