@@ -161,11 +161,6 @@ class WeightSpec:
             raise ConfigError(f"--block-size must be at least 2, got {self.block_size}")
 
     def _check_codebook(self) -> None:
-        if not CODEBOOK_MIN_BITS <= self.bits <= CODEBOOK_MAX_BITS:
-            raise ConfigError(
-                f"--weight-levels {self.levels.value} takes --weight-bits "
-                f"{CODEBOOK_MIN_BITS} to {CODEBOOK_MAX_BITS}, got {self.bits}"
-            )
         if self.granularity not in (Granularity.TENSOR, Granularity.CHANNEL):
             raise ConfigError(
                 f"{self.describe()}: a codebook is fitted per tensor or per channel: "
