@@ -154,7 +154,7 @@ def test_compare_thresholds_refuse_non_finite(cnn_files, option, value):
         option,
         value,
     )
-    one_line_error(result, f"'{option}'")
+    assert one_line_error(result, f"'{option}'")
 
 
 @pytest.mark.parametrize(
@@ -193,7 +193,7 @@ def test_calibrate_percentile_refuses_nan(cnn_files):
         "--percentile",
         "nan",
     )
-    one_line_error(result, "'--percentile'", "'nan' is not a finite number")
+    assert one_line_error(result, "'--percentile'", "'nan' is not a finite number")
 
 
 def _float_parameters():
@@ -333,7 +333,7 @@ def test_labels_declaring_a_trillion_entries_are_refused(cnn_files):
         "--latency-runs",
         "0",
     )
-    one_line_error(result, "labels.npz: array 'labels' declares shape (1000000000000,)")
+    assert one_line_error(result, "labels.npz: array 'labels' declares shape (1000000000000,)")
 
 
 @pytest.mark.parametrize(

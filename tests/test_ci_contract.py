@@ -32,6 +32,7 @@ def usage_error(result, *fragments):
     assert len(errors) == 1, result.stderr
     assert all(f in errors[0] for f in fragments), errors[0]
     assert "Traceback" not in result.output
+    return errors[0]
 
 
 def quantize_args(files, out="q.onnx"):
@@ -60,7 +61,7 @@ def test_agreement_in_zero_to_one_is_ambiguous(cnn_files, option, value):
 def test_percent_options_refuse_values_outside_0_to_100(cnn_files, option, value):
     args = quantize_args(cnn_files) if option == "--target-top1" else compare_args(cnn_files)
     extra = ["--labels", "labels"] if option == "--max-drop" else []
-    usage_error(invoke(*args, *extra, option, value), option, "percentage from 0 to 100")
+    assert usage_error(invoke(*args, *extra, option, value), option, "percentage from 0 to 100")
 
 
 @pytest.mark.parametrize(

@@ -252,7 +252,7 @@ def test_bad_image_settings_are_one_line_errors(cnn_files, tmp_path, extra, frag
     result = invoke(
         "compare", cnn_files["model"], cnn_files["model"], "--data", tmp_path / "gray", *extra
     )
-    one_line_error(result, *fragments)
+    assert one_line_error(result, *fragments)
 
 
 def test_preprocess_file_errors(tmp_path):

@@ -16,7 +16,8 @@ from onnx import numpy_helper
 
 import onnxq
 from onnxq.cli.main import cli
-from onnxq.graph.qdq_points import TENSORS_KEY, recorded_tensors
+from onnxq.graph.metadata import TENSORS_KEY
+from onnxq.graph.qdq_points import recorded_tensors
 from onnxq.recipe import read_recipe
 from onnxq.report.diagnose import diagnose
 from onnxq.stages.prepare import prepare

@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 
 import onnxq
+from onnxq.graph.metadata import SETTINGS_KEY
 from onnxq.graph.passes.result import PassResult
-from onnxq.stages.save import SETTINGS_KEY
 
 from conftest import ROOT, SAMPLES
 

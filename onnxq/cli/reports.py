@@ -102,16 +102,8 @@ def quantize_reports(
 ) -> None:
     if html is None and markdown is None:
         return
-    layers = None
-    if html is not None:
-        layers = _layers(
-            report.model_path,
-            report.output_path,
-            report.fidelity_data,
-            batch_size,
-            threads,
-            preprocess,
-        )
+    models = (report.model_path, report.output_path, report.fidelity_data)
+    layers = _layers(*models, batch_size, threads, preprocess) if html is not None else None
     _write(quantize_page(report, layers), html, markdown)
 
 
@@ -126,11 +118,8 @@ def compare_reports(
 ) -> None:
     if html is None and markdown is None:
         return
-    layers = None
-    if html is not None:
-        layers = _layers(
-            report.reference, report.candidate, report.data, batch_size, threads, preprocess
-        )
+    models = (report.reference, report.candidate, report.data)
+    layers = _layers(*models, batch_size, threads, preprocess) if html is not None else None
     settings = layers.settings if layers is not None else None
     _write(compare_page(report, layers, settings), html, markdown)
 

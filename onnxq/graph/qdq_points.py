@@ -22,7 +22,6 @@ Tensor names are compared as they are, never parsed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,11 +29,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxq.graph.metadata import TENSORS_KEY, recorded
 from onnxq.graph.rules import GraphIndex, attribute
 from onnxq.quant import QParams, QType
 
 __all__ = [
-    "TENSORS_KEY",
     "PointMatch",
     "QdqPoint",
     "float_tensor_names",
@@ -42,9 +41,6 @@ __all__ = [
     "recorded_tensors",
     "structural_tensors",
 ]
-
-# metadata_props key of {integer tensor of a quantized activation: float tensor} (JSON)
-TENSORS_KEY = "onnxq.tensors"
 
 _PASSTHROUGH_DEPTH = 16  # integer-only ops walked back to their QuantizeLinear
 
@@ -83,18 +79,10 @@ class PointMatch:
 def recorded_tensors(model: onnx.ModelProto) -> dict[str, str] | None:
     """The ``onnxq.tensors`` record of ``model``, or None when it has none (or an
     unreadable one)."""
-    for prop in model.metadata_props:
-        if prop.key == TENSORS_KEY:
-            try:
-                value = json.loads(prop.value)
-            except ValueError:
-                return None
-            if isinstance(value, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            ):
-                return dict(value)
-            return None
-    return None
+    value = recorded(model, TENSORS_KEY)
+    if value is None or not all(isinstance(v, str) for v in value.values()):
+        return None
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def float_tensor_names(model: onnx.ModelProto) -> set[str]:

@@ -13,7 +13,6 @@ quantized nodes are ranked by what each costs the outputs alone
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from onnxq.calibration.collect import batch_for
 from onnxq.config import CalibrationConfig
 from onnxq.data import Dataset, DataSource, Preprocess, as_source
 from onnxq.errors import ModelError
+from onnxq.graph.metadata import SETTINGS_KEY, recorded
 from onnxq.graph.model_io import input_specs, load_model
 from onnxq.graph.node_switches import build_node_switches
 from onnxq.graph.outputs import with_outputs
@@ -42,7 +42,6 @@ from onnxq.report.schema import diagnose_document
 from onnxq.report.sensitivity import Sensitivity, measure_sensitivity
 from onnxq.runtime import Runner
 from onnxq.stages.prepare import prepare
-from onnxq.stages.save import SETTINGS_KEY
 from onnxq.tuning.check import check_samples
 
 __all__ = ["REPORT_SAMPLES", "DiagnoseReport", "diagnose", "recorded_settings"]
@@ -135,14 +134,7 @@ def diagnose(
 
 def recorded_settings(model: onnx.ModelProto) -> dict[str, Any] | None:
     """The ``onnxq.settings`` a model was quantized with, or None (another tool's)."""
-    for prop in model.metadata_props:
-        if prop.key == SETTINGS_KEY:
-            try:
-                value = json.loads(prop.value)
-            except ValueError:
-                return None
-            return value if isinstance(value, dict) else None
-    return None
+    return recorded(model, SETTINGS_KEY)
 
 
 def _load(float_path: Path, quantized_path: Path, allow_empty: bool) -> _Models:

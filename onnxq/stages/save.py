@@ -6,25 +6,21 @@ checked by onnx and written atomically."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 
 import onnx
 
-from onnxq._version import __version__
 from onnxq.errors import ModelError
 from onnxq.graph.candidate import Candidate
+from onnxq.graph.metadata import stamp
 from onnxq.graph.model_io import save_model
 from onnxq.graph.outputs import restrict_value_info
-from onnxq.graph.qdq_points import TENSORS_KEY
 from onnxq.stages.inputs import QuantizeRequest
 
-__all__ = ["SETTINGS_KEY", "TENSORS_KEY", "save", "stamp"]
+__all__ = ["save"]
 
 log = logging.getLogger(__name__)
-
-SETTINGS_KEY = "onnxq.settings"  # metadata_props key of the settings (JSON)
 
 
 def save(
@@ -58,29 +54,3 @@ def save(
     codes = {q: f for q, f in candidate.activation_codes.items() if f not in rescaled}
     stamp(model, settings, codes)
     return save_model(model, request.output_path)
-
-
-def _compact(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def stamp(
-    model: onnx.ModelProto,
-    settings: Mapping[str, object],
-    tensors: Mapping[str, str] | None = None,
-) -> None:
-    """Record onnxq's version, ``settings`` and, when given, ``tensors`` (integer tensor of
-    each quantized activation -> the float tensor it holds) in ``model``, replacing
-    earlier ones."""
-    model.producer_name = "onnxq"
-    model.producer_version = __version__
-    ours = (SETTINGS_KEY, "onnxq.version", TENSORS_KEY)
-    kept = [p for p in model.metadata_props if p.key not in ours]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entries = [("onnxq.version", __version__), (SETTINGS_KEY, _compact(settings))]
-    if tensors:
-        entries.append((TENSORS_KEY, _compact(dict(tensors))))
-    for key, value in entries:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
