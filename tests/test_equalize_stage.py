@@ -213,3 +213,13 @@ def test_rescaled_tensors_are_left_out_of_the_per_layer_record(tmp_path) -> None
     assert {"r_a", "c_dw"} <= records[False]
     assert not {"r_a", "c_dw", "c_a"} & records[True]
     assert records[True] and records[True] < records[False]
+
+
+def test_skipped_pairs_are_counted_by_their_cause_in_the_summary(tmp_path) -> None:
+    model, feed = conv_pair("Sigmoid")
+    model_path, data_path = _files(tmp_path, model, feed)
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(model_path), "-o", str(out), "--data", str(data_path), "--equalize"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "1 pairs skipped (1x Sigmoid between the layers)" in result.stderr

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from onnxq.calibration.ranges import RangesFile
-from onnxq.graph.passes.result import ChangeKind
+from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.graph.summary import CodebookInfo
 from onnxq.inspect import Inspection
 from onnxq.report import schema
@@ -321,7 +321,7 @@ def _method_lines(report: QuantizeReport) -> list[str]:
         absorbed = len(report.method_changes(ChangeKind.BIAS_ABSORBED))
         line = f"equalisation: {len(done)} layer pairs equalised, {absorbed} high biases absorbed"
         if skipped:
-            reasons = Counter(_reason(c.detail) for c in skipped).most_common(3)
+            reasons = Counter(_reason(c) for c in skipped).most_common(3)
             shown = "; ".join(f"{n}x {why}" for why, n in reasons)
             line += f", {len(skipped)} pairs skipped ({shown})"
         lines.append(line)
@@ -338,13 +338,9 @@ def _method_lines(report: QuantizeReport) -> list[str]:
     return lines
 
 
-def _reason(detail: str) -> str:
-    """A skip reason without node names: the op type that sat between the layers."""
-    if " between " in detail:
-        return f"{detail.split(' between ', 1)[0]} between layers"
-    if detail.startswith("'") and "' is read by " in detail:
-        return "output " + detail.split("' ", 1)[1]  # the tensor's name left out
-    return detail
+def _reason(change: Change) -> str:
+    """What a skip is counted under: the pass's group label (its detail when none)."""
+    return change.group or change.detail
 
 
 def _check_line(check: FitReport) -> str:

@@ -218,7 +218,8 @@ def _find_links(
         elif found is not None:
             why = _check_sites(found, idx, fixed, sites)
             if why:
-                skipped.append(Change(ChangeKind.PAIR_SKIPPED, found.name, why))
+                group = "a layer's weight, bias or channels cannot be rescaled"
+                skipped.append(Change(ChangeKind.PAIR_SKIPPED, found.name, why, group))
             else:
                 links.append(found)
     return links, sites, skipped
@@ -234,6 +235,18 @@ def _weighted_reader(tensor: str, idx: GraphIndex) -> onnx.NodeProto | None:
         if reader.op_type in _WEIGHTED and reader.input and reader.input[0] == tensor:
             return reader
     return None
+
+
+def _shared_group(tensors: Sequence[str], idx: GraphIndex) -> str:
+    """The skip group of a pair whose link is shared: by the readers' op types."""
+    for tensor in tensors:
+        if tensor in idx.graph_outputs:
+            return "output is a graph output"
+        ops = sorted(n.op_type for n in idx.consumers.get(tensor, []))
+        if len(ops) != 1:
+            swish = " (hard-swish)" if ops == ["HardSigmoid", "Mul"] else ""
+            return f"output read by {len(ops)} nodes: {', '.join(ops)}{swish}"
+    return "output shared"
 
 
 def _single_use(tensor: str, idx: GraphIndex) -> str | None:
@@ -256,7 +269,8 @@ def _find_link(node: onnx.NodeProto, idx: GraphIndex, relu6_to_relu: bool) -> _L
     if second is not None:
         why = _single_use(out, idx)
         if why:
-            return Change(ChangeKind.PAIR_SKIPPED, _pair_name(node, second), why)
+            group = _shared_group([out], idx)
+            return Change(ChangeKind.PAIR_SKIPPED, _pair_name(node, second), why, group)
         return _Link(node, second, None)
     for mid in idx.consumers.get(out, []):
         if not mid.output or not mid.output[0]:
@@ -265,12 +279,13 @@ def _find_link(node: onnx.NodeProto, idx: GraphIndex, relu6_to_relu: bool) -> _L
         if second is None:
             continue
         why = _single_use(out, idx) or _single_use(mid.output[0], idx)
+        group = _shared_group([out, mid.output[0]], idx)
         if why is None:
             act = _activation(mid, node, second, idx, relu6_to_relu)
             if isinstance(act, _Link):
                 return act
-            why = act
-        return Change(ChangeKind.PAIR_SKIPPED, _pair_name(node, second), why)
+            why, group = act, f"{mid.op_type} between the layers"
+        return Change(ChangeKind.PAIR_SKIPPED, _pair_name(node, second), why, group)
     return None
 
 

@@ -48,6 +48,7 @@ class Change:
     kind: ChangeKind
     name: str
     detail: str = ""
+    group: str = ""  # a label shared by changes of one cause, for reports to count by
 
 
 @dataclass(frozen=True)
