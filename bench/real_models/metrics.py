@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from onnxq.report.task.families import edit_distance
+
 __all__ = [
     "METRICS",
     "PRIMARY",
@@ -129,15 +131,7 @@ def decode(outputs: np.ndarray, characters: Sequence[str] | None = None) -> list
 
 
 def _levenshtein(a: str, b: str) -> int:
-    if a == b:
-        return 0
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    return edit_distance(a, b)
 
 
 def cer(reference: Sequence[str], hypothesis: Sequence[str]) -> float:

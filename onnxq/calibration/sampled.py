@@ -12,8 +12,11 @@ of the sampled batches so that their total is the number of bulk values seen (up
 rounding of each scaled bin to a whole count). NaN and inf are never binned, as in
 :class:`HistogramObserver`; min and max cover every finite value seen.
 
-With ``stride == 1`` it is exactly :class:`HistogramObserver`. Not mergeable once
-sampled (the edges of two streams differ).
+With ``stride == 1`` it is exactly :class:`HistogramObserver`. Shards of one stream merge
+exactly when each is given the stream's ``edge`` (from its batch 0) and the global index of
+its first batch (``start``): each batch is then binned whole or by its tail as in one pass,
+and the parts the result reads (both histograms, the bulk count, min and max) are sums
+and extremes.
 """
 
 from __future__ import annotations
@@ -24,22 +27,26 @@ import numpy as np
 
 from onnxq.calibration.histogram import Histogram, HistogramObserver
 
-__all__ = ["SampledHistogram"]
+__all__ = ["SampledHistogram", "tail_edge"]
 
 TAIL_SHARE = 0.01  # share of batch 0's values beyond the edge, at most
 
 
 class SampledHistogram:
-    def __init__(self, bins: int, stride: int = 1) -> None:
+    def __init__(
+        self, bins: int, stride: int = 1, *, edge: float | None = None, start: int = 0
+    ) -> None:
+        """``edge``: from the stream's batch 0 (else from this observer's first batch);
+        ``start``: the stream index of the first batch this observer sees."""
         if stride < 1:
             raise ValueError("stride must be at least 1")
         self.bins = bins
         self.stride = stride
         self.whole = HistogramObserver(bins)  # batches binned whole
         self.tail = HistogramObserver(bins)  # tails of the other batches
-        self.edge: float | None = None
+        self.edge = edge
         self.bulk_skipped = 0  # values inside (-edge, edge) of the batches not binned whole
-        self.index = 0
+        self.index = start
         self.lo, self.hi = math.inf, -math.inf  # of the batches not binned whole
 
     def update(self, x: np.ndarray, bounds: tuple[float, float] | None = None) -> None:
@@ -48,7 +55,7 @@ class SampledHistogram:
         if index % self.stride == 0 or self.edge is None:  # also when batch 0 was all zero
             self.whole.update(x, bounds)
             if self.stride > 1 and self.edge is None:
-                self.edge = _edge(self.whole.result())
+                self.edge = tail_edge(self.whole.result())
             return
         flat = np.asarray(x).reshape(-1)
         if bounds is not None and -self.edge <= bounds[0] and bounds[1] < self.edge:
@@ -69,10 +76,14 @@ class SampledHistogram:
         self.tail.update(flat[~inside])
 
     def merge(self, other: SampledHistogram) -> None:
-        if self.stride > 1 or other.stride > 1:
-            raise ValueError("sampled histograms cannot be merged")
+        """Add a shard sampled with the same stride and edge (see the module docstring)."""
+        if (self.stride, self.edge) != (other.stride, other.edge) or self.bins != other.bins:
+            raise ValueError("histograms sampled with different strides or edges cannot be merged")
         self.whole.merge(other.whole)
-        self.index += other.index
+        self.tail.merge(other.tail)
+        self.bulk_skipped += other.bulk_skipped
+        self.lo, self.hi = min(self.lo, other.lo), max(self.hi, other.hi)
+        self.index = max(self.index, other.index)
 
     def result(self) -> Histogram:
         whole = self.whole.result()
@@ -93,7 +104,7 @@ class SampledHistogram:
         return Histogram(counts.astype(np.int64), width, lo, hi)
 
 
-def _edge(hist: Histogram) -> float | None:
+def tail_edge(hist: Histogram) -> float | None:
     """The power of two at or below the first bin edge with at most TAIL_SHARE of
     ``hist``'s magnitudes beyond it (so somewhat more may lie beyond the result)."""
     total = hist.total

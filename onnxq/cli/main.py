@@ -10,6 +10,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,16 +31,19 @@ from onnxq.cli.options import (
     method_options,
     quiet_option,
     run_options,
+    shard_options,
     tuning_options,
     weight_options,
 )
 from onnxq.cli.reports import check_report_files, compare_reports, quantize_reports, report_options
+from onnxq.cli.task_options import metric_options
 from onnxq.config import (
     CalibrationConfig,
     CalibrationMethod,
     Granularity,
     LevelKind,
     Mode,
+    OptimizeFor,
     QuantConfig,
     QuantFlags,
     RangeMode,
@@ -55,6 +59,7 @@ from onnxq.recipe import read_recipe
 from onnxq.report import schema
 from onnxq.report.compare import Thresholds
 from onnxq.report.compare import compare as run_compare
+from onnxq.report.task import TaskTarget
 
 EXIT_THRESHOLD = 1
 EXIT_INPUT = 2
@@ -239,6 +244,7 @@ def inspect(model: Path, exclude: tuple[str, ...], target: str | None, as_json: 
     help="Activation bit width.",
 )
 @method_options
+@shard_options
 @run_options
 @config_options
 @handle_errors
@@ -254,6 +260,8 @@ def calibrate(
     percentile: float,
     bins: int,
     moving_average: float | None,
+    workers: int,
+    scheduler: str | None,
     batch_size: int,
     threads: int,
     preprocess: Preprocess | None,
@@ -261,8 +269,9 @@ def calibrate(
     """Run DATA through MODEL once and write the activation ranges to a JSON file.
 
     \b
-    Example:
+    Examples:
       onnxq calibrate model.onnx --data calib.npz -o ranges.json --granularity channel
+      onnxq calibrate model.onnx --data calib.npz -o ranges.json --workers 4
     """
     check_outputs({"model": model, "data": data, **side_inputs()}, {"-o/--output": output})
     check_writable(output)
@@ -275,6 +284,8 @@ def calibrate(
         moving_average=moving_average,
         scheme=Scheme(scheme),
         bits=bits,
+        workers=workers,
+        scheduler=scheduler,
     )
     with render.progress(is_quiet()) as progress:
         ranges = run_calibrate(
@@ -327,11 +338,19 @@ def calibrate(
     help="Exit 1 when the output check misses its target or the quantized model is likely "
     "slower than float (the warnings print on stderr either way).",
 )
+@click.option(
+    "--external-data/--no-external-data",
+    default=None,
+    help="Write the weights to <output>.data beside the model. Default: when the input "
+    "has external data or the output would pass protobuf's 2 GB.",
+)
 @report_options
+@shard_options
 @run_options
 @config_options
 @handle_errors
 @image_options
+@metric_options
 def quantize(
     model: Path,
     output: Path,
@@ -347,11 +366,15 @@ def quantize(
     as_json: bool,
     report_path: Path | None,
     strict: bool,
+    external_data: bool | None,
     html: Path | None,
     markdown: Path | None,
+    workers: int,
+    scheduler: str | None,
     batch_size: int,
     threads: int,
     preprocess: Preprocess | None,
+    task: TaskTarget,
     **flags: Any,
 ) -> None:
     """Quantize MODEL to int8 with QuantizeLinear/DequantizeLinear nodes and report the cost.
@@ -361,6 +384,8 @@ def quantize(
       onnxq quantize model.onnx -o model.int8.onnx --data calib.npz
       onnxq quantize model.onnx -o q.onnx --ranges ranges.json --eval eval.npz --labels labels
       onnxq quantize model.onnx -o q.onnx --data calib.npz --scheme asym --granularity channel
+      onnxq quantize rec.onnx -o q.onnx --data calib.npz --metric ctc:charset=dict.txt \\
+          --min-metric ctc.string_agreement=0.95
     """
     check_outputs(
         {
@@ -379,6 +404,7 @@ def quantize(
     config = QuantConfig.from_flags(
         quant_flags(flags), read_recipe(recipe) if recipe is not None else None
     )
+    config = replace(config, target=replace(config.target, task=task))
     calibration = CalibrationConfig(
         method=CalibrationMethod(method),
         batch_size=batch_size,
@@ -387,6 +413,8 @@ def quantize(
         moving_average=moving_average,
         scheme=config.activations.scheme,
         bits=config.activations.bits,
+        workers=workers,
+        scheduler=scheduler,
     )
     with render.progress(is_quiet()) as progress:
         result = run_quantize(
@@ -401,6 +429,7 @@ def quantize(
             threads=threads,
             progress=progress,
             preprocess=preprocess,
+            external_data=external_data,
         )
     if report_path is not None:
         write_atomic(report_path, schema.dumps(result.to_dict()).encode())
@@ -447,6 +476,7 @@ def quant_flags(flags: dict[str, Any]) -> QuantFlags:
         equalize=flags["equalize"],
         relu6_to_relu=flags["relu6_to_relu"],
         absorb_high_bias=flags["absorb_high_bias"],
+        optimize_for=OptimizeFor(flags["optimize_for"]),
         weight_levels=LevelKind(flags["weight_levels"]),
     )
 
@@ -487,6 +517,7 @@ def quant_flags(flags: dict[str, Any]) -> QuantFlags:
 @config_options
 @handle_errors
 @image_options
+@metric_options
 def compare(
     reference: Path,
     candidate: Path,
@@ -503,13 +534,16 @@ def compare(
     batch_size: int,
     threads: int,
     preprocess: Preprocess | None,
+    task: TaskTarget,
 ) -> None:
     """Measure CANDIDATE against REFERENCE; exit 1 when a threshold is violated.
 
     \b
-    Example:
+    Examples:
       onnxq compare model.onnx model.int8.onnx --data eval.npz --labels labels \\
           --max-drop 1 --min-agreement 99 --json
+      onnxq compare det.onnx det.int8.onnx --data eval.npz \\
+          --metric detect:slice=4:,boxes=0:4,k=20 --min-metric detect.top20_agreement=0.95
     """
     thresholds = Thresholds(max_drop, min_agreement, min_cosine, min_sqnr)
     check_outputs(
@@ -534,6 +568,7 @@ def compare(
             latency_runs=latency_runs,
             progress=progress,
             preprocess=preprocess,
+            task=task,
         )
     save_config(click.get_current_context(), "compare")
     render.comparison(report, as_json)

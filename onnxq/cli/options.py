@@ -20,6 +20,7 @@ from onnxq.config import (
     Granularity,
     LevelKind,
     Mode,
+    OptimizeFor,
     QuantConfig,
     RangeMode,
     Rounding,
@@ -178,6 +179,24 @@ run_options = stack(
     ),
     quiet_option,
     debug_option,
+)
+
+shard_options = stack(
+    click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=CAL.workers,
+        show_default=True,
+        help="Calibrate in N local processes, each on a run of the batches; the ranges are "
+        "the same, bit for bit.",
+    ),
+    click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Calibrate on the Dask cluster at ADDRESS (tcp://host:port), one shard per "
+        "worker (or --workers N); every worker must read the model and data at the same "
+        "paths. Needs pip install 'onnxq[distributed]'.",
+    ),
 )
 
 method_options = stack(
@@ -397,6 +416,16 @@ tuning_options = stack(
         default=QUANT.mode.value,
         show_default=True,
         help="static: calibrated activation ranges; dynamic: ranges computed at run time.",
+    ),
+    click.option(
+        "--optimize-for",
+        type=choice(OptimizeFor),
+        default=QUANT.optimize_for.value,
+        show_default=True,
+        help="When int8 would run slower than float on onnxruntime's CPU provider: size "
+        "writes it anyway (and warns); balanced times it against float on one sample and "
+        "writes the weights-only model instead when that is faster; latency also keeps "
+        "float the element-wise nodes that have no integer kernel.",
     ),
 )
 

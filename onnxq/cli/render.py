@@ -29,7 +29,7 @@ from onnxq.report.compare import CompareReport
 from onnxq.report.metrics import OutputFidelity
 from onnxq.report.quantize_report import QuantizeReport
 from onnxq.tuning.check import CheckResult
-from onnxq.tuning.fit import FitReport
+from onnxq.tuning.fit import FitReport, describe_target
 
 # markup=False: names and paths such as "[batch, 1, 8, 8]" are printed as they are
 out = Console(highlight=False, markup=False, soft_wrap=True)  # lines stay whole in pipes
@@ -158,6 +158,28 @@ def _fidelity_table(title: str, outputs: tuple[OutputFidelity, ...]) -> Table:
     return table
 
 
+def _task_tables(report: CompareReport) -> None:
+    """Per-part SQNR of concatenated outputs, then the task metrics and their goals."""
+    if report.parts:
+        table = Table(title="outputs judged part by part (ranges differ)", title_justify="left")
+        for col in ("part", "range", "SQNR dB", "cosine"):
+            table.add_column(col, justify="left" if col == "part" else "right")
+        for p in report.parts:
+            table.add_row(p.label, f"{p.range:.4g}", _db(p.sqnr_db), f"{p.cosine:.5f}")
+        _show(table)
+    if report.task:
+        goals = {g.goal.name: g for g in report.goals}
+        table = Table(title="task metrics", title_justify="left")
+        for col in ("metric", "value", "goal"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for name, value in report.task.items():
+            g = goals.get(name)
+            verdict = "" if g is None else ("ok" if g.met else "MISSED")
+            goal = "" if g is None else f"{g.goal.text[len(name) + 1 :]} {verdict}"
+            table.add_row(name, f"{value:.4g}", goal)
+        _show(table)
+
+
 def inspection(result: Inspection, as_json: bool) -> None:
     if as_json:
         emit_json(result.to_dict())
@@ -267,6 +289,13 @@ def _quantization_tables(report: QuantizeReport) -> None:
     table.add_row("quantized weights", str(report.quantized_weights))
     table.add_row("Q/DQ pairs", str(report.qdq_pairs))
     table.add_row("onnxruntime integer kernels", str(report.integer_kernels))
+    if report.latency is not None:
+        lat = report.latency
+        table.add_row(
+            "latency vs float",
+            f"{lat.ratio:.2f}× ({lat.written}: {lat.tried[lat.written]:.3g} vs "
+            f"{lat.float_ms:.3g} ms, one sample)",
+        )
     table.add_row("ranges", report.ranges_source)
     _show(table)
     if report.fidelity is not None:
@@ -344,16 +373,18 @@ def _reason(change: Change) -> str:
 
 
 def _check_line(check: FitReport) -> str:
+    t = check.target
+
     def state(r: CheckResult) -> str:
         top1 = r.worst_top1
         text = f"SQNR {r.sqnr_db:.1f} dB"
+        if t.task.goals:
+            shown = ", ".join(f"{g.name} {r.task.get(g.name, math.nan):.4g}" for g in t.task.goals)
+            return f"{shown} ({text})"
         return text if top1 is None else f"{text}, top-1 {_pct(top1)}"
 
-    t = check.target
-    head = (
-        f"output check on {check.before.samples} calibration samples "
-        f"(target SQNR {t.sqnr_db:g} dB, top-1 {_pct(t.top1)}): "
-    )
+    wanted = describe_target(t) if t.task.goals else f"SQNR {t.sqnr_db:g} dB, top-1 {_pct(t.top1)}"
+    head = f"output check on {check.before.samples} calibration samples (target {wanted}): "
     if not check.float_tensors and not check.float_nodes and check.before.meets(t):
         return head + f"met as planned ({state(check.before)})"
     verdict = "met" if check.met else "NOT met"
@@ -411,5 +442,6 @@ def comparison(report: CompareReport, as_json: bool) -> None:
                 f"latency (median of {lat.runs}, {lat.threads} threads, one sample): "
                 f"{lat.reference_ms:.3f} ms -> {lat.candidate_ms:.3f} ms ({lat.speedup:.2f}x)"
             )
+        _task_tables(report)
     for v in report.violations:
         err.print(f"threshold violated: {v}")

@@ -107,32 +107,48 @@ class Dataset:
     layouts: dict[str, Layout]
     num_samples: int
     label_key: str | None
+    part_sizes: tuple[int, ...] = ()  # samples (or feeds) of each part, when known
     # the arrays of the part read last, when small: quantize reads the data several times
     # (calibration, output check, evaluation) and a compressed .npz is slow to inflate
     _cache: dict[Part, dict[str, np.ndarray]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
+    def batches(self, batch_size: int, first: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Feeds of at most ``batch_size`` samples, one part in memory at a time.
 
         Inputs with a fixed batch dimension ``k`` are fed ``k`` samples at a time;
-        with any input in the FEEDS layout, one feed (one sample) at a time.
+        with any input in the FEEDS layout, one feed (one sample) at a time. ``first`` and
+        ``stop``: only the feeds with these indices (a shard); the batches are the same
+        whatever the span, and parts wholly before it are not read.
         """
         step = self._step(batch_size)
-        for part in self.parts:
+        index = 0
+        for number, part in enumerate(self.parts):
+            if stop is not None and index >= stop:
+                return
+            if self.part_sizes and index + math.ceil(self.part_sizes[number] / step) <= first:
+                index += math.ceil(self.part_sizes[number] / step)
+                continue
             arrays = self._arrays(part)
             count = _file_count(arrays, self.specs, self.layouts)
             for start in range(0, count, step):
-                stop = min(start + step, count)
-                feed = {s.name: self._slice(arrays[s.name], s, start, stop) for s in self.specs}
-                labels = arrays[self.label_key][start:stop] if self.label_key else None
-                yield Batch(feed=feed, labels=labels, size=stop - start)
+                index += 1
+                if index <= first or (stop is not None and index > stop):
+                    continue
+                end = min(start + step, count)
+                feed = {s.name: self._slice(arrays[s.name], s, start, end) for s in self.specs}
+                labels = arrays[self.label_key][start:end] if self.label_key else None
+                yield Batch(feed=feed, labels=labels, size=end - start)
 
     def num_batches(self, batch_size: int) -> int:
-        """How many feeds :meth:`batches` yields for ``batch_size``: exact for one file; a
-        folder whose file sizes the step does not divide gives up to one more per file."""
-        return math.ceil(self.num_samples / self._step(batch_size))
+        """How many feeds :meth:`batches` yields for ``batch_size`` (exact when the part
+        sizes are known; else a folder whose file sizes the step does not divide gives up
+        to one more per file)."""
+        step = self._step(batch_size)
+        if self.part_sizes:
+            return sum(math.ceil(n / step) for n in self.part_sizes)
+        return math.ceil(self.num_samples / step)
 
     def _arrays(self, part: Part) -> dict[str, np.ndarray]:
         if part not in self._cache:
@@ -181,7 +197,7 @@ def open_parts(
 ) -> Dataset:
     """Validate every part against ``specs`` (``origin`` names the whole in messages)."""
     layouts: dict[str, Layout] = {}
-    total = 0
+    sizes: list[int] = []
     arrays: dict[str, np.ndarray] = {}
     for file in parts:
         arrays = file.read([s.name for s in specs], label_key)
@@ -196,12 +212,13 @@ def open_parts(
         _check_fixed_batch(file, specs, arrays, layouts)
         if label_key is not None:
             _check_labels(file, label_key, arrays[label_key], count)
-        total += count
+        sizes.append(count)
+    total = sum(sizes)
     if total == 0:
         raise DataError(
             f"{origin}: holds zero samples; calibration and evaluation need at least one"
         )
-    dataset = Dataset(tuple(parts), tuple(specs), layouts, total, label_key)
+    dataset = Dataset(tuple(parts), tuple(specs), layouts, total, label_key, tuple(sizes))
     if len(parts) == 1 and sum(a.nbytes for a in arrays.values()) <= CACHE_BYTES:
         dataset._cache[parts[0]] = arrays
     return dataset

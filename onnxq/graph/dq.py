@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from onnxq.graph.external import tensor_values
 from onnxq.graph.rules import GraphIndex, attribute
 from onnxq.quant import QParams, QType
 
@@ -16,9 +16,9 @@ def constant_dq_params(dq: onnx.NodeProto, idx: GraphIndex) -> QParams:
     """The QParams of ``dq`` (scale, zero point — 0 when omitted —, axis, block size and
     the codes' integer type), all of whose inputs are initializers in ``idx``."""
     codes = idx.initializers[dq.input[0]]
-    scale = numpy_helper.to_array(idx.initializers[dq.input[1]]).astype(np.float32)
+    scale = tensor_values(idx.initializers[dq.input[1]]).astype(np.float32)
     zp = (
-        numpy_helper.to_array(idx.initializers[dq.input[2]]).astype(np.int64)
+        tensor_values(idx.initializers[dq.input[2]]).astype(np.int64)
         if len(dq.input) > 2 and dq.input[2]
         else np.zeros(scale.shape, np.int64)
     )

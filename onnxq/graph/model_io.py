@@ -7,8 +7,9 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -16,12 +17,22 @@ from onnx import helper
 
 from onnxq.data.dataset import InputSpec
 from onnxq.errors import ModelError
+from onnxq.graph.external import (
+    checkable,
+    externalized,
+    inlined,
+    pin_external_data,
+    stored_bytes,
+    uses_external_data,
+)
 
 __all__ = [
+    "PROTOBUF_LIMIT",
     "TEMP_SUFFIX",
     "check_distinct",
     "check_outputs",
     "check_writable",
+    "data_path",
     "fingerprint",
     "input_specs",
     "load_model",
@@ -33,24 +44,32 @@ __all__ = [
 
 # write_atomic's temporary files: ".<name>.<pid>.<random>.onnxq-tmp" beside <name>
 TEMP_SUFFIX = ".onnxq-tmp"
+# a model past this many bytes of tensors is written with external data (protobuf's limit
+# for one message is 2 GiB; the margin holds the graph itself)
+PROTOBUF_LIMIT = 2**31 - 2**26
 _STARTED = time.time()  # when this process loaded onnxq: temporary files older are stale
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
-    """Read and check an ONNX model; one-line :class:`ModelError` when that fails."""
+    """Read and check an ONNX model; one-line :class:`ModelError` when that fails.
+
+    Initializers in external data files stay in their files: each reference is checked
+    and pinned to its file (:func:`onnxq.graph.external.pin_external_data`), and passes
+    read the values one tensor at a time (:func:`onnxq.graph.external.tensor_values`)."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file '{path}' does not exist")
     if path.is_dir():
         raise ModelError(f"model path '{path}' is a folder, not an .onnx file")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types
         raise ModelError(f"'{path}' is not an ONNX model ({_first_line(exc)})") from exc
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"'{path}' is not an ONNX model (it holds no graph)")
+    pin_external_data(model, path)  # before the checker, which names no path
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(checkable(model))
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"'{path}' is not a valid ONNX model: {_first_line(exc)}") from exc
     return model
@@ -62,8 +81,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def fingerprint(model: onnx.ModelProto) -> str:
-    """A stable digest of the graph (nodes, initializers, inputs and outputs)."""
-    digest = hashlib.sha256(model.graph.SerializeToString(deterministic=True))
+    """A stable digest of the graph (nodes, initializers, inputs and outputs). External
+    initializers count by their file name, offset and length, not their bytes."""
+    graph = model.graph
+    if uses_external_data(model):  # the same model wherever its folder is
+        graph = onnx.GraphProto()
+        graph.CopyFrom(model.graph)
+        for tensor in graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = Path(entry.value).name
+    digest = hashlib.sha256(graph.SerializeToString(deterministic=True))
     return "sha256:" + digest.hexdigest()
 
 
@@ -135,17 +163,63 @@ def check_writable(target: str | Path) -> None:
         raise ModelError(f"cannot write '{target}': folder '{folder}' is not writable")
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> int:
-    """Check ``model`` and write it atomically (temporary file in the target folder, then
-    rename). Returns the size in bytes. Nothing is left behind when this fails."""
+def data_path(path: str | Path) -> Path:
+    """The external data file onnxq writes beside model ``path``: ``<name>.data``."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
+def save_model(model: onnx.ModelProto, path: str | Path, *, external: bool | None = None) -> int:
+    """Check ``model`` and write it atomically (temporary files in the target folder, then
+    renames). Returns the bytes written, data file included. Nothing is left behind when
+    this fails.
+
+    ``external``: write the tensors to ``<name>.data`` beside the model (True), inside the
+    one protobuf (False), or (None) the former when ``model`` reads external data or its
+    tensors pass PROTOBUF_LIMIT. With a data file, the data is written and renamed first,
+    the model last, so a model never names a data file that is not there in full."""
     path = Path(path)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(checkable(model))
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"the quantized model failed onnx.checker: {_first_line(exc)}") from exc
-    data = model.SerializeToString()
+    if external is None:
+        external = uses_external_data(model) or stored_bytes(model) > PROTOBUF_LIMIT
+    if external:
+        return _save_external(model, path)
+    whole = inlined(model) if uses_external_data(model) else model
+    if whole.ByteSize() > PROTOBUF_LIMIT:
+        raise ModelError(
+            f"the quantized model holds {whole.ByteSize() / 1e9:.2f} GB, past protobuf's "
+            "2 GB limit for one file; write it with --external-data"
+        )
+    data = whole.SerializeToString()
     write_atomic(path, data)
     return len(data)
+
+
+def _save_external(model: onnx.ModelProto, path: Path) -> int:
+    data = data_path(path)
+    check_writable(path)
+    check_writable(data)
+    remove_stale_temps(data)
+    made: list[onnx.ModelProto] = []
+    tmp = _write_temp(data, lambda fh: made.append(externalized(model, data.name, fh)))
+    try:
+        proto = made[0].SerializeToString()
+        os.replace(tmp, data)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"cannot write '{data}': {exc.strerror}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        write_atomic(path, proto)
+    except BaseException:
+        data.unlink(missing_ok=True)  # no data file without its model
+        raise
+    return len(proto) + data.stat().st_size
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
@@ -154,33 +228,49 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     flushed. Temporary files of ``path`` that a killed run left behind are removed first
     (:func:`remove_stale_temps`)."""
     path = Path(path)
+    check_writable(path)
+    remove_stale_temps(path)
+
+    def write(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    tmp = _write_temp(path, write)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"cannot write '{path}': {exc.strerror}") from exc
+    _sync_folder(tmp.parent)
+
+
+def _write_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """A temporary file beside ``path`` (``.<name>.<pid>.<random>.onnxq-tmp``, the mode of
+    a new file) holding what ``write`` wrote, flushed to disk; removed if writing fails."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelError(f"cannot write '{path}': folder '{folder}' does not exist")
-    check_writable(path)
-    remove_stale_temps(path)
     try:
-        fd, tmp = tempfile.mkstemp(
+        fd, name = tempfile.mkstemp(
             prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=folder
         )
     except OSError as exc:
         raise ModelError(f"cannot write '{path}': {exc.strerror}") from exc
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())  # durable before it takes the final name
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a new file's usual mode
-        os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise ModelError(f"cannot write '{path}': {exc.strerror}") from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    _sync_folder(folder)
+    return tmp
 
 
 def _sync_folder(folder: Path) -> None:

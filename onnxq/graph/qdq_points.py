@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from onnxq.graph.external import tensor_values
 from onnxq.graph.metadata import TENSORS_KEY, recorded
 from onnxq.graph.rules import GraphIndex, attribute
 from onnxq.quant import QParams, QType
@@ -155,13 +155,13 @@ def _node_qparams(idx: GraphIndex, node: onnx.NodeProto) -> QParams | None:
     inits: Mapping[str, onnx.TensorProto] = idx.initializers
     if len(node.input) < 2 or node.input[1] not in inits:
         return None
-    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    scale = tensor_values(inits[node.input[1]]).astype(np.float32)
     has_zp = len(node.input) > 2 and bool(node.input[2])
     if has_zp and node.input[2] not in inits:
         return None
     if has_zp:
         zp_tensor = inits[node.input[2]]
-        zero_point = numpy_helper.to_array(zp_tensor).astype(np.int64)
+        zero_point = tensor_values(zp_tensor).astype(np.int64)
         type_name = onnx.TensorProto.DataType.Name(zp_tensor.data_type).lower()
     else:
         zero_point = np.zeros(scale.shape, np.int64)

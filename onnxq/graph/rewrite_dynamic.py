@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.config import Granularity, QuantConfig, Scheme
 from onnxq.graph.edit import drop_unused_initializers, topological
+from onnxq.graph.external import stored_tensor, tensor_values, uses_external_data
 from onnxq.graph.names import NameFactory
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
 from onnxq.graph.plan import (
@@ -89,6 +90,7 @@ def rewrite_dynamic(
     inits: list[onnx.TensorProto] = []
     activations: dict[str, tuple[str, str, str]] = {}  # x -> (x_q, x_scale, x_zp)
     weights: list[str] = []
+    spill = uses_external_data(model)
     for node in out.graph.node:
         if node.name not in chosen:
             new_nodes.append(node)
@@ -103,7 +105,7 @@ def rewrite_dynamic(
             )
             activations[x] = (q, s, z)
         q, s, z = activations[x]
-        w = numpy_helper.to_array(idx.initializers[node.input[1]]).astype(np.float32)
+        w = tensor_values(idx.initializers[node.input[1]]).astype(np.float32)
         alpha, bias = 1.0, None
         if node.op_type == "Gemm":
             if _float_attr(node, "transB", 0):
@@ -129,7 +131,7 @@ def rewrite_dynamic(
         base = node.input[1]
         w_q, w_zp, w_scale = (names.new(f"{base}_{k}") for k in ("quantized", "zp", "scale"))
         inits += [
-            numpy_helper.from_array(quantize(w, qp), w_q),
+            stored_tensor(quantize(w, qp), w_q, spill=spill),  # external data: to the spill
             numpy_helper.from_array(qp.zero_point, w_zp),
             numpy_helper.from_array((qp.scale * np.float32(alpha)).astype(np.float32), w_scale),
         ]
@@ -157,9 +159,7 @@ def rewrite_dynamic(
         if bias is not None:
             c_name, beta = bias
             if beta != 1.0:
-                c = numpy_helper.to_array(idx.initializers[c_name]).astype(np.float32) * np.float32(
-                    beta
-                )
+                c = tensor_values(idx.initializers[c_name]).astype(np.float32) * np.float32(beta)
                 c_name = names.new(f"{c_name}_scaled")
                 inits.append(numpy_helper.from_array(c, c_name))
             new_nodes.append(

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from onnxq.config import QuantConfig, Scheme
 from onnxq.graph.edit import drop_unused_initializers, replace_input, replace_output, topological
+from onnxq.graph.external import row_reader, stored_tensor, tensor_values, uses_external_data
 from onnxq.graph.names import NameFactory
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
 from onnxq.graph.plan import QuantPlan, WeightUse
@@ -26,7 +27,7 @@ from onnxq.quant import QParams, QType, quantize
 from onnxq.quant.bias import bias_codes
 from onnxq.quant.methods import CalibrationMethod, Rounding
 from onnxq.quant.rounding import stochastic_quantize
-from onnxq.quant.weights import WeightLayout, weight_qparams
+from onnxq.quant.weights import WeightLayout, in_slabs, slab_axis, slicer, weight_qparams
 
 __all__ = ["is_codebook", "rewrite_qdq", "use_qparams"]
 
@@ -39,6 +40,8 @@ class _Builder:
         self.names = NameFactory(model)
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        # a model with external data: new tensors go to the spill file, not the proto
+        self.spill = uses_external_data(model)
 
     def constant(self, base: str, value: np.ndarray, qtype: QType | None = None) -> str:
         """A new initializer; codes of 4-bit types are stored packed, as ONNX defines."""
@@ -46,7 +49,7 @@ class _Builder:
         arr = np.asarray(value)
         if qtype is not None and qtype.bits == 4:
             arr = arr.astype(ml_dtypes.int4 if qtype.signed else ml_dtypes.uint4)
-        self.inits.append(numpy_helper.from_array(arr, name))
+        self.inits.append(stored_tensor(arr, name, spill=self.spill))
         return name
 
     def qparams(self, base: str, qp: QParams, *, omit_zero: bool = False) -> list[str]:
@@ -256,16 +259,31 @@ def _store_weight(
 ) -> tuple[str, QParams]:
     """Integer initializer + DequantizeLinear for a weight (its spec, or codes computed
     elsewhere) or a constant input of an element-wise node (stored like the activations)."""
-    w = numpy_helper.to_array(idx.initializers[use.tensor]).astype(np.float32)
     if precomputed is not None:
         codes, qp = precomputed
         return _write_weight(use.tensor, codes, qp, b)
-    qp = use_qparams(use, w, config)
+    init = idx.initializers[use.tensor]
     if use.spec is not None and config.rounding is Rounding.STOCHASTIC:
+        w = tensor_values(init).astype(np.float32, copy=False)
+        qp = use_qparams(use, w, config)
         # one stream per tensor: the codes of a weight do not depend on the others
         rng = np.random.default_rng([config.seed, zlib.crc32(use.tensor.encode())])
         return _write_weight(use.tensor, stochastic_quantize(w, qp, rng), qp, b)
-    return _write_weight(use.tensor, quantize(w, qp), qp, b)
+
+    def nearest(part: np.ndarray) -> tuple[np.ndarray, QParams]:
+        part = part.astype(np.float32, copy=False)
+        part_qp = use_qparams(use, part, config)
+        return quantize(part, part_qp), part_qp
+
+    # a large weight in slabs, read from its file slab by slab when it has one: memory
+    # follows the slab, not the weight
+    layout = use.layout if use.spec is not None else WeightLayout()
+    axis = slab_axis(layout, len(init.dims))
+    read = row_reader(init) if axis == 0 else None
+    if read is None:
+        read = slicer(tensor_values(init), axis)
+    codes, qp = in_slabs(tuple(init.dims), layout, read, nearest)
+    return _write_weight(use.tensor, codes, qp, b)
 
 
 def use_qparams(use: WeightUse, w: np.ndarray, config: QuantConfig) -> QParams:
@@ -305,7 +323,7 @@ def _store_bias(
 ) -> str | None:
     """int32 bias with scale = input scale × weight scale (zero point 0), or None when it
     stays float (:func:`onnxq.quant.bias.bias_codes`)."""
-    bias = numpy_helper.to_array(idx.initializers[use.tensor])
+    bias = tensor_values(idx.initializers[use.tensor])
     stored = bias_codes(bias, x_qp.scale, w_qp.scale)
     if stored is None:
         return None

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from onnxq.graph.external import tensor_values
 
 __all__ = [
     "ACTIVATION_FUSIONS",
@@ -299,7 +301,7 @@ def clip_from_zero(node: onnx.NodeProto, idx: GraphIndex) -> bool:
         return float(attribute(node, "min", -3.4e38)) == 0.0
     if len(node.input) < 2 or node.input[1] not in idx.initializers:
         return False
-    low = numpy_helper.to_array(idx.initializers[node.input[1]])
+    low = tensor_values(idx.initializers[node.input[1]])
     if len(node.input) > 2 and node.input[2] and node.input[2] not in idx.initializers:
         return False
     return low.size == 1 and float(low.reshape(-1)[0]) == 0.0

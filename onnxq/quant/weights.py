@@ -5,7 +5,8 @@ range; the qparams formula is the same for all."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -13,7 +14,17 @@ from onnxq.quant.methods import CalibrationMethod, Granularity
 from onnxq.quant.qparams import QParams, compute_qparams, dequantize, quantize
 from onnxq.quant.qtypes import QType
 
-__all__ = ["WeightLayout", "weight_qparams", "weight_range"]
+__all__ = [
+    "SLAB_BYTES",
+    "WeightLayout",
+    "in_slabs",
+    "slab_axis",
+    "slicer",
+    "weight_qparams",
+    "weight_range",
+]
+
+SLAB_BYTES = 16 * 2**20  # float32 bytes of a weight quantized at once by in_slabs
 
 
 @dataclass(frozen=True)
@@ -177,3 +188,65 @@ def _mse_rows(
         best_lo = np.where(better, lo * s, best_lo)
         best_hi = np.where(better, hi * s, best_hi)
     return best_lo, best_hi
+
+
+def slab_axis(layout: WeightLayout, ndim: int) -> int | None:
+    """The axis along which a weight splits into slabs whose qparams and codes do not
+    depend on one another: the channel axis (``CHANNEL``), the first axis (``BLOCK``; cut
+    at whole blocks when it is the block axis); None when one range spans every index of
+    every axis (``TENSOR``, ``GROUP``). Axis 0 is contiguous in the stored tensor, so a
+    slab of it can be read from a file on its own."""
+    if layout.axis is None or ndim == 0:
+        return None
+    if layout.kind is Granularity.CHANNEL:
+        return layout.axis % ndim
+    if layout.kind is Granularity.BLOCK:
+        return 0
+    return None
+
+
+def in_slabs(
+    shape: tuple[int, ...],
+    layout: WeightLayout,
+    read: Callable[[int, int], np.ndarray],
+    quantize_slab: Callable[[np.ndarray], tuple[np.ndarray, QParams]],
+    max_bytes: int = SLAB_BYTES,
+) -> tuple[np.ndarray, QParams]:
+    """``quantize_slab(w)`` of the weight ``w`` of ``shape``, computed slab by slab along
+    :func:`slab_axis` when ``w`` holds more than ``max_bytes`` as float32. ``read(start,
+    stop)`` returns indices ``start:stop`` of that axis (all of ``w`` with ``(0, n)``), so
+    neither ``w`` nor the temporaries of quantizing it are held whole. The codes and
+    qparams are those of the whole (each range lies inside one slab); per-channel scales
+    join along their one axis, blocked scales along the slab axis."""
+    axis = slab_axis(layout, len(shape))
+    size = math.prod(shape)
+    if axis is None or size * 4 <= max_bytes or shape[axis] < 2:
+        whole = shape[0 if axis is None else axis] if shape else 0
+        return quantize_slab(read(0, whole))
+    step = max(1, max_bytes // (size // shape[axis] * 4))
+    if (
+        layout.kind is Granularity.BLOCK
+        and layout.axis is not None
+        and layout.axis % len(shape) == 0
+    ):
+        step = max(layout.size, step // layout.size * layout.size)  # whole blocks only
+    codes, scales, zeros = [], [], []
+    qp: QParams | None = None
+    for start in range(0, shape[axis], step):
+        c, qp = quantize_slab(read(start, min(start + step, shape[axis])))
+        codes.append(c)
+        scales.append(qp.scale)
+        zeros.append(qp.zero_point)
+    assert qp is not None  # at least one slab
+    joint = 0 if layout.kind is Granularity.CHANNEL else axis
+    return np.concatenate(codes, axis=axis), replace(
+        qp, scale=np.concatenate(scales, axis=joint), zero_point=np.concatenate(zeros, axis=joint)
+    )
+
+
+def slicer(w: np.ndarray, axis: int | None) -> Callable[[int, int], np.ndarray]:
+    """``read`` for :func:`in_slabs` over an array held in memory (all of it when there
+    is no slab axis)."""
+    if axis is None or w.ndim == 0:
+        return lambda start, stop: w
+    return lambda start, stop: np.take(w, np.arange(start, stop), axis=axis)

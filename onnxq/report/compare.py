@@ -13,11 +13,15 @@ from onnxq.calibration.collect import FloatSession
 from onnxq.config import CalibrationConfig
 from onnxq.data import DataSource, Preprocess, as_source
 from onnxq.errors import ConfigError, ModelError
+from onnxq.graph.concat_parts import concat_parts
+from onnxq.graph.external import model_bytes
 from onnxq.graph.model_io import input_specs, load_model
 from onnxq.graph.passes.shapes import infer_shapes
 from onnxq.report.fidelity import Fidelity, evaluate
 from onnxq.report.metrics import OutputFidelity, accuracy_of
 from onnxq.report.schema import compare_document
+from onnxq.report.task import GoalResult, TaskMeter, TaskTarget, check_goals
+from onnxq.report.task.parts import PartFidelity, PartsMeter, parts_of
 from onnxq.runtime import Runner, measure_latency
 
 __all__ = ["CompareReport", "Latency", "Thresholds", "compare"]
@@ -74,6 +78,9 @@ class CompareReport:
     labels: str | None
     thresholds: Thresholds
     violations: tuple[str, ...] = field(default_factory=tuple)
+    task: dict[str, float] = field(default_factory=dict)  # METRIC.VALUE -> value
+    goals: tuple[GoalResult, ...] = ()  # --min-metric / --max-metric, measured
+    parts: tuple[PartFidelity, ...] = ()  # concatenated outputs judged part by part
 
     @property
     def ok(self) -> bool:
@@ -96,11 +103,15 @@ def compare(
     latency_runs: int = 20,
     progress: Callable[[str, int, int], None] | None = None,
     preprocess: Preprocess | None = None,
+    task: TaskTarget | None = None,
 ) -> CompareReport:
     """Fidelity, accuracy, size and latency of ``candidate`` against ``reference`` on
     ``data_path``: a path, an array, a dict of arrays or feeds (:data:`DataSource`);
-    ``preprocess`` is the preprocessing of a folder of images."""
+    ``preprocess`` is the preprocessing of a folder of images; ``task``: the declared task
+    metrics (reported) and goals on them (gated). Concatenated outputs whose parts differ
+    in range are also measured part by part (:mod:`onnxq.report.task.parts`)."""
     thresholds = thresholds or Thresholds()
+    task = task or TaskTarget()
     if thresholds.max_drop is not None and labels is None:
         raise ConfigError("--max-drop needs --labels KEY naming the labels in the data")
     reference, candidate = load_model(reference_path), load_model(candidate_path)
@@ -125,6 +136,8 @@ def compare(
             "--min-agreement and --max-drop need a classifier-shaped output [batch, classes]; "
             "this model's outputs have ranks " + ", ".join(map(str, ranks))
         )
+    meter = TaskMeter(task, ref_outputs)  # imports custom metrics: fails before any run
+    parts = PartsMeter({n: parts_of(b) for n, b in concat_parts(reference).items()})
     source = as_source(data_path, preprocess, labels=labels)
     dataset = source.open(specs, label_key=labels)
     threads = threads or (os.cpu_count() or 1)
@@ -134,7 +147,15 @@ def compare(
     sizing = FloatSession(infer_shapes(reference).model, threads=threads)
     batch_size = sizing.affordable_batch(dataset, batch_size)
     del sizing
-    fidelity = evaluate(ref_runner, cand_runner, dataset, batch_size=batch_size, progress=progress)
+    fidelity = evaluate(
+        ref_runner,
+        cand_runner,
+        dataset,
+        batch_size=batch_size,
+        progress=progress,
+        observers=(meter, parts),
+    )
+    values = meter.result()
     latency = None
     if latency_runs > 0:
         first = next(dataset.batches(1)).feed
@@ -144,12 +165,15 @@ def compare(
         reference=str(reference_path),
         candidate=str(candidate_path),
         data=str(source),
-        reference_bytes=Path(reference_path).stat().st_size,
-        candidate_bytes=Path(candidate_path).stat().st_size,
+        reference_bytes=model_bytes(reference_path),
+        candidate_bytes=model_bytes(candidate_path),
         fidelity=fidelity,
         latency=latency,
         labels=labels,
         thresholds=thresholds,
+        task=values,
+        goals=tuple(check_goals(task.goals, values)),
+        parts=parts.result(),
     )
     return replace(report, violations=tuple(check(report)))
 
@@ -158,9 +182,10 @@ def check(report: CompareReport) -> list[str]:
     """Every threshold the report violates, in words. An output holding NaN or inf (in
     either model) fails every threshold given: its metrics mean nothing."""
     t = report.thresholds
-    if not t.enabled:
+    if not t.enabled and not report.goals:
         return []
     out = [_nonfinite(o) for o in report.fidelity.outputs if not o.finite]
+    out += [f"{g.goal.text} not met: {g.value:.4g}" for g in report.goals if not g.met]
     out += _classifier_violations(report)
     for o in report.fidelity.outputs:
         # written so that a NaN metric fails too
@@ -170,6 +195,9 @@ def check(report: CompareReport) -> list[str]:
             )
         if t.min_sqnr is not None and not o.sqnr_db >= t.min_sqnr:
             out.append(f"SQNR of '{o.name}' is {o.sqnr_db:.2f} dB < --min-sqnr {t.min_sqnr:g} dB")
+    for p in report.parts:  # the per-part rule: a threshold on SQNR applies to each part
+        if t.min_sqnr is not None and not p.sqnr_db >= t.min_sqnr:
+            out.append(f"SQNR of '{p.label}' is {p.sqnr_db:.2f} dB < --min-sqnr {t.min_sqnr:g} dB")
     return out
 
 

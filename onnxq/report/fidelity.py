@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 from onnxq.data import Dataset
 from onnxq.report.metrics import OutputFidelity, OutputStats
 from onnxq.runtime import Runner
 
-__all__ = ["Fidelity", "evaluate"]
+__all__ = ["BatchObserver", "Fidelity", "evaluate"]
+
+
+class BatchObserver(Protocol):
+    """Sees both models' outputs of every batch (task metrics, per-part SQNR)."""
+
+    def update(
+        self,
+        ref: Mapping[str, np.ndarray],
+        cand: Mapping[str, np.ndarray],
+        labels: np.ndarray | None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -32,9 +46,11 @@ def evaluate(
     limit: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     outputs: Sequence[str] | None = None,
+    observers: Sequence[BatchObserver] = (),
 ) -> Fidelity:
     """Metrics of ``outputs`` (default: every output of ``reference``) over ``dataset``
-    (its first ``limit`` samples or more, whole batches, when given), batch by batch."""
+    (its first ``limit`` samples or more, whole batches, when given), batch by batch;
+    ``observers`` see the outputs of each batch too."""
     total = dataset.num_samples if limit is None else min(limit, dataset.num_samples)
     names = list(outputs if outputs is not None else reference.output_names)
     stats = {n: OutputStats(n) for n in names}
@@ -44,6 +60,8 @@ def evaluate(
         cand = candidate.run(batch.feed, names)
         for n in names:
             stats[n].update(ref[n], cand[n], batch.labels)
+        for observer in observers:
+            observer.update(ref, cand, batch.labels)
         done += batch.size
         if progress is not None:
             progress("evaluating", min(done, total), total)

@@ -27,6 +27,7 @@ __all__ = [
     "OutputFidelity",
     "OutputStats",
     "accuracy_of",
+    "cosine_rows",
     "is_classifier",
     "noise_ratio",
     "sqnr_db",
@@ -150,7 +151,7 @@ class OutputStats:
         self._nonfinite[1] += int(c.size - np.count_nonzero(np.isfinite(c)))
         # NaN and inf propagate on purpose (the counts above say why), silently
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            cos = _cosine_rows(rows_r, rows_c)
+            cos = cosine_rows(rows_r, rows_c)
             err = r - c
             self._signal += float(np.sum(r * r))
             self._noise += float(np.sum(err * err))
@@ -195,7 +196,7 @@ def _finite_rows(rows: np.ndarray) -> np.ndarray:
     return np.asarray(np.isfinite(rows).all(axis=1))
 
 
-def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of each row; 1 when both rows are zero, 0 when one is."""
     dot = np.einsum("ij,ij->i", a, b)
     na = np.sqrt(np.einsum("ij,ij->i", a, a))

@@ -188,6 +188,12 @@ def compare_page(
                 f"({lat.speedup:.2f}x, median of {lat.runs}, {lat.threads} threads)",
             )
         )
+    summary += [(f"SQNR of {p.label}", f"{db(p.sqnr_db)} dB") for p in report.parts]
+    goals = {g.goal.name: g for g in report.goals}
+    for name, value in report.task.items():
+        g = goals.get(name)
+        verdict = "" if g is None else f" (goal {g.goal.text}: {'met' if g.met else 'missed'})"
+        summary.append((name, f"{value:.4g}{verdict}"))
     run = {"thresholds": asdict(report.thresholds), "labels": report.labels}
     return Page(
         kind="compare",

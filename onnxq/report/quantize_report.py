@@ -3,15 +3,17 @@ JSON document (:mod:`onnxq.report.schema`) and the rendered summary."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.graph.plan import NodeDecision
 from onnxq.report.fidelity import Fidelity
+from onnxq.report.latency import LatencyCheck
 from onnxq.report.preflight import RuntimePreview
 from onnxq.report.schema import quantize_document
-from onnxq.tuning.fit import FitReport
+from onnxq.tuning.fit import FitReport, describe_target
 
 __all__ = ["QuantizeReport"]
 
@@ -40,6 +42,7 @@ class QuantizeReport:
     methods: tuple[Change, ...] = ()
     float_change: Fidelity | None = None  # equalisation's ReLU6 -> Relu, float vs float
     ranges_warnings: tuple[str, ...] = ()  # --ranges ranges that miss the data's values
+    latency: LatencyCheck | None = None  # the written model timed against float
 
     def method_changes(self, kind: ChangeKind) -> tuple[Change, ...]:
         return tuple(c for c in self.methods if c.kind is kind)
@@ -65,6 +68,9 @@ class QuantizeReport:
         if self.check is not None and not self.check.met:
             out.append(_missed(self.check))
         rt = self.runtime
+        slower = None if self.latency is None else self.latency.warning()
+        if slower is not None:
+            out.append(slower)
         if rt.slower_than_float_risk:
             out.append(
                 f"onnxruntime's CPU provider runs {rt.standalone_qdq} stand-alone Q/DQ "
@@ -81,9 +87,11 @@ class QuantizeReport:
 def _missed(check: FitReport) -> str:
     t, after = check.target, check.after
     got = f"SQNR {after.sqnr_db:.1f} dB"
-    if after.worst_top1 is not None:
+    if t.task.goals:
+        got = ", ".join(f"{g.name} {after.task.get(g.name, math.nan):.4g}" for g in t.task.goals)
+    elif after.worst_top1 is not None:
         got += f", top-1 {100 * after.worst_top1:.2f}%"
     return (
-        f"the output check missed its target (SQNR {t.sqnr_db:g} dB, top-1 {100 * t.top1:g}%) "
+        f"the output check missed its target ({describe_target(t)}) "
         f"on {after.samples} calibration samples: {got}"
     )

@@ -80,6 +80,7 @@ def quantize_document(report: QuantizeReport) -> dict[str, Any]:
         "ranges": report.ranges_source,
         "preparation": list(report.preparation),
         "runtime": report.runtime.to_dict(),
+        "latency": None if report.latency is None else report.latency.to_dict(),
         "fidelity": None
         if fid is None
         else {
@@ -146,6 +147,18 @@ def compare_document(report: CompareReport) -> dict[str, Any]:
             "min_cosine": t.min_cosine,
             "min_sqnr": t.min_sqnr,
         },
+        "task_metrics": dict(report.task),
+        "goals": [
+            {
+                "name": g.goal.name,
+                "bound": "min" if g.goal.at_least else "max",
+                "value": g.goal.value,
+                "measured": g.value,
+                "met": g.met,
+            }
+            for g in report.goals
+        ],
+        "parts": [p.to_dict() for p in report.parts],
         "violations": list(report.violations),
         "ok": report.ok,
     }

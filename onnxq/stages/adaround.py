@@ -54,12 +54,12 @@ from typing import TypeAlias
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxq.calibration.collect import FloatSession, Progress, batch_for
 from onnxq.config import QuantConfig
 from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
+from onnxq.graph.external import tensor_values
 from onnxq.graph.outputs import with_outputs
 from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.graph.plan import WeightUse
@@ -282,7 +282,7 @@ def _layer(use: WeightUse, node: onnx.NodeProto, x_q: str, ctx: _Context) -> _La
         return "the weight is not the initializer at input 1"
     if x_f not in ctx.fetchable:
         return f"input '{x_f}' cannot be fetched from the float session"
-    w = numpy_helper.to_array(ctx.initializers[use.tensor]).astype(np.float32)
+    w = tensor_values(ctx.initializers[use.tensor]).astype(np.float32)
     qp = use_qparams(use, w, ctx.config)
     if node.op_type == "Conv":
         return _conv_layer(node, x_f, x_q, w, qp, ctx.shapes.get(x_f))

@@ -45,7 +45,9 @@ def output_check(
         return Checked(first, None, None)
     if progress is not None:
         progress("output check", 0, 1)
-    check_set = make_check_set(floats, data, batch_size=calibration.batch_size)
+    check_set = make_check_set(
+        floats, data, batch_size=calibration.batch_size, task=config.target.task
+    )
     if not check_set.outputs:
         log.info("the output check has no float output with signal to compare: skipped")
         return Checked(first, None, None)

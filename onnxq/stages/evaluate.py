@@ -9,6 +9,7 @@ import logging
 from onnxq.calibration.collect import FloatSession, Progress
 from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
+from onnxq.graph.external import uses_external_data
 from onnxq.report.fidelity import Fidelity, evaluate
 from onnxq.report.preflight import RuntimePreview, runtime_preview
 from onnxq.runtime import Runner
@@ -25,7 +26,15 @@ def candidate_session(candidate: Candidate, runner: Runner | None, threads: int)
     Made before the model is written, so only a model onnxruntime loads is written."""
     if runner is not None and runner.optimized_nodes is not None:
         return runner
-    return Runner(candidate.model, threads=threads, what="quantized model", record_graph=True)
+    # a model with external data: no packed second copy of its weights (about half the
+    # memory; docs/large_models.md); fidelity runs on it are slower
+    return Runner(
+        candidate.model,
+        threads=threads,
+        what="quantized model",
+        record_graph=True,
+        prepack=not uses_external_data(candidate.model),
+    )
 
 
 def runtime_of(candidate: Candidate, runner: Runner) -> RuntimePreview:

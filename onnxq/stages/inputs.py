@@ -33,6 +33,9 @@ class QuantizeRequest:
     threads: int = 0
     progress: Progress | None = None
     preprocess: Preprocess | None = None  # of image folders
+    # weights to <output>.data (True), into the one file (False), or (None) the former
+    # when the input has external data or the output passes ~2 GB
+    external_data: bool | None = None
 
     def __post_init__(self) -> None:
         # the ranges are chosen for the activations the config quantizes

@@ -1,7 +1,8 @@
 """Stage: the model onnxq plans on. Built on what onnx and onnxruntime provide: Constant
 nodes to initializers, opset upgrade (per-axis Q/DQ needs 13), onnxruntime's basic graph
 optimizations (constant folding, Conv+BatchNorm and other semantics-preserving fusions),
-unique node names, shape inference.
+unique node names, shape inference. A model with external data skips onnxruntime's pass
+(its weights would come back into memory whole; see docs/large_models.md).
 
 Calibration and quantization prepare a model the same way, so tensor names in a ranges
 file match the graph the quantizer plans on.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from onnxq.graph.external import uses_external_data
 from onnxq.graph.model_io import fingerprint
 from onnxq.graph.passes.constants import constants_to_initializers
 from onnxq.graph.passes.node_names import name_nodes
@@ -40,6 +42,10 @@ def _optimize(model: onnx.ModelProto) -> PassResult:
     return PassResult(optimize_model(model), True, (Change(ChangeKind.OPTIMIZED, ""),), detail)
 
 
+def _skip_optimize(model: onnx.ModelProto) -> PassResult:
+    return PassResult(model, False, (), "onnxruntime basic optimizations skipped (external data)")
+
+
 def prepare(
     model: onnx.ModelProto, *, min_opset: int = MIN_OPSET, optimize: bool = True
 ) -> PreparedModel:
@@ -51,7 +57,10 @@ def prepare(
         return upgrade_opset(m, min_opset)
 
     passes: list[Callable[[onnx.ModelProto], PassResult]] = [constants_to_initializers, opset]
-    if optimize:
+    if optimize and uses_external_data(model):
+        # its graph would come back from onnxruntime with every weight in memory
+        passes.append(_skip_optimize)
+    elif optimize:
         passes.append(_optimize)
     passes += [name_nodes, infer_shapes]
     result = PassResult.unchanged(model)

@@ -5,6 +5,7 @@ component: the output check receives it as :class:`onnxq.tuning.fit.CandidateBui
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -18,6 +19,7 @@ from onnxq.graph.candidate import Candidate
 from onnxq.graph.passes.bias_correction import correct_biases
 from onnxq.graph.passes.codebook import CodebookUse, store_codebook_weights
 from onnxq.graph.passes.embeddings import quantize_embeddings
+from onnxq.graph.passes.fold_rescale import fold_rescales
 from onnxq.graph.passes.fold_weights import fold_float_weights
 from onnxq.graph.passes.result import Change, PassResult
 from onnxq.graph.plan import QuantPlan, make_plan
@@ -72,12 +74,21 @@ class Replanner:
         result = result.then(store_codebook_weights(result.model, codebook_uses(plan)))
         result = result.then(correct_biases(result.model, self.model, self.weights.means))
         result = result.then(quantize_embeddings(result.model, plan.decisions))
+        result = result.then(fold_rescales(result.model))
         if not self.config.fold_weights:
             return Candidate(plan.decisions, result, plan, qparams)
         folded = fold_float_weights(result.model)
         if not folded.changed:
             return Candidate(plan.decisions, result, plan, qparams)
         return Candidate(plan.decisions, result.then(folded), plan, qparams, result.model)
+
+    def with_config(self, config: QuantConfig) -> Replanner:
+        """A replanner of the same model, ranges and weight choices under ``config``
+        (the weights-only model next to a static one: no new range is needed)."""
+        other = copy.copy(self)
+        other.config = config
+        other.observed, other.forbidden = dict(self.observed), dict(self.forbidden)
+        return other
 
     def add_codes(
         self, codes: Mapping[str, tuple[np.ndarray, QParams]], notes: tuple[Change, ...]

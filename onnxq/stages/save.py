@@ -51,6 +51,7 @@ def save(
         candidate.quantized_weights,
         candidate.qdq_pairs,
     )
-    codes = {q: f for q, f in candidate.activation_codes.items() if f not in rescaled}
+    made = {o for n in model.graph.node for o in n.output}  # a folded rescale drops some
+    codes = {q: f for q, f in candidate.activation_codes.items() if f not in rescaled and q in made}
     stamp(model, settings, codes)
-    return save_model(model, request.output_path)
+    return save_model(model, request.output_path, external=request.external_data)

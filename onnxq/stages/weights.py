@@ -8,12 +8,12 @@ import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from onnx import numpy_helper
 
 from onnxq.calibration.collect import FloatSession, Progress
 from onnxq.config import CalibrationConfig, Granularity, QuantConfig, Scheme
 from onnxq.data import Dataset
 from onnxq.errors import ConfigError
+from onnxq.graph.external import tensor_values
 from onnxq.graph.passes.bias_correction import bias_inputs
 from onnxq.graph.passes.result import Change
 from onnxq.graph.plan import QuantPlan
@@ -96,7 +96,7 @@ def gptq_codes(
         if not np.isfinite(moments[nodes[u.node].input[0]]).all():
             log.info("GPTQ skipped for '%s': its input overflows on the data", u.node)
             continue  # round to nearest
-        w = numpy_helper.to_array(idx.initializers[u.tensor]).astype(np.float32)
+        w = tensor_values(idx.initializers[u.tensor]).astype(np.float32)
         kind, axis = u.layout.kind, u.layout.axis
         transposed = (kind is Granularity.BLOCK and axis == 1) or (
             kind is Granularity.CHANNEL and axis == 0

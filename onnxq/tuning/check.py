@@ -7,7 +7,13 @@ decision along the softmax axis is the same. Top-1 agreement is counted along th
 axis for any rank (per position of a sequence model) and along axis 1 for [batch, classes]
 outputs whose rows are probabilities (a softmax written out as Exp/Sum/Div); never for
 embeddings or regressions. Outputs that are not float, hold NaN/Inf or are all zero on the
-check samples are not compared."""
+check samples are not compared.
+
+An output concatenated from parts of very different ranges (the per-part rule of
+:mod:`onnxq.report.task.parts`) is compared part by part: each part has its own noise ratio
+and the SQNR target applies to the worst. Declared task metrics
+(:class:`onnxq.report.task.TaskTarget`) are measured on the check samples too; with goals,
+they are the target instead of SQNR and top-1."""
 
 from __future__ import annotations
 
@@ -21,9 +27,14 @@ import onnx
 from onnxq.calibration.collect import FloatSession
 from onnxq.config import FidelityTarget
 from onnxq.data import Dataset
+from onnxq.graph.concat_parts import concat_parts
 from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex, attribute
 from onnxq.report.metrics import is_classifier, noise_ratio, sqnr_db
+from onnxq.report.task import TaskMeter, TaskTarget
+from onnxq.report.task.families import select
+from onnxq.report.task.parts import parts_of, split_parts
+from onnxq.report.task.spec import Part
 from onnxq.runtime import OptLevel, Runner
 
 __all__ = ["CheckResult", "CheckSet", "check_samples", "compared_tensors", "make_check_set"]
@@ -34,10 +45,11 @@ class CheckResult:
     """How a candidate's outputs compare with the float outputs on the check samples."""
 
     samples: int
-    noise: dict[str, float]  # Σ(ref - out)² / Σ ref², per float output
+    noise: dict[str, float]  # Σ(ref - out)² / Σ ref², per compared output or part (label)
     top1: dict[str, float]  # top-1 agreement of classifier-shaped outputs
-    # Σ(ref - out)² of each feed, per output (in CheckSet.outputs order)
+    # Σ(ref - out)² of each feed, per output or part (in CheckSet.items order)
     feed_noise: tuple[tuple[float, ...], ...] = field(default=(), compare=False)
+    task: dict[str, float] = field(default_factory=dict)  # declared metrics, METRIC.VALUE
 
     @property
     def sqnr_db(self) -> float:
@@ -52,6 +64,10 @@ class CheckResult:
         return min(self.top1.values()) if self.top1 else None
 
     def meets(self, target: FidelityTarget) -> bool:
+        """Every goal on a task metric met when the target has goals; else SQNR (of the
+        worst output or part) and top-1 agreement."""
+        if target.task.goals:
+            return all(g.met(self.task.get(g.name, math.nan)) for g in target.task.goals)
         top1 = self.worst_top1
         return self.sqnr_db >= target.sqnr_db and (top1 is None or top1 >= target.top1)
 
@@ -60,7 +76,13 @@ class CheckResult:
             "samples": self.samples,
             "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else None,
             "top1_agreement": self.worst_top1,
+            "sqnr_db_by_output": {k: _finite(sqnr_db(1.0, v)) for k, v in self.noise.items()},
+            "task_metrics": dict(self.task),
         }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -75,23 +97,40 @@ class CheckSet:
     sizes: tuple[int, ...]  # samples in each feed
     sample_bytes: int  # float activations of one sample: what running one costs
 
-    weights: tuple[float, ...] | None = None  # noise_vector scale per output (a probe's)
+    weights: tuple[float, ...] | None = None  # noise_vector scale per item (a probe's)
+    parts: dict[str, tuple[Part, ...]] = field(default_factory=dict)  # outputs split in parts
+    task: TaskTarget = field(default_factory=TaskTarget)  # declared metrics
+    task_reference: tuple[dict[str, np.ndarray], ...] = ()  # the outputs they read, per feed
+    labels: tuple[np.ndarray | None, ...] = ()  # labels of each feed, when the data has them
+    task_outputs: tuple[str, ...] = ()  # the model's graph outputs (metrics read these)
 
-    def probe(self, budget: float, result: CheckResult) -> CheckSet:
+    @property
+    def items(self) -> tuple[tuple[str, Part], ...]:
+        """What noise is measured on: each compared tensor, or each of its parts."""
+        return tuple((n, p) for n in self.outputs for p in self.parts.get(n, (Part(),)))
+
+    @property
+    def labels_of_items(self) -> tuple[str, ...]:
+        return tuple(p.label(n) for n, p in self.items)
+
+    def probe(self, budget: float, result: CheckResult, max_samples: int | None = None) -> CheckSet:
         """The feeds where ``result`` (a candidate checked on this set) was noisiest for
-        its worst output, about ``budget`` bytes of activations in all (at least one feed):
+        its worst output, about ``budget`` bytes of activations in all (at least one feed)
+        and at most about ``max_samples`` samples (whole feeds; None: no such limit):
         enough to rank decisions by the noise they add, at a fraction of the cost. Its
         :meth:`noise_vector` extrapolates to the whole set: the probe's noise scaled by
         the share of the candidate's noise it held. Calibration data is often ordered
         (by class, by source), so the first feeds could all be easy ones."""
         feed_noise = np.asarray(result.feed_noise, np.float64).reshape(len(self.feeds), -1)
         feed_noise = np.nan_to_num(feed_noise, nan=np.inf)  # NaN / inf outputs: noisiest
-        worst = int(np.argmax(np.nan_to_num([result.noise[n] for n in self.outputs], nan=np.inf)))
+        labels = self.labels_of_items
+        worst = int(np.argmax(np.nan_to_num([result.noise[n] for n in labels], nan=np.inf)))
         order = np.argsort(-feed_noise[:, worst], kind="stable")
         chosen: list[int] = []
         samples = 0
         for i in order:
-            if chosen and samples * self.sample_bytes >= budget:
+            full = samples * self.sample_bytes >= budget
+            if chosen and (full or (max_samples is not None and samples >= max_samples)):
                 break
             chosen.append(int(i))
             samples += self.sizes[i]
@@ -99,9 +138,10 @@ class CheckSet:
         total = feed_noise.sum(axis=0)
         held = feed_noise[chosen].sum(axis=0)
         weights = []
-        for k, name in enumerate(self.outputs):
+        for k, (name, part) in enumerate(self.items):
             signal = sum(
-                float(np.sum(np.square(r[name], dtype=np.float64))) for r in self.reference
+                float(np.sum(np.square(select(r[name], part), dtype=np.float64)))
+                for r in self.reference
             )
             share = held[k] / total[k] if total[k] > 0 and held[k] > 0 else 1.0
             if not np.isfinite(share):  # an infinite total: no share to extrapolate by
@@ -111,6 +151,10 @@ class CheckSet:
             self,
             feeds=tuple(self.feeds[i] for i in chosen),
             reference=tuple(self.reference[i] for i in chosen),
+            task_reference=tuple(self.task_reference[i] for i in chosen)
+            if self.task_reference
+            else (),
+            labels=tuple(self.labels[i] for i in chosen) if self.labels else (),
             sizes=tuple(self.sizes[i] for i in chosen),
             samples=samples,
             weights=tuple(weights),
@@ -126,45 +170,68 @@ class CheckSet:
         record_graph: bool = False,
     ) -> Runner:
         """A session over ``model`` that can fetch the compared tensors (and the graph
-        outputs); ``record_graph``: see :class:`onnxq.runtime.Runner`."""
+        outputs), its threads not spinning; ``record_graph``: see
+        :class:`onnxq.runtime.Runner`."""
         fetch = with_outputs(model, self.outputs)
-        return Runner(fetch, threads=threads, level=level, what=what, record_graph=record_graph)
+        # threads that sleep between runs: the session is also timed against float
+        # (onnxq.stages.latency), which would otherwise gain from its spinning threads
+        return Runner(
+            fetch, threads=threads, level=level, what=what, record_graph=record_graph, spin=False
+        )
 
-    def run(self, runner: Runner, extra: Mapping[str, np.ndarray] | None = None) -> CheckResult:
-        """Run ``runner`` (with ``extra`` inputs, e.g. simulation masks) on every feed."""
-        noise = dict.fromkeys(self.outputs, 0.0)
-        signal = dict.fromkeys(self.outputs, 0.0)
+    def run(
+        self,
+        runner: Runner,
+        extra: Mapping[str, np.ndarray] | None = None,
+        *,
+        task: bool = True,
+    ) -> CheckResult:
+        """Run ``runner`` (with ``extra`` inputs, e.g. simulation masks) on every feed;
+        ``task``: measure the declared task metrics too."""
+        items = self.items
+        labels = self.labels_of_items
+        noise = dict.fromkeys(labels, 0.0)
+        signal = dict.fromkeys(labels, 0.0)
         agree = dict.fromkeys(self.outputs, 0)
         rows = dict.fromkeys(self.outputs, 0)
+        meter = TaskMeter(self.task, self.task_outputs) if task and self.task else None
+        fetch = list(dict.fromkeys([*self.outputs, *(meter.reads if meter else ())]))
         feed_noise = []
-        for feed, ref in zip(self.feeds, self.reference, strict=True):
-            out = runner.run({**feed, **(extra or {})}, self.outputs)
+        for i, (feed, ref) in enumerate(zip(self.feeds, self.reference, strict=True)):
+            out = runner.run({**feed, **(extra or {})}, fetch)
             here = []
+            for (name, part), label in zip(items, labels, strict=True):
+                r = select(ref[name], part).astype(np.float64)
+                c = np.asarray(select(out[name], part), np.float64)
+                here.append(float(np.sum((r - c) ** 2)))
+                noise[label] += here[-1]
+                signal[label] += float(np.sum(r**2))
+            if meter is not None:
+                meter.update(self.task_reference[i], out, self.labels[i] if self.labels else None)
             for name in self.outputs:
                 r = ref[name].astype(np.float64)
                 c = np.asarray(out[name], np.float64)
-                here.append(float(np.sum((r - c) ** 2)))
-                noise[name] += here[-1]
-                signal[name] += float(np.sum(r**2))
                 if name in self.axes:
                     axis = self.axes[name]
                     same = r.argmax(axis) == c.argmax(axis)
                     agree[name] += int(np.sum(same))
                     rows[name] += same.size
             feed_noise.append(tuple(here))
-        ratio = {n: noise_ratio(signal[n], noise[n]) for n in self.outputs}
+        ratio = {n: noise_ratio(signal[n], noise[n]) for n in labels}
         top1 = {n: agree[n] / rows[n] for n in self.outputs if rows[n]}
-        return CheckResult(self.samples, ratio, top1, tuple(feed_noise))
+        values = meter.result() if meter is not None else {}
+        return CheckResult(self.samples, ratio, top1, tuple(feed_noise), values)
 
     def noise_vector(
         self, runner: Runner, extra: Mapping[str, np.ndarray] | None = None
     ) -> np.ndarray:
-        """Noise ratio per output (a probe's: extrapolated to the set it was taken from)."""
-        result = self.run(runner, extra)
+        """Noise ratio per output or part (a probe's: extrapolated to the set it was taken
+        from)."""
+        result = self.run(runner, extra, task=False)
         if self.weights is None:
-            return np.array([result.noise[n] for n in self.outputs])
+            return np.array([result.noise[n] for n in self.labels_of_items])
         summed = np.sum(
-            np.asarray(result.feed_noise, np.float64).reshape(-1, len(self.outputs)), axis=0
+            np.asarray(result.feed_noise, np.float64).reshape(-1, len(self.items)), axis=0
         )
         out: np.ndarray = summed * np.asarray(self.weights)
         return out
@@ -172,6 +239,10 @@ class CheckSet:
 
 FEED_SAMPLES = 8  # samples per run of the check (small feeds: the search can use a few)
 PROBE_BYTES = 2**29  # activations of the check samples the search's simulation runs use
+# and at most this many samples: on small inputs (PP-OCR cls: 72 check samples in 512 MB)
+# the search ran every check sample 48 times, 70 % of the quantize time; the noisiest
+# 32 rank the decisions as well (measured: the same or a better check result)
+PROBE_SAMPLES = 32
 
 
 def check_samples(dataset: Dataset, budget: float = 2e6, low: int = 4, high: int = 128) -> int:
@@ -189,23 +260,33 @@ def make_check_set(
     *,
     batch_size: int = 32,
     sample_bytes: int | None = None,
+    task: TaskTarget | None = None,
 ) -> CheckSet:
     """The first :func:`check_samples` calibration samples (whole batches) and the float
     model's outputs on them (``floats`` must fetch :func:`compared_tensors`). The float
     activations of one sample (``sample_bytes``, measured when not given) size the feeds:
-    a sample larger than the probe is fed alone."""
+    a sample larger than the probe is fed alone. ``task``: declared metrics, measured by
+    every check (``floats`` must fetch the graph outputs they read)."""
     if sample_bytes is None:
         sample_bytes = floats.sample_bytes(dataset)
     wanted = check_samples(dataset)
     per_feed = min(batch_size, wanted, FEED_SAMPLES, max(1, PROBE_BYTES // max(sample_bytes, 1)))
     compared, softmax_axes = compared_tensors(floats.model)
+    task = task or TaskTarget()
+    graph_outputs = tuple(o.name for o in floats.model.graph.output)
+    reads = TaskMeter(task, graph_outputs).reads if task else ()
+    fetch = list(dict.fromkeys([*compared, *reads]))
     feeds: list[dict[str, np.ndarray]] = []
     refs: list[dict[str, np.ndarray]] = []
+    task_refs: list[dict[str, np.ndarray]] = []
+    labels: list[np.ndarray | None] = []
     sizes: list[int] = []
     for batch in dataset.batches(per_feed):
-        ref = floats.run(batch.feed, compared)
+        ref = floats.run(batch.feed, fetch)
         feeds.append(batch.feed)
         refs.append({n: np.asarray(ref[n]) for n in compared})
+        task_refs.append({n: np.asarray(ref[n]) for n in reads})
+        labels.append(batch.labels)
         sizes.append(batch.size)
         if sum(sizes) >= wanted:
             break
@@ -222,7 +303,29 @@ def make_check_set(
         sum(sizes),
         tuple(sizes),
         sample_bytes,
+        parts=_split_outputs(floats.model, names, refs),
+        task=task,
+        task_reference=tuple(task_refs) if task else (),
+        labels=tuple(labels) if any(v is not None for v in labels) else (),
+        task_outputs=graph_outputs,
     )
+
+
+def _split_outputs(
+    model: onnx.ModelProto, names: tuple[str, ...], refs: list[dict[str, np.ndarray]]
+) -> dict[str, tuple[Part, ...]]:
+    """The compared outputs the per-part rule splits, on the float values of the check."""
+    out = {}
+    for name, bounds in concat_parts(model).items():
+        if name not in names:
+            continue
+        parts = parts_of(bounds)
+        ranges = [
+            max(float(np.max(np.abs(select(r[name], p)), initial=0.0)) for r in refs) for p in parts
+        ]
+        if split_parts(ranges):
+            out[name] = parts
+    return out
 
 
 def _comparable(values: list[np.ndarray]) -> bool:

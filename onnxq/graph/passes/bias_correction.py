@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxq.graph.dq import constant_dq_params
+from onnxq.graph.external import tensor_values
 from onnxq.graph.names import NameFactory
 from onnxq.graph.passes.codebook import find_codebook
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
@@ -77,7 +78,7 @@ def correct_biases(
         stored = None if mean is None or w is None else _stored(node.input[1], idx)
         if stored is None or w is None or mean is None:
             continue
-        error = stored - numpy_helper.to_array(w).astype(np.float64)
+        error = stored - tensor_values(w).astype(np.float64)
         shift = _shift(node, error, mean)
         if shift is None or not np.isfinite(shift).all():
             continue  # a NaN / inf mean must not reach the bias
@@ -150,7 +151,7 @@ def _replace(
     init = idx.initializers.get(node.input[slot])
     if init is None or init.data_type != onnx.TensorProto.FLOAT:
         return False
-    bias = numpy_helper.to_array(init).astype(np.float64)
+    bias = tensor_values(init).astype(np.float64)
     if bias.size not in (1, shift.size) or (bias.ndim > 1 and bias.shape[-1] != bias.size):
         return False
     shape = bias.shape if bias.size == shift.size else (shift.size,)
@@ -167,7 +168,7 @@ def _stored(weight: str, idx: GraphIndex) -> np.ndarray | None:
     over initializers (axis, blocks) or a codebook decode subgraph; else None."""
     dq = idx.producer.get(weight)
     if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in idx.initializers:
-        codes = numpy_helper.to_array(idx.initializers[dq.input[0]]).astype(np.int64)
+        codes = tensor_values(idx.initializers[dq.input[0]]).astype(np.int64)
         return dequantize(codes, constant_dq_params(dq, idx)).astype(np.float64)
     book = find_codebook(idx, weight)
     return None if book is None else book.decoded().astype(np.float64)

@@ -33,6 +33,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.errors import ConfigError, ModelError
+from onnxq.graph.external import tensor_values
 from onnxq.graph.model_io import opset_version
 from onnxq.graph.names import NameFactory
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
@@ -157,7 +158,7 @@ def _weight(
         raise ModelError(f"{use.tensor!r} read by {use.node!r} is not a float32 initializer")
     if init.data_location == TensorProto.EXTERNAL:
         raise ModelError(f"{use.tensor!r} is stored outside the model; load its external data")
-    arr = numpy_helper.to_array(init)
+    arr = tensor_values(init)
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         raise ModelError(f"{use.tensor!r} is empty or not finite; it cannot be a codebook")
     if use.axis is not None and not -arr.ndim <= use.axis < arr.ndim:
@@ -355,7 +356,7 @@ def _constant(idx: GraphIndex, name: str) -> np.ndarray | None:
     init = idx.initializers.get(name)
     if init is None or init.data_location == TensorProto.EXTERNAL:
         return None
-    return np.asarray(numpy_helper.to_array(init))
+    return np.asarray(tensor_values(init))
 
 
 def _codebook(

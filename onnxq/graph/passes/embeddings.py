@@ -16,13 +16,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.graph.edit import drop_unused_initializers, topological
+from onnxq.graph.external import row_reader, stored_tensor, tensor_values, uses_external_data
 from onnxq.graph.names import NameFactory
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
 from onnxq.graph.plan import NodeDecision
 from onnxq.graph.rules import GraphIndex
-from onnxq.quant import QType, quantize
+from onnxq.quant import QParams, QType, quantize
 from onnxq.quant.methods import CalibrationMethod, Granularity
-from onnxq.quant.weights import WeightLayout, weight_qparams
+from onnxq.quant.weights import WeightLayout, in_slabs, slicer, weight_qparams
 
 __all__ = ["quantize_embeddings"]
 
@@ -45,16 +46,20 @@ def quantize_embeddings(model: onnx.ModelProto, decisions: tuple[NodeDecision, .
             continue
         data = node.input[0]
         if data not in tables:
-            w = numpy_helper.to_array(idx.initializers[data]).astype(np.float32)
-            layout = WeightLayout(Granularity.CHANNEL, 0)
-            qp = weight_qparams(w, layout, CalibrationMethod.MINMAX, QType.INT8, symmetric=True)
+            table = idx.initializers[data]
+            read = row_reader(table) or slicer(tensor_values(table), 0)  # rows, slab by slab
+            codes, qp = in_slabs(
+                tuple(table.dims), WeightLayout(Granularity.CHANNEL, 0), read, _int8_rows
+            )
             q_name, s_name = names.new(f"{data}_quantized"), names.new(f"{data}_row_scale")
+            spill = uses_external_data(out)  # new tables beside the model's own data
             out.graph.initializer.extend(
                 [
-                    numpy_helper.from_array(quantize(w, qp), q_name),
-                    numpy_helper.from_array(qp.scale.astype(np.float32), s_name),
+                    stored_tensor(codes, q_name, spill=spill),
+                    stored_tensor(qp.scale.astype(np.float32), s_name, spill=spill),
                 ]
             )
+            del codes
             tables[data] = (q_name, s_name)
         q_name, s_name = tables[data]
         ids, y = node.input[1], node.output[0]
@@ -85,3 +90,11 @@ def quantize_embeddings(model: onnx.ModelProto, decisions: tuple[NodeDecision, .
     drop_unused_initializers(out)
     changes = tuple(Change(ChangeKind.EMBEDDING_QUANTIZED, t, "int8 rows") for t in tables)
     return PassResult(out, True, changes)
+
+
+def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, QParams]:
+    """Symmetric int8 codes of an embedding table, one scale per row."""
+    layout = WeightLayout(Granularity.CHANNEL, 0)
+    w = w.astype(np.float32, copy=False)
+    qp = weight_qparams(w, layout, CalibrationMethod.MINMAX, QType.INT8, symmetric=True)
+    return quantize(w, qp), qp

@@ -38,6 +38,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxq.errors import ConfigError, DataError
+from onnxq.graph.external import tensor_values
 from onnxq.graph.names import NameFactory
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
 from onnxq.graph.rules import GraphIndex, attribute, node_reads
@@ -342,7 +343,7 @@ def _clip_bounds(node: onnx.NodeProto, idx: GraphIndex) -> tuple[float, float | 
         init = idx.initializers.get(name)
         if init is None or int(np.prod(init.dims)) != 1:
             return None
-        values.append(float(numpy_helper.to_array(init).reshape(-1)[0]))
+        values.append(float(tensor_values(init).reshape(-1)[0]))
     floor, ceiling = values
     return (-_F32_MAX if floor is None else floor), ceiling
 
@@ -395,7 +396,7 @@ def _read_site(node: onnx.NodeProto, idx: GraphIndex, fixed: set[str]) -> _Site 
     others = [n.name or n.op_type for n in readers if list(n.output) != list(node.output)]
     if others or node.input[0] == w_name:
         return f"weight '{w_name}' of {node.name} is shared with {', '.join(others) or 'itself'}"
-    weight = numpy_helper.to_array(init).astype(np.float64)
+    weight = tensor_values(init).astype(np.float64)
     layout = _layout(node, weight)
     if isinstance(layout, str):
         return layout
@@ -420,7 +421,7 @@ def _read_site(node: onnx.NodeProto, idx: GraphIndex, fixed: set[str]) -> _Site 
     shape = tuple(int(d) for d in b_init.dims)
     if shape not in ((out_ch,), (1, out_ch)):
         return f"bias '{b_name}' of {node.name} is not one value per output channel"
-    bias = numpy_helper.to_array(b_init).astype(np.float64).reshape(-1)
+    bias = tensor_values(b_init).astype(np.float64).reshape(-1)
     return replace(site, bias=bias, bias_shape=shape)
 
 

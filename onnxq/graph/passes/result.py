@@ -30,6 +30,7 @@ class ChangeKind(str, Enum):
     BIAS_CORRECTED = "bias corrected"
     EMBEDDING_QUANTIZED = "embedding rows stored as int8"
     WEIGHT_FOLDED = "integer weight folded at load"
+    RESCALE_FOLDED = "constant Div/Mul folded into a scale"
     # weight transforms before rounding
     PAIR_EQUALIZED = "layer pair equalized"
     PAIR_SKIPPED = "layer pair not equalized"

@@ -1,0 +1,86 @@
+"""The written model timed against float: what :mod:`onnxq.stages.latency` measured and
+chose, for the report and ``--strict``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxq.config import OptimizeFor
+
+__all__ = ["DYNAMIC", "INT8", "WEIGHTS_ONLY", "LatencyCheck", "is_slower"]
+
+# A model counts as slower than float when both hold (one sample's median on a shared
+# machine moves by a few percent; tiny models differ by microseconds of per-node overhead)
+SLOWER = 1.03  # latency ratio (model / float)
+NOISE_MS = 0.05  # and milliseconds
+
+INT8 = "int8"
+WEIGHTS_ONLY = "weights-only"
+DYNAMIC = "dynamic"
+
+
+@dataclass(frozen=True)
+class LatencyCheck:
+    """Median single-sample latencies (ms) of the float model and of the candidates tried,
+    in onnxruntime on this machine; ``written`` names the one written."""
+
+    optimize_for: OptimizeFor
+    float_ms: float
+    tried: dict[str, float]  # candidate kind -> median ms
+    written: str
+    runs: int  # timed runs of each model
+
+    @property
+    def ratio(self) -> float:
+        """Written model's latency over float's (> 1: slower)."""
+        return self.tried[self.written] / self.float_ms if self.float_ms > 0 else 1.0
+
+    @property
+    def slower(self) -> bool:
+        return is_slower(self.tried[self.written], self.float_ms)
+
+    @property
+    def replaced(self) -> bool:
+        return self.written != INT8 and INT8 in self.tried
+
+    def describe(self) -> str:
+        tried = ", ".join(f"{k} {v:.3g} ms" for k, v in self.tried.items())
+        text = f"latency on one sample: float {self.float_ms:.3g} ms, {tried} ({self.runs} runs)"
+        if self.replaced:
+            text += (
+                f"; int8 was {self.tried[INT8] / self.float_ms:.2f}× float, the "
+                f"{self.written} model {self.tried[self.written] / self.float_ms:.2f}×: it was "
+                f"written (--optimize-for {self.optimize_for.value})"
+            )
+        return text
+
+    def warning(self) -> str | None:
+        """What ``--strict`` fails on: the written model measured slower than float."""
+        if not self.slower:
+            return None
+        hint = (
+            " (--optimize-for balanced would try the weights-only model)"
+            if not self.optimize_for.measures
+            else ""
+        )
+        return (
+            f"the quantized model ran {self.ratio:.2f}× as long as float on one sample "
+            f"({self.tried[self.written]:.3g} vs {self.float_ms:.3g} ms){hint}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "optimize_for": self.optimize_for.value,
+            "float_ms": self.float_ms,
+            "tried_ms": dict(self.tried),
+            "written": self.written,
+            "ratio": self.ratio,
+            "slower_than_float": self.slower,
+            "runs": self.runs,
+        }
+
+
+def is_slower(model_ms: float, float_ms: float) -> bool:
+    """Whether a model that ran ``model_ms`` is slower than float's ``float_ms``, beyond
+    the noise of the measurement (:data:`SLOWER` and :data:`NOISE_MS`)."""
+    return model_ms > float_ms * SLOWER and model_ms - float_ms > NOISE_MS

@@ -1,0 +1,147 @@
+"""Stage: is the candidate faster than float? It is timed against the float model on one
+calibration sample in onnxruntime (float and candidate alternated, threads not spinning,
+within a small time budget). With ``--optimize-for balanced`` or ``latency``, a candidate
+slower than float is replaced by the weights-only model when that one is faster (its
+integer weights are folded into float weights at load, so it runs at float speed);
+``latency`` also times the dynamic model (onnxruntime's DynamicQuantizeMatMul for
+transformers' MatMuls) and writes the fastest. A model still slower than float is written
+and reported (``--strict`` fails on it). ``--optimize-for size`` times and reports only."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+
+import numpy as np
+import onnx
+
+from onnxq.config import Mode, OptimizeFor, QuantConfig
+from onnxq.data import Dataset
+from onnxq.errors import ConfigError
+from onnxq.graph.candidate import Candidate
+from onnxq.report.latency import DYNAMIC, INT8, WEIGHTS_ONLY, LatencyCheck, is_slower
+from onnxq.runtime import Runner
+from onnxq.stages.check import Checked
+from onnxq.stages.dynamic import quantize_dynamic
+from onnxq.stages.replan import Replanner
+from onnxq.tuning.fit import WHY
+
+__all__ = ["BUDGET_MS", "LatencyCheck", "latency_choice", "weights_only"]
+
+log = logging.getLogger(__name__)
+
+FLOAT = "float"
+BUDGET_MS = 1000.0  # wall time the timing of two models may take, warm-up included
+MIN_RUNS, MAX_RUNS = 10, 1000  # timed runs of each model (tiny models: many, for a stable median)
+BLOCK = 5  # runs of one model in a row
+
+
+def latency_choice(
+    checked: Checked,
+    replanner: Replanner | None,
+    float_model: onnx.ModelProto,
+    data: Dataset | None,
+    config: QuantConfig,
+    threads: int,
+) -> tuple[Checked, LatencyCheck | None]:
+    """``checked`` timed against ``float_model`` (prepared) on the first sample of
+    ``data``. ``balanced``: when it is slower than float, the weights-only model is timed
+    too and the faster written. ``latency``: the dynamic model (MatMul/Gemm with
+    activations quantized at run time) is timed as well, and the fastest written. The
+    returned :class:`Checked` carries the written candidate's session (it records the
+    optimized graph for the report)."""
+    if data is None:
+        log.info("latency not measured: no data to time the models on")
+        return checked, None
+    feed = _first_sample(data)
+    floats = Runner(float_model, threads=threads, spin=False, what="float model")
+    candidates = {INT8: checked.candidate}
+    sessions = {INT8: checked.runner or _session(checked.candidate.model, threads)}
+    tried, runs = _timed(floats, sessions, feed)
+    log.info("latency: float %.3g ms, int8 %.3g ms", tried[FLOAT], tried[INT8])
+    more = _alternatives(checked, replanner, float_model, config, tried) if replanner else {}
+    if more:
+        candidates.update(more)
+        sessions.update({k: _session(c.model, threads) for k, c in more.items()})
+        tried, runs = _timed(floats, sessions, feed)
+        log.info("latency: %s", ", ".join(f"{k} {v:.3g} ms" for k, v in tried.items()))
+    float_ms = tried.pop(FLOAT)
+    written = min(tried, key=lambda k: tried[k])  # ties: int8, the first
+    chosen = Checked(candidates[written], checked.report, sessions[written])
+    return chosen, LatencyCheck(config.optimize_for, float_ms, tried, written, runs)
+
+
+def _alternatives(
+    checked: Checked,
+    replanner: Replanner,
+    float_model: onnx.ModelProto,
+    config: QuantConfig,
+    tried: Mapping[str, float],
+) -> dict[str, Candidate]:
+    """The candidates ``config.optimize_for`` asks to time next to int8."""
+    out: dict[str, Candidate] = {}
+    if not config.optimize_for.measures:
+        return out
+    if is_slower(tried[INT8], tried[FLOAT]):
+        kept = checked.report.float_nodes if checked.report is not None else ()
+        out[WEIGHTS_ONLY] = weights_only(replanner, kept)
+    if config.optimize_for is OptimizeFor.LATENCY:
+        dynamic = _dynamic(float_model, config)
+        if dynamic is not None:
+            out[DYNAMIC] = dynamic
+    return out
+
+
+def _dynamic(float_model: onnx.ModelProto, config: QuantConfig) -> Candidate | None:
+    """The dynamic candidate, when the settings allow one and it quantizes a node."""
+    try:
+        candidate = quantize_dynamic(float_model, replace(config, mode=Mode.DYNAMIC))
+    except ConfigError as exc:  # settings dynamic mode does not take (4-bit weights, ...)
+        log.info("latency: no dynamic candidate: %s", exc)
+        return None
+    return candidate if candidate.quantized_nodes else None
+
+
+def weights_only(replanner: Replanner, float_nodes: tuple[str, ...] = ()) -> Candidate:
+    """The weights-only model of the replanner's float model and settings (its bias
+    corrections and precomputed weight codes reused), with ``float_nodes`` (the output
+    check's costliest weights) kept float."""
+    again = replanner.with_config(replace(replanner.config, weights_only=True))
+    return again({}, dict.fromkeys(float_nodes, WHY))
+
+
+def _session(model: onnx.ModelProto, threads: int) -> Runner:
+    return Runner(model, threads=threads, spin=False, what="quantized model", record_graph=True)
+
+
+def _first_sample(data: Dataset) -> Mapping[str, np.ndarray]:
+    return next(data.batches(1)).feed
+
+
+def _timed(
+    floats: Runner, sessions: Mapping[str, Runner], feed: Mapping[str, np.ndarray]
+) -> tuple[dict[str, float], int]:
+    """Median ms of float and each session on ``feed``: blocks of :data:`BLOCK` runs, the
+    models in turn, each block after one untimed run (caches and thread pools warm for
+    the model timed); as many blocks as fit :data:`BUDGET_MS`, at least
+    :data:`MIN_RUNS` runs. Every session must sleep its threads between runs (spinning
+    ones would gain from it in a tight loop, and slow the next model's first run)."""
+    names = [FLOAT, *sessions]
+    runners = [floats, *sessions.values()]
+    once = [_run_ms(r, feed) for r in runners]  # warm-up, and the cost of one run
+    blocks = int(min(MAX_RUNS, max(MIN_RUNS, BUDGET_MS / max(sum(once), 1e-3)))) // BLOCK
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(max(1, blocks)):
+        for runner, spent in zip(runners, times, strict=True):
+            runner.run(feed)
+            spent.extend(_run_ms(runner, feed) for _ in range(BLOCK))
+    return dict(zip(names, map(statistics.median, times), strict=True)), len(times[0])
+
+
+def _run_ms(runner: Runner, feed: Mapping[str, np.ndarray]) -> float:
+    start = time.perf_counter()
+    runner.run(feed)
+    return (time.perf_counter() - start) * 1000.0

@@ -1,0 +1,186 @@
+"""Latency-aware quantization (issue #15): the candidate is timed against float in
+onnxruntime; ``--optimize-for balanced`` writes the weights-only model when int8 is slower,
+``size`` writes int8 and warns (``--strict`` exits 1), and the choice is in the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from onnxq import FidelityTarget, OptimizeFor, QuantConfig, quantize
+from onnxq.cli.main import cli
+from onnxq.config import QuantFlags
+from onnxq.report.latency import DYNAMIC, INT8, WEIGHTS_ONLY, LatencyCheck, is_slower
+
+import models
+from helpers import run
+
+ROWS, COLS = 16384, 8  # big tensors, little arithmetic
+
+
+def thin_matmuls() -> onnx.ModelProto:
+    """Four MatMuls by 8x8 weights over 16384 rows: quantizing the activations only adds
+    conversions (measured 2.4x float at 8 bits, 9x at 16 bits on 2 cores)."""
+    rng = np.random.default_rng(0)
+    inits, nodes, x = [], [], "input"
+    for i in range(4):
+        w = rng.normal(0, 0.5, (COLS, COLS)).astype(np.float32)
+        inits.append(onnx.numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"mm{i}"))
+        x = f"m{i}"
+    nodes.append(helper.make_node("Identity", [x], ["out"], name="out"))
+    return models._model(
+        nodes,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, ROWS, COLS])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, ROWS, COLS])],
+        inits,
+    )
+
+
+@pytest.fixture(scope="module")
+def wide_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wide")
+    onnx.save(thin_matmuls(), str(d / "wide.onnx"))
+    rng = np.random.default_rng(1)
+    np.savez(d / "data.npz", input=rng.normal(size=(4, ROWS, COLS)).astype(np.float32))
+    return d
+
+
+def _sixteen_bit(optimize_for: OptimizeFor) -> QuantConfig:
+    # 16-bit activations: onnxruntime has no integer kernel, every Q/DQ runs on its own
+    config = QuantConfig.from_flags(
+        QuantFlags(activation_bits=16, target_sqnr=0, optimize_for=optimize_for)
+    )
+    assert config.activations.bits == 16
+    return config
+
+
+def test_balanced_writes_weights_only_when_int8_is_slower(wide_files):
+    out = wide_files / "balanced.onnx"
+    report = quantize(
+        wide_files / "wide.onnx",
+        out,
+        _sixteen_bit(OptimizeFor.BALANCED),
+        data=wide_files / "data.npz",
+    )
+    lat = report.latency
+    assert lat is not None and lat.written == WEIGHTS_ONLY
+    assert lat.tried[INT8] > lat.float_ms  # int8 measured slower, then replaced
+    assert not lat.slower and "weights-only model" in lat.describe()
+    written = onnx.load(str(out))
+    assert "QuantizeLinear" not in {n.op_type for n in written.graph.node}  # no activation Q
+    assert report.runtime.integer_kernels == 0 and report.runtime.standalone_qdq == 0
+    feed = {"input": np.random.default_rng(2).normal(size=(1, ROWS, COLS)).astype(np.float32)}
+    ref, got = run(thin_matmuls(), feed)[0], run(written, feed)[0]
+    # int8 weights, float activations: error of the order of the weights' rounding
+    assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
+    assert report.to_dict()["latency"]["written"] == "weights-only"
+    assert not any("ran" in w and "as long as float" in w for w in report.warnings)
+
+
+def test_size_writes_int8_and_warns(wide_files):
+    out = wide_files / "size.onnx"
+    report = quantize(
+        wide_files / "wide.onnx", out, _sixteen_bit(OptimizeFor.SIZE), data=wide_files / "data.npz"
+    )
+    lat = report.latency
+    assert lat is not None and lat.written == INT8 and set(lat.tried) == {INT8}
+    assert lat.slower and lat.ratio > 1.0
+    assert any("as long as float on one sample" in w for w in report.warnings)
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(out)).graph.node}
+
+
+def test_strict_exits_1_when_the_written_model_is_slower(wide_files):
+    args = [
+        "quantize",
+        wide_files / "wide.onnx",
+        "-o",
+        wide_files / "cli.onnx",
+        "--data",
+        wide_files / "data.npz",
+        "--activation-bits",
+        "16",
+        "--target-sqnr",
+        "0",
+        "--optimize-for",
+        "size",
+        "--strict",
+        "--json",
+    ]
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.stdout)
+    assert doc["latency"]["optimize_for"] == "size"
+    assert doc["latency"]["slower_than_float"] is True
+    assert doc["settings"]["quantize"]["optimize_for"] == "size"
+
+
+def test_optimize_for_is_parsed_and_refused_when_unknown(cnn_files):
+    bad = CliRunner().invoke(
+        cli,
+        [
+            "quantize",
+            str(cnn_files["model"]),
+            "-o",
+            str(cnn_files["dir"] / "q.onnx"),
+            "--data",
+            str(cnn_files["data"]),
+            "--optimize-for",
+            "speed",
+        ],
+    )
+    assert bad.exit_code == 2 and "--optimize-for" in bad.output
+
+
+@pytest.mark.parametrize("value", list(OptimizeFor))
+def test_optimize_for_round_trips_through_flags_and_settings(value):
+    config = QuantConfig.from_flags(QuantFlags(optimize_for=value))
+    assert config.optimize_for is value
+    assert config.settings()["optimize_for"] == value.value
+    assert OptimizeFor(value.value) is value
+    assert QuantConfig().optimize_for is OptimizeFor.BALANCED  # never slower silently
+
+
+def test_tiny_model_keeps_int8_and_reports_the_latency(cnn_files):
+    # a tiny model differs from float by microseconds: not slower beyond the noise
+    report = quantize(cnn_files["model"], cnn_files["dir"] / "q.onnx", data=cnn_files["data"])
+    assert report.latency is not None and report.latency.written == INT8
+    assert report.integer_kernels > 0
+
+
+@pytest.mark.parametrize(
+    ("model_ms", "float_ms", "slower"),
+    [(1.0, 1.0, False), (1.02, 1.0, False), (1.2, 1.0, True), (0.06, 0.03, False), (5, 4, True)],
+)
+def test_slower_needs_a_ratio_and_a_margin(model_ms, float_ms, slower):
+    assert is_slower(model_ms, float_ms) is slower
+    check = LatencyCheck(OptimizeFor.SIZE, float_ms, {INT8: model_ms}, INT8, 5)
+    assert (check.warning() is not None) is slower
+
+
+def test_latency_mode_times_the_dynamic_model_and_writes_the_fastest(wide_files):
+    out = wide_files / "latency.onnx"
+    config = QuantConfig(target=FidelityTarget(sqnr_db=0), optimize_for=OptimizeFor.LATENCY)
+    report = quantize(wide_files / "wide.onnx", out, config, data=wide_files / "data.npz")
+    lat = report.latency
+    assert lat is not None and DYNAMIC in lat.tried and INT8 in lat.tried
+    assert lat.written == min(lat.tried, key=lambda k: lat.tried[k])
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    if lat.written == DYNAMIC:
+        assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
+    feed = {"input": np.random.default_rng(3).normal(size=(1, ROWS, COLS)).astype(np.float32)}
+    ref, got = run(thin_matmuls(), feed)[0], run(onnx.load(str(out)), feed)[0]
+    assert np.abs(got - ref).max() <= 0.1 * np.abs(ref).max()
+
+
+def test_balanced_does_not_time_the_dynamic_model(wide_files):
+    config = QuantConfig(target=FidelityTarget(sqnr_db=0))
+    report = quantize(
+        wide_files / "wide.onnx", wide_files / "b8.onnx", config, data=wide_files / "data.npz"
+    )
+    assert report.latency is not None and DYNAMIC not in report.latency.tried
