@@ -91,7 +91,7 @@ def quantize(
     )
     runner = candidate_session(checked.candidate, checked.runner, threads)
     runtime = runtime_of(checked.candidate, runner)
-    settings = request.settings()
+    settings = _settings(request, latency)
     written = save(checked.candidate, inputs.model, request, settings, equal.rescaled)
     fidelity, equal = _fidelity(request, inputs, floats, equal, runner)
     facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal, warned, latency)
@@ -233,6 +233,16 @@ _METHOD_KINDS = frozenset(
 
 def _path(value: str | Path | None) -> Path | None:
     return None if value is None else Path(value)
+
+
+def _settings(request: QuantizeRequest, latency: LatencyCheck | None) -> dict[str, object]:
+    """The run's settings as requested and, when ``--optimize-for`` wrote another model
+    than int8 (weights-only or dynamic, measured faster), which one: the model's record
+    then says what it holds."""
+    settings = request.settings()
+    if latency is not None and latency.replaced:
+        settings["written"] = latency.written
+    return settings
 
 
 def _float_session(request: QuantizeRequest, prepared: PreparedModel) -> FloatSession:

@@ -219,11 +219,14 @@ def test_failed_model_write_leaves_no_data_file(
 ) -> None:
     model = load_model(_save_external(tmp_path / "m"))
     out = tmp_path / "q.onnx"
+    real = os.replace
 
-    def refuse(path: object, data: bytes) -> None:
-        raise ModelError("disk full")
+    def refuse_model(src: object, dst: object) -> None:
+        if Path(str(dst)) == out:
+            raise OSError(28, "disk full")
+        real(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(model_io, "write_atomic", refuse)
+    monkeypatch.setattr(os, "replace", refuse_model)
     with pytest.raises(ModelError, match="disk full"):
         model_io.save_model(model, out, external=True)
     assert sorted(os.listdir(tmp_path)) == ["m"]
@@ -335,3 +338,68 @@ def test_dynamic_mode_of_an_external_model(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert model_io.data_path(out).exists()
     assert _cos(_run(out), _run(model)) > 0.99
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def _scaled(model: onnx.ModelProto, factor: float) -> onnx.ModelProto:
+    """``model`` (inline) with every initializer multiplied by ``factor``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * factor, t.name))
+    return out
+
+
+def test_failed_model_rename_keeps_the_earlier_output_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "q.onnx"
+    model_io.save_model(_decoder(), out, external=True)
+    first = _run(out)
+    real = os.replace
+
+    def refuse_model(src: object, dst: object) -> None:
+        if Path(str(dst)) == out:
+            raise OSError(28, "No space left on device")
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", refuse_model)
+    with pytest.raises(ModelError, match="No space left"):
+        model_io.save_model(_scaled(_decoder(), 2.0), out, external=True)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["q.onnx", "q.onnx.data"]  # no backup left over
+    np.testing.assert_array_equal(_run(out), first)
+    model_io.save_model(_scaled(_decoder(), 2.0), out, external=True)  # the pair replaced
+    np.testing.assert_allclose(_run(out), 8 * first, rtol=1e-5, atol=1e-3)  # 2 * 2 * 2
+    assert sorted(os.listdir(tmp_path)) == ["q.onnx", "q.onnx.data"]
+
+
+def test_output_data_file_that_is_an_input_data_file_is_refused(tmp_path: Path) -> None:
+    """a.onnx keeps its weights in b.onnx.data: ``-o b.onnx`` would write over them."""
+    model = _save_external(tmp_path, location="b.onnx.data")
+    data = tmp_path / "b.onnx.data"
+    before = data.read_bytes()
+    out = tmp_path / "b.onnx"
+    _refused(_quantize_4bit(model, out), f"'{data}'", "input model's external data")
+    assert data.read_bytes() == before and not out.exists()
+    # the library refuses it too, before writing
+    with pytest.raises(ModelError, match="input model's external data"):
+        model_io.save_model(load_model(model), out, external=True)
+    assert data.read_bytes() == before and not out.exists()
+    # a report over the output's data file is refused before any work
+    other = tmp_path / "q.onnx"
+    report = tmp_path / "q.onnx.data"
+    _refused(_quantize_4bit(model, other, "--report", report), f"'{report}'", "-o/--output")
+    assert not other.exists() and not report.exists()
+
+
+def test_location_with_a_nul_byte_is_a_model_error(tmp_path: Path) -> None:
+    model = _save_external(tmp_path / "m")
+    _set_location(model, "model\0.data")
+    with pytest.raises(ModelError, match="tensor 'emb'"):
+        load_model(model)
+    _refused(_invoke("inspect", model), "tensor 'emb'")
+    _refused(_quantize_4bit(model, tmp_path / "q.onnx"), "tensor 'emb'")
+    assert model_bytes(model) == model.stat().st_size

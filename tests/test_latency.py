@@ -15,7 +15,9 @@ from onnx import TensorProto, helper
 from onnxq import FidelityTarget, OptimizeFor, QuantConfig, quantize
 from onnxq.cli.main import cli
 from onnxq.config import QuantFlags
+from onnxq.graph.metadata import SETTINGS_KEY, recorded
 from onnxq.report.latency import DYNAMIC, INT8, WEIGHTS_ONLY, LatencyCheck, is_slower
+from onnxq.stages.latency import _fastest
 
 import models
 from helpers import run
@@ -80,6 +82,8 @@ def test_balanced_writes_weights_only_when_int8_is_slower(wide_files):
     # int8 weights, float activations: error of the order of the weights' rounding
     assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
     assert report.to_dict()["latency"]["written"] == "weights-only"
+    # the model's own record says what it holds, not only what was asked
+    assert recorded(written, SETTINGS_KEY)["written"] == "weights-only"
     assert not any("ran" in w and "as long as float" in w for w in report.warnings)
 
 
@@ -184,3 +188,16 @@ def test_balanced_does_not_time_the_dynamic_model(wide_files):
         wide_files / "wide.onnx", wide_files / "b8.onnx", config, data=wide_files / "data.npz"
     )
     assert report.latency is not None and DYNAMIC not in report.latency.tried
+
+
+@pytest.mark.parametrize(
+    ("tried", "written"),
+    [
+        ({INT8: 5.0, WEIGHTS_ONLY: 4.99, DYNAMIC: 4.98}, INT8),  # within the noise: int8
+        ({INT8: 5.0, WEIGHTS_ONLY: 4.0, DYNAMIC: 4.9}, WEIGHTS_ONLY),
+        ({INT8: 5.0, WEIGHTS_ONLY: 4.0, DYNAMIC: 2.0}, DYNAMIC),
+        ({INT8: 5.0, WEIGHTS_ONLY: 6.0, DYNAMIC: 7.0}, INT8),
+    ],
+)
+def test_a_candidate_replaces_int8_only_beyond_the_noise(tried, written):
+    assert _fastest(tried) == written

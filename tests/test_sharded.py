@@ -206,6 +206,12 @@ def test_cli_refuses_what_shards_cannot_do(tmp_path):
     assert equalized.exit_code == 2, equalized.output
     assert "--workers 2" in equalized.output and "--equalize" in equalized.output
     assert not (tmp_path / "q.onnx").exists()
+    dynamic = _invoke(
+        "quantize", str(MODEL), "-o", str(tmp_path / "q.onnx"), "--mode", "dynamic",
+        "--workers", "2",
+    )  # fmt: skip
+    assert dynamic.exit_code == 2 and "calibrates nothing" in dynamic.output
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_scheduler_without_dask_names_the_extra(monkeypatch):
@@ -252,3 +258,41 @@ def test_quantize_with_workers_writes_the_same_scales(tmp_path):
         written[workers] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     assert written[1].keys() == written[2].keys()
     assert all(np.array_equal(written[1][n], written[2][n]) for n in written[1])
+
+
+def test_dask_precheck_names_the_external_data_files(tmp_path):
+    import onnx
+
+    model = tmp_path / "ext.onnx"
+    onnx.save_model(
+        onnx.load(str(MODEL)), str(model), save_as_external_data=True,
+        location="ext.data", size_threshold=0,
+    )  # fmt: skip
+    dataset = open_dataset(DATA, input_specs(load_model(model)))
+    paths = parallel._paths(parallel.ModelOrigin(str(model), 13), dataset)
+    data = str((tmp_path / "ext.data").resolve())
+    assert paths[0] == str(model) and data in paths
+    (tmp_path / "ext.data").unlink()  # as a worker without the file would see it
+    assert parallel._unreadable(paths) == [data]
+
+
+def test_dask_failures_become_one_line_runtime_failures():
+    distributed = pytest.importorskip("distributed")
+    from types import SimpleNamespace
+
+    from onnxq.errors import DataError, RuntimeFailure
+
+    worker = SimpleNamespace(address="tcp://10.0.0.7:4000")
+    killed = distributed.scheduler.KilledWorker("observe_job-1", worker, 3)
+    closed = distributed.comm.CommClosedError("in <TCP>: Stream is closed")
+    for exc, fragment in (
+        (killed, "died"),
+        (closed, "lost the connection"),
+        (ValueError("bad\nsecond line"), "ValueError: bad"),
+    ):
+        failure = parallel._dask_failure(exc, "tcp://s:8786")
+        assert isinstance(failure, RuntimeFailure), exc
+        message = str(failure)
+        assert "\n" not in message and fragment in message and "tcp://s:8786" in message
+    data = DataError("shard data changed")
+    assert parallel._dask_failure(data, "tcp://s:8786") is data

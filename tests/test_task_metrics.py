@@ -429,3 +429,50 @@ def test_markdown_report_lists_task_metrics_and_parts(head_files):
     text = render_markdown(compare_page(report))
     assert "| scores.sqnr_db | 13.98 |" in text
     assert "| SQNR of y[4:6, axis 1] | 13.98 dB |" in text
+
+
+def test_detect_topk_agreement_reaches_one_with_fewer_anchors_than_k():
+    # 3 anchors, k=20: identical outputs agree fully (k counts as the anchors there are)
+    head = np.random.default_rng(3).random((2, 6, 3))
+    s = DetectStats(MetricSpec(MetricKind.DETECT, part=Part(1, 4, None), k=20))
+    s.update(head, head, None)
+    assert s.result()["top20_agreement"] == 1.0
+
+
+def test_detect_parts_are_checked():
+    with pytest.raises(ConfigError, match="boxes= needs slice="):
+        parse_metric("detect:boxes=0:4")
+    m = meter("detect:slice=3:,boxes=0:3")
+    head = np.zeros((1, 6, 5))
+    with pytest.raises(ConfigError, match="selects 3 rows of axis 1, not 4"):
+        m.update({"out": head}, {"out": head})
+    with pytest.raises(ConfigError, match="is empty"):
+        meter("detect:slice=9:").update({"out": head}, {"out": head})
+
+
+def test_metric_file_custom_function_resolves_beside_the_file(tmp_path):
+    t = target_from_document({"metric": [{"function": "gap.py:max_gap"}]}, tmp_path / "m.toml")
+    assert t.metrics[0].function == f"{tmp_path / 'gap.py'}:max_gap"
+
+
+def test_quantize_refuses_a_goal_naming_no_measured_value(cnn_files):
+    out = cnn_files["dir"] / "typo.onnx"
+    r = invoke(
+        "quantize", cnn_files["model"], "-o", out, "--data", cnn_files["data"],
+        "--metric", "classify", "--min-metric", "classify.top1_agreemnt=0.9",
+    )  # fmt: skip
+    assert r.exit_code == 2 and "no metric value is named 'classify.top1_agreemnt'" in r.stderr
+    assert not out.exists()
+
+
+def test_quantize_refuses_goals_where_no_output_check_runs(cnn_files):
+    goal = ("--metric", "classify", "--min-metric", "classify.top1_agreement=0.9")
+    out = cnn_files["dir"] / "never.onnx"
+    dyn = invoke("quantize", cnn_files["model"], "-o", out, "--mode", "dynamic", *goal)
+    assert dyn.exit_code == 2 and "--mode dynamic does not run" in dyn.stderr
+    ranges = cnn_files["dir"] / "r.json"
+    calibrated = invoke("calibrate", cnn_files["model"], "--data", cnn_files["data"], "-o", ranges)
+    assert calibrated.exit_code == 0, calibrated.output
+    no_data = invoke("quantize", cnn_files["model"], "-o", out, "--ranges", ranges, *goal)
+    assert no_data.exit_code == 2 and "runs on --data" in no_data.stderr
+    assert not out.exists()

@@ -36,7 +36,8 @@ from onnxq.data.dataset import NpzPart
 from onnxq.data.images import ImageChunk
 from onnxq.data.memory import ArrayPart
 from onnxq.data.npy import NpyPart
-from onnxq.errors import ConfigError, DataError, ModelError, RuntimeFailure
+from onnxq.errors import ConfigError, DataError, ModelError, OnnxqError, RuntimeFailure
+from onnxq.graph.external import referenced_files
 from onnxq.graph.model_io import fingerprint
 
 if TYPE_CHECKING:
@@ -200,15 +201,19 @@ def _on_processes(
             for done in as_completed(futures):
                 progress(done.result()[1])
             return [f.result()[0] for f in futures]
-        except BrokenProcessPool as exc:
-            raise RuntimeFailure(
-                f"a calibration worker process died ({exc}); out of memory? use fewer --workers"
-            ) from None
+        except BaseException as exc:
+            pool.shutdown(cancel_futures=True)  # one shard failed: the others are of no use
+            if isinstance(exc, BrokenProcessPool):
+                raise RuntimeFailure(
+                    f"a calibration worker process died ({exc}); out of memory? use fewer --workers"
+                ) from None
+            raise
 
 
 def _paths(origin: ModelOrigin, dataset: Dataset) -> list[str]:
-    """The files a worker reads: the model and every data part's."""
-    paths = [origin.path]
+    """The files a worker reads: the model, its external data files and every data
+    part's."""
+    paths = [origin.path, *(str(f) for f in referenced_files(origin.path))]
     for part in dataset.parts:
         path = getattr(part, "path", None)
         paths += [str(path)] if path is not None else [str(f) for f in getattr(part, "files", ())]
@@ -241,20 +246,62 @@ def _on_dask(
             f"--scheduler {address}: cannot reach a Dask scheduler ({first})"
         ) from None
     with client:
-        missing = client.run(_unreadable, list(paths))
-        if not missing:
-            raise ConfigError(f"--scheduler {address}: the Dask cluster has no workers")
-        for worker, unread in sorted(missing.items()):
-            if unread:
-                raise DataError(
-                    f"Dask worker {worker} cannot read '{unread[0]}': the model and the data "
-                    "must be readable at the same path on every worker (shared storage)"
-                )
-        futures = [
-            client.submit(observe_job, job, pure=False)
-            for job in jobs(workers if workers > 1 else len(missing))
-        ]
-        for done in distributed.as_completed(futures):
-            progress(done.result()[1])
-        results: list[Result] = client.gather(futures)
-        return [observers for observers, _ in results]
+        try:
+            return _run_on_dask(client, distributed, address, workers, jobs, paths, progress)
+        except OnnxqError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a worker raised, as one line
+            raise _dask_failure(exc, address) from exc
+
+
+def _run_on_dask(
+    client: Any,
+    distributed: Any,
+    address: str,
+    workers: int,
+    jobs: Callable[[int], list[Job]],
+    paths: Sequence[str],
+    progress: Callable[[int], None],
+) -> list[dict[str, TensorObserver]]:
+    missing = client.run(_unreadable, list(paths))
+    if not missing:
+        raise ConfigError(f"--scheduler {address}: the Dask cluster has no workers")
+    for worker, unread in sorted(missing.items()):
+        if unread:
+            raise DataError(
+                f"Dask worker {worker} cannot read '{unread[0]}': the model, its external "
+                "data and the data must be readable at the same path on every worker "
+                "(shared storage)"
+            )
+    futures = [
+        client.submit(observe_job, job, pure=False)
+        for job in jobs(workers if workers > 1 else len(missing))
+    ]
+    for done in distributed.as_completed(futures):
+        progress(done.result()[1])
+    results: list[Result] = client.gather(futures)
+    return [observers for observers, _ in results]
+
+
+def _dask_failure(exc: Exception, address: str) -> OnnxqError:
+    """What to raise for ``exc`` from the Dask cluster at ``address``: onnxq's own errors
+    as they are; a worker that died, a lost connection or anything a task raised as a
+    one-line :class:`RuntimeFailure`."""
+    if isinstance(exc, OnnxqError):
+        return exc
+    distributed: Any = importlib.import_module("distributed")  # imported by the caller
+    name = type(exc).__name__
+    lines = str(exc).strip().splitlines()
+    detail = f"{name}: {lines[0]}" if lines else name
+    if isinstance(exc, distributed.scheduler.KilledWorker):
+        return RuntimeFailure(
+            f"--scheduler {address}: Dask workers died running a calibration shard ({detail}); "
+            "out of memory? give the workers more memory or split the data into more "
+            "shards (--workers)"
+        )
+    if isinstance(exc, distributed.comm.CommClosedError):
+        return RuntimeFailure(
+            f"--scheduler {address}: lost the connection to the Dask cluster ({detail}); "
+            "check that the scheduler and its workers are still running"
+        )
+    return RuntimeFailure(f"--scheduler {address}: a calibration shard failed ({detail})")

@@ -52,7 +52,13 @@ from onnxq.config import (
 )
 from onnxq.data import Preprocess
 from onnxq.errors import OnnxqError
-from onnxq.graph.model_io import check_outputs, check_writable, write_atomic
+from onnxq.graph.model_io import (
+    check_outputs,
+    check_writable,
+    model_files,
+    write_atomic,
+    written_files,
+)
 from onnxq.inspect import inspect_model
 from onnxq.pipeline import quantize as run_quantize
 from onnxq.recipe import read_recipe
@@ -389,14 +395,19 @@ def quantize(
     """
     check_outputs(
         {
-            "model": model,
+            **model_files("model", model),
             "data": data,
             "ranges file": ranges,
             "evaluation data": eval_data,
             "recipe": recipe,
             **side_inputs(),
         },
-        {"-o/--output": output, "--report": report_path, "--html": html, "--markdown": markdown},
+        {
+            **written_files("-o/--output", output),
+            "--report": report_path,
+            "--html": html,
+            "--markdown": markdown,
+        },
     )
     if report_path is not None:
         check_writable(report_path)

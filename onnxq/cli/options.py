@@ -424,8 +424,8 @@ tuning_options = stack(
         show_default=True,
         help="When int8 would run slower than float on onnxruntime's CPU provider: size "
         "writes it anyway (and warns); balanced times it against float on one sample and "
-        "writes the weights-only model instead when that is faster; latency also keeps "
-        "float the element-wise nodes that have no integer kernel.",
+        "writes the weights-only model instead when that is faster; latency also times "
+        "the dynamic model and writes the fastest.",
     ),
 )
 

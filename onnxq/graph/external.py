@@ -46,6 +46,7 @@ __all__ = [
     "model_bytes",
     "pin_external_data",
     "read_bytes",
+    "referenced_files",
     "relocate",
     "row_reader",
     "stored_bytes",
@@ -150,6 +151,8 @@ def pin_external_data(model: onnx.ModelProto, model_path: Path) -> None:
 def _resolved(location: str, folder: Path, where: str) -> Path:
     if not location:
         raise ModelError(f"{where} is external but names no data file; fix the model")
+    if "\0" in location:
+        raise ModelError(f"{where} names a data file with a NUL byte in it; fix the model")
     given = Path(location)
     if given.is_absolute() or location.startswith(("/", "\\")) or given.drive:
         raise ModelError(
@@ -161,7 +164,12 @@ def _resolved(location: str, folder: Path, where: str) -> Path:
             f"{where} reads data from '{location}', outside the model's folder; "
             "external data must sit beside the model"
         )
-    path = (folder / given).resolve()
+    try:
+        path = (folder / given).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a link loop, say (RuntimeError < 3.13)
+        raise ModelError(
+            f"{where} reads data from '{location}', which cannot be resolved ({exc})"
+        ) from exc
     if not path.is_relative_to(folder):
         raise ModelError(
             f"{where} reads data from '{location}', a link to '{path}' outside the model's "
@@ -432,21 +440,33 @@ def external_files(model: onnx.ModelProto) -> list[Path]:
     return list(dict.fromkeys(external_ref(t).path for t in _all_tensors(model) if is_external(t)))
 
 
+def referenced_files(path: str | Path) -> list[Path]:
+    """The data files the model at ``path`` names inside its folder, resolved, each once,
+    whether they are there or not. Best effort, for checks before loading: an unreadable
+    model names none, and a location that is absolute, leaves the folder or is no path is
+    skipped (:func:`pin_external_data` refuses those when the model is loaded)."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - loading the model reports the error
+        return []
+    folder = path.resolve().parent
+    files: dict[Path, None] = {}
+    for tensor in _all_tensors(model):
+        location = _entries(tensor).get("location", "") if is_external(tensor) else ""
+        if not location or "\0" in location:
+            continue
+        try:
+            candidate = (folder / location).resolve()
+        except (OSError, ValueError, RuntimeError):
+            continue
+        if candidate.is_relative_to(folder):
+            files[candidate] = None
+    return list(files)
+
+
 def model_bytes(path: str | Path) -> int:
     """Bytes on disk of the model at ``path`` with every external data file it names
     (each counted once); an unreadable model counts its own file only."""
-    path = Path(path)
-    size = path.stat().st_size
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - sizes are best effort; loading reports the error
-        return size
-    folder = path.resolve().parent
-    files = set()
-    for tensor in _all_tensors(model):
-        if is_external(tensor):
-            location = _entries(tensor).get("location", "")
-            candidate = (folder / location).resolve()
-            if location and candidate.is_relative_to(folder) and candidate.is_file():
-                files.add(candidate)
-    return size + sum(f.stat().st_size for f in files)
+    size = Path(path).stat().st_size
+    return size + sum(f.stat().st_size for f in referenced_files(path) if f.is_file())

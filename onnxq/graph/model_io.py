@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -19,9 +21,11 @@ from onnxq.data.dataset import InputSpec
 from onnxq.errors import ModelError
 from onnxq.graph.external import (
     checkable,
+    external_files,
     externalized,
     inlined,
     pin_external_data,
+    referenced_files,
     stored_bytes,
     uses_external_data,
 )
@@ -36,11 +40,15 @@ __all__ = [
     "fingerprint",
     "input_specs",
     "load_model",
+    "model_files",
     "opset_version",
     "remove_stale_temps",
     "save_model",
     "write_atomic",
+    "written_files",
 ]
+
+log = logging.getLogger(__name__)
 
 # write_atomic's temporary files: ".<name>.<pid>.<random>.onnxq-tmp" beside <name>
 TEMP_SUFFIX = ".onnxq-tmp"
@@ -169,6 +177,27 @@ def data_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".data")
 
 
+def model_files(what: str, path: str | Path | None) -> dict[str, Path | None]:
+    """The files reading the model at ``path`` reads, as :func:`check_outputs` takes its
+    inputs: the model under ``what`` and each external data file it names under
+    "<what>'s external data" (see :func:`onnxq.graph.external.referenced_files`)."""
+    if path is None:
+        return {what: None}
+    files: dict[str, Path | None] = {what: Path(path)}
+    for i, data in enumerate(referenced_files(path)):
+        files[f"{what}'s external data" + (f" ({i + 1})" if i else "")] = data
+    return files
+
+
+def written_files(option: str, path: str | Path | None) -> dict[str, Path | None]:
+    """The files :func:`save_model` may write for the model output ``option``, as
+    :func:`check_outputs` takes its outputs: the model and its data file
+    (:func:`data_path`)."""
+    if path is None:
+        return {option: None}
+    return {option: Path(path), f"{option} data file": data_path(path)}
+
+
 def save_model(model: onnx.ModelProto, path: str | Path, *, external: bool | None = None) -> int:
     """Check ``model`` and write it atomically (temporary files in the target folder, then
     renames). Returns the bytes written, data file included. Nothing is left behind when
@@ -185,6 +214,7 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, external: bool | Non
         raise ModelError(f"the quantized model failed onnx.checker: {_first_line(exc)}") from exc
     if external is None:
         external = uses_external_data(model) or stored_bytes(model) > PROTOBUF_LIMIT
+    _check_not_read(model, [path, data_path(path)] if external else [path])
     if external:
         return _save_external(model, path)
     whole = inlined(model) if uses_external_data(model) else model
@@ -198,28 +228,90 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, external: bool | Non
     return len(data)
 
 
+def _check_not_read(model: onnx.ModelProto, targets: list[Path]) -> None:
+    """Refuse to write one of ``targets`` over a data file ``model`` reads its weights
+    from (renaming over it would change the input model)."""
+    for source in external_files(model):
+        for target in targets:
+            if _same_file(source, target):
+                raise ModelError(
+                    f"output '{target}' is the input model's external data; choose another path"
+                )
+
+
 def _save_external(model: onnx.ModelProto, path: Path) -> int:
+    """Both files written to temporary files first, then renamed: the data, then the
+    model. The data file the output replaces is kept (a hard link beside it) until the
+    model is in place and put back if that fails, so an earlier output stays whole."""
     data = data_path(path)
-    check_writable(path)
-    check_writable(data)
-    remove_stale_temps(data)
+    for target in (path, data):
+        check_writable(target)
+        remove_stale_temps(target)
     made: list[onnx.ModelProto] = []
-    tmp = _write_temp(data, lambda fh: made.append(externalized(model, data.name, fh)))
+    data_tmp = _write_temp(data, lambda fh: made.append(externalized(model, data.name, fh)))
+    model_tmp: Path | None = None
     try:
         proto = made[0].SerializeToString()
-        os.replace(tmp, data)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ModelError(f"cannot write '{data}': {exc.strerror}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        write_atomic(path, proto)
-    except BaseException:
-        data.unlink(missing_ok=True)  # no data file without its model
-        raise
+
+        def write_model(fh: BinaryIO) -> None:
+            fh.write(proto)
+
+        model_tmp = _write_temp(path, write_model)
+        _replace_pair(data_tmp, data, model_tmp, path)
+    finally:  # gone when renamed; left only by a failure
+        data_tmp.unlink(missing_ok=True)
+        if model_tmp is not None:
+            model_tmp.unlink(missing_ok=True)
+    _sync_folder(data.parent)
     return len(proto) + data.stat().st_size
+
+
+def _replace_pair(data_tmp: Path, data: Path, model_tmp: Path, model: Path) -> None:
+    """Rename ``data_tmp`` to ``data``, then ``model_tmp`` to ``model``; when either
+    fails, ``data`` is what it was before (the earlier file, or none)."""
+    backup = _backup(data)
+    renamed = False
+    try:
+        _rename(data_tmp, data)
+        renamed = True
+        _rename(model_tmp, model)
+    except BaseException:
+        if backup is not None:
+            _restore(backup, data)
+        elif renamed:
+            data.unlink(missing_ok=True)  # no data file without its model
+        raise
+    if backup is not None:
+        backup.unlink(missing_ok=True)
+
+
+def _backup(path: Path) -> Path | None:
+    """A second name for the file at ``path`` (a temporary name beside it: a hard link, or
+    the file itself renamed where links are not supported); None when there is no file."""
+    if not path.exists():
+        return None
+    backup = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        os.link(path, backup)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        _rename(path, backup)
+    return backup
+
+
+def _restore(backup: Path, path: Path) -> None:
+    try:
+        os.replace(backup, path)
+    except OSError as exc:
+        log.error("could not put back '%s' (%s); its earlier bytes are in '%s'", path, exc, backup)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        raise ModelError(f"cannot write '{dst}': {exc.strerror}") from exc
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
@@ -236,10 +328,9 @@ def write_atomic(path: str | Path, data: bytes) -> None:
 
     tmp = _write_temp(path, write)
     try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ModelError(f"cannot write '{path}': {exc.strerror}") from exc
+        _rename(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone when renamed
     _sync_folder(tmp.parent)
 
 

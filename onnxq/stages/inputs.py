@@ -62,6 +62,40 @@ class QuantizeRequest:
             raise ConfigError(
                 "--mode dynamic and --weights-only need no activation ranges: drop --ranges"
             )
+        self._check_goals()
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Sharded calibration where it cannot run, refused before any work."""
+        c = self.calibration
+        if not c.sharded:
+            return
+        flag = "--scheduler" if c.scheduler is not None else f"--workers {c.workers}"
+        if self.config.equalize:
+            raise ConfigError(
+                f"{flag} rebuilds the float model from its file in each worker, but "
+                "--equalize changes it in memory first: drop one of them"
+            )
+        if self.ranges is not None or not self.config.needs_ranges:
+            raise ConfigError(
+                f"{flag} shards calibration, and this run calibrates nothing (--ranges, "
+                "--weights-only or --mode dynamic): drop it"
+            )
+
+    def _check_goals(self) -> None:
+        """Goals on task metrics are the output check's target: refused where no check
+        runs (else they would be ignored silently)."""
+        if not self.config.target.task.goals:
+            return
+        if self.config.mode is Mode.DYNAMIC:
+            raise ConfigError(
+                "--min-metric/--max-metric aim the output check, which "
+                "--mode dynamic does not run: drop them, or judge with compare"
+            )
+        if self.data is None:
+            raise ConfigError(
+                "--min-metric/--max-metric aim the output check, which runs on --data: give --data"
+            )
 
     @property
     def wants_data(self) -> bool:

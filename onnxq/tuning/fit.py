@@ -30,6 +30,7 @@ from onnxq.graph.candidate import Candidate
 from onnxq.graph.outputs import with_outputs
 from onnxq.graph.simulate import UnitKind, build_simulation
 from onnxq.report.task import MetricGoal
+from onnxq.report.task.measure import check_goals
 from onnxq.runtime import OptLevel, Runner
 from onnxq.tuning.check import PROBE_BYTES, PROBE_SAMPLES, CheckResult, CheckSet
 from onnxq.tuning.search import Measurements, search_fallback
@@ -151,6 +152,7 @@ def fit_target(
     model ``first`` was rewritten from."""
     first_runner = check.runner(first.model, threads=threads, record_graph=True)
     before = check.run(first_runner)
+    check_goals(target.task.goals, before.task)  # a goal naming no measured value: exit 2
     log.info("output check: %s on %d samples", _describe(before, target), before.samples)
     unchanged = FitReport(target, before, before, (), (), 0, 0)
     if before.meets(target) or first.plan is None or first.qparams is None:

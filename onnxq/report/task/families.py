@@ -234,7 +234,7 @@ class DetectStats:
 
     def __init__(self, spec: MetricSpec) -> None:
         self.spec = spec
-        self.samples = self.hits = 0
+        self.samples = self.hits = self.slots = 0  # slots: k per sample (k ≤ anchors)
         self.cos_sum = self.peak_err = self.box_err = 0.0
         self.box_values = 0
         self.tp = self.n_ref = self.n_cand = 0
@@ -253,6 +253,7 @@ class DetectStats:
         top_c = np.argsort(-peak_c, axis=1, kind="stable")[:, :k]
         for a, b in zip(top_r, top_c, strict=True):
             self.hits += len(np.intersect1d(a, b))
+        self.slots += k * sr.shape[0]
         self.cos_sum += float(cosine_rows(_rows(sr), _rows(sc)).sum())
         pr, pc = peak_r.max(axis=1), peak_c.max(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -275,9 +276,7 @@ class DetectStats:
     def result(self) -> dict[str, float]:
         n = max(self.samples, 1)
         out = {
-            f"top{self.spec.k}_agreement": self.hits / max(n * self.spec.k, 1)
-            if self.samples
-            else 1.0,
+            f"top{self.spec.k}_agreement": self.hits / self.slots if self.slots else 1.0,
             "score_cosine": self.cos_sum / n,
             "peak_error": self.peak_err / n,
         }

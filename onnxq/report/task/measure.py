@@ -4,7 +4,7 @@ by batch, and their values named ``METRIC.VALUE``; goals checked against them.""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -82,7 +82,22 @@ class TaskMeter:
             r, c = np.asarray(ref[name]), np.asarray(cand[name])
             if spec.kind is not MetricKind.DETECT:  # detect reads its parts itself
                 r, c = self._part(spec, r), self._part(spec, c)
+            else:
+                self._detect_parts(spec, r)
             acc.update(r, c, labels)
+
+    @classmethod
+    def _detect_parts(cls, spec: MetricSpec, value: np.ndarray) -> None:
+        """Detect's score and box parts exist, and the boxes are four rows."""
+        cls._part(spec, value)
+        if spec.boxes is None:
+            return
+        boxes = cls._part(replace(spec, part=spec.boxes), value)
+        if boxes.shape[spec.boxes.axis] != 4:
+            raise ConfigError(
+                f"metric '{spec.name}': boxes={spec.boxes.text} selects "
+                f"{boxes.shape[spec.boxes.axis]} rows of axis {spec.boxes.axis}, not 4"
+            )
 
     @staticmethod
     def _part(spec: MetricSpec, value: np.ndarray) -> np.ndarray:

@@ -170,6 +170,11 @@ class MetricSpec:
             raise ConfigError(f"metric '{self.name}': blank must be ≥ 0, got {self.blank}")
         if (self.kind is MetricKind.CUSTOM) != (self.function is not None):
             raise ConfigError("a custom metric is written MODULE:FUNCTION or FILE.py:FUNCTION")
+        if self.boxes is not None and self.part.whole:
+            raise ConfigError(
+                f"metric '{self.name}': boxes= needs slice= for the score rows (else the box "
+                "coordinates would be ranked as scores), e.g. detect:slice=4:,boxes=0:4"
+            )
 
     def describe(self) -> str:
         what = self.function if self.function is not None else self.kind.value
@@ -371,6 +376,9 @@ def _file_metric(entry: Any, where: str, base: Path) -> MetricSpec:
     params = dict(entry)
     if "function" in params:
         func = str(params.pop("function"))
+        module, sep, attr = func.rpartition(":")
+        if sep and module.endswith(".py") and not Path(module).is_absolute():
+            func = f"{base / module}:{attr}"  # a file beside the metric file, like charset
         name = str(params.pop("name", ""))
         if params:
             raise ConfigError(f"{where}: a custom metric takes function and name only")
