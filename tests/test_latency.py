@@ -201,3 +201,22 @@ def test_balanced_does_not_time_the_dynamic_model(wide_files):
 )
 def test_a_candidate_replaces_int8_only_beyond_the_noise(tried, written):
     assert _fastest(tried) == written
+
+
+def test_measure_latency_in_blocks_alternates_and_warms_each_block():
+    from onnxq.runtime import measure_latency
+
+    calls: list[str] = []
+
+    class Counting:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def run(self, feed):
+            calls.append(self.name)
+
+    a, b = Counting("a"), Counting("b")
+    medians = measure_latency([a, b], {}, warmup=0, runs=10, block=5)  # type: ignore[list-item]
+    assert len(medians) == 2
+    # two rounds; each block: one untimed run then five timed, the models in turn
+    assert calls == (["a"] * 6 + ["b"] * 6) * 2

@@ -224,19 +224,26 @@ def measure_latency(
     *,
     warmup: int = 3,
     runs: int = 20,
+    block: int = 1,
 ) -> list[float]:
     """Median wall time in milliseconds of one run of each runner on ``feed``.
 
-    Runners alternate run by run, so that drift in machine load hits all alike; make
-    them with ``spin=False`` (see :class:`Runner`) or each waits on the others' threads.
+    Runners alternate, so that drift in machine load hits all alike: one run each in
+    turn, or with ``block`` > 1 blocks of that many runs each in turn, every block after
+    one untimed run (caches and thread pools warm for the model timed); ``runs`` timed
+    runs of each in all (rounded down to whole blocks, at least one). Make the runners
+    with ``spin=False`` (see :class:`Runner`) or each waits on the others' threads.
     """
     for _ in range(warmup):
         for runner in runners:
             runner.run(feed)
     times: list[list[float]] = [[] for _ in runners]
-    for _ in range(runs):
+    for _ in range(max(1, runs // block)):
         for i, runner in enumerate(runners):
-            start = time.perf_counter()
-            runner.run(feed)
-            times[i].append((time.perf_counter() - start) * 1000.0)
+            if block > 1:
+                runner.run(feed)
+            for _ in range(block):
+                start = time.perf_counter()
+                runner.run(feed)
+                times[i].append((time.perf_counter() - start) * 1000.0)
     return [statistics.median(t) for t in times]

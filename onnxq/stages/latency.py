@@ -10,7 +10,6 @@ and reported (``--strict`` fails on it). ``--optimize-for size`` times and repor
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -24,7 +23,7 @@ from onnxq.errors import ConfigError
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.external import uses_external_data
 from onnxq.report.latency import DYNAMIC, INT8, WEIGHTS_ONLY, LatencyCheck, is_slower
-from onnxq.runtime import Runner
+from onnxq.runtime import Runner, measure_latency
 from onnxq.stages.check import Checked
 from onnxq.stages.dynamic import quantize_dynamic
 from onnxq.stages.replan import Replanner
@@ -141,21 +140,17 @@ def _first_sample(data: Dataset) -> Mapping[str, np.ndarray]:
 def _timed(
     floats: Runner, sessions: Mapping[str, Runner], feed: Mapping[str, np.ndarray]
 ) -> tuple[dict[str, float], int]:
-    """Median ms of float and each session on ``feed``: blocks of :data:`BLOCK` runs, the
-    models in turn, each block after one untimed run (caches and thread pools warm for
-    the model timed); as many blocks as fit :data:`BUDGET_MS`, at least
-    :data:`MIN_RUNS` runs. Every session must sleep its threads between runs (spinning
-    ones would gain from it in a tight loop, and slow the next model's first run)."""
+    """Median ms of float and each session on ``feed`` (:func:`measure_latency` in blocks
+    of :data:`BLOCK` runs): as many runs as fit :data:`BUDGET_MS`, at least
+    :data:`MIN_RUNS`. Every session must sleep its threads between runs (spinning ones
+    would gain from it in a tight loop, and slow the next model's first run)."""
     names = [FLOAT, *sessions]
     runners = [floats, *sessions.values()]
     once = [_run_ms(r, feed) for r in runners]  # warm-up, and the cost of one run
-    blocks = int(min(MAX_RUNS, max(MIN_RUNS, BUDGET_MS / max(sum(once), 1e-3)))) // BLOCK
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(max(1, blocks)):
-        for runner, spent in zip(runners, times, strict=True):
-            runner.run(feed)
-            spent.extend(_run_ms(runner, feed) for _ in range(BLOCK))
-    return dict(zip(names, map(statistics.median, times), strict=True)), len(times[0])
+    runs = int(min(MAX_RUNS, max(MIN_RUNS, BUDGET_MS / max(sum(once), 1e-3))))
+    runs = max(BLOCK, runs - runs % BLOCK)
+    medians = measure_latency(runners, feed, warmup=0, runs=runs, block=BLOCK)
+    return dict(zip(names, medians, strict=True)), runs
 
 
 def _run_ms(runner: Runner, feed: Mapping[str, np.ndarray]) -> float:
