@@ -403,3 +403,34 @@ def test_location_with_a_nul_byte_is_a_model_error(tmp_path: Path) -> None:
     _refused(_invoke("inspect", model), "tensor 'emb'")
     _refused(_quantize_4bit(model, tmp_path / "q.onnx"), "tensor 'emb'")
     assert model_bytes(model) == model.stat().st_size
+
+
+def test_spill_folders_of_dead_processes_are_removed(tmp_path):
+    from onnxq.graph.external import SPILL_PREFIX, remove_dead_spills
+
+    dead = tmp_path / f"{SPILL_PREFIX}{2**22 + 12345}-abc"  # above Linux's pid_max default
+    dead.mkdir()
+    (dead / "tensors.bin").write_bytes(b"\0" * 16)
+    alive = tmp_path / f"{SPILL_PREFIX}{os.getpid()}-def"
+    alive.mkdir()
+    other = tmp_path / "onnxq-spill-notapid"
+    other.mkdir()
+    remove_dead_spills(tmp_path)
+    assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_codebook_weights_of_an_external_model_stay_external(tmp_path: Path) -> None:
+    model = _save_external(tmp_path / "m")
+    out = tmp_path / "kmeans.onnx"
+    result = _invoke(
+        "quantize", model, "-o", out, "--weights-only", "--weight-levels", "kmeans",
+        "--weight-bits", "4", "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = onnx.load(str(out), load_external_data=False)
+    inline = [t.name for t in written.graph.initializer if t.data_location != 1]
+    assert sum(t.data_location == 1 for t in written.graph.initializer) > 0
+    big_inline = [t for t in written.graph.initializer if len(t.raw_data) > 4096]
+    assert not big_inline, [t.name for t in big_inline]  # indices went to the data file
+    assert inline  # small tensors (levels, shapes) stay in the proto
+    assert _cos(_run(out), _run(model)) > 0.95

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import shutil
 import tempfile
 import threading
@@ -324,8 +325,31 @@ def _refer(tensor: onnx.TensorProto, location: str, offset: int, length: int) ->
         tensor.external_data.add(key=key, value=value)
 
 
+SPILL_PREFIX = "onnxq-spill-"  # + "<pid>-<random>": the temporary folder of one process
+
+
+def remove_dead_spills(folder: Path) -> None:
+    """Remove the spill folders in ``folder`` whose process is gone (killed before its exit
+    handler ran, e.g. by the kernel when memory ran out): they can hold gigabytes."""
+    for path in folder.glob(f"{SPILL_PREFIX}*"):
+        pid = path.name[len(SPILL_PREFIX) :].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
 class _Spill:
-    """One append-only file in a private temporary folder, removed at exit."""
+    """One append-only file in a private temporary folder, removed at exit (and by the
+    next onnxq process when this one was killed)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -335,7 +359,9 @@ class _Spill:
     def append(self, data: np.ndarray) -> tuple[Path, int]:
         with self._lock:
             if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="onnxq-spill-"))
+                remove_dead_spills(Path(tempfile.gettempdir()))
+                prefix = f"{SPILL_PREFIX}{os.getpid()}-"
+                self._folder = Path(tempfile.mkdtemp(prefix=prefix))
                 atexit.register(shutil.rmtree, self._folder, True)
             path = self._folder / "tensors.bin"
             offset = -(-self._size // ALIGN) * ALIGN

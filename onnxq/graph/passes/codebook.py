@@ -24,16 +24,17 @@ simulation and ``inspect`` see the decoded weight through it).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from onnxq.errors import ConfigError, ModelError
-from onnxq.graph.external import tensor_values
+from onnxq.graph.external import stored_tensor, tensor_values, uses_external_data
 from onnxq.graph.model_io import opset_version
 from onnxq.graph.names import NameFactory
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
@@ -117,7 +118,7 @@ def store_codebook_weights(model: onnx.ModelProto, uses: Sequence[CodebookUse]) 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     names = NameFactory(out)
-    consts = _Constants(names)
+    consts = _Constants(names, spill=uses_external_data(model))
     by_name = {n.name: n for n in out.graph.node}
     decoded: dict[tuple[str, int, LevelKind, int | None], str] = {}
     nodes: list[onnx.NodeProto] = []
@@ -156,8 +157,6 @@ def _weight(
     init = inits.get(use.tensor)
     if init is None or init.data_type != TensorProto.FLOAT:
         raise ModelError(f"{use.tensor!r} read by {use.node!r} is not a float32 initializer")
-    if init.data_location == TensorProto.EXTERNAL:
-        raise ModelError(f"{use.tensor!r} is stored outside the model; load its external data")
     arr = tensor_values(init)
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         raise ModelError(f"{use.tensor!r} is empty or not finite; it cannot be a codebook")
@@ -187,17 +186,19 @@ class _Constants:
     """Initializers of the decode subgraphs, one per distinct value (shifts, masks and
     shapes are shared between weights)."""
 
-    def __init__(self, names: NameFactory) -> None:
+    def __init__(self, names: NameFactory, *, spill: bool = False) -> None:
         self.names = names
-        self._seen: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+        self.spill = spill  # a model with external data: new tensors go to the spill file
+        self._seen: dict[tuple[str, tuple[int, ...], bytes], str] = {}  # by value digest
         self.initializers: list[TensorProto] = []
 
     def add(self, base: str, value: np.ndarray, *, share: bool = True) -> str:
-        key = (value.dtype.str, value.shape, value.tobytes())
+        digest = hashlib.sha256(np.ascontiguousarray(value).view(np.uint8).data).digest()
+        key = (value.dtype.str, value.shape, digest)
         if share and key in self._seen:
             return self._seen[key]
         name = self.names.new(base)
-        self.initializers.append(numpy_helper.from_array(value, name))
+        self.initializers.append(stored_tensor(value, name, spill=self.spill))
         if share:
             self._seen[key] = name
         return name

@@ -35,10 +35,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxq.errors import ConfigError, DataError
-from onnxq.graph.external import tensor_values
+from onnxq.graph.external import stored_tensor, tensor_values, uses_external_data
 from onnxq.graph.names import NameFactory
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
 from onnxq.graph.rules import GraphIndex, attribute, node_reads
@@ -600,16 +599,17 @@ def _write_site(
     place, or as a new initializer when the old one is read elsewhere."""
     node = site.node
     w_name = node.input[1]
-    idx.initializers[w_name].CopyFrom(_tensor(site.weight, w_name))
+    spill = uses_external_data(model)  # external data: new tensors go to the spill file
+    idx.initializers[w_name].CopyFrom(_tensor(site.weight, w_name, spill))
     if site.bias is None:
         return
     shape = site.bias_shape or site.bias.shape
     b_name = node.input[2] if len(node.input) > 2 else ""
     if b_name and b_name not in fixed and len(idx.consumers.get(b_name, [])) == 1:
-        idx.initializers[b_name].CopyFrom(_tensor(site.bias.reshape(shape), b_name))
+        idx.initializers[b_name].CopyFrom(_tensor(site.bias.reshape(shape), b_name, spill))
         return
     new = names.new(f"{b_name}_equalized" if b_name else f"{node.name}_bias")
-    model.graph.initializer.append(_tensor(site.bias.reshape(shape), new))
+    model.graph.initializer.append(_tensor(site.bias.reshape(shape), new, spill))
     if b_name:
         detached.add(b_name)
     if len(node.input) > 2:
@@ -618,8 +618,8 @@ def _write_site(
         node.input.append(new)
 
 
-def _tensor(values: np.ndarray, name: str) -> onnx.TensorProto:
-    return numpy_helper.from_array(values.astype(np.float32), name)
+def _tensor(values: np.ndarray, name: str, spill: bool) -> onnx.TensorProto:
+    return stored_tensor(values.astype(np.float32), name, spill=spill)
 
 
 def _to_relu(node: onnx.NodeProto) -> None:
