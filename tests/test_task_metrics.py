@@ -476,3 +476,33 @@ def test_quantize_refuses_goals_where_no_output_check_runs(cnn_files):
     no_data = invoke("quantize", cnn_files["model"], "-o", out, "--ranges", ranges, *goal)
     assert no_data.exit_code == 2 and "runs on --data" in no_data.stderr
     assert not out.exists()
+
+
+def test_a_task_goal_checks_enough_samples_to_count(tmp_path):
+    from onnxq.calibration.collect import FloatSession
+    from onnxq.data.dataset import open_dataset
+    from onnxq.graph.model_io import input_specs
+    from onnxq.report.task import MetricGoal
+    from onnxq.tuning.check import TASK_SAMPLES, make_check_set
+
+    import models
+
+    w = np.random.default_rng(0).normal(size=(4, 3, 1, 1)).astype(np.float32)
+    model = models._model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+            helper.make_node("GlobalAveragePool", ["c"], ["y"], name="gap"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 320, 320])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 1, 1])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    x = np.random.default_rng(1).random((40, 3, 320, 320), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    data = open_dataset(tmp_path / "d.npz", input_specs(model))
+    floats = FloatSession(model)
+    plain = make_check_set(floats, data)
+    goal = TaskTarget((parse_metric("fidelity"),), (MetricGoal("fidelity.cosine", 0.99),))
+    aimed = make_check_set(floats, data, task=goal)
+    assert plain.samples == 6  # 2e6 input values: six images of 3x320x320
+    assert aimed.samples >= TASK_SAMPLES

@@ -243,6 +243,7 @@ PROBE_BYTES = 2**29  # activations of the check samples the search's simulation 
 # the search ran every check sample 48 times, 70 % of the quantize time; the noisiest
 # 32 rank the decisions as well (measured: the same or a better check result)
 PROBE_SAMPLES = 32
+TASK_SAMPLES = 32  # check samples at least, when a task metric has a goal
 
 
 def check_samples(dataset: Dataset, budget: float = 2e6, low: int = 4, high: int = 128) -> int:
@@ -269,10 +270,12 @@ def make_check_set(
     every check (``floats`` must fetch the graph outputs they read)."""
     if sample_bytes is None:
         sample_bytes = floats.sample_bytes(dataset)
-    wanted = check_samples(dataset)
+    task = task or TaskTarget()
+    # a goal on a task metric counts whole samples (strings, top-k anchors): a few large
+    # images judge it by chance, so it takes at least TASK_SAMPLES when the data has them
+    wanted = check_samples(dataset, low=TASK_SAMPLES if task.goals else 4)
     per_feed = min(batch_size, wanted, FEED_SAMPLES, max(1, PROBE_BYTES // max(sample_bytes, 1)))
     compared, softmax_axes = compared_tensors(floats.model)
-    task = task or TaskTarget()
     graph_outputs = tuple(o.name for o in floats.model.graph.output)
     reads = TaskMeter(task, graph_outputs).reads if task else ()
     fetch = list(dict.fromkeys([*compared, *reads]))
