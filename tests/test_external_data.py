@@ -434,3 +434,23 @@ def test_codebook_weights_of_an_external_model_stay_external(tmp_path: Path) -> 
     assert not big_inline, [t.name for t in big_inline]  # indices went to the data file
     assert inline  # small tensors (levels, shapes) stay in the proto
     assert _cos(_run(out), _run(model)) > 0.95
+
+
+def test_session_refuses_more_than_protobuf_takes_inline(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from onnxq.errors import RuntimeFailure
+    from onnxq.runtime import Runner, session
+
+    model_path = _save_external(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "model.data", tmp_path / "b" / "model.data")
+    model = load_model(model_path)  # locations pinned to absolute paths
+    moved = model.graph.initializer[0]
+    for entry in moved.external_data:
+        if entry.key == "location":
+            entry.value = str(tmp_path / "b" / "model.data")
+    Runner(model)  # the other folder's tensor is small: put inline
+    monkeypatch.setattr(session, "PROTOBUF_LIMIT", 16)
+    with pytest.raises(RuntimeFailure, match="lie in 2 folders"):
+        Runner(model)

@@ -34,6 +34,7 @@ from onnxq.errors import ModelError
 
 __all__ = [
     "ALIGN",
+    "PROTOBUF_LIMIT",
     "SPILL_BYTES",
     "ExternalRef",
     "checkable",
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 ALIGN = 4096  # offsets of tensors in a data file onnxq writes (a page: mmap-friendly)
+# a model past this many bytes of tensors is written with external data (protobuf's limit
+# for one message is 2 GiB; the margin holds the graph itself)
+PROTOBUF_LIMIT = 2**31 - 2**26
 SPILL_BYTES = 1024  # new tensors at least this large are spilled (onnx's own threshold)
 _CHUNK = 64 * 2**20  # bytes copied at once between data files
 

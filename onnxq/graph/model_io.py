@@ -20,6 +20,7 @@ from onnx import helper
 from onnxq.data.dataset import InputSpec
 from onnxq.errors import ModelError
 from onnxq.graph.external import (
+    PROTOBUF_LIMIT,
     checkable,
     external_files,
     externalized,
@@ -52,9 +53,6 @@ log = logging.getLogger(__name__)
 
 # write_atomic's temporary files: ".<name>.<pid>.<random>.onnxq-tmp" beside <name>
 TEMP_SUFFIX = ".onnxq-tmp"
-# a model past this many bytes of tensors is written with external data (protobuf's limit
-# for one message is 2 GiB; the margin holds the graph itself)
-PROTOBUF_LIMIT = 2**31 - 2**26
 _STARTED = time.time()  # when this process loaded onnxq: temporary files older are stale
 
 

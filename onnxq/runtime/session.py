@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxq.errors import RuntimeFailure
-from onnxq.graph.external import external_ref, inline, is_external, relocate
+from onnxq.graph.external import PROTOBUF_LIMIT, external_ref, inline, is_external, relocate
 
 __all__ = [
     "OptLevel",
@@ -95,6 +95,13 @@ def _session_model(model: onnx.ModelProto) -> tuple[Path | None, onnx.ModelProto
     if not by_folder:
         return None, model
     folder = max(by_folder, key=lambda f: by_folder[f])
+    inlined = sum(n for f, n in by_folder.items() if f != folder)
+    if inlined > PROTOBUF_LIMIT:
+        raise RuntimeFailure(
+            f"the model's weights lie in {len(by_folder)} folders and those outside "
+            f"'{folder}' pass 2 GB ({inlined / 2**30:.1f} GiB), more than onnxruntime can take "
+            "inline: keep a model's data files in its own folder"
+        )
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for t in out.graph.initializer:
