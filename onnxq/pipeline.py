@@ -241,7 +241,7 @@ def _settings(request: QuantizeRequest, latency: LatencyCheck | None) -> dict[st
     then says what it holds."""
     settings = request.settings()
     if latency is not None and latency.replaced:
-        settings["written"] = latency.written
+        settings["written"] = latency.written.value
     return settings
 
 

@@ -293,7 +293,7 @@ def _quantization_tables(report: QuantizeReport) -> None:
         lat = report.latency
         table.add_row(
             "latency vs float",
-            f"{lat.ratio:.2f}× ({lat.written}: {lat.tried[lat.written]:.3g} vs "
+            f"{lat.ratio:.2f}× ({lat.written.value}: {lat.tried[lat.written]:.3g} vs "
             f"{lat.float_ms:.3g} ms, one sample)",
         )
     table.add_row("ranges", report.ranges_source)

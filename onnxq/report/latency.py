@@ -4,19 +4,29 @@ chose, for the report and ``--strict``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from onnxq.config import OptimizeFor
 
-__all__ = ["DYNAMIC", "INT8", "WEIGHTS_ONLY", "LatencyCheck", "is_slower"]
+__all__ = ["DYNAMIC", "INT8", "WEIGHTS_ONLY", "CandidateKind", "LatencyCheck", "is_slower"]
 
 # A model counts as slower than float when both hold (one sample's median on a shared
 # machine moves by a few percent; tiny models differ by microseconds of per-node overhead)
 SLOWER = 1.03  # latency ratio (model / float)
 NOISE_MS = 0.05  # and milliseconds
 
-INT8 = "int8"
-WEIGHTS_ONLY = "weights-only"
-DYNAMIC = "dynamic"
+
+class CandidateKind(str, Enum):
+    """A model the latency stage can write; the values are the report's spellings."""
+
+    INT8 = "int8"  # the plan as made, after the output check
+    WEIGHTS_ONLY = "weights-only"  # integer weights folded to float at load
+    DYNAMIC = "dynamic"  # MatMul/Gemm with activation ranges at run time
+
+
+INT8 = CandidateKind.INT8
+WEIGHTS_ONLY = CandidateKind.WEIGHTS_ONLY
+DYNAMIC = CandidateKind.DYNAMIC
 
 
 @dataclass(frozen=True)
@@ -26,8 +36,8 @@ class LatencyCheck:
 
     optimize_for: OptimizeFor
     float_ms: float
-    tried: dict[str, float]  # candidate kind -> median ms
-    written: str
+    tried: dict[CandidateKind, float]  # median ms of each model timed
+    written: CandidateKind
     runs: int  # timed runs of each model
 
     @property
@@ -44,13 +54,13 @@ class LatencyCheck:
         return self.written != INT8 and INT8 in self.tried
 
     def describe(self) -> str:
-        tried = ", ".join(f"{k} {v:.3g} ms" for k, v in self.tried.items())
+        tried = ", ".join(f"{k.value} {v:.3g} ms" for k, v in self.tried.items())
         text = f"latency on one sample: float {self.float_ms:.3g} ms, {tried} ({self.runs} runs)"
         if self.replaced:
             text += (
                 f"; int8 was {self.tried[INT8] / self.float_ms:.2f}× float, the "
-                f"{self.written} model {self.tried[self.written] / self.float_ms:.2f}×: it was "
-                f"written (--optimize-for {self.optimize_for.value})"
+                f"{self.written.value} model {self.ratio:.2f}×: it was written "
+                f"(--optimize-for {self.optimize_for.value})"
             )
         return text
 
@@ -72,8 +82,8 @@ class LatencyCheck:
         return {
             "optimize_for": self.optimize_for.value,
             "float_ms": self.float_ms,
-            "tried_ms": dict(self.tried),
-            "written": self.written,
+            "tried_ms": {k.value: v for k, v in self.tried.items()},
+            "written": self.written.value,
             "ratio": self.ratio,
             "slower_than_float": self.slower,
             "runs": self.runs,

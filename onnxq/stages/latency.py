@@ -22,7 +22,14 @@ from onnxq.data import Dataset
 from onnxq.errors import ConfigError
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.external import uses_external_data
-from onnxq.report.latency import DYNAMIC, INT8, WEIGHTS_ONLY, LatencyCheck, is_slower
+from onnxq.report.latency import (
+    DYNAMIC,
+    INT8,
+    WEIGHTS_ONLY,
+    CandidateKind,
+    LatencyCheck,
+    is_slower,
+)
 from onnxq.runtime import Runner, measure_latency
 from onnxq.stages.check import Checked
 from onnxq.stages.dynamic import quantize_dynamic
@@ -33,7 +40,6 @@ __all__ = ["BUDGET_MS", "LatencyCheck", "latency_choice", "weights_only"]
 
 log = logging.getLogger(__name__)
 
-FLOAT = "float"
 BUDGET_MS = 1000.0  # wall time the timing of two models may take, warm-up included
 MIN_RUNS, MAX_RUNS = 5, 1000  # timed runs of each model (tiny models: many, for a stable median)
 BLOCK = 5  # runs of one model in a row
@@ -62,17 +68,20 @@ def latency_choice(
         return checked, None
     feed = _first_sample(data)
     floats = Runner(float_model, threads=threads, spin=False, what="float model")
-    candidates = {INT8: checked.candidate}
+    candidates: dict[CandidateKind, Candidate] = {INT8: checked.candidate}
     sessions = {INT8: checked.runner or _session(checked.candidate.model, threads)}
-    tried, runs = _timed(floats, sessions, feed)
-    log.info("latency: float %.3g ms, int8 %.3g ms", tried[FLOAT], tried[INT8])
-    more = _alternatives(checked, replanner, float_model, config, tried) if replanner else {}
+    float_ms, tried, runs = _timed(floats, sessions, feed)
+    log.info("latency: float %.3g ms, int8 %.3g ms", float_ms, tried[INT8])
+    more = (
+        _alternatives(checked, replanner, float_model, config, float_ms, tried[INT8])
+        if replanner
+        else {}
+    )
     if more:
         candidates.update(more)
         sessions.update({k: _session(c.model, threads) for k, c in more.items()})
-        tried, runs = _timed(floats, sessions, feed)
-        log.info("latency: %s", ", ".join(f"{k} {v:.3g} ms" for k, v in tried.items()))
-    float_ms = tried.pop(FLOAT)
+        float_ms, tried, runs = _timed(floats, sessions, feed)
+        log.info("latency: %s", ", ".join(f"{k.value} {v:.3g} ms" for k, v in tried.items()))
     written = _fastest(tried)
     chosen = Checked(candidates[written], checked.report, sessions[written])
     return chosen, LatencyCheck(config.optimize_for, float_ms, tried, written, runs)
@@ -83,13 +92,14 @@ def _alternatives(
     replanner: Replanner,
     float_model: onnx.ModelProto,
     config: QuantConfig,
-    tried: Mapping[str, float],
-) -> dict[str, Candidate]:
+    float_ms: float,
+    int8_ms: float,
+) -> dict[CandidateKind, Candidate]:
     """The candidates ``config.optimize_for`` asks to time next to int8."""
-    out: dict[str, Candidate] = {}
+    out: dict[CandidateKind, Candidate] = {}
     if not config.optimize_for.measures:
         return out
-    if is_slower(tried[INT8], tried[FLOAT]):
+    if is_slower(int8_ms, float_ms):
         kept = checked.report.float_nodes if checked.report is not None else ()
         out[WEIGHTS_ONLY] = weights_only(replanner, kept)
     if config.optimize_for is OptimizeFor.LATENCY:
@@ -100,7 +110,7 @@ def _alternatives(
     return out
 
 
-def _fastest(tried: Mapping[str, float]) -> str:
+def _fastest(tried: Mapping[CandidateKind, float]) -> CandidateKind:
     """The candidate to write: int8 (the first) unless another ran faster beyond the
     noise of the timing (:func:`is_slower`), so a microsecond does not decide."""
     best = next(iter(tried))
@@ -138,19 +148,19 @@ def _first_sample(data: Dataset) -> Mapping[str, np.ndarray]:
 
 
 def _timed(
-    floats: Runner, sessions: Mapping[str, Runner], feed: Mapping[str, np.ndarray]
-) -> tuple[dict[str, float], int]:
-    """Median ms of float and each session on ``feed`` (:func:`measure_latency` in blocks
-    of :data:`BLOCK` runs): as many runs as fit :data:`BUDGET_MS`, at least
-    :data:`MIN_RUNS`. Every session must sleep its threads between runs (spinning ones
-    would gain from it in a tight loop, and slow the next model's first run)."""
-    names = [FLOAT, *sessions]
+    floats: Runner, sessions: Mapping[CandidateKind, Runner], feed: Mapping[str, np.ndarray]
+) -> tuple[float, dict[CandidateKind, float], int]:
+    """Median ms of float and of each session on ``feed`` (:func:`measure_latency` in
+    blocks of :data:`BLOCK` runs), and the runs of each: as many as fit
+    :data:`BUDGET_MS`, at least :data:`MIN_RUNS`. Every session must sleep its threads
+    between runs (spinning ones would gain from it in a tight loop, and slow the next
+    model's first run)."""
     runners = [floats, *sessions.values()]
     once = [_run_ms(r, feed) for r in runners]  # warm-up, and the cost of one run
     runs = int(min(MAX_RUNS, max(MIN_RUNS, BUDGET_MS / max(sum(once), 1e-3))))
     runs = max(BLOCK, runs - runs % BLOCK)
-    medians = measure_latency(runners, feed, warmup=0, runs=runs, block=BLOCK)
-    return dict(zip(names, medians, strict=True)), runs
+    float_ms, *medians = measure_latency(runners, feed, warmup=0, runs=runs, block=BLOCK)
+    return float_ms, dict(zip(sessions, medians, strict=True)), runs
 
 
 def _run_ms(runner: Runner, feed: Mapping[str, np.ndarray]) -> float:
