@@ -9,12 +9,12 @@ from enum import Enum
 from pathlib import PurePath
 
 from onnxq.errors import ConfigError
+from onnxq.metrics_config import TaskTarget
 from onnxq.quant.codebook import MAX_BITS as CODEBOOK_MAX_BITS
 from onnxq.quant.codebook import MIN_BITS as CODEBOOK_MIN_BITS
 from onnxq.quant.codebook import LevelKind
 from onnxq.quant.methods import CalibrationMethod, Granularity, Rounding
 from onnxq.quant.qtypes import QType
-from onnxq.report.task.spec import TaskTarget
 
 __all__ = [
     "ACTIVATION_BITS",

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.cli.main import cli
 from onnxq.errors import ConfigError
+from onnxq.metrics_config import MetricSpec, Part
 from onnxq.report.task import (
     MetricKind,
     TaskMeter,
@@ -37,7 +38,6 @@ from onnxq.report.task.families import (
     edit_distance,
 )
 from onnxq.report.task.parts import PartStats, split_parts
-from onnxq.report.task.spec import MetricSpec, Part
 
 
 def meter(*specs: str, outputs=("out",)) -> TaskMeter:

@@ -30,11 +30,11 @@ from onnxq.data import Dataset
 from onnxq.graph.concat_parts import concat_parts
 from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex, attribute
+from onnxq.metrics_config import Part
 from onnxq.report.metrics import is_classifier, noise_ratio, sqnr_db
 from onnxq.report.task import TaskMeter, TaskTarget
 from onnxq.report.task.families import select
 from onnxq.report.task.parts import parts_of, split_parts
-from onnxq.report.task.spec import Part
 from onnxq.runtime import OptLevel, Runner
 
 __all__ = ["CheckResult", "CheckSet", "check_samples", "compared_tensors", "make_check_set"]

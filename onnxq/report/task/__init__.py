@@ -2,8 +2,7 @@
 boxes, mask overlap, retrieval rank), declared once and read by ``compare`` (reported,
 gated) and by ``quantize``'s output check (its target)."""
 
-from onnxq.report.task.measure import GoalResult, TaskMeter, check_goals
-from onnxq.report.task.spec import (
+from onnxq.metrics_config import (
     BoxFormat,
     MetricGoal,
     MetricKind,
@@ -14,6 +13,7 @@ from onnxq.report.task.spec import (
     parse_metric,
     target_from_document,
 )
+from onnxq.report.task.measure import GoalResult, TaskMeter, check_goals
 
 __all__ = [
     "BoxFormat",

@@ -34,8 +34,8 @@ from typing import Protocol
 
 import numpy as np
 
+from onnxq.metrics_config import BoxFormat, MetricKind, MetricSpec, Part
 from onnxq.report.metrics import cosine_rows, sqnr_db
-from onnxq.report.task.spec import BoxFormat, MetricKind, MetricSpec, Part
 
 __all__ = [
     "Accumulator",

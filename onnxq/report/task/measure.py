@@ -9,9 +9,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from onnxq.errors import ConfigError
+from onnxq.metrics_config import MetricGoal, MetricKind, MetricSpec, TaskTarget
 from onnxq.report.task.custom import CustomStats, load_function
 from onnxq.report.task.families import Accumulator, accumulator, select
-from onnxq.report.task.spec import MetricGoal, MetricKind, MetricSpec, TaskTarget
 
 __all__ = ["GoalResult", "TaskMeter", "check_goals", "load_table", "output_names"]
 

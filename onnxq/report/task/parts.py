@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxq.metrics_config import Part
 from onnxq.report.task.families import FidelityStats, select
-from onnxq.report.task.spec import Part
 
 __all__ = [
     "PART_RANGE_RATIO",

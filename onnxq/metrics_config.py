@@ -1,6 +1,7 @@
 """What a task metric is asked to measure: a frozen :class:`MetricSpec` per metric, the
 goals set on their values, and the compact option syntax and metric-file form they are
-read from (pure; no onnx, no click).
+read from (pure; no onnx, no click). Configuration, beside :mod:`onnxq.config` (whose
+``FidelityTarget`` holds a :class:`TaskTarget`); :mod:`onnxq.report.task` measures it.
 
 Option syntax (``--metric``)::
 
