@@ -454,3 +454,33 @@ def test_session_refuses_more_than_protobuf_takes_inline(tmp_path: Path, monkeyp
     monkeypatch.setattr(session, "PROTOBUF_LIMIT", 16)
     with pytest.raises(RuntimeFailure, match="lie in 2 folders"):
         Runner(model)
+
+
+def test_gptq_moments_in_groups_give_the_codes_of_one_pass(tmp_path: Path, monkeypatch) -> None:
+    from onnxq.stages import weights
+
+    model = _save_external(tmp_path / "m")
+    ids = np.random.default_rng(3).integers(0, VOCAB, (16, 1, 8), dtype=np.int64)
+    np.savez(tmp_path / "ids.npz", ids=ids)
+    args = [
+        "--data", tmp_path / "ids.npz", "--weights-only", "--gptq", "--weight-bits", "4",
+        "--granularity", "block", "--block-size", "16", "--no-bias-correction", "-q",
+    ]  # fmt: skip
+    passes: list[int] = []
+    moments = weights.FloatSession.moments
+
+    def counted(self, data, tensors, **kw):
+        passes.append(len(tensors))
+        return moments(self, data, tensors, **kw)
+
+    monkeypatch.setattr(weights.FloatSession, "moments", counted)
+    assert _invoke("quantize", model, "-o", tmp_path / "one.onnx", *args).exit_code == 0
+    one_pass = list(passes)
+    monkeypatch.setattr(weights, "MOMENT_BYTES", 1)  # every input its own pass
+    passes.clear()
+    assert _invoke("quantize", model, "-o", tmp_path / "many.onnx", *args).exit_code == 0
+    assert len(one_pass) == 1 and one_pass[0] > 1 and passes == [1] * one_pass[0]
+    a = {t.name: tensor_values(t) for t in load_model(tmp_path / "one.onnx").graph.initializer}
+    b = {t.name: tensor_values(t) for t in load_model(tmp_path / "many.onnx").graph.initializer}
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)

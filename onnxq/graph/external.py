@@ -51,6 +51,7 @@ __all__ = [
     "referenced_files",
     "relocate",
     "row_reader",
+    "spilled_array",
     "stored_bytes",
     "stored_tensor",
     "tensor_nbytes",
@@ -377,6 +378,15 @@ class _Spill:
 
 
 _SPILL = _Spill()
+
+
+def spilled_array(arr: np.ndarray) -> np.ndarray:
+    """``arr`` written to this process's spill file and read back as a read-only memory
+    map: large intermediate results (GPTQ codes of a big model) then cost page cache, not
+    resident memory."""
+    data = np.ascontiguousarray(arr)
+    path, offset = _SPILL.append(data)
+    return np.memmap(path, dtype=data.dtype, mode="r", offset=offset, shape=data.shape)
 
 
 def chunks(ref: ExternalRef) -> Iterator[bytes]:

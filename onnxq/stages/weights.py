@@ -8,16 +8,17 @@ import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import onnx
 
 from onnxq.calibration.collect import FloatSession, Progress
 from onnxq.config import CalibrationConfig, Granularity, QuantConfig, Scheme
 from onnxq.data import Dataset
 from onnxq.errors import ConfigError
-from onnxq.graph.external import tensor_values
+from onnxq.graph.external import spilled_array, tensor_values, uses_external_data
 from onnxq.graph.passes.bias_correction import bias_inputs
 from onnxq.graph.passes.result import Change
-from onnxq.graph.plan import QuantPlan
-from onnxq.graph.rules import GraphIndex
+from onnxq.graph.plan import QuantPlan, WeightUse
+from onnxq.graph.rules import GraphIndex, attribute
 from onnxq.quant import QParams
 from onnxq.quant.gptq import gptq
 from onnxq.tuning.check import check_samples
@@ -25,6 +26,8 @@ from onnxq.tuning.check import check_samples
 __all__ = ["WeightChoices", "weight_choices"]
 
 log = logging.getLogger(__name__)
+
+MOMENT_BYTES = 512 * 2**20  # GPTQ input moments held at once (one float pass per group)
 
 
 @dataclass(frozen=True)
@@ -86,34 +89,75 @@ def gptq_codes(
         and u.layout.kind in (Granularity.BLOCK, Granularity.CHANNEL, Granularity.TENSOR)
         and len(idx.initializers[u.tensor].dims) == 2
     ]
-    inputs = sorted({nodes[u.node].input[0] for u in uses})
-    if not inputs:
-        return {}
-    moments = floats.moments(data, inputs, batch_size=batch_size, progress=progress)
-    out = {}
+    widths: dict[str, int] = {}  # reduction width of each input (its moments are width²)
     for u in uses:
-        assert u.spec is not None  # filtered above
-        if not np.isfinite(moments[nodes[u.node].input[0]]).all():
-            log.info("GPTQ skipped for '%s': its input overflows on the data", u.node)
-            continue  # round to nearest
-        w = tensor_values(idx.initializers[u.tensor]).astype(np.float32)
-        kind, axis = u.layout.kind, u.layout.axis
-        transposed = (kind is Granularity.BLOCK and axis == 1) or (
-            kind is Granularity.CHANNEL and axis == 0
-        )
-        kn = w.T if transposed else w  # [K, N]: rows are the reduction axis
-        codes, qp = gptq(
-            kn,
-            moments[nodes[u.node].input[0]],
-            u.spec.qtype,
-            symmetric=u.spec.scheme is Scheme.SYM,
-            block=u.layout.size if kind is Granularity.BLOCK else None,
-            per_channel=kind in (Granularity.CHANNEL, Granularity.GROUP),
-            restricted=config.restricted,
-        )
-        out[u.node] = (codes.T, _transposed(qp)) if transposed else (codes, qp)
+        widths[nodes[u.node].input[0]] = _reduction_width(nodes[u.node], idx)
+    out: dict[str, tuple[np.ndarray, QParams]] = {}
+    spill = uses_external_data(model)  # a large model: codes kept on disk until the rewrite
+    for group in _moment_groups(widths):
+        moments = floats.moments(data, group, batch_size=batch_size, progress=progress)
+        for u in uses:
+            if nodes[u.node].input[0] in moments:
+                codes = _gptq_of(u, nodes[u.node], idx, moments, config)
+                if codes is not None:
+                    out[u.node] = (spilled_array(codes[0]), codes[1]) if spill else codes
+        del moments
     log.info("GPTQ rounded %d weights", len(out))
     return out
+
+
+def _reduction_width(node: onnx.NodeProto, idx: GraphIndex) -> int:
+    """The reduction width of a MatMul/Gemm by its 2-D weight (no weight values read)."""
+    dims = idx.initializers[node.input[1]].dims
+    trans_b = node.op_type == "Gemm" and bool(attribute(node, "transB", 0))
+    return int(dims[1] if trans_b else dims[0])
+
+
+def _moment_groups(widths: dict[str, int]) -> list[list[str]]:
+    """Inputs in groups whose moments (width² float64 each) fit MOMENT_BYTES together, in
+    name order: one pass of the float model per group, so memory follows the budget (or
+    the largest input), not the model (an LLM's FFN inputs: hundreds of MB each)."""
+    groups: list[list[str]] = []
+    held = 0
+    for name in sorted(widths):
+        size = widths[name] ** 2 * 8
+        if not groups or held + size > MOMENT_BYTES:
+            groups.append([])
+            held = 0
+        groups[-1].append(name)
+        held += size
+    return groups
+
+
+def _gptq_of(
+    u: WeightUse,
+    node: onnx.NodeProto,
+    idx: GraphIndex,
+    moments: dict[str, np.ndarray],
+    config: QuantConfig,
+) -> tuple[np.ndarray, QParams] | None:
+    """GPTQ codes of one weight, laid out as the plan stores it; None when its input
+    overflows on the data (round to nearest then)."""
+    assert u.spec is not None  # filtered by the caller
+    if not np.isfinite(moments[node.input[0]]).all():
+        log.info("GPTQ skipped for '%s': its input overflows on the data", u.node)
+        return None
+    w = tensor_values(idx.initializers[u.tensor]).astype(np.float32)
+    kind, axis = u.layout.kind, u.layout.axis
+    transposed = (kind is Granularity.BLOCK and axis == 1) or (
+        kind is Granularity.CHANNEL and axis == 0
+    )
+    kn = w.T if transposed else w  # [K, N]: rows are the reduction axis
+    codes, qp = gptq(
+        kn,
+        moments[node.input[0]],
+        u.spec.qtype,
+        symmetric=u.spec.scheme is Scheme.SYM,
+        block=u.layout.size if kind is Granularity.BLOCK else None,
+        per_channel=kind in (Granularity.CHANNEL, Granularity.GROUP),
+        restricted=config.restricted,
+    )
+    return (codes.T, _transposed(qp)) if transposed else (codes, qp)
 
 
 def _transposed(qp: QParams) -> QParams:
