@@ -317,6 +317,24 @@ def cpu() -> dict[str, Any]:
     }
 
 
+def _quantized(
+    out: Path, key: str, head: list[str], tail: list[str], flag: str | None = "-o"
+) -> dict[str, Any]:
+    """Run one quantizer in a child process into ``out/key/model.onnx`` (emptied first):
+    ``head``, the output (after ``flag``; positional when None), ``tail``; its wall time,
+    peak RSS and the bytes written."""
+    dst = out / key / "model.onnx"
+    dst.parent.mkdir(exist_ok=True)
+    for f in dst.parent.iterdir():
+        f.unlink()
+    target = [flag, str(dst)] if flag is not None else [str(dst)]
+    quiet = ["--quiet"] if flag is not None else []
+    r = run_child([*head, *target, *tail, *quiet], out / f"{key}.log")
+    r["bytes"] = files_bytes(dst) if dst.exists() else None
+    print(key, json.dumps(r), flush=True)
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
@@ -363,72 +381,27 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     runs: dict[str, dict[str, Any]] = {}
     for block in [int(b) for b in args.blocks.split(",")]:
+        onnxq_4bit = [
+            *("--weights-only", "--weight-bits", "4", "--granularity", "block"),
+            *("--block-size", str(block), "--weight-scheme", args.scheme),
+        ]
         for tool in ("onnxq", "ort"):
             key = f"{tool}-b{block}"
-            dst = out / key / "model.onnx"
-            dst.parent.mkdir(exist_ok=True)
-            for f in dst.parent.iterdir():
-                f.unlink()
             if tool == "onnxq":
-                cmd = [
-                    py,
-                    "-m",
-                    "onnxq",
-                    "quantize",
-                    str(model),
-                    "-o",
-                    str(dst),
-                    "--weights-only",
-                    "--weight-bits",
-                    "4",
-                    "--granularity",
-                    "block",
-                    "--block-size",
-                    str(block),
-                    "--weight-scheme",
-                    args.scheme,
-                    "--quiet",
-                ]
+                runs[key] = _quantized(
+                    out, key, [py, "-m", "onnxq", "quantize", str(model)], onnxq_4bit
+                )
             else:
-                cmd = [
-                    py,
-                    str(Path(__file__).resolve()),
-                    "--child-ort",
-                    str(model),
-                    str(dst),
-                    str(block),
-                    args.scheme,
-                ]
-            r = run_child(cmd, out / f"{key}.log")
-            r["bytes"] = files_bytes(dst) if dst.exists() else None
-            runs[key] = r
-            print(key, json.dumps(r), flush=True)
+                ort_cmd = [py, str(Path(__file__).resolve()), "--child-ort", str(model)]
+                runs[key] = _quantized(out, key, ort_cmd, [str(block), args.scheme], flag=None)
     if args.static:
         ids = np.random.default_rng(11).integers(
             0, shape.vocab, (args.calib, 1, args.seq), np.int64
         )
         data = out / "calib.npz"
         np.savez(data, input_ids=ids)
-        dst = out / "onnxq-int8" / "model.onnx"
-        dst.parent.mkdir(exist_ok=True)
-        for f in dst.parent.iterdir():
-            f.unlink()
-        cmd = [
-            py,
-            "-m",
-            "onnxq",
-            "quantize",
-            str(model),
-            "-o",
-            str(dst),
-            "--data",
-            str(data),
-            "--quiet",
-        ]
-        r = run_child(cmd, out / "onnxq-int8.log")
-        r["bytes"] = files_bytes(dst) if dst.exists() else None
-        runs["onnxq-int8"] = r
-        print("onnxq-int8", json.dumps(r), flush=True)
+        onnxq_cmd = [py, "-m", "onnxq", "quantize", str(model)]
+        runs["onnxq-int8"] = _quantized(out, "onnxq-int8", onnxq_cmd, ["--data", str(data)])
     results["runs"] = runs
     _write(out, results)
 
