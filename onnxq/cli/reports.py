@@ -71,10 +71,13 @@ def _layers(
     batch_size: int,
     threads: int,
     preprocess: Preprocess | None,
+    *,
+    wanted: bool,
 ) -> DiagnoseReport | None:
     """Per-layer error for the HTML report of quantize and compare: the first
-    REPORT_SAMPLES samples of ``data`` (None without data or quantized activations)."""
-    if data is None:
+    REPORT_SAMPLES samples of ``data`` (None when not ``wanted`` — Markdown only — or
+    without data or quantized activations)."""
+    if not wanted or data is None:
         return None
     with render.progress(is_quiet()) as progress:
         found = diagnose(
@@ -103,7 +106,7 @@ def quantize_reports(
     if html is None and markdown is None:
         return
     models = (report.model_path, report.output_path, report.fidelity_data)
-    layers = _layers(*models, batch_size, threads, preprocess) if html is not None else None
+    layers = _layers(*models, batch_size, threads, preprocess, wanted=html is not None)
     _write(quantize_page(report, layers), html, markdown)
 
 
@@ -119,7 +122,7 @@ def compare_reports(
     if html is None and markdown is None:
         return
     models = (report.reference, report.candidate, report.data)
-    layers = _layers(*models, batch_size, threads, preprocess) if html is not None else None
+    layers = _layers(*models, batch_size, threads, preprocess, wanted=html is not None)
     settings = layers.settings if layers is not None else None
     _write(compare_page(report, layers, settings), html, markdown)
 
