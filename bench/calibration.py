@@ -16,7 +16,8 @@ threads everywhere):
   bins=2048, percentile=99.99), threads=2)`` for minmax, percentile, entropy, mse. The time
   is the whole call (model loading, data validation, preparation, session creation, the
   pass over the data, the range search). The child also wraps onnxq's internals (module
-  globals of ``onnxq.calibration.calibrate``, without changing onnxq) to split that time.
+  globals of ``onnxq.calibration.calibrate`` and ``onnxq.calibration.collect``, without
+  changing onnxq) to split that time.
 * **onnxruntime**: ``onnxruntime.quantization.calibrate.create_calibrator`` (MinMax,
   Entropy, Percentile; ``num_bins`` 2048, ``percentile`` 99.99, ``num_quantized_bins``
   128), then ``collect_data`` with a reader yielding the same batches and
@@ -162,20 +163,29 @@ class _Timings:
 
 
 def _instrument_onnxq(timings: _Timings) -> None:
-    """Wrap the names ``onnxq.calibrate`` looks up in its module, to split its time."""
+    """Wrap the names ``onnxq.calibrate`` and its float session look up in their modules,
+    to split its time (onnxq itself is unchanged)."""
     import onnxq.calibration.calibrate as cal
+    import onnxq.calibration.collect as collect
 
-    for name in (
-        "load_model",
-        "open_dataset",
-        "prepare",
-        "candidate_tensors",
-        "with_outputs",
-        "observe",
-        "finish",
-    ):
+    for name in ("load_model", "open_data", "prepare"):
         setattr(cal, name, timings.wrap(name, getattr(cal, name)))
-    base = cal.Runner
+    for name in ("candidate_tensors", "with_outputs", "finish"):
+        setattr(collect, name, timings.wrap(name, getattr(collect, name)))
+    session = collect.FloatSession
+    session.bytes_per_sample = timings.wrap("probe", session.bytes_per_sample)  # type: ignore[method-assign]
+    streaming = {"on": False}
+    observe_shard = collect.observe_shard
+
+    def observe(*args: Any, **kwargs: Any) -> Any:
+        streaming["on"] = True
+        try:
+            return timings.wrap("observe", observe_shard)(*args, **kwargs)
+        finally:
+            streaming["on"] = False
+
+    collect.observe_shard = observe  # type: ignore[assignment]
+    base = collect.Runner
 
     class TimedRunner(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -188,9 +198,10 @@ def _instrument_onnxq(timings: _Timings) -> None:
             try:
                 return super().run(*args, **kwargs)  # type: ignore[no-any-return]
             finally:
-                timings.add("run", time.perf_counter() - start)
+                if streaming["on"]:  # the pass over the data, not the probe
+                    timings.add("run", time.perf_counter() - start)
 
-    cal.Runner = TimedRunner  # type: ignore[misc]
+    collect.Runner = TimedRunner  # type: ignore[misc]
 
 
 def _child_onnxq(spec: Result) -> Result:
@@ -209,19 +220,20 @@ def _child_onnxq(spec: Result) -> Result:
         start = time.perf_counter()
         ranges = onnxq.calibrate(spec["model"], spec["data"], config, threads=THREADS)
         seconds = time.perf_counter() - start
-        s = dict(timings.seconds)
-        inner = s["with_outputs"] + s["session"] + s["run"] + s["finish"]
+        s = {k: 0.0 for k in ("candidate_tensors", "with_outputs", "probe", "session")}
+        s.update(timings.seconds)
         split = {
+            # the probe (one sample's bytes, to size the batches) makes the session
+            # (with_outputs + session) on its run: all of it is setup
             "setup": s["load_model"]
-            + s["open_dataset"]
+            + s["open_data"]
             + s["prepare"]
             + s["candidate_tensors"]
-            + s["with_outputs"]
-            + s["session"],
+            + s["probe"],
             "prepare": s["prepare"],
             "session": s["session"],
             "run": s["run"],
-            "observe": s["observe"] - inner,
+            "observe": s["observe"] - s["run"],
             "finish": s["finish"],
         }
         return seconds, {"tensors": len(ranges.tensors), "split": split}
@@ -883,10 +895,13 @@ def calibration_tables(index: _Index) -> list[str]:
     out += [
         "",
         "Where onnxq's time goes (the best run; wrapped internals of "
-        "`onnxq.calibration.calibrate`): setup = loading, data validation, `prepare` "
-        "(of which onnxruntime's basic optimization builds a session), candidate tensors, "
-        "extra outputs and the calibration session; run = `session.run` over the batches; "
-        "observe = observer updates (min/max or histograms); finish = the range search.",
+        "`onnxq.calibration.calibrate` and `onnxq.calibration.collect`): setup = loading, "
+        "data validation, `prepare` (of which onnxruntime's basic optimization builds a "
+        "session), candidate tensors, and the one-sample probe that sizes the batches "
+        "(it makes the calibration session: extra outputs + session); run = `session.run` "
+        "over the batches; observe = observer updates (min/max, the sampled quality "
+        "histogram, or the method's histogram); finish = the range search and the "
+        "quality estimate.",
         "",
         "| model | N | method | total s | setup s | (prepare s) | (session s) | run s "
         "| observe s | finish s | (run+observe+finish)/fwd |",

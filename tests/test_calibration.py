@@ -94,6 +94,37 @@ def test_ranges_are_the_true_min_and_max(cnn_files):
     assert float(ranges.tensors["sum"].max) == s.max()
 
 
+def test_rearranged_copies_take_their_source_statistics_without_a_fetch(tmp_path, monkeypatch):
+    """The Transpose of k holds k's values: its per-tensor range is k's (the true min and
+    max of kt), and calibration never fetches kt; per channel it is observed itself."""
+    import onnxruntime as ort
+
+    from onnxq.calibration.collect import FloatSession
+    from onnxq.graph.outputs import with_outputs
+
+    model, data = models.tiny_encoder()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **data)
+    fetched: set[str] = set()
+    real_run = FloatSession.run
+
+    def spy(self, feed, names):
+        fetched.update(names)
+        return real_run(self, feed, names)
+
+    monkeypatch.setattr(FloatSession, "run", spy)
+    ranges = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz").tensors
+    assert "k" in fetched and "kt" not in fetched
+    kt = ort.InferenceSession(with_outputs(model, ["kt"]).SerializeToString()).run(["kt"], data)[0]
+    assert (float(ranges["kt"].min), float(ranges["kt"].max)) == (kt.min(), kt.max())
+    assert ranges["kt"].quality == ranges["k"].quality
+    fetched.clear()
+    channel = calibrate(
+        tmp_path / "m.onnx", tmp_path / "d.npz", CalibrationConfig(granularity=Granularity.CHANNEL)
+    )
+    assert "kt" in fetched and channel.tensors["kt"].min.shape != channel.tensors["k"].min.shape
+
+
 def test_ranges_file_records_provenance_and_round_trips(cnn_files, tmp_path):
     ranges = calibrate(cnn_files["model"], cnn_files["data"], CalibrationConfig(batch_size=8))
     path = tmp_path / "r.json"

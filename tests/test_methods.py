@@ -16,7 +16,13 @@ from hypothesis.extra import numpy as hnp
 
 from onnxq import CalibrationConfig, QuantConfig, calibrate, quantize
 from onnxq.calibration.histogram import HistogramObserver
-from onnxq.calibration.methods import entropy_range, mse_range, percentile_range
+from onnxq.calibration.methods import (
+    entropy_range,
+    mse_range,
+    percentile_range,
+    range_sqnr,
+    robust_range,
+)
 from onnxq.cli.main import cli
 from onnxq.config import ActivationSpec, CalibrationMethod, Mode, Scheme, WeightSpec
 from onnxq.errors import ConfigError, RangesError
@@ -152,6 +158,41 @@ def test_mse_range_is_no_worse_than_minmax_on_the_data(symmetric, qtype):
         for t in np.linspace(0.5, amax, 300)
     ]
     assert best <= 1.05 * min(scan)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    shift=st.floats(-3.0, 3.0),
+    outlier=st.floats(1.0, 500.0),
+    symmetric=st.booleans(),
+)
+def test_robust_range_is_the_best_of_its_lattice_as_range_sqnr_counts(
+    seed, shift, outlier, symmetric
+):
+    """The prefix-sum search picks the candidate with the best :func:`range_sqnr` of the
+    whole lattice (checked one by one), never worse than the observed range."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.standard_t(3, 5000) + shift, [outlier]]).astype(np.float32)
+    obs = HistogramObserver(512)
+    obs.update(x)
+    hist = obs.result()
+    qtype = QType.INT8 if symmetric else QType.UINT8
+    grid = 40
+    lo, hi = robust_range(hist, qtype, symmetric=symmetric, grid=grid)
+    got = range_sqnr(hist, lo, hi, qtype, symmetric=symmetric)
+    if symmetric:
+        amax = max(abs(hist.min), abs(hist.max))
+        lattice = [(-s * amax, s * amax) for s in np.linspace(1 / grid, 1, grid)]
+    else:
+        steps = np.linspace(1 / (grid // 4), 1, grid // 4)
+        lattice = [(a * hist.min, b * hist.max) for a in steps for b in steps]
+    best = max(
+        range_sqnr(hist, max(a, hist.min), min(b, hist.max), qtype, symmetric=symmetric)
+        for a, b in lattice
+    )
+    assert got == pytest.approx(best, abs=1e-6)
+    assert got >= range_sqnr(hist, hist.min, hist.max, qtype, symmetric=symmetric) - 1e-9
 
 
 def _outlier_files(tmp_path):

@@ -64,26 +64,46 @@ def test_stride_one_is_exactly_the_plain_histogram(seed, count, split):
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 1000),
-    stride=st.integers(2, 6),
+    stride=st.integers(1, 6),
+    rows=st.one_of(st.none(), st.integers(1, 3)),
     heavy=st.integers(1, 15),
 )
-def test_tails_are_exact_and_the_bulk_keeps_its_total(seed, stride, heavy):
-    """The tail bins count every value of every batch, also of batches not binned whole
-    (a rare batch of huge values), and the bulk is scaled to the exact total."""
-    batches = _batches(seed, 16, 2000, heavy)
-    batches[0][:2] = [40.0, -40.0]  # batch 0 sees the final range: the edge is on every grid
-    plain, sampled = HistogramObserver(512), SampledHistogram(512, stride=stride)
+def test_tails_are_exact_and_the_bulk_keeps_its_total(seed, stride, rows, heavy):
+    """The tail bins (beyond the power of two above batch 0's magnitude) count every value
+    of every batch, also of the rows and batches not binned whole (a rare batch of huge
+    values), and the bulk is scaled to the exact total."""
+    if stride == 1 and rows is None:
+        rows = 1  # else nothing is sampled: the plain histogram, tested above
+    batches = [b.reshape(8, 250) for b in _batches(seed, 16, 2000, heavy)]
+    plain, sampled = HistogramObserver(512), SampledHistogram(512, stride=stride, rows=rows)
     for b in batches:
         plain.update(b)
         sampled.update(b)
     a, b = plain.result(), sampled.result()
-    assert sampled.edge is not None and b.width <= sampled.edge
+    edge = sampled.edge
+    assert (
+        edge is not None and float(np.abs(batches[0]).max()) < edge <= 2 * np.abs(batches[0]).max()
+    )
+    assert b.width <= edge
     full = _on_grid(a.counts, a.width, b.width)
     lower = (np.arange(full.size) - b.bins) * b.width
-    tail = (lower >= sampled.edge) | (lower + b.width <= -sampled.edge)
-    assert tail.any() and np.array_equal(b.counts[tail], full[tail])
+    tail = (lower >= edge) | (lower + b.width <= -edge)
+    assert full[tail].sum() > 0 and np.array_equal(b.counts[tail], full[tail])
     assert abs(b.total - a.total) <= int((~tail).sum())  # rounding of the scaled bins only
     assert (b.min, b.max) == (a.min, a.max)
+
+
+def test_batches_inside_the_edge_are_not_read():
+    """A batch whose bounds stay inside the edge only adds its count (the values are not
+    read: a NaN there would show if they were binned)."""
+    h = SampledHistogram(256, stride=4, rows=1)
+    first = np.linspace(-3, 3, 400, dtype=f32).reshape(4, 100)
+    h.update(first, (float(first.min()), float(first.max())))
+    assert h.edge == 4.0
+    later = np.full((4, 100), np.nan, f32)  # lied about: bounds say inside
+    h.update(later, (-1.0, 1.0))
+    assert h.bulk_skipped == 300 + 400 and h.tail.exponent is None
+    assert h.result().total == pytest.approx(800, abs=64)
 
 
 def test_sampled_histogram_keeps_the_robust_range_of_ordered_data():
@@ -114,7 +134,12 @@ def test_observer_samples_only_beside_plain_minmax(monkeypatch):
     x = np.random.default_rng(0).normal(0, 1, 800).astype(f32)
     minmax = TensorObserver(CalibrationConfig(), None)
     minmax.update(x, batches=10)
-    assert isinstance(minmax.hist, SampledHistogram) and minmax.hist.stride == 8
+    assert isinstance(minmax.hist, SampledHistogram)
+    assert (minmax.hist.stride, minmax.hist.rows) == (1, 100)  # 100 values of each batch
+    wide = TensorObserver(CalibrationConfig(), None)  # a row (800 values) passes the share
+    wide.update(x.reshape(1, 800), batches=10)
+    assert isinstance(wide.hist, SampledHistogram)
+    assert (wide.hist.stride, wide.hist.rows) == (8, 1)
     percentile = TensorObserver(CalibrationConfig(method=CalibrationMethod.PERCENTILE), None)
     percentile.update(x, batches=10)
     assert isinstance(percentile.hist, HistogramObserver)  # its range is read from it

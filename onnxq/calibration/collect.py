@@ -23,7 +23,7 @@ from onnxq.calibration.parallel import ModelOrigin, observe_sharded
 from onnxq.calibration.shards import Shard, ShardTask, observe_shard
 from onnxq.config import CalibrationConfig, Granularity
 from onnxq.data import Dataset
-from onnxq.graph.activations import candidate_tensors, channel_axis
+from onnxq.graph.activations import candidate_tensors, channel_axis, value_aliases
 from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex
 from onnxq.runtime import Runner
@@ -105,11 +105,15 @@ class FloatSession:
         bit: :mod:`onnxq.calibration.shards`)."""
         idx = GraphIndex(self.model)
         channel = config.granularity is Granularity.CHANNEL
-        axes = {t: channel_axis(t, idx) if channel else None for t in tensors}
-        log.info("observing %d tensors with %s", len(tensors), config.method.value)
-        batch_size = batch_for(self.bytes_per_sample(dataset, tensors), config.batch_size)
+        # per-tensor statistics of a rearranged copy are its source's (per-channel ones
+        # run along an axis the rearrangement moves)
+        aliases = {} if channel else value_aliases(self.model, tensors)
+        observed = [t for t in tensors if t not in aliases]
+        axes = {t: channel_axis(t, idx) if channel else None for t in observed}
+        log.info("observing %d tensors with %s", len(observed), config.method.value)
+        batch_size = batch_for(self.bytes_per_sample(dataset, observed), config.batch_size)
         batches = dataset.num_batches(batch_size)
-        task = ShardTask(tuple(tensors), axes, config, batch_size, batches, Shard(0, batches))
+        task = ShardTask(tuple(observed), axes, config, batch_size, batches, Shard(0, batches))
         done = 0
 
         def advance(samples: int) -> None:
@@ -122,12 +126,12 @@ class FloatSession:
             observers = observe_sharded(self, dataset, task, advance)
         else:
             observers = observe_shard(self.run, dataset, task, advance)
-        ranges = {}
+        found = {}
         for i, (name, obs) in enumerate(observers.items()):
-            ranges[name] = finish(obs, config)
+            found[name] = finish(obs, config)
             if progress is not None and config.method.uses_histogram:
                 progress(f"{config.method.value} search", i + 1, len(observers))
-        return ranges
+        return {t: found[aliases.get(t, t)] for t in tensors}
 
     def moments(
         self,

@@ -62,10 +62,12 @@ class MinMaxObserver:
         lo, hi = _batch_range(x, self.axis)
         if lo is None or hi is None:
             return None
-        self._min = np.minimum(self._min, lo).astype(np.float32)
-        self._max = np.maximum(self._max, hi).astype(np.float32)
+        self._min = np.minimum(self._min, lo, dtype=np.float32)
+        self._max = np.maximum(self._max, hi, dtype=np.float32)
         self.count += 1
-        return float(np.min(lo)), float(np.max(hi))
+        if lo.ndim == 0:
+            return float(lo), float(hi)
+        return float(lo.min()), float(hi.max())
 
     def merge(self, other: MinMaxObserver) -> None:
         self._min = np.minimum(self._min, other._min).astype(np.float32)
@@ -112,11 +114,12 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
 
 
 def _batch_range(x: np.ndarray, axis: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    arr = np.asarray(x, dtype=np.float32)
+    arr = x if type(x) is np.ndarray and x.dtype == np.float32 else np.asarray(x, np.float32)
     if arr.size == 0:
         return None, None
     if axis is None or arr.ndim == 0:
-        return np.asarray(arr.min()), np.asarray(arr.max())
+        flat = arr.reshape(-1)  # the ufuncs' own reduce: no per-call dispatch of ndarray.min
+        return np.minimum.reduce(flat), np.maximum.reduce(flat)
     axis = axis % arr.ndim
     others = tuple(i for i in range(arr.ndim) if i != axis)
     return arr.min(axis=others), arr.max(axis=others)

@@ -10,7 +10,11 @@ import onnx
 
 from onnxq.graph.rules import ACTIVATION_FUSIONS, CONV_LIKE, RULES, TRANSPARENT, GraphIndex
 
-__all__ = ["candidate_tensors", "channel_axis", "in_graph_order"]
+__all__ = ["REARRANGING", "candidate_tensors", "channel_axis", "in_graph_order", "value_aliases"]
+
+# Ops whose output holds exactly the values of their first input, rearranged: the same
+# minimum, maximum and histogram.
+REARRANGING = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 
 
 def in_graph_order(model: onnx.ModelProto, tensors: Iterable[str]) -> list[str]:
@@ -47,3 +51,21 @@ def candidate_tensors(model: onnx.ModelProto) -> list[str]:
         if node.op_type in kinds and node.domain in ("", "ai.onnx"):
             wanted.update(t for t in (*node.input, *node.output) if idx.is_float_activation(t))
     return in_graph_order(model, wanted)
+
+
+def value_aliases(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, str]:
+    """Each of ``tensors`` made by a chain of :data:`REARRANGING` ops from another of
+    ``tensors``, mapped to the first tensor of its chain: its per-tensor statistics are
+    that tensor's (the attention heads' Reshape and Transpose of a transformer: a quarter
+    of its tensors), so they need not be fetched and reduced again."""
+    wanted = set(tensors)
+    idx = GraphIndex(model)
+    out: dict[str, str] = {}
+    for name in in_graph_order(model, wanted):  # a chain's start comes first
+        node = idx.producer.get(name)
+        if node is None or node.op_type not in REARRANGING or node.domain not in ("", "ai.onnx"):
+            continue
+        source = node.input[0] if node.input else ""
+        if source in wanted:
+            out[name] = out.get(source, source)
+    return out
