@@ -5,6 +5,7 @@ onnxruntime; ``--optimize-for balanced`` writes the weights-only model when int8
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import onnx
@@ -220,3 +221,29 @@ def test_measure_latency_in_blocks_alternates_and_warms_each_block():
     assert len(medians) == 2
     # two rounds; each block: one untimed run then five timed, the models in turn
     assert calls == (["a"] * 6 + ["b"] * 6) * 2
+
+
+def test_timing_stops_once_the_comparison_is_clear(monkeypatch):
+    """A candidate twice as slow as float is decided after SETTLE_RUNS runs, not the
+    whole budget; one within a few percent of float is timed over the whole budget."""
+    import onnxq.stages.latency as latency
+
+    class Sleeping:
+        def __init__(self, ms: float) -> None:
+            self.ms, self.calls = ms, 0
+
+        def run(self, feed):
+            self.calls += 1
+            time.sleep(self.ms / 1000.0)
+
+    monkeypatch.setattr(latency, "BUDGET_MS", 400.0)
+    fast, slow = Sleeping(1.0), Sleeping(2.0)
+    float_ms, tried, runs = latency._timed(fast, {INT8: slow}, {})  # type: ignore[arg-type]
+    assert runs == latency.SETTLE_RUNS and tried[INT8] > 1.5 * float_ms
+    # 20 timed + 4 untimed (one per block) + 1 warm-up
+    assert slow.calls == runs + runs // latency.BLOCK + 1
+    near_a, near_b = Sleeping(1.0), Sleeping(1.05)
+    _, _, runs = latency._timed(near_a, {INT8: near_b}, {})  # type: ignore[arg-type]
+    assert runs > 2 * latency.SETTLE_RUNS
+    assert latency._settled([1.0, 2.0, 2.1]) is False  # two candidates alike: not clear
+    assert latency._settled([1.0, 2.0, 1.01]) is True  # float near one of them is not asked

@@ -10,7 +10,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 
@@ -232,6 +232,8 @@ def measure_latency(
     warmup: int = 3,
     runs: int = 20,
     block: int = 1,
+    settled: Callable[[list[float]], bool] | None = None,
+    min_runs: int = 0,
 ) -> list[float]:
     """Median wall time in milliseconds of one run of each runner on ``feed``.
 
@@ -240,6 +242,9 @@ def measure_latency(
     one untimed run (caches and thread pools warm for the model timed); ``runs`` timed
     runs of each in all (rounded down to whole blocks, at least one). Make the runners
     with ``spin=False`` (see :class:`Runner`) or each waits on the others' threads.
+
+    ``settled``: called with the medians so far after each round once every runner has
+    ``min_runs`` timed runs; True stops the timing there (the answer it needs is clear).
     """
     for _ in range(warmup):
         for runner in runners:
@@ -253,4 +258,7 @@ def measure_latency(
                 start = time.perf_counter()
                 runner.run(feed)
                 times[i].append((time.perf_counter() - start) * 1000.0)
+        if settled is not None and len(times[0]) >= min_runs:
+            if settled([statistics.median(t) for t in times]):
+                break
     return [statistics.median(t) for t in times]

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 BUDGET_MS = 1000.0  # wall time the timing of two models may take, warm-up included
 MIN_RUNS, MAX_RUNS = 5, 1000  # timed runs of each model (tiny models: many, for a stable median)
 BLOCK = 5  # runs of one model in a row
+# the timing stops early once every comparison it decides differs by this factor (after
+# SETTLE_RUNS runs of each model): no later run moves a median that far
+CLEAR, SETTLE_RUNS = 1.2, 20
 
 
 def latency_choice(
@@ -152,15 +155,36 @@ def _timed(
 ) -> tuple[float, dict[CandidateKind, float], int]:
     """Median ms of float and of each session on ``feed`` (:func:`measure_latency` in
     blocks of :data:`BLOCK` runs), and the runs of each: as many as fit
-    :data:`BUDGET_MS`, at least :data:`MIN_RUNS`. Every session must sleep its threads
+    :data:`BUDGET_MS`, at least :data:`MIN_RUNS`, fewer when the comparisons are clear
+    after :data:`SETTLE_RUNS` (:func:`_settled`). Every session must sleep its threads
     between runs (spinning ones would gain from it in a tight loop, and slow the next
     model's first run)."""
     runners = [floats, *sessions.values()]
     once = [_run_ms(r, feed) for r in runners]  # warm-up, and the cost of one run
     runs = int(min(MAX_RUNS, max(MIN_RUNS, BUDGET_MS / max(sum(once), 1e-3))))
     runs = max(BLOCK, runs - runs % BLOCK)
-    float_ms, *medians = measure_latency(runners, feed, warmup=0, runs=runs, block=BLOCK)
+    checks: list[bool] = []  # one per round from SETTLE_RUNS runs on
+
+    def settled(medians: list[float]) -> bool:
+        checks.append(_settled(medians))
+        return checks[-1]
+
+    float_ms, *medians = measure_latency(
+        runners, feed, warmup=0, runs=runs, block=BLOCK, settled=settled, min_runs=SETTLE_RUNS
+    )
+    if checks and checks[-1]:  # stopped early: the runs made
+        runs = -(-SETTLE_RUNS // BLOCK) * BLOCK + (len(checks) - 1) * BLOCK
     return float_ms, dict(zip(sessions, medians, strict=True)), runs
+
+
+def _settled(medians: list[float]) -> bool:
+    """Whether every comparison the choice makes is clear: the candidates against each
+    other (:func:`_fastest`), or the one candidate against float."""
+    float_ms, *models = medians
+    compared = models if len(models) > 1 else [float_ms, *models]
+    return all(
+        max(a, b) >= CLEAR * min(a, b) for i, a in enumerate(compared) for b in compared[i + 1 :]
+    )
 
 
 def _run_ms(runner: Runner, feed: Mapping[str, np.ndarray]) -> float:
