@@ -86,10 +86,10 @@ def test_search_goes_on_when_the_parts_interact():
 
 
 def test_search_respects_the_cap_and_says_when_it_misses():
-    noise = np.ones(10)
+    noise = np.array([5.0, 5.0, 5.0, 5.0] + [0.01] * 6)
     measure, _ = _additive(noise)
     found = search_fallback(len(noise), measure, 0.5, max_float=3)
-    assert not found.met and len(found.floated) == 3
+    assert not found.met and len(found.floated) == 3 and max(found.floated) < 4
 
 
 def test_search_worst_output_decides():
@@ -303,3 +303,33 @@ def test_check_set_skips_empty_outputs_and_asks_top1_of_probabilities_only(tmp_p
     check = make_check_set(float_session(model), data)
     assert check.outputs == ("emb", "probs")  # 'nothing' has no signal to compare
     assert check.axes == {"probs": 1}  # no top-1 asked of the embedding
+
+
+def test_search_gives_up_early_when_the_noise_is_spread_out():
+    """256 units of equal noise, the limit a fiftieth of it, at most 50 float: no choice
+    meets it; the search says so after a few splits instead of spending its budget."""
+    from onnxq.tuning.search import SPLITS_BEFORE_JUDGING
+
+    measure, calls = _additive(np.full(256, 1.0))
+    found = search_fallback(256, measure, 256 / 50, budget=48, max_float=50)
+    assert not found.met and not found.floated
+    assert len(calls) <= 1 + 2 * SPLITS_BEFORE_JUDGING + 1
+    # the same spread with a few costly units in it: uneven splits, the search goes on
+    noise = np.full(256, 0.001)
+    noise[[3, 77, 200]] = 5.0
+    measure, calls = _additive(noise)
+    found = search_fallback(256, measure, 1.0, budget=200, max_float=50)
+    assert found.met and {3, 77, 200} <= found.floated
+
+
+def test_removable_share_of_a_cascade():
+    from onnxq.tuning.search import removable_share
+
+    assert removable_share(1.0, [(256, 1.0)], 1) == 1.0  # all the noise in one unit
+    assert removable_share(0.5, [(256, 1.0)], 32) == pytest.approx(32 / 256)  # spread evenly
+    assert removable_share(0.6, [(159, 1.0)], 31) < removable_share(0.9, [(159, 1.0)], 31)
+    assert removable_share(0.7, [(128, 1.0)], 128) == pytest.approx(1.0)  # every unit
+    assert removable_share(0.7, [(100, 1.0)], 0) == 0.0
+    # groups measured already: three single units of noise 5 hold 15 of 20.06, whatever c
+    groups = [(1, 5.0), (1, 5.0), (1, 5.0), (2, 5.01), (5, 0.05)]
+    assert removable_share(0.5, groups, 3) == pytest.approx(15 / 20.06)
