@@ -311,3 +311,37 @@ def test_batch_count_follows_the_fixed_batch(tmp_path):
     np.savez(tmp_path / "e.npz", x=np.ones((20, 16), f32))
     free = open_dataset(tmp_path / "e.npz", input_specs(_scale_model(1.0)))
     assert free.num_batches(8) == len(list(free.batches(8))) == 3
+
+
+def test_in_sample_report_reads_the_float_outputs_calibration_kept(tmp_path, monkeypatch):
+    """Without --eval the report compares on the calibration samples; the float outputs
+    come from the calibration pass (the float session does not run them again) and the
+    numbers are those of running it again, bit for bit."""
+    import onnxq.calibration.reference as reference
+    from onnxq.calibration.reference import CachedReference
+
+    model = models.cnn()
+    shape = [d.dim_value or 40 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    feed = {"input": np.random.default_rng(1).normal(0, 1, shape).astype(f32)}
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    served: list[int] = []
+    real_run = CachedReference.run
+
+    def counting(self, feed, outputs=None):
+        before = self.served
+        out = real_run(self, feed, outputs)
+        served.append(self.served - before)
+        return out
+
+    monkeypatch.setattr(CachedReference, "run", counting)
+    cfg = QuantConfig(target=NO_CHECK)
+    kept = quantize(tmp_path / "m.onnx", tmp_path / "a.onnx", cfg, data=tmp_path / "d.npz")
+    assert served and all(served)  # every batch from the record
+    monkeypatch.setattr(reference, "CACHE_BYTES", 0)  # nothing kept: the session runs
+    served.clear()
+    ran = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", cfg, data=tmp_path / "d.npz")
+    assert not served
+    assert kept.fidelity is not None and ran.fidelity is not None
+    assert kept.fidelity.samples == ran.fidelity.samples == 40
+    assert kept.fidelity.outputs == ran.fidelity.outputs

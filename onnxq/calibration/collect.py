@@ -20,6 +20,7 @@ import onnx
 from onnxq.calibration.estimate import finish
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.parallel import ModelOrigin, observe_sharded
+from onnxq.calibration.reference import CachedReference, OutputRecorder
 from onnxq.calibration.shards import Shard, ShardTask, observe_shard
 from onnxq.config import CalibrationConfig, Granularity
 from onnxq.data import Dataset
@@ -57,6 +58,7 @@ class FloatSession:
         self._fetchable = tuple(dict.fromkeys((*self.candidates, *extra)))
         self._runner: Runner | None = None
         self._sample_bytes: dict[int, int] = {}
+        self._recorded: dict[int, OutputRecorder] = {}  # graph outputs of a calibration pass
 
     @property
     def runner(self) -> Runner:
@@ -125,13 +127,34 @@ class FloatSession:
         if config.sharded:
             observers = observe_sharded(self, dataset, task, advance)
         else:
-            observers = observe_shard(self.run, dataset, task, advance)
+            observers = observe_shard(self._recording(dataset, batch_size), dataset, task, advance)
         found = {}
         for i, (name, obs) in enumerate(observers.items()):
             found[name] = finish(obs, config)
             if progress is not None and config.method.uses_histogram:
                 progress(f"{config.method.value} search", i + 1, len(observers))
         return {t: found[aliases.get(t, t)] for t in tensors}
+
+    def _recording(self, dataset: Dataset, batch_size: int) -> Callable[..., dict[str, np.ndarray]]:
+        """:meth:`run` that also keeps the graph outputs of each batch of ``dataset``
+        (:mod:`onnxq.calibration.reference`)."""
+        recorder = OutputRecorder(self.outputs, batch_size)
+        self._recorded[id(dataset)] = recorder
+
+        def run(feed: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+            values = self.run(feed, list(dict.fromkeys([*names, *self.outputs])))
+            recorder.record(feed, values)
+            return {n: values[n] for n in names}
+
+        return run
+
+    def reference(self, dataset: Dataset) -> tuple[CachedReference, int] | None:
+        """The float outputs a calibration pass over ``dataset`` kept, as a stand-in for
+        the session, with the batch size of that pass (None: none kept)."""
+        recorder = self._recorded.get(id(dataset))
+        if recorder is None or recorder.overflowed or not recorder.batches:
+            return None
+        return CachedReference(self.runner, recorder), recorder.batch_size
 
     def moments(
         self,

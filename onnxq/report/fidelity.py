@@ -12,7 +12,7 @@ from onnxq.data import Dataset
 from onnxq.report.metrics import OutputFidelity, OutputStats
 from onnxq.runtime import Runner
 
-__all__ = ["BatchObserver", "Fidelity", "evaluate"]
+__all__ = ["BatchObserver", "Fidelity", "Outputs", "evaluate"]
 
 
 class BatchObserver(Protocol):
@@ -37,8 +37,19 @@ class Fidelity:
         return next((o for o in self.outputs if o.top1_agreement is not None), None)
 
 
+class Outputs(Protocol):
+    """What :func:`evaluate` reads the reference from: a :class:`Runner`, or the float
+    outputs a calibration pass kept (:class:`onnxq.calibration.reference.CachedReference`)."""
+
+    output_names: tuple[str, ...]
+
+    def run(
+        self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+
 def evaluate(
-    reference: Runner,
+    reference: Outputs,
     candidate: Runner,
     dataset: Dataset,
     *,

@@ -10,7 +10,7 @@ from onnxq.calibration.collect import FloatSession, Progress
 from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.external import uses_external_data
-from onnxq.report.fidelity import Fidelity, evaluate
+from onnxq.report.fidelity import Fidelity, Outputs, evaluate
 from onnxq.report.preflight import RuntimePreview, runtime_preview
 from onnxq.runtime import Runner
 
@@ -63,11 +63,16 @@ def measure(
         return None
     sample_bytes = floats.sample_bytes(data)
     limit = max(8, IN_SAMPLE_BYTES // max(sample_bytes, 1)) if in_sample else None
+    reference: Outputs = floats.runner
+    batch = floats.affordable_batch(data, batch_size)
+    kept = floats.reference(data)  # the float outputs calibration kept of these samples
+    if kept is not None:
+        reference, batch = kept
     return evaluate(
-        floats.runner,
+        reference,
         quantized,
         data,
-        batch_size=floats.affordable_batch(data, batch_size),
+        batch_size=batch,
         limit=limit,
         progress=progress,
         outputs=floats.outputs,

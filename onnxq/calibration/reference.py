@@ -1,0 +1,83 @@
+"""The float model's graph outputs, kept from the calibration pass for the in-sample report.
+
+Calibration runs every calibration sample through the float session; the report of a
+quantize run without ``--eval`` then compares the written model with the float model on
+those same samples, and ran the float session over them a second time (MiniLM: 1.1 of its
+2.3 s of evaluation). The outputs are small next to the activations calibration fetches,
+so the pass keeps them, up to :data:`CACHE_BYTES`, and the report reads them back batch by
+batch. A batch is served only when it is the batch the pass saw at that position (the
+same size and inputs with the same shapes and sums); anything else runs the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxq.runtime import Runner
+
+__all__ = ["CACHE_BYTES", "CachedReference", "OutputRecorder"]
+
+CACHE_BYTES = 256 * 2**20  # graph outputs of the calibration samples kept, at most
+
+
+def _signature(feed: Mapping[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], float], ...]:
+    """Which batch a feed is: each input's name, shape and sum (a pass over the inputs,
+    cheap next to a run of the model)."""
+    return tuple(
+        (name, tuple(np.shape(value)), float(np.sum(value, dtype=np.float64)))
+        if np.issubdtype(np.asarray(value).dtype, np.number)
+        else (name, tuple(np.shape(value)), 0.0)
+        for name, value in sorted(feed.items())
+    )
+
+
+@dataclass
+class OutputRecorder:
+    """Graph outputs of the batches of one pass, in order, until they pass ``budget``
+    bytes (then none are kept)."""
+
+    outputs: tuple[str, ...]
+    batch_size: int
+    budget: int = field(default_factory=lambda: CACHE_BYTES)
+    batches: list[tuple[tuple[object, ...], dict[str, np.ndarray]]] = field(default_factory=list)
+    bytes: int = 0
+    overflowed: bool = False
+
+    def record(self, feed: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray]) -> None:
+        if self.overflowed:
+            return
+        kept = {n: np.array(values[n], copy=True) for n in self.outputs}
+        self.bytes += sum(v.nbytes for v in kept.values())
+        if self.bytes > self.budget:
+            self.overflowed, self.batches = True, []
+            return
+        self.batches.append((_signature(feed), kept))
+
+
+class CachedReference:
+    """Stands in for the float :class:`Runner` in :func:`onnxq.report.fidelity.evaluate`:
+    the recorded outputs of the batches in the order they were recorded, the session for
+    any batch that is not the recorded one."""
+
+    def __init__(self, runner: Runner, recorder: OutputRecorder) -> None:
+        self.runner = runner
+        self.recorder = recorder
+        self.output_names = runner.output_names
+        self.position = 0
+        self.served = 0  # batches answered from the record
+
+    def run(
+        self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else list(self.output_names)
+        index, self.position = self.position, self.position + 1
+        batches = self.recorder.batches
+        if index < len(batches) and set(names) <= set(self.recorder.outputs):
+            signature, values = batches[index]
+            if signature == _signature(feed):
+                self.served += 1
+                return {n: values[n] for n in names}
+        return self.runner.run(feed, names)
