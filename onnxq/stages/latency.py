@@ -25,6 +25,7 @@ from onnxq.graph.external import uses_external_data
 from onnxq.report.latency import (
     DYNAMIC,
     INT8,
+    NOISE_MS,
     WEIGHTS_ONLY,
     CandidateKind,
     LatencyCheck,
@@ -43,9 +44,11 @@ log = logging.getLogger(__name__)
 BUDGET_MS = 1000.0  # wall time the timing of two models may take, warm-up included
 MIN_RUNS, MAX_RUNS = 5, 1000  # timed runs of each model (tiny models: many, for a stable median)
 BLOCK = 5  # runs of one model in a row
-# the timing stops early once every comparison it decides differs by this factor (after
-# SETTLE_RUNS runs of each model): no later run moves a median that far
-CLEAR, SETTLE_RUNS = 1.2, 20
+# the timing stops early once every comparison it decides differs by this factor and by
+# CLEAR_NOISE times the noise floor (after SETTLE_RUNS runs of each model): no later run
+# moves a median that far (a tiny model, 0.13 ms against 0.18, is timed in full: its
+# difference is the noise floor's size)
+CLEAR, CLEAR_NOISE, SETTLE_RUNS = 1.2, 3.0, 20
 
 
 def latency_choice(
@@ -183,7 +186,9 @@ def _settled(medians: list[float]) -> bool:
     float_ms, *models = medians
     compared = models if len(models) > 1 else [float_ms, *models]
     return all(
-        max(a, b) >= CLEAR * min(a, b) for i, a in enumerate(compared) for b in compared[i + 1 :]
+        max(a, b) >= CLEAR * min(a, b) and abs(a - b) >= CLEAR_NOISE * NOISE_MS
+        for i, a in enumerate(compared)
+        for b in compared[i + 1 :]
     )
 
 
