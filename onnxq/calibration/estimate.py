@@ -13,7 +13,6 @@ from onnxq.calibration.methods import (
     mse_range,
     percentile_range,
     range_sqnr,
-    robust_range,
 )
 from onnxq.calibration.observers import (
     MinMaxObserver,
@@ -168,7 +167,7 @@ def finish(observer: TensorObserver, config: CalibrationConfig) -> TensorRange:
     qtype = config.scheme.qtype(config.bits)
     symmetric = config.scheme is Scheme.SYM
     sqnr = range_sqnr(hist, float(whole.min), float(whole.max), qtype, symmetric=symmetric)
-    r_lo, r_hi = robust_range(hist, qtype, symmetric=symmetric)
+    r_lo, r_hi = mse_range(hist, qtype, symmetric=symmetric)
     r_sqnr = range_sqnr(hist, r_lo, r_hi, qtype, symmetric=symmetric)
     quality = RangeQuality(sqnr, r_lo, r_hi, r_sqnr)
     return TensorRange(

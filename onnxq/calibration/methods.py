@@ -13,7 +13,7 @@ import numpy as np
 from onnxq.calibration.histogram import Histogram
 from onnxq.quant.qtypes import QType
 
-__all__ = ["entropy_range", "mse_range", "percentile_range", "range_sqnr", "robust_range"]
+__all__ = ["entropy_range", "mse_range", "percentile_range", "range_sqnr"]
 
 _EPS = 1e-4  # count given to a Q bin that has none where P has some
 
@@ -105,7 +105,12 @@ def entropy_range(hist: Histogram, *, levels: int = 128) -> tuple[float, float]:
 
 
 def mse_range(
-    hist: Histogram, qtype: QType, *, symmetric: bool, restricted: bool = False, grid: int = 100
+    hist: Histogram,
+    qtype: QType,
+    *,
+    symmetric: bool,
+    restricted: bool = False,
+    grid: int = 100,
 ) -> tuple[float, float]:
     """The clipping range minimising Σ count · (x - dequantize(quantize(x)))² over the
     histogram (each bin represented by its centre), for ``qtype`` and the scheme.
@@ -132,8 +137,16 @@ def mse_range(
     qp = compute_qparams(lo, hi, qtype, symmetric=symmetric, restricted=restricted, axis=0)
     scale = qp.scale.astype(np.float64)[:, None]
     zp = qp.zero_point.astype(np.float64)[:, None]
-    q = np.clip(np.rint(centers[None, :] / scale) + zp, qmin, qmax)
-    err = np.sum(counts[None, :] * ((q - zp) * scale - centers[None, :]) ** 2, axis=1)
+    # the same arithmetic as clip(rint(c / S) + zp) etc., in one buffer (no temporaries)
+    work = np.divide(centers[None, :], scale)
+    np.rint(work, out=work)
+    work += zp
+    np.clip(work, qmin, qmax, out=work)
+    work -= zp
+    work *= scale
+    work -= centers[None, :]
+    np.square(work, out=work)
+    err = work @ counts  # Σ count · error² per candidate
     best = int(np.argmin(err))
     return _clamp(hist, float(lo[best]), float(hi[best]))
 
@@ -155,56 +168,6 @@ def _compact(hist: Histogram, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
         mean = np.where(mass > 0, (c * centers.reshape(-1, group)).sum(axis=1) / mass, 0.0)
     keep = mass > 0
     return mean[keep], mass[keep]
-
-
-def robust_range(
-    hist: Histogram,
-    qtype: QType,
-    *,
-    symmetric: bool,
-    restricted: bool = False,
-    grid: int = 200,
-) -> tuple[float, float]:
-    """The clipping range with the least noise as :func:`range_sqnr` counts it (``S² / 12``
-    for each value inside the range, the exact clipping error of each bin outside it): the
-    quality estimate's MSE-optimal range, so that its SQNR is the best that estimate
-    offers on the lattice searched.
-
-    Symmetric: thresholds ``t = s · max|x|`` for ``grid`` values of ``s`` in (0, 1];
-    asymmetric: pairs ``(a · min, b · max)`` on a ``grid/4 × grid/4`` lattice. Each
-    candidate costs O(log bins) (prefix sums of count, count · x and count · x² over the
-    bins, which are in ascending order), not O(bins) as in :func:`mse_range`."""
-    from onnxq.quant.qparams import compute_qparams
-
-    if hist.total == 0 or (hist.min == 0.0 and hist.max == 0.0):
-        return 0.0, 0.0
-    counts = hist.counts.astype(np.float64)
-    centers = hist.centers()
-    n = np.concatenate([[0.0], np.cumsum(counts)])
-    s1 = np.concatenate([[0.0], np.cumsum(counts * centers)])
-    s2 = np.concatenate([[0.0], np.cumsum(counts * centers**2)])
-    if symmetric:
-        amax = max(abs(hist.min), abs(hist.max))
-        t = np.linspace(1.0 / grid, 1.0, grid) * amax
-        lo, hi = -t, t
-    else:
-        k = max(grid // 4, 2)
-        steps = np.linspace(1.0 / k, 1.0, k)
-        lo = np.repeat(steps * hist.min, k)
-        hi = np.tile(steps * hist.max, k)
-    qp = compute_qparams(lo, hi, qtype, symmetric=symmetric, restricted=restricted, axis=0)
-    scale = qp.scale.astype(np.float64)
-    zp = qp.zero_point.astype(np.float64)
-    low = (qtype.min(restricted=restricted) - zp) * scale
-    high = (qtype.max - zp) * scale
-    below = np.searchsorted(centers, low, side="left")  # bins [0, below) lie under low
-    above = np.searchsorted(centers, high, side="right")  # bins [above, end) lie over high
-    inside = n[above] - n[below]
-    under = s2[below] - 2.0 * low * s1[below] + low**2 * n[below]
-    over = (s2[-1] - s2[above]) - 2.0 * high * (s1[-1] - s1[above]) + high**2 * (n[-1] - n[above])
-    noise = inside * scale**2 / 12.0 + np.maximum(under, 0.0) + np.maximum(over, 0.0)
-    best = int(np.argmin(noise))
-    return _clamp(hist, float(lo[best]), float(hi[best]))
 
 
 def range_sqnr(
