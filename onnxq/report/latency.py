@@ -15,7 +15,7 @@ __all__ = ["DYNAMIC", "INT8", "WEIGHTS_ONLY", "CandidateKind", "LatencyCheck", "
 # which a timing of up to 1000 runs each still resolves: silero_vad's int8 model ran
 # 0.14 -> 0.19 ms in two bench runs and was kept under a 0.05 ms floor)
 SLOWER = 1.03  # latency ratio (model / float)
-NOISE_MS = 0.02  # and milliseconds
+NOISE_MS = 0.03  # and milliseconds (the test CNN: int8 and float 0.02 ms apart either way)
 
 
 class CandidateKind(str, Enum):
