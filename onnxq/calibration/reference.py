@@ -49,7 +49,7 @@ class OutputRecorder:
     def record(self, feed: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray]) -> None:
         if self.overflowed:
             return
-        kept = {n: np.array(values[n], copy=True) for n in self.outputs}
+        kept = {n: np.asarray(values[n]) for n in self.outputs}  # fresh arrays: no copy
         self.bytes += sum(v.nbytes for v in kept.values())
         if self.bytes > self.budget:
             self.overflowed, self.batches = True, []
