@@ -138,7 +138,15 @@ def _quantized(
         timed = latency_choice(dynamic, None, prepared.model, timing, config, request.threads)
         return timed[0], DYNAMIC_SOURCE, timed[1]
     data_path = str(request.data or request.ranges)
-    source = RangeSource(floats, inputs.calib, inputs.ranges, data_path, calib, request.progress)
+    source = RangeSource(
+        floats,
+        inputs.calib,
+        inputs.ranges,
+        data_path,
+        calib,
+        request.progress,
+        keep_outputs=inputs.eval is inputs.calib,  # the report runs on these samples
+    )
     ranges = static_ranges(prepared, config, source)
     weights = weight_choices(ranges.plan, config, floats, inputs.calib, calib, request.progress)
     replanner = Replanner(prepared.model, config, source, ranges, weights)

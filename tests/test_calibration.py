@@ -158,3 +158,46 @@ def test_ranges_for_another_model_are_refused(cnn_files, tmp_path):
     with pytest.raises(RangesError, match="different model"):
         quantize(other, tmp_path / "q.onnx", ranges=rpath, config=QuantConfig())
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_chain_of_rearrangements_takes_the_first_tensor_statistics(tmp_path):
+    """x -> MatMul -> Reshape -> Transpose -> MatMul: both rearranged copies take the
+    MatMul output's range (the chain resolved to its start), which is their true range."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxq.graph.outputs import with_outputs
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(0, 1, (16, 16)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 1, (4, 4)).astype(np.float32), "w2")
+    shape = numpy_helper.from_array(np.array([0, 4, 4, 4], np.int64), "shape")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Reshape", ["h", "shape"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["t"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["t", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 4, 4])],
+        [w1, w2, shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = rng.normal(0, 1, (24, 4, 16)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    ranges = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz").tensors
+    fetch = with_outputs(model, ["h", "t"]).SerializeToString()
+    h, t = ort.InferenceSession(fetch).run(["h", "t"], {"x": x})
+    for name in ("r", "t"):
+        assert (
+            (float(ranges[name].min), float(ranges[name].max))
+            == (h.min(), h.max())
+            == (
+                t.min(),
+                t.max(),
+            )
+        )

@@ -102,7 +102,7 @@ def test_batches_inside_the_edge_are_not_read():
     assert h.edge == 4.0
     later = np.full((4, 100), np.nan, f32)  # lied about: bounds say inside
     h.update(later, (-1.0, 1.0))
-    assert h.bulk_skipped == 300 + 400 and h.tail.exponent is None
+    assert h.bulk_skipped == 400 and h.tail.exponent is None  # batch 0 was binned whole
     assert h.result().total == pytest.approx(800, abs=64)
 
 
@@ -135,11 +135,12 @@ def test_observer_samples_only_beside_plain_minmax(monkeypatch):
     minmax = TensorObserver(CalibrationConfig(), None)
     minmax.update(x, batches=10)
     assert isinstance(minmax.hist, SampledHistogram)
-    assert (minmax.hist.stride, minmax.hist.rows) == (1, 100)  # 100 values of each batch
+    # batch 0 whole (800), the other 200 values over the 9 batches left: 23 rows each
+    assert (minmax.hist.stride, minmax.hist.rows) == (1, 23)
     wide = TensorObserver(CalibrationConfig(), None)  # a row (800 values) passes the share
     wide.update(x.reshape(1, 800), batches=10)
     assert isinstance(wide.hist, SampledHistogram)
-    assert (wide.hist.stride, wide.hist.rows) == (8, 1)
+    assert (wide.hist.stride, wide.hist.rows) == (9, 1)
     percentile = TensorObserver(CalibrationConfig(method=CalibrationMethod.PERCENTILE), None)
     percentile.update(x, batches=10)
     assert isinstance(percentile.hist, HistogramObserver)  # its range is read from it
@@ -345,3 +346,60 @@ def test_in_sample_report_reads_the_float_outputs_calibration_kept(tmp_path, mon
     assert kept.fidelity is not None and ran.fidelity is not None
     assert kept.fidelity.samples == ran.fidelity.samples == 40
     assert kept.fidelity.outputs == ran.fidelity.outputs
+
+
+def _quality(batches: list[np.ndarray], values: int, monkeypatch):
+    monkeypatch.setattr(estimate, "QUALITY_VALUES", values)
+    observer = TensorObserver(CalibrationConfig(), None)
+    for b in batches:
+        observer.update(b, len(batches))
+    q = finish(observer, CalibrationConfig()).quality
+    assert q is not None
+    return q
+
+
+@pytest.mark.parametrize("layout", ["heads_on_axis_0", "blank_first_samples"])
+def test_sampled_quality_matches_the_full_histogram(layout, monkeypatch):
+    """Axis 0 is not always the samples (attention [samples·heads, S, D] with one loud
+    head: rows taken from the front would all be the quiet head 0), and the first samples
+    may be blank; the sampled estimate stays near the full histogram's either way."""
+    rng = np.random.default_rng(5)
+    batches = []
+    for _ in range(16):
+        if layout == "heads_on_axis_0":
+            b = rng.normal(0, 0.05, (8 * 12, 16, 32)).astype(f32)
+            b[5::12] *= 400.0  # head 5 of every sample is loud
+        else:
+            b = rng.normal(0, 1.0, (8, 16384)).astype(f32)
+            b[:4] = 0.0  # blank samples first
+        batches.append(b)
+    from onnxq.calibration.methods import range_sqnr
+
+    sampled = _quality(batches, 2**15, monkeypatch)
+    full = _quality(batches, 2**40, monkeypatch)
+    assert abs(sampled.sqnr_db - full.sqnr_db) <= 1.0, (sampled, full)
+    # the clipping range chosen on the sample does, on all the data, about as well as the
+    # one chosen on all of it
+    every = HistogramObserver(512)
+    for b in batches:
+        every.update(b)
+    hist = every.result()
+    on_all = range_sqnr(hist, sampled.robust_min, sampled.robust_max, QType.UINT8, symmetric=False)
+    assert on_all >= full.robust_sqnr_db - 1.0, (on_all, full)
+
+
+def test_a_batch_that_is_not_the_recorded_one_runs_the_session():
+    from onnxq.calibration.reference import CachedReference, OutputRecorder
+
+    runner = Runner(_scale_model(2.0))
+    seen = {"x": np.ones((2, 16), f32)}
+    recorder = OutputRecorder(("y",), 2)
+    recorder.record(seen, runner.run(seen))
+    recorder.batches[0][1]["y"][:] = -7.0  # marks what the record serves
+    cached = CachedReference(runner, recorder)
+    other = {"x": np.full((2, 16), 3.0, f32)}  # same shape and dtype, other values
+    assert np.array_equal(cached.run(other, ["y"])["y"], np.full((2, 16), 6.0, f32))
+    assert cached.served == 0
+    again = CachedReference(runner, recorder)
+    assert np.array_equal(again.run(seen, ["y"])["y"], np.full((2, 16), -7.0, f32))
+    assert again.served == 1

@@ -58,7 +58,8 @@ class FloatSession:
         self._fetchable = tuple(dict.fromkeys((*self.candidates, *extra)))
         self._runner: Runner | None = None
         self._sample_bytes: dict[int, int] = {}
-        self._recorded: dict[int, OutputRecorder] = {}  # graph outputs of a calibration pass
+        # graph outputs of a calibration pass, by dataset (kept with it: ids are reused)
+        self._recorded: dict[int, tuple[Dataset, OutputRecorder]] = {}
 
     @property
     def runner(self) -> Runner:
@@ -101,10 +102,13 @@ class FloatSession:
         tensors: Sequence[str],
         config: CalibrationConfig,
         progress: Progress | None = None,
+        *,
+        keep_outputs: bool = False,
     ) -> dict[str, TensorRange]:
         """Stream ``dataset`` through the model once and return each tensor's range: here,
         or in shards on other processes when ``config`` asks (the same ranges, bit for
-        bit: :mod:`onnxq.calibration.shards`)."""
+        bit: :mod:`onnxq.calibration.shards`). ``keep_outputs``: also keep the graph
+        outputs of a pass in this process for :meth:`reference`."""
         idx = GraphIndex(self.model)
         channel = config.granularity is Granularity.CHANNEL
         # per-tensor statistics of a rearranged copy are its source's (per-channel ones
@@ -127,7 +131,8 @@ class FloatSession:
         if config.sharded:
             observers = observe_sharded(self, dataset, task, advance)
         else:
-            observers = observe_shard(self._recording(dataset, batch_size), dataset, task, advance)
+            run = self._recording(dataset, batch_size) if keep_outputs else self.run
+            observers = observe_shard(run, dataset, task, advance)
         found = {}
         for i, (name, obs) in enumerate(observers.items()):
             found[name] = finish(obs, config)
@@ -139,7 +144,7 @@ class FloatSession:
         """:meth:`run` that also keeps the graph outputs of each batch of ``dataset``
         (:mod:`onnxq.calibration.reference`)."""
         recorder = OutputRecorder(self.outputs, batch_size)
-        self._recorded[id(dataset)] = recorder
+        self._recorded[id(dataset)] = (dataset, recorder)
 
         def run(feed: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
             values = self.run(feed, list(dict.fromkeys([*names, *self.outputs])))
@@ -150,9 +155,13 @@ class FloatSession:
 
     def reference(self, dataset: Dataset) -> tuple[CachedReference, int] | None:
         """The float outputs a calibration pass over ``dataset`` kept, as a stand-in for
-        the session, with the batch size of that pass (None: none kept)."""
-        recorder = self._recorded.get(id(dataset))
-        if recorder is None or recorder.overflowed or not recorder.batches:
+        the session, with the batch size of that pass (None: none kept). Given once: the
+        record is released."""
+        kept = self._recorded.pop(id(dataset), None)  # read once: then released
+        if kept is None or kept[0] is not dataset:
+            return None
+        recorder = kept[1]
+        if recorder.overflowed or not recorder.batches:
             return None
         return CachedReference(self.runner, recorder), recorder.batch_size
 

@@ -36,8 +36,8 @@ QUALITY_VALUES = 2**16
 
 @dataclass(frozen=True)
 class Sampling:
-    """What the quality histogram of one tensor bins whole: the first ``rows`` rows (axis
-    0; None: all) of batch 0 and of every ``stride``-th batch after it (by index in the
+    """What the quality histogram of one tensor bins whole: batch 0, and ``rows`` rows
+    (axis 0, spread; None: all) of every ``stride``-th batch after it (by index in the
     whole stream), and of the rest the values with ``|x| >= edge``
     (:mod:`onnxq.calibration.sampled`). Chosen on batch 0 alone, so that every shard of
     the stream can be given the same choice."""
@@ -53,22 +53,23 @@ class Sampling:
 
 def sampling_for(x: np.ndarray, bounds: tuple[float, float] | None, batches: int) -> Sampling:
     """The sampling of a stream of about ``batches`` batches whose batch 0 is ``x`` (with
-    min and max ``bounds`` when known): about QUALITY_VALUES values binned whole, spread
-    over the stream: whole rows of every batch while a row fits the share of one batch,
-    else one row of every ``stride``-th batch. All values when batch 0 has no finite
-    non-zero value to place the edge by."""
+    min and max ``bounds`` when known): batch 0 whole, and about QUALITY_VALUES values in
+    all (more when batch 0 alone holds more), spread over the stream: rows of every batch
+    while a row fits the share of one batch, else one row of every ``stride``-th batch.
+    All values when batch 0 has no finite non-zero value to place the edge by."""
     arr = np.asarray(x)
-    if arr.size * batches <= QUALITY_VALUES or arr.ndim == 0:
+    if arr.size * batches <= QUALITY_VALUES or arr.ndim == 0 or batches <= 1:
         return Sampling()
     edge = edge_above(arr, bounds)
     if edge is None:
         return Sampling()
     row = arr.size // max(arr.shape[0], 1)
-    share = QUALITY_VALUES / batches  # values of each batch
+    left = QUALITY_VALUES - arr.size  # for the batches after batch 0
+    share = left / (batches - 1)
     if share >= row:
         rows = math.ceil(share / row)
         return Sampling() if rows >= arr.shape[0] else Sampling(1, edge, rows)
-    return Sampling(math.ceil(row * batches / QUALITY_VALUES), edge, 1)
+    return Sampling(max(1, math.ceil(row * (batches - 1) / max(left, row))), edge, 1)
 
 
 class TensorObserver:
@@ -110,9 +111,11 @@ class TensorObserver:
             )
 
     def update(self, x: np.ndarray, batches: int = 1) -> None:
-        """Observe the next of about ``batches`` batches (whole tensors, never a subsample
-        of one: that would miss the few outlying channels, e.g. of transformer LayerNorm
-        and FFN outputs, that decide whether one scale can hold a tensor)."""
+        """Observe the next of about ``batches`` batches. Min and max see every value;
+        the quality histogram sees whole rows (every channel: a subsample within rows
+        would miss the few outlying channels, e.g. of transformer LayerNorm and FFN
+        outputs, that decide whether one scale can hold a tensor) and every value beyond
+        its edge."""
         bounds = self.minmax.update(x) if self.minmax is not None else None
         if np.asarray(x).dtype != np.float32:  # min/max are taken in float32
             bounds = None

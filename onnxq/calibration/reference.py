@@ -6,7 +6,10 @@ those same samples, and ran the float session over them a second time (MiniLM: 1
 2.3 s of evaluation). The outputs are small next to the activations calibration fetches,
 so the pass keeps them, up to :data:`CACHE_BYTES`, and the report reads them back batch by
 batch. A batch is served only when it is the batch the pass saw at that position (the
-same size and inputs with the same shapes and sums); anything else runs the session.
+same inputs: dtypes, shapes and sums); anything else runs the session. The report then
+counts whole calibration batches: the same numbers as running the session when every
+sample is evaluated (a small model); with a bounded in-sample share (a large one) it may
+take a few samples more or fewer than the session's own batches would.
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ __all__ = ["CACHE_BYTES", "CachedReference", "OutputRecorder"]
 CACHE_BYTES = 256 * 2**20  # graph outputs of the calibration samples kept, at most
 
 
-def _signature(feed: Mapping[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], float], ...]:
-    """Which batch a feed is: each input's name, shape and sum (a pass over the inputs,
-    cheap next to a run of the model)."""
-    return tuple(
-        (name, tuple(np.shape(value)), float(np.sum(value, dtype=np.float64)))
-        if np.issubdtype(np.asarray(value).dtype, np.number)
-        else (name, tuple(np.shape(value)), 0.0)
-        for name, value in sorted(feed.items())
-    )
+def _signature(feed: Mapping[str, np.ndarray]) -> tuple[object, ...]:
+    """Which batch a feed is: each input's name, dtype, shape and sum (a pass over the
+    inputs, cheap next to a run of the model; the bytes' hash for non-numeric inputs)."""
+    out: list[object] = []
+    for name, value in sorted(feed.items()):
+        arr = np.asarray(value)
+        if np.issubdtype(arr.dtype, np.number):
+            mark: object = float(np.sum(arr, dtype=np.float64))
+        else:
+            mark = hash(arr.tobytes())
+        out.append((name, str(arr.dtype), arr.shape, mark))
+    return tuple(out)
 
 
 @dataclass

@@ -7,9 +7,10 @@ which a share of the values shows, and the tails (what clipping would cut), whic
 batches may hold alone (calibration data ordered by class, a few inputs with huge
 activations). So:
 
-* of batch 0 and every ``stride``-th batch after it, the first ``rows`` rows along axis 0
-  are binned whole (a prefix of the flattened batch: every index of the other axes, so
-  every channel, is in it; all rows when ``rows`` is None);
+* batch 0 of the stream is binned whole; of every ``stride``-th batch after it, ``rows``
+  rows along axis 0 are binned whole, spread over the rows (:func:`_picked_rows`: axis 0
+  may hold heads or time steps, not only samples), each row with every index of the
+  other axes, so every channel;
 * of everything else only the values with ``|x| >= edge`` are binned, ``edge`` being the
   smallest power of two above the magnitude of batch 0 (so a bin boundary of every grid
   fine enough to hold batch 0). A batch whose min and max stay inside ``(-edge, edge)`` is
@@ -72,25 +73,31 @@ class SampledHistogram:
         """Observe the next batch; ``bounds`` are its min and max when known already."""
         index, self.index = self.index, self.index + 1
         arr = np.asarray(x)
-        if self.samples_all or arr.size == 0:
+        if self.samples_all or arr.size == 0 or arr.ndim == 0:
             self.whole.update(arr, bounds)
             return
-        if self.edge is None:  # the stream's batch 0 (when not planned): set the edge
-            self.edge = edge_above(arr, bounds)
-            if self.edge is None:  # nothing but zeros (or nothing finite): no tail to keep
-                self.whole.update(arr, bounds)
-                return
-        flat = arr.reshape(-1)
-        binned = 0
-        if index % self.stride == 0:
-            binned = flat.size if self.rows is None or arr.ndim == 0 else self._prefix(arr)
-            self.whole.update(flat[:binned])
-        rest = flat[binned:]
-        if rest.size == 0:
+        if index == 0 or self.edge is None:  # batch 0 of the stream: binned whole
+            if self.edge is None:  # not planned: the edge from this batch
+                self.edge = edge_above(arr, bounds)
+            self.whole.update(arr, bounds)
             return
+        picked: np.ndarray | None = None
+        if index % self.stride == 0:
+            picked = _picked_rows(arr.shape[0], self.rows or arr.shape[0], index)
+            self.whole.update(arr[picked])
         if bounds is not None and -self.edge < bounds[0] and bounds[1] < self.edge:
-            self.bulk_skipped += rest.size  # nothing beyond the edge
+            # nothing beyond the edge: the rest is not read
+            binned = 0 if picked is None else picked.size * (arr.size // arr.shape[0])
+            self.bulk_skipped += arr.size - binned
             self.lo, self.hi = min(self.lo, bounds[0]), max(self.hi, bounds[1])
+            return
+        if picked is None:
+            rest = arr.reshape(-1)
+        else:
+            keep = np.ones(arr.shape[0], bool)
+            keep[picked] = False
+            rest = arr[keep].reshape(-1)
+        if rest.size == 0:
             return
         # |x| >= edge also takes x == -edge, which lies in the bulk bin just above -edge:
         # binned where it belongs and not counted as skipped bulk, so totals stay exact.
@@ -104,10 +111,6 @@ class SampledHistogram:
             lo, hi = (float(inner.min()), float(inner.max())) if inner.size else (self.lo, self.hi)
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         self.tail.update(rest[~inside])
-
-    def _prefix(self, arr: np.ndarray) -> int:
-        assert self.rows is not None
-        return int(min(self.rows, arr.shape[0]) * (arr.size // max(arr.shape[0], 1)))
 
     def merge(self, other: SampledHistogram) -> None:
         """Add a shard sampled with the same stride, rows and edge (see the module
@@ -139,6 +142,21 @@ class SampledHistogram:
         lo = min(whole.min, self.lo, tail.min if self.tail.exponent is not None else math.inf)
         hi = max(whole.max, self.hi, tail.max if self.tail.exponent is not None else -math.inf)
         return Histogram(counts.astype(np.int64), width, lo, hi)
+
+
+def _picked_rows(count: int, rows: int, index: int) -> np.ndarray:
+    """``rows`` of ``count`` rows (axis 0) of the stream's batch ``index``, spread: rows
+    ``j · step mod count`` for the stream's running row number ``j``, ``step`` the first
+    number from ``count / rows`` up that shares no factor with ``count``. Axis 0 need not be
+    the samples: an attention tensor [samples · heads, …] or an LSTM's [time, …] has its
+    heads or time steps there, and consecutive rows would all be head 0 or the first steps;
+    a step coprime with ``count`` visits every row, hence every head, in turn."""
+    rows = min(rows, count)
+    step = max(1, count // rows)
+    while math.gcd(step, count) != 1:
+        step += 1
+    first = index * rows
+    return np.asarray((np.arange(first, first + rows) * step) % count, np.intp)
 
 
 def edge_above(x: np.ndarray, bounds: tuple[float, float] | None = None) -> float | None:

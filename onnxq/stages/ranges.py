@@ -33,6 +33,7 @@ class RangeSource:
     path: str
     calibration: CalibrationConfig
     progress: Progress | None = None
+    keep_outputs: bool = False  # keep the float outputs for the in-sample report
 
     def get(self, roots: Sequence[str]) -> dict[str, TensorRange]:
         """Ranges of ``roots``."""
@@ -46,7 +47,9 @@ class RangeSource:
             return {t: self.file.tensors[t] for t in roots}
         if self.data is None:
             raise RangesError("static quantization needs --data or --ranges")
-        return self.floats.observe(self.data, roots, self.calibration, self.progress)
+        return self.floats.observe(
+            self.data, roots, self.calibration, self.progress, keep_outputs=self.keep_outputs
+        )
 
     def describe(self) -> str:
         if self.file is not None:
