@@ -133,7 +133,8 @@ class SampledHistogram:
         width = math.ldexp(1.0, max(exponents)) if exponents else whole.width
         sampled = _counts_at(whole, width)
         beyond = _counts_at(tail, width) if self.tail.exponent is not None else 0 * sampled
-        edge = self.edge if self.edge is not None else math.inf
+        edge = self.edge
+        assert edge is not None  # a batch beside the binned ones was seen: batch 0 set it
         lower = (np.arange(sampled.size, dtype=np.float64) - self.bins) * width
         in_tail = (lower >= edge) | (lower + width <= -edge)
         bulk = int(sampled[~in_tail].sum())

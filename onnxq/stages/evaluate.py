@@ -63,11 +63,12 @@ def measure(
         return None
     sample_bytes = floats.sample_bytes(data)
     limit = max(8, IN_SAMPLE_BYTES // max(sample_bytes, 1)) if in_sample else None
-    reference: Outputs = floats.runner
-    batch = floats.affordable_batch(data, batch_size)
     kept = floats.reference(data)  # the float outputs calibration kept of these samples
+    reference: Outputs
     if kept is not None:
         reference, batch = kept
+    else:
+        reference, batch = floats.runner, floats.affordable_batch(data, batch_size)
     return evaluate(
         reference,
         quantized,

@@ -166,17 +166,18 @@ def _timed(
     once = [_run_ms(r, feed) for r in runners]  # warm-up, and the cost of one run
     runs = int(min(MAX_RUNS, max(MIN_RUNS, BUDGET_MS / max(sum(once), 1e-3))))
     runs = max(BLOCK, runs - runs % BLOCK)
-    checks: list[bool] = []  # one per round from SETTLE_RUNS runs on
+    stopped: list[int] = []  # the runs made, when the comparison settled early
 
-    def settled(medians: list[float]) -> bool:
-        checks.append(_settled(medians))
-        return checks[-1]
+    def settled(medians: list[float], done: int) -> bool:
+        if _settled(medians):
+            stopped.append(done)
+            return True
+        return False
 
     float_ms, *medians = measure_latency(
         runners, feed, warmup=0, runs=runs, block=BLOCK, settled=settled, min_runs=SETTLE_RUNS
     )
-    if checks and checks[-1]:  # stopped early: the runs made
-        runs = -(-SETTLE_RUNS // BLOCK) * BLOCK + (len(checks) - 1) * BLOCK
+    runs = stopped[0] if stopped else runs
     return float_ms, dict(zip(sessions, medians, strict=True)), runs
 
 
