@@ -118,6 +118,11 @@ def mse_range(
     Symmetric: thresholds ``t = s · max|x|`` for ``grid`` values of ``s`` in (0, 1].
     Asymmetric: pairs ``(s_lo · min, s_hi · max)`` on a ``grid/4 × grid/4`` lattice.
     The histogram is first merged to at most 512 occupied-range bins to bound the cost.
+
+    Only candidates that can win are evaluated (branch and bound): a candidate's error is
+    at least its clipping error (the values outside its grid: exact, from prefix sums),
+    so once some candidates' errors are known, any whose clipping error alone exceeds
+    the least of them is skipped. The result is the exhaustive search's.
     """
     from onnxq.quant.qparams import compute_qparams
 
@@ -127,28 +132,65 @@ def mse_range(
     qmin, qmax = qtype.min(restricted=restricted), qtype.max
     if symmetric:
         amax = max(abs(hist.min), abs(hist.max))
-        pairs = [(-s * amax, s * amax) for s in np.linspace(1.0 / grid, 1.0, grid)]
+        s = np.linspace(1.0 / grid, 1.0, grid)
+        lo, hi = -s * amax, s * amax
     else:
         k = max(grid // 4, 2)
         steps = np.linspace(1.0 / k, 1.0, k)
-        pairs = [(a * hist.min, b * hist.max) for a in steps for b in steps]
-    lo = np.array([p[0] for p in pairs])
-    hi = np.array([p[1] for p in pairs])
+        lo = np.repeat(steps * hist.min, k)
+        hi = np.tile(steps * hist.max, k)
     qp = compute_qparams(lo, hi, qtype, symmetric=symmetric, restricted=restricted, axis=0)
-    scale = qp.scale.astype(np.float64)[:, None]
-    zp = qp.zero_point.astype(np.float64)[:, None]
-    # the same arithmetic as clip(rint(c / S) + zp) etc., in one buffer (no temporaries)
-    work = np.divide(centers[None, :], scale)
-    np.rint(work, out=work)
-    work += zp
-    np.clip(work, qmin, qmax, out=work)
-    work -= zp
-    work *= scale
-    work -= centers[None, :]
-    np.square(work, out=work)
-    err = work @ counts  # Σ count · error² per candidate
+    scale = qp.scale.astype(np.float64)
+    zp = qp.zero_point.astype(np.float64)
+    clip_floor, margin = _clipping_error(centers, counts, (qmin - zp) * scale, (qmax - zp) * scale)
+    # a first bound: the candidates the rounding noise model S²/12 expects best
+    first = np.argsort(clip_floor + counts.sum() * scale * scale / 12.0)[:8]
+    err = np.full(lo.size, np.inf)
+    err[first] = _rounding_error(centers, counts, scale[first], zp[first], qmin, qmax)
+    rest = np.flatnonzero((clip_floor - margin <= err.min()) & np.isinf(err))
+    err[rest] = _rounding_error(centers, counts, scale[rest], zp[rest], qmin, qmax)
     best = int(np.argmin(err))
     return _clamp(hist, float(lo[best]), float(hi[best]))
+
+
+def _rounding_error(
+    centers: np.ndarray, counts: np.ndarray, scale: np.ndarray, zp: np.ndarray, qmin: int, qmax: int
+) -> np.ndarray:
+    """Σ count · (deq(q(centre)) − centre)² for each candidate (scale, zp): the same
+    arithmetic as clip(rint(c / S) + zp) etc., in one buffer (no temporaries)."""
+    work = np.divide(centers[None, :], scale[:, None])
+    np.rint(work, out=work)
+    work += zp[:, None]
+    np.clip(work, qmin, qmax, out=work)
+    work -= zp[:, None]
+    work *= scale[:, None]
+    work -= centers[None, :]
+    np.square(work, out=work)
+    out: np.ndarray = np.einsum("ij,j->i", work, counts)  # row by row, whatever the rows
+    return out
+
+
+def _clipping_error(
+    centers: np.ndarray, counts: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Σ count · (c − low)² over centres below ``low`` plus Σ count · (c − high)² over those
+    above ``high``, per candidate (``centers`` ascending), from prefix sums; and a bound on
+    the rounding error of those sums (they cancel: a tail near its edge is a difference
+    of large terms)."""
+    n = np.concatenate([[0.0], np.cumsum(counts)])
+    m1 = np.concatenate([[0.0], np.cumsum(counts * centers)])
+    m2 = np.concatenate([[0.0], np.cumsum(counts * centers * centers)])
+    below = np.searchsorted(centers, low, side="left")  # centres [0, below) are under low
+    above = np.searchsorted(centers, high, side="right")  # centres [above, end) are over high
+    n_hi, m1_hi, m2_hi = n[-1] - n[above], m1[-1] - m1[above], m2[-1] - m2[above]
+    err = low * low * n[below] - 2.0 * low * m1[below] + m2[below]
+    err += high * high * n_hi - 2.0 * high * m1_hi + m2_hi
+    size = (
+        (low * low + high * high) * n[-1]
+        + 2.0 * (np.abs(low) + np.abs(high)) * np.abs(m1).max()
+        + m2[-1]
+    )
+    return err, 1e-9 * size
 
 
 def _compact(hist: Histogram, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,6 +201,9 @@ def _compact(hist: Histogram, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
     counts = hist.counts[first:last].astype(np.float64)
     centers = hist.centers()[first:last]
     group = max(1, math.ceil(counts.size / max_bins))
+    if group == 1:
+        keep = counts > 0
+        return centers[keep], counts[keep]
     pad = (-counts.size) % group
     counts = np.pad(counts, (0, pad))
     centers = np.pad(centers, (0, pad))
