@@ -1,8 +1,8 @@
 """``onnxq.quantize``: the list of its stages and nothing else.
 
 inputs → prepare → equalize → float session → (dynamic rewrite | ranges → weight choices →
-plan and rewrite → AdaRound codes and rewrite → output check) → candidate session → save →
-evaluate → report. Each stage is a module of :mod:`onnxq.stages`; adding one is one module
+plan and rewrite → AdaRound codes and rewrite → latency preview → output check) →
+candidate session → save → evaluate → report. Each stage is a module of :mod:`onnxq.stages`; adding one is one module
 and one line here.
 """
 
@@ -20,16 +20,17 @@ from onnxq.graph.external import model_bytes
 from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.graph.plan import QuantPlan
 from onnxq.report.fidelity import Fidelity
+from onnxq.report.latency import INT8
 from onnxq.report.preflight import RuntimePreview
 from onnxq.report.quantize_report import QuantizeReport
 from onnxq.runtime import Runner
 from onnxq.stages.adaround import adaround_codes
-from onnxq.stages.check import Checked, output_check
+from onnxq.stages.check import Checked, check_set, output_check, unchecked
 from onnxq.stages.dynamic import DYNAMIC_SOURCE, quantize_dynamic
 from onnxq.stages.equalize import Equalized, equalized
 from onnxq.stages.evaluate import candidate_session, measure, runtime_of
 from onnxq.stages.inputs import Inputs, Progress, QuantizeRequest, load_inputs
-from onnxq.stages.latency import LatencyCheck, latency_choice
+from onnxq.stages.latency import LatencyCheck, latency_choice, latency_preview, settle_preview
 from onnxq.stages.prepare import PreparedModel, prepare
 from onnxq.stages.range_check import ranges_file_warnings
 from onnxq.stages.ranges import RangeSource, static_ranges
@@ -153,9 +154,35 @@ def _quantized(
     first: Candidate = replanner.build(ranges.plan)
     if config.rounding is Rounding.ADAROUND and inputs.calib is not None:
         first = _adarounded(first, ranges.plan, replanner, floats, inputs.calib, request)
-    checked = output_check(first, replanner, floats, inputs.calib, config, calib, request.progress)
-    timed = latency_choice(checked, replanner, prepared.model, timing, config, request.threads)
-    return timed[0], ranges.source, timed[1]
+    checked, latency = _checked_and_timed(request, inputs, prepared, floats, replanner, first)
+    return checked, ranges.source, latency
+
+
+def _checked_and_timed(
+    request: QuantizeRequest,
+    inputs: Inputs,
+    prepared: PreparedModel,
+    floats: FloatSession,
+    replanner: Replanner,
+    first: Candidate,
+) -> tuple[Checked, LatencyCheck | None]:
+    """The output check and the latency stage. With ``--optimize-for balanced`` the
+    unchecked int8 model is timed first, and the check checks what the timing chose: the
+    weights-only model when int8 ran slower (no check of an int8 model never written)."""
+    config, threads = request.config, request.threads
+    timing = inputs.calib or inputs.eval
+    checks = check_set(floats, inputs.calib, config, request.calibration)
+    start = unchecked(first, checks, threads)
+    preview = latency_preview(start, replanner, prepared.model, timing, config, threads)
+    if preview is None:
+        checked = output_check(start, replanner, floats, checks, config, request.progress)
+        return latency_choice(checked, replanner, prepared.model, timing, config, threads)
+    chosen, builder = preview.chosen, replanner
+    if preview.kind is not INT8:  # weights-only: checked in the check's own session
+        chosen = unchecked(chosen.candidate, checks, threads)
+        builder = replanner.with_config(replace(config, weights_only=True))
+    checked = output_check(chosen, builder, floats, checks, config, request.progress)
+    return settle_preview(preview, checked, replanner, prepared.model, timing, config, threads)
 
 
 def _adarounded(

@@ -88,6 +88,54 @@ def test_balanced_writes_weights_only_when_int8_is_slower(wide_files):
     assert not any("ran" in w and "as long as float" in w for w in report.warnings)
 
 
+def test_balanced_checks_the_weights_only_model_it_writes_not_int8(wide_files, monkeypatch):
+    """With the output check on, int8 is timed before the check: it ran slower, so the
+    check runs on the weights-only model that is written (no simulation search over an
+    int8 model that would be thrown away), and the report's check is that model's."""
+    import onnxq.stages.check as check_stage
+
+    checked = []
+    original = check_stage.fit_target
+
+    def spy(model, first, *args, **kwargs):
+        checked.append(first.qdq_pairs)
+        return original(model, first, *args, **kwargs)
+
+    monkeypatch.setattr(check_stage, "fit_target", spy)
+    config = QuantConfig.from_flags(
+        QuantFlags(activation_bits=16, target_sqnr=30, optimize_for=OptimizeFor.BALANCED)
+    )
+    out = wide_files / "balanced_checked.onnx"
+    report = quantize(wide_files / "wide.onnx", out, config, data=wide_files / "data.npz")
+    lat = report.latency
+    assert lat is not None and lat.written == WEIGHTS_ONLY and lat.tried[INT8] > lat.float_ms
+    assert checked == [0]  # one check, of a model without activation Q/DQ
+    assert report.check is not None and report.check.before.sqnr_db >= 30
+    assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+
+
+def test_balanced_times_once_when_the_check_keeps_int8_as_it_was(cnn_files, monkeypatch):
+    """The int8 model the check leaves unchanged keeps the timing made before the check:
+    one timing in all, reported for the written model."""
+    import onnxq.stages.latency as latency_stage
+
+    timings = []
+    original = latency_stage._timed
+
+    def spy(floats, sessions, feed):
+        timings.append(tuple(sessions))
+        return original(floats, sessions, feed)
+
+    monkeypatch.setattr(latency_stage, "_timed", spy)
+    config = QuantConfig(target=FidelityTarget(sqnr_db=10))
+    report = quantize(
+        cnn_files["model"], cnn_files["dir"] / "q1.onnx", config, data=cnn_files["data"]
+    )
+    assert report.check is not None and report.check.met and not report.check.float_tensors
+    assert report.latency is not None and report.latency.written == INT8
+    assert timings == [(INT8,)]
+
+
 def test_size_writes_int8_and_warns(wide_files):
     out = wide_files / "size.onnx"
     report = quantize(

@@ -13,10 +13,10 @@ from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
 from onnxq.runtime import Runner
 from onnxq.stages.replan import Replanner
-from onnxq.tuning.check import make_check_set
+from onnxq.tuning.check import CheckSet, make_check_set
 from onnxq.tuning.fit import FitReport, fit_target
 
-__all__ = ["Checked", "output_check"]
+__all__ = ["Checked", "check_set", "output_check", "unchecked"]
 
 log = logging.getLogger(__name__)
 
@@ -28,31 +28,64 @@ class Checked:
     runner: Runner | None  # the candidate's session, when the check made one
 
 
-def output_check(
-    first: Candidate,
-    replanner: Replanner,
+def check_set(
     floats: FloatSession,
     data: Dataset | None,
     config: QuantConfig,
     calibration: CalibrationConfig,
-    progress: Progress | None,
-) -> Checked:
-    """The candidate to write: ``first``, or one with the costliest decisions undone."""
+) -> CheckSet | None:
+    """The samples the output check runs and the float outputs it compares them with;
+    None when the check does not run (turned off, no data, no output with signal)."""
     if not config.target.enabled:
-        return Checked(first, None, None)
+        return None
     if data is None:
         log.info("the output check needs calibration data (--data): skipped")
-        return Checked(first, None, None)
-    if progress is not None:
-        progress("output check", 0, 1)
-    check_set = make_check_set(
+        return None
+    checks = make_check_set(
         floats, data, batch_size=calibration.batch_size, task=config.target.task
     )
-    if not check_set.outputs:
+    if not checks.outputs:
         log.info("the output check has no float output with signal to compare: skipped")
-        return Checked(first, None, None)
+        return None
+    return checks
+
+
+def unchecked(candidate: Candidate, checks: CheckSet | None, threads: int) -> Checked:
+    """``candidate`` before the check, with the session the check would run it in (when
+    the check runs): timing it first (:mod:`onnxq.stages.latency`) makes no extra session."""
+    if checks is None:
+        return Checked(candidate, None, None)
+    return Checked(
+        candidate, None, checks.runner(candidate.model, threads=threads, record_graph=True)
+    )
+
+
+def output_check(
+    first: Checked,
+    replanner: Replanner,
+    floats: FloatSession,
+    checks: CheckSet | None,
+    config: QuantConfig,
+    progress: Progress | None,
+) -> Checked:
+    """The candidate to write: ``first``, or one with the costliest decisions undone
+    (``checks``: from :func:`check_set`; None: no check). ``first``'s session (from
+    :func:`unchecked`: it fetches the compared tensors) runs its first comparison."""
+    if checks is None:
+        return first
+    if progress is not None:
+        progress("output check", 0, 1)
+    if first.runner is None:
+        first = unchecked(first.candidate, checks, floats.threads)
+    assert first.runner is not None
     fitted = fit_target(
-        floats.model, first, replanner, check_set, config.target, threads=floats.threads
+        floats.model,
+        first.candidate,
+        replanner,
+        checks,
+        config.target,
+        threads=floats.threads,
+        first_runner=first.runner,
     )
     if progress is not None:
         progress("output check", 1, 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -37,7 +37,15 @@ from onnxq.stages.dynamic import quantize_dynamic
 from onnxq.stages.replan import Replanner
 from onnxq.tuning.fit import WHY
 
-__all__ = ["BUDGET_MS", "LatencyCheck", "latency_choice", "weights_only"]
+__all__ = [
+    "BUDGET_MS",
+    "LatencyCheck",
+    "Preview",
+    "latency_choice",
+    "latency_preview",
+    "settle_preview",
+    "weights_only",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,69 @@ def latency_choice(
     written = _fastest(tried)
     chosen = Checked(candidates[written], checked.report, sessions[written])
     return chosen, LatencyCheck(config.optimize_for, float_ms, tried, written, runs)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The unchecked int8 candidate timed against float before the output check
+    (``balanced``), and what that timing chose: int8, or the weights-only model when int8
+    ran slower and weights-only faster. The output check then checks the chosen one, so no
+    check runs on an int8 model that would not be written."""
+
+    timing: LatencyCheck
+    chosen: Checked  # the chosen candidate, unchecked, with its timed session
+
+    @property
+    def kind(self) -> CandidateKind:
+        return self.timing.written
+
+
+def latency_preview(
+    first: Checked,
+    replanner: Replanner,
+    float_model: onnx.ModelProto,
+    data: Dataset | None,
+    config: QuantConfig,
+    threads: int,
+) -> Preview | None:
+    """With ``--optimize-for balanced`` (the default), ``first`` (the int8 candidate before
+    the output check, with its session when it has one) timed against float, and the
+    weights-only model too when int8 is slower (:func:`latency_choice`). None for the
+    other settings, or when nothing can be timed: the latency stage then runs after the
+    check only."""
+    if config.optimize_for is not OptimizeFor.BALANCED:
+        return None
+    chosen, timing = latency_choice(first, replanner, float_model, data, config, threads)
+    return None if timing is None else Preview(timing, chosen)
+
+
+def settle_preview(
+    preview: Preview,
+    checked: Checked,
+    replanner: Replanner,
+    float_model: onnx.ModelProto,
+    data: Dataset | None,
+    config: QuantConfig,
+    threads: int,
+) -> tuple[Checked, LatencyCheck | None]:
+    """The written candidate and its timing once the output check has checked what the
+    preview chose. Unchanged by the check: the preview's timing stands. Changed (it kept
+    decisions float): int8 is timed again as :func:`latency_choice` does; a weights-only
+    model is timed again against float (it stays the written one: the check only undoes
+    its integer weights)."""
+    if checked.candidate is preview.chosen.candidate:
+        runner = checked.runner or preview.chosen.runner
+        return Checked(checked.candidate, checked.report, runner), preview.timing
+    if preview.kind is INT8:
+        return latency_choice(checked, replanner, float_model, data, config, threads)
+    assert data is not None  # the preview timed on it
+    feed = _first_sample(data)
+    floats = Runner(float_model, threads=threads, spin=False, what="float model")
+    session = _session(checked.candidate.model, threads)
+    float_ms, tried, runs = _timed(floats, {preview.kind: session}, feed)
+    before = {k: v for k, v in preview.timing.tried.items() if k is not preview.kind}
+    timing = replace(preview.timing, float_ms=float_ms, tried={**before, **tried}, runs=runs)
+    return Checked(checked.candidate, checked.report, session), timing
 
 
 def _alternatives(

@@ -144,13 +144,14 @@ def fit_target(
     target: FidelityTarget,
     *,
     threads: int = 0,
+    first_runner: Runner,
     rounds: int = 3,
     passes: int = 48,
 ) -> Fitted:
     """The candidate that meets ``target`` on ``check`` while keeping the fewest
     decisions float (``first`` when it already does). ``model`` is the prepared float
-    model ``first`` was rewritten from."""
-    first_runner = check.runner(first.model, threads=threads, record_graph=True)
+    model ``first`` was rewritten from; ``first_runner``: ``first``'s session from
+    ``check.runner`` (:func:`onnxq.stages.check.unchecked`)."""
     before = check.run(first_runner)
     check_goals(target.task.goals, before.task)  # a goal naming no measured value: exit 2
     log.info("output check: %s on %d samples", _describe(before, target), before.samples)
