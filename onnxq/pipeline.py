@@ -2,8 +2,8 @@
 
 inputs → prepare → equalize → float session → (dynamic rewrite | ranges → weight choices →
 plan and rewrite → AdaRound codes and rewrite → latency preview → output check) →
-candidate session → save → evaluate → report. Each stage is a module of :mod:`onnxq.stages`; adding one is one module
-and one line here.
+candidate session → save → evaluate → report. Each stage is a module of
+:mod:`onnxq.stages`; adding one is one module and one line here.
 """
 
 from __future__ import annotations

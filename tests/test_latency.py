@@ -273,7 +273,7 @@ def test_measure_latency_in_blocks_alternates_and_warms_each_block():
 
 def test_timing_stops_once_the_comparison_is_clear(monkeypatch):
     """A candidate twice as slow as float is decided after SETTLE_RUNS runs, not the
-    whole budget; one within a few percent of float is timed over the whole budget."""
+    whole budget."""
     import onnxq.stages.latency as latency
 
     class Sleeping:
@@ -290,9 +290,32 @@ def test_timing_stops_once_the_comparison_is_clear(monkeypatch):
     assert runs == latency.SETTLE_RUNS and tried[INT8] > 1.5 * float_ms
     # 20 timed + 4 untimed (one per block) + 1 warm-up
     assert slow.calls == runs + runs // latency.BLOCK + 1
-    near_a, near_b = Sleeping(1.0), Sleeping(1.05)
-    _, _, runs = latency._timed(near_a, {INT8: near_b}, {})  # type: ignore[arg-type]
-    assert runs > 2 * latency.SETTLE_RUNS
-    assert latency._settled([1.0, 2.0, 2.1]) is False  # two candidates alike: not clear
-    assert latency._settled([1.0, 2.0, 1.01]) is True  # float near one of them is not asked
-    assert latency._settled([0.13, 0.18]) is False  # 38 % apart, but by the noise floor
+
+
+def _rounds(*blocks: tuple[float, ...]) -> list[list[float]]:
+    """Per model, the runs of rounds whose block medians are given (one tuple per model)."""
+    return [[v for v in values for _ in range(5)] for values in blocks]
+
+
+def test_settled_by_far_apart_medians_or_by_a_streak_of_agreeing_rounds():
+    from onnxq.stages.latency import BLOCK, STREAK, _settled
+
+    assert BLOCK == 5
+    far = _rounds((1.0,) * 4, (2.0,) * 4)
+    assert _settled(far)  # 2x apart: clear after four rounds
+    # 12 % apart (PP-OCR cls): every round says slower, so STREAK rounds settle it
+    near = _rounds((1.21,) * STREAK, (1.36,) * STREAK)
+    assert _settled(near) and not _settled([t[:-BLOCK] for t in near])
+    # a tie, within 1 % every round, is an answer too
+    assert _settled(_rounds((1.00, 1.01) * 3, (1.005, 1.0) * 3))
+    # rounds falling either side of the 3 % threshold: not settled however many
+    flipping = _rounds((1.0,) * 12, (1.05, 1.01) * 6)
+    assert not _settled(flipping)
+    # one late round against the others breaks the streak
+    late = _rounds((1.21,) * 8, (1.36,) * 7 + (1.22,))
+    assert not _settled(late)
+    # tiny models apart by about the noise floor (0.13 vs 0.18 ms): timed in full
+    assert not _settled(_rounds((0.13,) * 12, (0.18,) * 12))
+    # candidates are compared with each other, not with float
+    assert not _settled(_rounds((1.0,) * 4, (2.0,) * 4, (2.1,) * 4))
+    assert _settled(_rounds((1.0,) * 4, (2.0,) * 4, (1.01,) * 4))

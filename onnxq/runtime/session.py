@@ -232,7 +232,7 @@ def measure_latency(
     warmup: int = 3,
     runs: int = 20,
     block: int = 1,
-    settled: Callable[[list[float], int], bool] | None = None,
+    settled: Callable[[list[list[float]]], bool] | None = None,
     min_runs: int = 0,
 ) -> list[float]:
     """Median wall time in milliseconds of one run of each runner on ``feed``.
@@ -243,9 +243,9 @@ def measure_latency(
     runs of each in all (rounded down to whole blocks, at least one). Make the runners
     with ``spin=False`` (see :class:`Runner`) or each waits on the others' threads.
 
-    ``settled``: called with the medians so far and the timed runs of each after each
-    round once every runner has ``min_runs``; True stops the timing there (the answer it
-    needs is clear).
+    ``settled``: called with each runner's timed runs so far (ms, in order; a round adds
+    ``block`` to each) after each round once every runner has ``min_runs``; True stops the
+    timing there (the answer it needs is clear).
     """
     for _ in range(warmup):
         for runner in runners:
@@ -260,6 +260,6 @@ def measure_latency(
                 runner.run(feed)
                 times[i].append((time.perf_counter() - start) * 1000.0)
         if settled is not None and len(times[0]) >= min_runs:
-            if settled([statistics.median(t) for t in times], len(times[0])):
+            if settled(times):
                 break
     return [statistics.median(t) for t in times]
