@@ -122,7 +122,7 @@ def _fidelity(
     if equal.original is None:
         return against(floats, runner), equal
     return against(equal.original, runner), replace(
-        equal, float_change=against(equal.original, floats.runner)
+        equal, float_change=against(equal.original, floats.reference_runner)
     )
 
 
@@ -136,7 +136,7 @@ def _quantized(
     timing = inputs.calib or inputs.eval
     if config.mode is Mode.DYNAMIC:
         dynamic = Checked(quantize_dynamic(prepared.model, config), None, None)
-        timed = latency_choice(dynamic, None, prepared.model, timing, config, request.threads)
+        timed = latency_choice(dynamic, None, floats, timing, config, request.threads)
         return timed[0], DYNAMIC_SOURCE, timed[1]
     data_path = str(request.data or request.ranges)
     source = RangeSource(
@@ -173,16 +173,16 @@ def _checked_and_timed(
     timing = inputs.calib or inputs.eval
     checks = check_set(floats, inputs.calib, config, request.calibration)
     start = unchecked(first, checks, threads)
-    preview = latency_preview(start, replanner, prepared.model, timing, config, threads)
+    preview = latency_preview(start, replanner, floats, timing, config, threads)
     if preview is None:
         checked = output_check(start, replanner, floats, checks, config, request.progress)
-        return latency_choice(checked, replanner, prepared.model, timing, config, threads)
+        return latency_choice(checked, replanner, floats, timing, config, threads)
     chosen, builder = preview.chosen, replanner
     if preview.kind is not INT8:  # weights-only: checked in the check's own session
         chosen = unchecked(chosen.candidate, checks, threads)
         builder = replanner.with_config(replace(config, weights_only=True))
     checked = output_check(chosen, builder, floats, checks, config, request.progress)
-    return settle_preview(preview, checked, replanner, prepared.model, timing, config, threads)
+    return settle_preview(preview, checked, replanner, floats, timing, config, threads)
 
 
 def _adarounded(

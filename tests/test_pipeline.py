@@ -124,3 +124,28 @@ def test_written_model_records_version_and_settings(tmp_path):
     assert settings["quantize"]["weights_only"] is True
     assert settings["data"] == str(SAMPLES / "digits_calib.npz")
     assert report.to_dict()["settings"] == settings
+
+
+def test_float_session_runs_reference_outputs_without_the_wide_session():
+    """onnxruntime computes every graph output of a session whatever a run asks for: runs
+    that ask only for the graph outputs (and the extra reference tensors) go to a session
+    that has only those, and the one exposing every activation is not even built."""
+    import numpy as np
+
+    from onnxq.calibration.collect import FloatSession
+    from onnxq.stages.prepare import prepare
+
+    import models
+
+    model = prepare(models.cnn()).model
+    floats = FloatSession(model)
+    name = model.graph.input[0].name
+    shape = [d.dim_value or 2 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    feed = {name: np.random.default_rng(0).normal(size=shape).astype(np.float32)}
+    outputs = [o.name for o in model.graph.output]
+    got = floats.run(feed, outputs)
+    assert floats._runner is None and floats._reference_runner is not None
+    assert list(floats.reference_runner.output_names) == outputs
+    wide = floats.run(feed, [*outputs, floats.candidates[1]])  # an activation: the wide one
+    assert floats._runner is not None
+    np.testing.assert_allclose(got[outputs[0]], wide[outputs[0]], rtol=1e-5, atol=1e-6)

@@ -3,6 +3,7 @@ report and the data cache. Each test pins what a broken shortcut would get wrong
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import numpy as np
@@ -317,7 +318,9 @@ def test_batch_count_follows_the_fixed_batch(tmp_path):
 def test_in_sample_report_reads_the_float_outputs_calibration_kept(tmp_path, monkeypatch):
     """Without --eval the report compares on the calibration samples; the float outputs
     come from the calibration pass (the float session does not run them again) and the
-    numbers are those of running it again, bit for bit."""
+    numbers are those of running it again (up to float rounding: the calibration session
+    fetches every activation, so onnxruntime does not fuse nodes there as it does in the
+    reference session)."""
     import onnxq.calibration.reference as reference
     from onnxq.calibration.reference import CachedReference
 
@@ -345,7 +348,15 @@ def test_in_sample_report_reads_the_float_outputs_calibration_kept(tmp_path, mon
     assert not served
     assert kept.fidelity is not None and ran.fidelity is not None
     assert kept.fidelity.samples == ran.fidelity.samples == 40
-    assert kept.fidelity.outputs == ran.fidelity.outputs
+    assert len(kept.fidelity.outputs) == len(ran.fidelity.outputs)
+    for a, b in zip(kept.fidelity.outputs, ran.fidelity.outputs, strict=True):
+        x, y = dataclasses.asdict(a), dataclasses.asdict(b)
+        assert x.keys() == y.keys()
+        for key in x:
+            if isinstance(x[key], float):
+                assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
+            else:
+                assert x[key] == y[key], key
 
 
 def _quality(batches: list[np.ndarray], values: int, monkeypatch):

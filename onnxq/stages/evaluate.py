@@ -68,7 +68,7 @@ def measure(
     if kept is not None:
         reference, batch = kept
     else:
-        reference, batch = floats.runner, floats.affordable_batch(data, batch_size)
+        reference, batch = floats.reference_runner, floats.affordable_batch(data, batch_size)
     return evaluate(
         reference,
         quantized,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
+from onnxq.calibration.collect import FloatSession
 from onnxq.config import Mode, OptimizeFor, QuantConfig
 from onnxq.data import Dataset
 from onnxq.errors import ConfigError
@@ -69,39 +70,39 @@ CLEAR, CLEAR_NOISE, SETTLE_RUNS, STREAK = 1.2, 3.0, 20, 6
 def latency_choice(
     checked: Checked,
     replanner: Replanner | None,
-    float_model: onnx.ModelProto,
+    floats: FloatSession,
     data: Dataset | None,
     config: QuantConfig,
     threads: int,
 ) -> tuple[Checked, LatencyCheck | None]:
-    """``checked`` timed against ``float_model`` (prepared) on the first sample of
-    ``data``. ``balanced``: when it is slower than float, the weights-only model is timed
-    too and the faster written. ``latency``: the dynamic model (MatMul/Gemm with
+    """``checked`` timed against the float model (``floats``' reference session) on the
+    first sample of ``data``. ``balanced``: when it is slower than float, the weights-only
+    model is timed too and the faster written. ``latency``: the dynamic model (MatMul/Gemm with
     activations quantized at run time) is timed as well, and the fastest written. The
     returned :class:`Checked` carries the written candidate's session (it records the
     optimized graph for the report)."""
     if data is None:
         log.info("latency not measured: no data to time the models on")
         return checked, None
-    if uses_external_data(float_model):
+    if uses_external_data(floats.model):
         # its weights would be loaded again by a float session and each candidate's
         log.info("latency not measured: the model keeps its weights in external data")
         return checked, None
     feed = _first_sample(data)
-    floats = Runner(float_model, threads=threads, spin=False, what="float model")
+    reference = floats.reference_runner  # the float model with its outputs, not spinning
     candidates: dict[CandidateKind, Candidate] = {INT8: checked.candidate}
     sessions = {INT8: checked.runner or _session(checked.candidate.model, threads)}
-    float_ms, tried, runs = _timed(floats, sessions, feed)
+    float_ms, tried, runs = _timed(reference, sessions, feed)
     log.info("latency: float %.3g ms, int8 %.3g ms", float_ms, tried[INT8])
     more = (
-        _alternatives(checked, replanner, float_model, config, float_ms, tried[INT8])
+        _alternatives(checked, replanner, floats.model, config, float_ms, tried[INT8])
         if replanner
         else {}
     )
     if more:
         candidates.update(more)
         sessions.update({k: _session(c.model, threads) for k, c in more.items()})
-        float_ms, tried, runs = _timed(floats, sessions, feed)
+        float_ms, tried, runs = _timed(reference, sessions, feed)
         log.info("latency: %s", ", ".join(f"{k.value} {v:.3g} ms" for k, v in tried.items()))
     written = _fastest(tried)
     chosen = Checked(candidates[written], checked.report, sessions[written])
@@ -126,7 +127,7 @@ class Preview:
 def latency_preview(
     first: Checked,
     replanner: Replanner,
-    float_model: onnx.ModelProto,
+    floats: FloatSession,
     data: Dataset | None,
     config: QuantConfig,
     threads: int,
@@ -138,7 +139,7 @@ def latency_preview(
     check only."""
     if config.optimize_for is not OptimizeFor.BALANCED:
         return None
-    chosen, timing = latency_choice(first, replanner, float_model, data, config, threads)
+    chosen, timing = latency_choice(first, replanner, floats, data, config, threads)
     return None if timing is None else Preview(timing, chosen)
 
 
@@ -146,7 +147,7 @@ def settle_preview(
     preview: Preview,
     checked: Checked,
     replanner: Replanner,
-    float_model: onnx.ModelProto,
+    floats: FloatSession,
     data: Dataset | None,
     config: QuantConfig,
     threads: int,
@@ -160,12 +161,11 @@ def settle_preview(
         runner = checked.runner or preview.chosen.runner
         return Checked(checked.candidate, checked.report, runner), preview.timing
     if preview.kind is INT8:
-        return latency_choice(checked, replanner, float_model, data, config, threads)
+        return latency_choice(checked, replanner, floats, data, config, threads)
     assert data is not None  # the preview timed on it
     feed = _first_sample(data)
-    floats = Runner(float_model, threads=threads, spin=False, what="float model")
     session = _session(checked.candidate.model, threads)
-    float_ms, tried, runs = _timed(floats, {preview.kind: session}, feed)
+    float_ms, tried, runs = _timed(floats.reference_runner, {preview.kind: session}, feed)
     before = {k: v for k, v in preview.timing.tried.items() if k is not preview.kind}
     timing = replace(preview.timing, float_ms=float_ms, tried={**before, **tried}, runs=runs)
     return Checked(checked.candidate, checked.report, session), timing
