@@ -65,7 +65,7 @@ class FloatSession:
         self._narrow = frozenset((*self.outputs, *extra))
         self._runner: Runner | None = None
         self._reference_runner: Runner | None = None
-        self._sample_bytes: dict[int, int] = {}
+        self._sample_bytes: dict[tuple[tuple[str, tuple[int, ...], str], ...], int] = {}
         # graph outputs of a calibration pass, by dataset (kept with it: ids are reused)
         self._recorded: dict[int, tuple[Dataset, OutputRecorder]] = {}
 
@@ -75,6 +75,16 @@ class FloatSession:
             fetch = with_outputs(self.model, self._fetchable)
             self._runner = Runner(fetch, threads=self.threads, what="float model")
         return self._runner
+
+    def release_wide(self, *sized: Dataset | None) -> None:
+        """Drop the wide session (its weights and its arena of every activation) once the
+        passes that fetch activations are done, having measured :meth:`sample_bytes` of
+        the ``sized`` datasets (later stages size their batches by it); a later pass that
+        fetches activations builds it again."""
+        for dataset in sized:
+            if dataset is not None:
+                self.sample_bytes(dataset)
+        self._runner = None
 
     @property
     def reference_runner(self) -> Runner:
@@ -114,10 +124,15 @@ class FloatSession:
 
     def sample_bytes(self, dataset: Dataset) -> int:
         """Bytes of all float activations on one sample of ``dataset``: a measure of what
-        one sample costs to run and to hold (measured once per dataset)."""
-        key = id(dataset)
+        one sample costs to run and to hold (measured once per shape of the first sample's
+        inputs: the calibration and evaluation data of a model usually share it)."""
+        if not self.candidates:
+            return 0
+        probe = next(dataset.batches(1))
+        key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(probe.feed.items()))
         if key not in self._sample_bytes:
-            self._sample_bytes[key] = self.bytes_per_sample(dataset, self.candidates)
+            values = self.run(probe.feed, list(self.candidates))
+            self._sample_bytes[key] = sum(v.nbytes for v in values.values()) // max(probe.size, 1)
         return self._sample_bytes[key]
 
     def affordable_batch(self, dataset: Dataset, requested: int) -> int:

@@ -61,8 +61,7 @@ def measure(
     of a small model, a few of a large one, at least 8); held-out data is measured whole."""
     if data is None:
         return None
-    sample_bytes = floats.sample_bytes(data)
-    limit = max(8, IN_SAMPLE_BYTES // max(sample_bytes, 1)) if in_sample else None
+    limit = max(8, IN_SAMPLE_BYTES // max(floats.sample_bytes(data), 1)) if in_sample else None
     kept = floats.reference(data)  # the float outputs calibration kept of these samples
     reference: Outputs
     if kept is not None:
