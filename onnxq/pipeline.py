@@ -1,8 +1,9 @@
 """``onnxq.quantize``: the list of its stages and nothing else.
 
 inputs → prepare → equalize → float session → (dynamic rewrite | ranges → weight choices →
-plan and rewrite → AdaRound codes and rewrite → latency preview → output check) →
-candidate session → save → evaluate → report. Each stage is a module of
+plan and rewrite → AdaRound codes and rewrite → output check and latency: with
+``--optimize-for balanced`` int8 timed first and the check on what the timing chose, else
+the check then the timing) → candidate session → save → evaluate → report. Each stage is a module of
 :mod:`onnxq.stages`; adding one is one module and one line here.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from onnxq.calibration.collect import FloatSession
 from onnxq.calibration.parallel import ModelOrigin
-from onnxq.config import CalibrationConfig, Mode, QuantConfig, Rounding
+from onnxq.config import CalibrationConfig, Mode, OptimizeFor, QuantConfig, Rounding
 from onnxq.data import Dataset, DataSource, Preprocess, as_sources
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.external import model_bytes
@@ -108,6 +109,7 @@ def _fidelity(
 ) -> tuple[Fidelity | None, Equalized]:
     """The written model's fidelity against the user's float model and, when equalisation
     changed the float function (ReLU6 replaced), what that change alone costs."""
+    floats.release_wide()  # a re-plan or the ranges check may have built it again
 
     def against(reference: FloatSession, candidate: Runner) -> Fidelity | None:
         return measure(
@@ -136,6 +138,7 @@ def _quantized(
     timing = inputs.calib or inputs.eval
     if config.mode is Mode.DYNAMIC:
         dynamic = Checked(quantize_dynamic(prepared.model, config), None, None)
+        floats.release_wide(inputs.calib, inputs.eval)  # sized for the report; not kept
         timed = latency_choice(dynamic, None, floats, timing, config, request.threads)
         return timed[0], DYNAMIC_SOURCE, timed[1]
     data_path = str(request.data or request.ranges)
@@ -178,10 +181,15 @@ def _checked_and_timed(
     preview = latency_preview(start, replanner, floats, timing, config, threads)
     if preview is None:
         checked = output_check(start, replanner, floats, checks, config, request.progress)
+        if config.optimize_for is OptimizeFor.BALANCED:  # nothing to time on: said once
+            return checked, None
         return latency_choice(checked, replanner, floats, timing, config, threads)
     chosen, builder = preview.chosen, replanner
     if preview.kind is not INT8:  # weights-only: checked in the check's own session
-        chosen = unchecked(chosen.candidate, checks, threads)
+        del start  # int8's session, not written: released
+        if checks is not None:
+            chosen = unchecked(chosen.candidate, checks, threads)
+            preview = replace(preview, chosen=Checked(chosen.candidate, None, None))
         builder = replanner.with_config(replace(config, weights_only=True))
     checked = output_check(chosen, builder, floats, checks, config, request.progress)
     return settle_preview(preview, checked, replanner, floats, timing, config, threads)

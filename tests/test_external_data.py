@@ -484,3 +484,18 @@ def test_gptq_moments_in_groups_give_the_codes_of_one_pass(tmp_path: Path, monke
     b = {t.name: tensor_values(t) for t in load_model(tmp_path / "many.onnx").graph.initializer}
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_an_external_data_model_keeps_one_float_session(tmp_path: Path) -> None:
+    """Two float sessions would each hold the weights: a model with external data runs its
+    reference outputs in the wide session, and releasing it after calibration keeps it."""
+    from onnxq.calibration.collect import FloatSession
+    from onnxq.graph.model_io import load_model
+
+    model = load_model(_save_external(tmp_path / "m"))
+    assert uses_external_data(model)
+    floats = FloatSession(model)
+    assert floats.reference_runner is floats.runner
+    wide = floats.runner
+    floats.release_wide()
+    assert floats.runner is wide

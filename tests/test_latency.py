@@ -116,24 +116,30 @@ def test_balanced_checks_the_weights_only_model_it_writes_not_int8(wide_files, m
 
 def test_balanced_times_once_when_the_check_keeps_int8_as_it_was(cnn_files, monkeypatch):
     """The int8 model the check leaves unchanged keeps the timing made before the check:
-    one timing in all, reported for the written model."""
+    nothing is timed after the check, and the report's timing is that one."""
+    import onnxq.stages.check as check_stage
     import onnxq.stages.latency as latency_stage
 
-    timings = []
-    original = latency_stage._timed
+    events: list[str] = []
+    timed, fit = latency_stage._timed, check_stage.fit_target
 
-    def spy(floats, sessions, feed):
-        timings.append(tuple(sessions))
-        return original(floats, sessions, feed)
+    def timing(floats, sessions, feed):
+        events.append("timed")
+        return timed(floats, sessions, feed)
 
-    monkeypatch.setattr(latency_stage, "_timed", spy)
+    def checking(*args, **kwargs):
+        events.append("checked")
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(latency_stage, "_timed", timing)
+    monkeypatch.setattr(check_stage, "fit_target", checking)
     config = QuantConfig(target=FidelityTarget(sqnr_db=10))
     report = quantize(
         cnn_files["model"], cnn_files["dir"] / "q1.onnx", config, data=cnn_files["data"]
     )
     assert report.check is not None and report.check.met and not report.check.float_tensors
-    assert report.latency is not None and report.latency.written == INT8
-    assert timings == [(INT8,)]
+    assert report.latency is not None
+    assert events[0] == "timed" and events[-1] == "checked" and events.count("checked") == 1
 
 
 def test_size_writes_int8_and_warns(wide_files):

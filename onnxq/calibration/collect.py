@@ -45,8 +45,9 @@ OUTPUT_BUDGET = 64 * 2**20  # bytes of observed activations fetched by one onnxr
 
 
 class FloatSession:
-    """The prepared float ``model`` in one session (made when first needed); ``origin``:
-    how another process rebuilds the model (sharded calibration needs it)."""
+    """The prepared float ``model`` in its wide and narrow sessions (each made when first
+    needed; the module docstring); ``origin``: how another process rebuilds the model
+    (sharded calibration needs it)."""
 
     def __init__(
         self,
@@ -84,7 +85,8 @@ class FloatSession:
         for dataset in sized:
             if dataset is not None:
                 self.sample_bytes(dataset)
-        self._runner = None
+        if not uses_external_data(self.model):  # else it is the only session: kept
+            self._runner = None
 
     @property
     def reference_runner(self) -> Runner:

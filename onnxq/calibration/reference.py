@@ -7,9 +7,11 @@ those same samples, and ran the float session over them a second time (MiniLM: 1
 so the pass keeps them, up to :data:`CACHE_BYTES`, and the report reads them back batch by
 batch. A batch is served only when it is the batch the pass saw at that position (the
 same inputs: dtypes, shapes and sums); anything else runs the session. The report then
-counts whole calibration batches: the same numbers as running the session when every
-sample is evaluated (a small model); with a bounded in-sample share (a large one) it may
-take a few samples more or fewer than the session's own batches would.
+counts whole calibration batches: the same numbers as running the float model again when
+every sample is evaluated (a small model), up to float rounding (the calibration session
+fetches every activation, so onnxruntime fuses less there than in the reference session);
+with a bounded in-sample share (a large one) it may take a few samples more or fewer than
+the session's own batches would.
 """
 
 from __future__ import annotations

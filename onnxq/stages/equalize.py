@@ -97,6 +97,7 @@ def equalized(
     if data is not None and config.needs_ranges and heads and wanted:
         original = FloatSession(prepared.model, threads=threads, extra=heads)
         batch = original.affordable_batch(data, batch_size)
+        original.release_wide()  # the statistics read the heads: its narrow session has them
         observed = original.channel_stats(data, heads, batch_size=batch)
     result = equalize(
         prepared.model,

@@ -153,22 +153,15 @@ def settle_preview(
     threads: int,
 ) -> tuple[Checked, LatencyCheck | None]:
     """The written candidate and its timing once the output check has checked what the
-    preview chose. Unchanged by the check: the preview's timing stands. Changed (it kept
-    decisions float): int8 is timed again as :func:`latency_choice` does; a weights-only
-    model is timed again against float (it stays the written one: the check only undoes
-    its integer weights)."""
-    if checked.candidate is preview.chosen.candidate:
+    preview chose. The preview's timing stands when the check left the candidate as it was,
+    and for a weights-only model whatever the check did: it only keeps some weights float,
+    and a weights-only model runs float kernels either way (its integer weights fold into
+    float weights at load). An int8 model the check changed (decisions kept float) is timed
+    again as :func:`latency_choice` does."""
+    if checked.candidate is preview.chosen.candidate or preview.kind is not INT8:
         runner = checked.runner or preview.chosen.runner
         return Checked(checked.candidate, checked.report, runner), preview.timing
-    if preview.kind is INT8:
-        return latency_choice(checked, replanner, floats, data, config, threads)
-    assert data is not None  # the preview timed on it
-    feed = _first_sample(data)
-    session = _session(checked.candidate.model, threads)
-    float_ms, tried, runs = _timed(floats.reference_runner, {preview.kind: session}, feed)
-    before = {k: v for k, v in preview.timing.tried.items() if k is not preview.kind}
-    timing = replace(preview.timing, float_ms=float_ms, tried={**before, **tried}, runs=runs)
-    return Checked(checked.candidate, checked.report, session), timing
+    return latency_choice(checked, replanner, floats, data, config, threads)
 
 
 def _alternatives(
