@@ -157,14 +157,13 @@ def _quantized(
     first: Candidate = replanner.build(ranges.plan)
     if config.rounding is Rounding.ADAROUND and inputs.calib is not None:
         first = _adarounded(first, ranges.plan, replanner, floats, inputs.calib, request)
-    checked, latency = _checked_and_timed(request, inputs, prepared, floats, replanner, first)
+    checked, latency = _checked_and_timed(request, inputs, floats, replanner, first)
     return checked, ranges.source, latency
 
 
 def _checked_and_timed(
     request: QuantizeRequest,
     inputs: Inputs,
-    prepared: PreparedModel,
     floats: FloatSession,
     replanner: Replanner,
     first: Candidate,

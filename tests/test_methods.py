@@ -169,6 +169,20 @@ def _plain_rounding_error(hist, qtype, symmetric, lo, hi):
     return float(np.sum(counts * ((q - z) * s - centers) ** 2))
 
 
+def _lattice_best(hist, qtype, symmetric):
+    """The lattice candidate with the least plain rounding error, evaluated one by one,
+    clamped to the observed range."""
+    if symmetric:
+        amax = max(abs(hist.min), abs(hist.max))
+        lattice = [(-t * amax, t * amax) for t in np.linspace(0.01, 1.0, 100)]
+    else:
+        steps = np.linspace(1 / 25, 1.0, 25)
+        lattice = [(a * hist.min, b * hist.max) for a in steps for b in steps]
+    errors = [_plain_rounding_error(hist, qtype, symmetric, a, b) for a, b in lattice]
+    a, b = lattice[int(np.argmin(errors))]
+    return max(a, hist.min), min(b, hist.max)
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("symmetric,qtype", [(False, QType.UINT8), (True, QType.INT8)])
 def test_mse_range_minimises_the_plain_rounding_error_of_its_lattice(seed, symmetric, qtype):
@@ -179,15 +193,7 @@ def test_mse_range_minimises_the_plain_rounding_error_of_its_lattice(seed, symme
     obs = HistogramObserver(512)
     obs.update(x.astype(np.float32))
     hist = obs.result()
-    if symmetric:
-        amax = max(abs(hist.min), abs(hist.max))
-        lattice = [(-t * amax, t * amax) for t in np.linspace(0.01, 1.0, 100)]
-    else:
-        steps = np.linspace(1 / 25, 1.0, 25)
-        lattice = [(a * hist.min, b * hist.max) for a in steps for b in steps]
-    errors = [_plain_rounding_error(hist, qtype, symmetric, a, b) for a, b in lattice]
-    a, b = lattice[int(np.argmin(errors))]
-    assert mse_range(hist, qtype, symmetric=symmetric) == (max(a, hist.min), min(b, hist.max))
+    assert mse_range(hist, qtype, symmetric=symmetric) == _lattice_best(hist, qtype, symmetric)
 
 
 @settings(max_examples=60, deadline=None)
@@ -216,15 +222,7 @@ def test_mse_range_skips_only_candidates_that_cannot_win(seed, shape, scheme, bi
     obs = HistogramObserver(bins)
     obs.update(x.astype(np.float32))
     hist = obs.result()
-    if symmetric:
-        amax = max(abs(hist.min), abs(hist.max))
-        lattice = [(-t * amax, t * amax) for t in np.linspace(0.01, 1.0, 100)]
-    else:
-        steps = np.linspace(1 / 25, 1.0, 25)
-        lattice = [(a * hist.min, b * hist.max) for a in steps for b in steps]
-    errors = [_plain_rounding_error(hist, qtype, symmetric, a, b) for a, b in lattice]
-    a, b = lattice[int(np.argmin(errors))]
-    assert mse_range(hist, qtype, symmetric=symmetric) == (max(a, hist.min), min(b, hist.max))
+    assert mse_range(hist, qtype, symmetric=symmetric) == _lattice_best(hist, qtype, symmetric)
 
 
 def _outlier_files(tmp_path):
