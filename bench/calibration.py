@@ -173,7 +173,7 @@ def _instrument_onnxq(timings: _Timings) -> None:
     for name in ("candidate_tensors", "with_outputs", "finish"):
         setattr(collect, name, timings.wrap(name, getattr(collect, name)))
     session = collect.FloatSession
-    session.bytes_per_sample = timings.wrap("probe", session.bytes_per_sample)  # type: ignore[method-assign]
+    session.sample_bytes = timings.wrap("probe", session.sample_bytes)  # type: ignore[method-assign]
     streaming = {"on": False}
     observe_shard = collect.observe_shard
 

@@ -201,3 +201,33 @@ def test_a_chain_of_rearrangements_takes_the_first_tensor_statistics(tmp_path):
                 t.max(),
             )
         )
+
+
+def test_calibration_batches_are_sized_by_every_output_the_session_allocates(tmp_path, monkeypatch):
+    """onnxruntime allocates every graph output of the calibration session in each run,
+    whatever the run fetches: observing one small tensor still sizes the batch by all of
+    them (magika: 25 MB a sample where the 5 MB observed had allowed 11 samples a run)."""
+    import onnxq.calibration.collect as collect
+    from onnxq.data import open_dataset
+    from onnxq.graph.model_io import input_specs
+    from onnxq.stages.prepare import prepare
+
+    model = prepare(models.cnn()).model
+    shape = [d.dim_value or 32 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    np.savez(tmp_path / "d.npz", input=np.random.default_rng(0).random(shape, np.float32))
+    dataset = open_dataset(tmp_path / "d.npz", input_specs(model))
+    floats = collect.FloatSession(model)
+    everything = floats.sample_bytes(dataset)
+    smallest = min(floats.candidates, key=lambda t: floats.bytes_per_sample(dataset, [t]))
+    assert floats.bytes_per_sample(dataset, [smallest]) * 4 < everything
+    monkeypatch.setattr(collect, "OUTPUT_BUDGET", 2 * everything)  # two samples a run
+    sizes: list[int] = []
+    real_run = collect.FloatSession.run
+
+    def spy(self, feed, names):
+        sizes.append(next(iter(feed.values())).shape[0])
+        return real_run(self, feed, names)
+
+    monkeypatch.setattr(collect.FloatSession, "run", spy)
+    floats.observe(dataset, [smallest], CalibrationConfig(batch_size=8))
+    assert sizes and max(sizes) == 2

@@ -94,7 +94,7 @@ def _task(floats: FloatSession, dataset, config: CalibrationConfig) -> ShardTask
     aliases = {} if channel else value_aliases(floats.model, floats.candidates)
     observed = tuple(t for t in floats.candidates if t not in aliases)
     axes = {t: channel_axis(t, idx) if channel else None for t in observed}
-    size = batch_for(floats.bytes_per_sample(dataset, observed), config.batch_size)
+    size = batch_for(floats.sample_bytes(dataset), config.batch_size)
     batches = dataset.num_batches(size)
     return ShardTask(observed, axes, config, size, batches, Shard(0, batches))
 

@@ -125,15 +125,16 @@ class FloatSession:
         return sum(v.nbytes for v in values.values()) // max(probe.size, 1)
 
     def sample_bytes(self, dataset: Dataset) -> int:
-        """Bytes of all float activations on one sample of ``dataset``: a measure of what
-        one sample costs to run and to hold (measured once per shape of the first sample's
-        inputs: the calibration and evaluation data of a model usually share it)."""
+        """Bytes of every output of the wide session (all float activations) on one sample
+        of ``dataset``: what a run of it allocates, whatever it fetches, and a measure of
+        what one sample costs to run and to hold (measured once per shape of the first
+        sample's inputs: the calibration and evaluation data of a model usually share it)."""
         if not self.candidates:
             return 0
         probe = next(dataset.batches(1))
         key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(probe.feed.items()))
         if key not in self._sample_bytes:
-            values = self.run(probe.feed, list(self.candidates))
+            values = self.runner.run(probe.feed, list(self._fetchable))
             self._sample_bytes[key] = sum(v.nbytes for v in values.values()) // max(probe.size, 1)
         return self._sample_bytes[key]
 
@@ -162,7 +163,9 @@ class FloatSession:
         observed = [t for t in tensors if t not in aliases]
         axes = {t: channel_axis(t, idx) if channel else None for t in observed}
         log.info("observing %d tensors with %s", len(observed), config.method.value)
-        batch_size = batch_for(self.bytes_per_sample(dataset, observed), config.batch_size)
+        # sized by every output of the session, not only the observed ones: onnxruntime
+        # allocates them all in each run (magika: 25 MB a sample, 5 MB observed)
+        batch_size = batch_for(self.sample_bytes(dataset), config.batch_size)
         batches = dataset.num_batches(batch_size)
         task = ShardTask(tuple(observed), axes, config, batch_size, batches, Shard(0, batches))
         done = 0
