@@ -19,7 +19,7 @@ from onnxq import QuantConfig, quantize
 from onnxq.calibration.estimate import TensorObserver, finish
 from onnxq.calibration.histogram import HistogramObserver
 from onnxq.calibration.methods import mse_range
-from onnxq.calibration.sampled import SampledHistogram
+from onnxq.calibration.sampled import SampledHistogram, Sampling
 from onnxq.config import CalibrationConfig, CalibrationMethod
 from onnxq.data import open_dataset
 from onnxq.graph.model_io import input_specs
@@ -53,7 +53,7 @@ def _on_grid(counts: np.ndarray, src_width: float, width: float) -> np.ndarray:
 @given(seed=st.integers(0, 1000), count=st.integers(1, 12), split=st.integers(0, 11))
 def test_stride_one_is_exactly_the_plain_histogram(seed, count, split):
     batches = _batches(seed, count, 300, min(split, count - 1))
-    plain, sampled = HistogramObserver(64), SampledHistogram(64, stride=1)
+    plain, sampled = HistogramObserver(64), SampledHistogram(64, Sampling(stride=1))
     for b in batches:
         plain.update(b)
         sampled.update(b)
@@ -76,7 +76,10 @@ def test_tails_are_exact_and_the_bulk_keeps_its_total(seed, stride, rows, heavy)
     if stride == 1 and rows is None:
         rows = 1  # else nothing is sampled: the plain histogram, tested above
     batches = [b.reshape(8, 250) for b in _batches(seed, 16, 2000, heavy)]
-    plain, sampled = HistogramObserver(512), SampledHistogram(512, stride=stride, rows=rows)
+    plain, sampled = (
+        HistogramObserver(512),
+        SampledHistogram(512, Sampling(stride=stride, rows=rows)),
+    )
     for b in batches:
         plain.update(b)
         sampled.update(b)
@@ -97,7 +100,7 @@ def test_tails_are_exact_and_the_bulk_keeps_its_total(seed, stride, rows, heavy)
 def test_batches_inside_the_edge_are_not_read():
     """A batch whose bounds stay inside the edge only adds its count (the values are not
     read: a NaN there would show if they were binned)."""
-    h = SampledHistogram(256, stride=4, rows=1)
+    h = SampledHistogram(256, Sampling(stride=4, rows=1))
     first = np.linspace(-3, 3, 400, dtype=f32).reshape(4, 100)
     h.update(first, (float(first.min()), float(first.max())))
     assert h.edge == 4.0
@@ -114,7 +117,7 @@ def test_sampled_histogram_keeps_the_robust_range_of_ordered_data():
     batches = _batches(7, 12, 20000, heavy=5)
     plain, sampled, naive = (
         HistogramObserver(512),
-        SampledHistogram(512, stride=4),
+        SampledHistogram(512, Sampling(stride=4)),
         HistogramObserver(512),
     )
     for i, b in enumerate(batches):
@@ -137,11 +140,11 @@ def test_observer_samples_only_beside_plain_minmax(monkeypatch):
     minmax.update(x, batches=10)
     assert isinstance(minmax.hist, SampledHistogram)
     # batch 0 whole (800), the other 200 values over the 9 batches left: 23 rows each
-    assert (minmax.hist.stride, minmax.hist.rows) == (1, 23)
+    assert (minmax.hist.sampling.stride, minmax.hist.sampling.rows) == (1, 23)
     wide = TensorObserver(CalibrationConfig(), None)  # a row (800 values) passes the share
     wide.update(x.reshape(1, 800), batches=10)
     assert isinstance(wide.hist, SampledHistogram)
-    assert (wide.hist.stride, wide.hist.rows) == (9, 1)
+    assert (wide.hist.sampling.stride, wide.hist.sampling.rows) == (9, 1)
     percentile = TensorObserver(CalibrationConfig(method=CalibrationMethod.PERCENTILE), None)
     percentile.update(x, batches=10)
     assert isinstance(percentile.hist, HistogramObserver)  # its range is read from it
@@ -283,13 +286,13 @@ def test_skipped_batches_keep_min_max_and_never_count_nan():
     first = rng.uniform(0.0, 1.0, 4000).astype(f32)  # edge 0.5, min about 0
     inside = rng.uniform(-0.4, 0.4, 4000).astype(f32)
     for bounds in (None, (float(inside.min()), float(inside.max()))):
-        h = SampledHistogram(256, stride=4)
+        h = SampledHistogram(256, Sampling(stride=4))
         h.update(first)
         h.update(inside, bounds)
         assert h.result().min == pytest.approx(float(inside.min()))
     with_nan = rng.normal(0, 1, 4000).astype(f32)
     with_nan[:1500] = np.nan
-    h = SampledHistogram(256, stride=4)
+    h = SampledHistogram(256, Sampling(stride=4))
     h.update(rng.normal(0, 1, 4000).astype(f32))
     h.update(with_nan)
     result = h.result()

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from onnxq.calibration.histogram import Histogram, HistogramObserver
-from onnxq.calibration.methods import (
-    entropy_range,
-    mse_range,
-    percentile_range,
-    range_sqnr,
-)
+from onnxq.calibration.methods import entropy_range, mse_range, percentile_range, range_sqnr
 from onnxq.calibration.observers import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     RangeQuality,
     TensorRange,
 )
-from onnxq.calibration.sampled import SampledHistogram, edge_above
+from onnxq.calibration.sampled import SampledHistogram, Sampling, edge_above
 from onnxq.config import CalibrationConfig, CalibrationMethod, Scheme
 
 __all__ = ["Sampling", "TensorObserver", "finish", "make_observer", "sampling_for"]
@@ -32,23 +26,6 @@ QUALITY_BINS = 512  # histogram kept beside min/max to judge how well a range fi
 # times the min/max pass over the same values, so binning every value was most of a
 # calibration (encoder, 64 samples: 0.39 s of 1.0 s, the forward pass 0.1 s)
 QUALITY_VALUES = 2**16
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """What the quality histogram of one tensor bins whole: batch 0, and ``rows`` rows
-    (axis 0, spread; None: all) of every ``stride``-th batch after it (by index in the
-    whole stream), and of the rest the values with ``|x| >= edge``
-    (:mod:`onnxq.calibration.sampled`). Chosen on batch 0 alone, so that every shard of
-    the stream can be given the same choice."""
-
-    stride: int = 1
-    edge: float | None = None
-    rows: int | None = None
-
-    @property
-    def samples_all(self) -> bool:
-        return self.stride == 1 and self.rows is None
 
 
 def sampling_for(x: np.ndarray, bounds: tuple[float, float] | None, batches: int) -> Sampling:
@@ -102,13 +79,7 @@ class TensorObserver:
             raise ValueError("an observer's sampling is chosen before its first batch")
         self.sampling = sampling if self.sampled else Sampling()
         if not self.sampling.samples_all:
-            self.hist = SampledHistogram(
-                QUALITY_BINS,
-                self.sampling.stride,
-                rows=self.sampling.rows,
-                edge=self.sampling.edge,
-                start=start,
-            )
+            self.hist = SampledHistogram(QUALITY_BINS, self.sampling, start=start)
 
     def update(self, x: np.ndarray, batches: int = 1) -> None:
         """Observe the next of about ``batches`` batches. Min and max see every value;

@@ -32,48 +32,56 @@ are sums and extremes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from onnxq.calibration.histogram import Histogram, HistogramObserver
 
-__all__ = ["SampledHistogram", "edge_above"]
+__all__ = ["SampledHistogram", "Sampling", "edge_above"]
 
 
-class SampledHistogram:
-    def __init__(
-        self,
-        bins: int,
-        stride: int = 1,
-        *,
-        rows: int | None = None,
-        edge: float | None = None,
-        start: int = 0,
-    ) -> None:
-        """``rows``: rows of a sampled batch binned whole (None: all); ``edge``: from the
-        stream's batch 0 (else from this observer's first batch); ``start``: the stream
-        index of the first batch this observer sees."""
-        if stride < 1 or rows is not None and rows < 1:
+@dataclass(frozen=True)
+class Sampling:
+    """What the quality histogram of one tensor bins whole: batch 0, and ``rows`` rows
+    (axis 0, spread; None: all) of every ``stride``-th batch after it (by index in the
+    whole stream), and of the rest the values with ``|x| >= edge`` (None: placed by the
+    first batch seen). Chosen on batch 0 alone
+    (:func:`onnxq.calibration.estimate.sampling_for`), so that every shard of the stream
+    can be given the same choice."""
+
+    stride: int = 1
+    edge: float | None = None
+    rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stride < 1 or self.rows is not None and self.rows < 1:
             raise ValueError("stride and rows must be at least 1")
-        self.bins = bins
-        self.stride = stride
-        self.rows = rows
-        self.whole = HistogramObserver(bins)  # the share binned whole
-        self.tail = HistogramObserver(bins)  # tails of the rest
-        self.edge = edge
-        self.bulk_skipped = 0  # values inside (-edge, edge) of the rest
-        self.index = start
-        self.lo, self.hi = math.inf, -math.inf  # of the rest
 
     @property
     def samples_all(self) -> bool:
         return self.stride == 1 and self.rows is None
 
+
+class SampledHistogram:
+    def __init__(self, bins: int, sampling: Sampling = Sampling(), *, start: int = 0) -> None:
+        """``sampling``: the stream's (its edge from the stream's batch 0, else from this
+        observer's first batch); ``start``: the stream index of the first batch this
+        observer sees."""
+        self.bins = bins
+        self.sampling = sampling
+        self.whole = HistogramObserver(bins)  # the share binned whole
+        self.tail = HistogramObserver(bins)  # tails of the rest
+        self.edge = sampling.edge
+        self.bulk_skipped = 0  # values inside (-edge, edge) of the rest
+        self.index = start
+        self.lo, self.hi = math.inf, -math.inf  # of the rest
+
     def update(self, x: np.ndarray, bounds: tuple[float, float] | None = None) -> None:
         """Observe the next batch; ``bounds`` are its min and max when known already."""
         index, self.index = self.index, self.index + 1
         arr = np.asarray(x)
-        if self.samples_all or arr.size == 0 or arr.ndim == 0:
+        if self.sampling.samples_all or arr.size == 0 or arr.ndim == 0:
             self.whole.update(arr, bounds)
             return
         if index == 0 or self.edge is None:  # batch 0 of the stream: binned whole
@@ -82,8 +90,8 @@ class SampledHistogram:
             self.whole.update(arr, bounds)
             return
         picked: np.ndarray | None = None
-        if index % self.stride == 0:
-            picked = _picked_rows(arr.shape[0], self.rows or arr.shape[0], index)
+        if index % self.sampling.stride == 0:
+            picked = _picked_rows(arr.shape[0], self.sampling.rows or arr.shape[0], index)
             self.whole.update(arr[picked])
         if bounds is not None and -self.edge < bounds[0] and bounds[1] < self.edge:
             # nothing beyond the edge: the rest is not read
@@ -115,8 +123,8 @@ class SampledHistogram:
     def merge(self, other: SampledHistogram) -> None:
         """Add a shard sampled with the same stride, rows and edge (see the module
         docstring)."""
-        mine = (self.stride, self.rows, self.edge, self.bins)
-        if mine != (other.stride, other.rows, other.edge, other.bins):
+        mine = (self.sampling.stride, self.sampling.rows, self.edge, self.bins)
+        if mine != (other.sampling.stride, other.sampling.rows, other.edge, other.bins):
             raise ValueError("histograms sampled with different strides or edges cannot be merged")
         self.whole.merge(other.whole)
         self.tail.merge(other.tail)
