@@ -79,8 +79,9 @@ def quantize(
         preprocess=preprocess,
         external_data=external_data,
     )
-    inputs = load_inputs(request)
-    prepared = prepare(inputs.model, min_opset=request.config.min_opset)
+    model, inputs = load_inputs(request)
+    prepared = prepare(model, min_opset=request.config.min_opset)
+    del model  # the prepared copy is planned on: the user's weights are not kept
     batch_size = request.calibration.batch_size
     equal = equalized(
         prepared, request.config, inputs.calib, batch_size=batch_size, threads=threads
@@ -88,13 +89,11 @@ def quantize(
     prepared = equal.prepared
     floats = _float_session(request, prepared)
     checked, ranges_source, latency = _quantized(request, inputs, prepared, floats)
-    warned = ranges_file_warnings(
-        floats, inputs.eval, inputs.ranges, request.ranges, request.calibration.batch_size
-    )
+    warned = ranges_file_warnings(floats, inputs.eval, inputs.ranges, request.ranges, batch_size)
     runner = candidate_session(checked.candidate, checked.runner, threads)
     runtime = runtime_of(checked.candidate, runner)
     settings = _settings(request, latency)
-    written = save(checked.candidate, inputs.model, request, settings, equal.rescaled)
+    written = save(checked.candidate, prepared.value_info, request, settings, equal.rescaled)
     fidelity, equal = _fidelity(request, inputs, floats, equal, runner)
     facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal, warned, latency)
     return _report(request, inputs, prepared, checked, facts)

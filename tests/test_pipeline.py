@@ -149,3 +149,43 @@ def test_float_session_runs_reference_outputs_without_the_wide_session():
     wide = floats.run(feed, [*outputs, floats.candidates[1]])  # an activation: the wide one
     assert floats._runner is not None
     np.testing.assert_allclose(got[outputs[0]], wide[outputs[0]], rtol=1e-5, atol=1e-6)
+
+
+def test_user_model_is_not_kept_and_its_value_info_alone_is_written(tmp_path, monkeypatch):
+    """The pipeline prepares the user's proto and lets go of it (its weights would stay in
+    memory for the whole run); the written model still keeps shapes for exactly the
+    tensors the user's model annotated, not the many that preparation inferred."""
+    import sys
+
+    from onnxq import pipeline
+    from onnxq.stages import inputs as inputs_stage
+
+    user = onnx.load(str(SAMPLES / "digits_cnn.onnx"))
+    inferred = onnx.shape_inference.infer_shapes(user).graph.value_info
+    assert len(inferred) > 2
+    annotated = inferred[0].name
+    user.graph.value_info.append(inferred[0])
+    path = tmp_path / "annotated.onnx"
+    onnx.save(user, str(path))
+
+    loaded: list[onnx.ModelProto] = []
+    original = inputs_stage.load_inputs
+
+    def tracked(request):
+        model, found = original(request)
+        loaded.append(model)
+        return model, found
+
+    monkeypatch.setattr(pipeline, "load_inputs", tracked)
+    holders_at_save = []
+    save = pipeline.save
+
+    def saving(*args, **kwargs):  # references to the user's proto besides this test's list
+        holders_at_save.append(sys.getrefcount(loaded[0]) - 2)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "save", saving)
+    onnxq.quantize(path, tmp_path / "q.onnx", data=SAMPLES / "digits_calib.npz")
+    assert holders_at_save == [0]
+    written = onnx.load(str(tmp_path / "q.onnx"))
+    assert {vi.name for vi in written.graph.value_info} == {annotated}

@@ -8,14 +8,21 @@ from collections.abc import Iterable
 import onnx
 from onnx import helper
 
-__all__ = ["restrict_value_info", "with_outputs"]
+__all__ = ["add_outputs", "restrict_value_info", "with_outputs"]
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
     """A copy of ``model`` whose graph also outputs ``names`` (linear in graph size)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = out.graph
+    add_outputs(out, names)
+    return out
+
+
+def add_outputs(model: onnx.ModelProto, names: Iterable[str]) -> None:
+    """Make ``names`` graph outputs of ``model`` (in place), with their value_info's type
+    and shape when the graph has one."""
+    g = model.graph
     present = {o.name for o in g.output}
     known = {vi.name: vi for vi in g.value_info}
     known.update({vi.name: vi for vi in g.input})
@@ -29,7 +36,6 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
         else:
             vi = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
         g.output.append(vi)
-    return out
 
 
 def restrict_value_info(model: onnx.ModelProto, keep: Iterable[str]) -> None:

@@ -130,14 +130,16 @@ def _plain_calibration(c: CalibrationConfig) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class Inputs:
-    model: onnx.ModelProto
+    """The data and ranges a run reads (the model is returned beside them: it is prepared
+    once and not kept)."""
+
     calib: Dataset | None  # calibration samples, when the settings use them
     eval: Dataset | None  # what the report measures (the calibration data when not given)
     eval_path: str | None
     ranges: RangesFile | None
 
 
-def load_inputs(request: QuantizeRequest) -> Inputs:
+def load_inputs(request: QuantizeRequest) -> tuple[onnx.ModelProto, Inputs]:
     """Refuse outputs that would overwrite an input, then read the inputs (each
     validated once; the calibration data doubles as evaluation data when no other is given)."""
     r = request
@@ -160,4 +162,5 @@ def load_inputs(request: QuantizeRequest) -> Inputs:
     else:
         evaluation = None
     ranges = read_ranges(r.ranges) if r.ranges is not None else None
-    return Inputs(model, calib, evaluation, None if eval_path is None else str(eval_path), ranges)
+    path = None if eval_path is None else str(eval_path)
+    return model, Inputs(calib, evaluation, path, ranges)

@@ -31,10 +31,12 @@ MIN_OPSET = 13
 
 @dataclass(frozen=True)
 class PreparedModel:
-    original: onnx.ModelProto
     model: onnx.ModelProto
     fingerprint: str  # of the original model, as the user gave it
     steps: tuple[str, ...]
+    # tensors the user's model gives shapes for: the written model keeps only these (the
+    # user's proto itself is not kept: its weights would stay in memory for the whole run)
+    value_info: frozenset[str] = frozenset()
 
 
 def _optimize(model: onnx.ModelProto) -> PassResult:
@@ -70,4 +72,5 @@ def prepare(
         result = result.then(step)
         if step.detail:
             steps.append(step.detail)
-    return PreparedModel(model, result.model, fingerprint(model), tuple(steps))
+    value_info = frozenset(vi.name for vi in model.graph.value_info)
+    return PreparedModel(result.model, fingerprint(model), tuple(steps), value_info)

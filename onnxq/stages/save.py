@@ -7,9 +7,7 @@ checked by onnx and written atomically."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-
-import onnx
+from collections.abc import Iterable, Mapping
 
 from onnxq.errors import ModelError
 from onnxq.graph.candidate import Candidate
@@ -25,12 +23,13 @@ log = logging.getLogger(__name__)
 
 def save(
     candidate: Candidate,
-    original: onnx.ModelProto,
+    value_info: Iterable[str],
     request: QuantizeRequest,
     settings: Mapping[str, object],
     rescaled: frozenset[str] = frozenset(),
 ) -> int:
-    """Write ``candidate`` to the request's output path; returns the bytes written. The
+    """Write ``candidate`` to the request's output path (its shapes kept for the tensors
+    of ``value_info`` only: the user's model's); returns the bytes written. The
     record of quantized activations leaves out ``rescaled`` float tensors (equalisation scaled
     their channels: they no longer hold the original model's values)."""
     if candidate.quantized_nodes == 0:
@@ -40,7 +39,7 @@ def save(
             "stays float; no file written"
         )
     model = candidate.model
-    restrict_value_info(model, (vi.name for vi in original.graph.value_info))
+    restrict_value_info(model, value_info)
     if candidate.folded_weights:
         log.info(
             "%d integer weights of float nodes are dequantized at load", candidate.folded_weights
