@@ -35,13 +35,33 @@ from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex
 from onnxq.runtime import Runner
 
-__all__ = ["OUTPUT_BUDGET", "ChannelStats", "FloatSession", "Progress", "batch_for"]
+__all__ = [
+    "OUTPUT_BUDGET",
+    "ChannelStats",
+    "FloatSession",
+    "MeansWanted",
+    "Progress",
+    "batch_for",
+]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, in all)
 
 OUTPUT_BUDGET = 64 * 2**20  # bytes of observed activations fetched by one onnxruntime run
+
+
+RunOut = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class MeansWanted:
+    """Tensors (with their channel axis) whose per-channel means over the first
+    ``samples`` samples a calibration pass should sum on the way (:meth:`FloatSession.means`
+    over the same samples and batches then reads them)."""
+
+    axes: Mapping[str, int]
+    samples: int
 
 
 class FloatSession:
@@ -69,6 +89,9 @@ class FloatSession:
         self._sample_bytes: dict[tuple[tuple[str, tuple[int, ...], str], ...], int] = {}
         # graph outputs of a calibration pass, by dataset (kept with it: ids are reused)
         self._recorded: dict[int, tuple[Dataset, OutputRecorder]] = {}
+        # per-channel sums a calibration pass made (MeansWanted): dataset, batch size,
+        # samples, sums
+        self._summed: dict[int, tuple[Dataset, int, int, _ChannelFolder]] = {}
 
     @property
     def runner(self) -> Runner:
@@ -150,11 +173,14 @@ class FloatSession:
         progress: Progress | None = None,
         *,
         keep_outputs: bool = False,
+        means: MeansWanted | None = None,
     ) -> dict[str, TensorRange]:
         """Stream ``dataset`` through the model once and return each tensor's range: here,
         or in shards on other processes when ``config`` asks (the same ranges, bit for
         bit: :mod:`onnxq.calibration.shards`). ``keep_outputs``: also keep the graph
-        outputs of a pass in this process for :meth:`reference`."""
+        outputs of a pass in this process for :meth:`reference`. ``means``: a pass in this
+        process also sums those tensors over the first samples, for :meth:`means` to read
+        instead of running them again (bias correction's input means: MiniLM 1.3 s)."""
         idx = GraphIndex(self.model)
         channel = config.granularity is Granularity.CHANNEL
         # per-tensor statistics of a rearranged copy are its source's (per-channel ones
@@ -180,6 +206,8 @@ class FloatSession:
             observers = observe_sharded(self, dataset, task, advance)
         else:
             run = self._recording(dataset, batch_size) if keep_outputs else self.run
+            if means is not None:
+                run = self._summing(run, dataset, batch_size, means, lambda: done)
             observers = observe_shard(run, dataset, task, advance)
         found = {}
         for i, (name, obs) in enumerate(observers.items()):
@@ -187,6 +215,32 @@ class FloatSession:
             if progress is not None and config.method.uses_histogram:
                 progress(f"{config.method.value} search", i + 1, len(observers))
         return {t: found[aliases.get(t, t)] for t in tensors}
+
+    def _summing(
+        self,
+        run: Callable[..., RunOut],
+        dataset: Dataset,
+        batch_size: int,
+        means: MeansWanted,
+        done: Callable[[], int],
+    ) -> Callable[..., RunOut]:
+        """``run`` that also sums the tensors of ``means`` (the fetchable ones) over the
+        batches of ``dataset`` that start before ``means.samples`` (``done``: the samples
+        of the pass so far), as :meth:`means` would."""
+        axes = {n: a for n, a in means.axes.items() if n in self._fetchable}
+        if not axes:
+            return run
+        folder = _ChannelFolder(axes, _Sum())
+        self._summed[id(dataset)] = (dataset, batch_size, means.samples, folder)
+
+        def summing(feed: Mapping[str, np.ndarray], names: Sequence[str]) -> RunOut:
+            if done() >= means.samples:
+                return run(feed, names)
+            values = run(feed, list(dict.fromkeys([*names, *axes])))
+            folder.add(values)
+            return {n: values[n] for n in names}
+
+        return summing
 
     def _recording(self, dataset: Dataset, batch_size: int) -> Callable[..., dict[str, np.ndarray]]:
         """:meth:`run` that also keeps the graph outputs of each batch of ``dataset``
@@ -241,7 +295,12 @@ class FloatSession:
         """Per-channel means of tensors over the first ``samples`` samples (whole
         batches): the mean along every axis but ``axes[name]``. A tensor with an inf or NaN
         mean (the float model overflows on the data) is left out."""
-        sums = self._per_channel(dataset, axes, samples, batch_size, _Sum())
+        sums = {}
+        kept = self._summed.pop(id(dataset), None)  # read once: then released
+        if kept is not None and kept[0] is dataset and kept[1:3] == (batch_size, samples):
+            sums = {n: v for n, v in kept[3].acc.items() if n in axes}
+        missing = {n: a for n, a in axes.items() if n not in sums}
+        sums |= self._per_channel(dataset, missing, samples, batch_size, _Sum())
         means = {n: total / count for n, (total, count) in sums.items() if count}
         return {n: m for n, m in means.items() if np.isfinite(m).all()}
 
@@ -272,22 +331,37 @@ class FloatSession:
         """``fold`` of each tensor's rows (one row per position, one column per channel of
         ``axes[name]``) over the first ``samples`` samples, and the rows counted."""
         names = list(axes)
-        acc: dict[str, tuple[np.ndarray, int]] = {}
+        folder = _ChannelFolder(axes, fold)
         done = 0
         for batch in dataset.batches(batch_size) if names else ():
-            for name, value in self.run(batch.feed, names).items():
-                if np.ndim(value) < 2 or not np.issubdtype(np.asarray(value).dtype, np.floating):
-                    continue
-                arr = np.asarray(value, np.float64)
-                channels = np.moveaxis(arr, axes[name] % arr.ndim, -1)
-                rows = channels.reshape(-1, channels.shape[-1])
-                prior = acc.get(name)
-                folded = fold(rows) if prior is None else fold.merge(prior[0], fold(rows))
-                acc[name] = (folded, (prior[1] if prior else 0) + rows.shape[0])
+            folder.add(self.run(batch.feed, names))
             done += batch.size
             if done >= samples:
                 break
-        return acc
+        return folder.acc
+
+
+class _ChannelFolder:
+    """``fold`` of each tensor's rows (one row per position, one column per channel of
+    ``axes[name]``) over the batches added, and the rows counted."""
+
+    def __init__(self, axes: Mapping[str, int], fold: _Fold) -> None:
+        self.axes = dict(axes)
+        self.fold = fold
+        self.acc: dict[str, tuple[np.ndarray, int]] = {}
+
+    def add(self, values: Mapping[str, np.ndarray]) -> None:
+        for name, axis in self.axes.items():
+            value = values[name]
+            if np.ndim(value) < 2 or not np.issubdtype(np.asarray(value).dtype, np.floating):
+                continue
+            arr = np.asarray(value, np.float64)
+            channels = np.moveaxis(arr, axis % arr.ndim, -1)
+            rows = channels.reshape(-1, channels.shape[-1])
+            prior = self.acc.get(name)
+            fold = self.fold
+            folded = fold(rows) if prior is None else fold.merge(prior[0], fold(rows))
+            self.acc[name] = (folded, (prior[1] if prior else 0) + rows.shape[0])
 
 
 class _Fold:
