@@ -64,13 +64,13 @@ def evaluate(
     ``observers`` see the outputs of each batch too."""
     total = dataset.num_samples if limit is None else min(limit, dataset.num_samples)
     names = list(outputs if outputs is not None else reference.output_names)
-    stats = {n: OutputStats(n) for n in names}
+    stats = {n: _Pooled(OutputStats(n)) for n in names}
     done = 0
     for batch in dataset.batches(batch_size):
         ref = reference.run(batch.feed, names)
         cand = candidate.run(batch.feed, names)
         for n in names:
-            stats[n].update(ref[n], cand[n], batch.labels)
+            stats[n].add(ref[n], cand[n], batch.labels)
         for observer in observers:
             observer.update(ref, cand, batch.labels)
         done += batch.size
@@ -79,3 +79,54 @@ def evaluate(
         if done >= total:
             break
     return Fidelity(done, tuple(stats[n].result() for n in names))
+
+
+POOL_BYTES = 4 * 2**20  # outputs of small feeds pooled before their metrics are taken
+
+
+class _Pooled:
+    """Pools the rows of small outputs (along axis 0) over consecutive feeds before
+    :class:`OutputStats` takes their metrics, every one of which is a sum or a count over
+    rows: the same numbers, without numpy's fixed cost per call on each of hundreds of
+    one-sample feeds (silero_vad: 872 feeds, 0.18 s of metrics for 0.18 s of runs)."""
+
+    def __init__(self, stats: OutputStats) -> None:
+        self.stats = stats
+        self.pool: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        self.bytes = 0
+
+    def add(self, ref: np.ndarray, cand: np.ndarray, labels: np.ndarray | None) -> None:
+        ref, cand = np.asarray(ref), np.asarray(cand)
+        if self.pool and not self._fits(ref, cand, labels):
+            self.flush()
+        alone = labels is not None and (ref.ndim == 0 or labels.shape[0] != ref.shape[0])
+        if alone or ref.ndim == 0 or ref.shape != cand.shape or not ref.shape[0]:
+            self.stats.update(ref, cand, labels)  # not pooled: taken (or refused) alone
+            return
+        self.pool.append((ref, cand, labels))
+        self.bytes += ref.nbytes + cand.nbytes
+        if self.bytes >= POOL_BYTES:
+            self.flush()
+
+    def _fits(self, ref: np.ndarray, cand: np.ndarray, labels: np.ndarray | None) -> bool:
+        first_ref, _, first_labels = self.pool[0]
+        return (
+            ref.ndim > 0
+            and ref.shape[1:] == first_ref.shape[1:]
+            and ref.dtype == first_ref.dtype
+            and cand.shape == ref.shape
+            and (labels is None) == (first_labels is None)
+            and (labels is None or labels.shape[0] == ref.shape[0])
+        )
+
+    def flush(self) -> None:
+        if not self.pool:
+            return
+        refs, cands, labels = zip(*self.pool, strict=True)
+        joined = None if labels[0] is None else np.concatenate(labels)
+        self.stats.update(np.concatenate(refs), np.concatenate(cands), joined)
+        self.pool, self.bytes = [], 0
+
+    def result(self) -> OutputFidelity:
+        self.flush()
+        return self.stats.result()
