@@ -169,6 +169,63 @@ def test_check_compares_logits_before_a_softmax_and_counts_top1(tmp_path):
     assert same.meets(FidelityTarget(60.0, 1.0))
 
 
+def _transposed_outputs(batch_axis_first: bool) -> tuple[onnx.ModelProto, dict]:
+    """x [N, 4] @ w [4, 3] -> y [N, 3], or its transpose [3, N] (batch on axis 1)."""
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 1, (4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y" if batch_axis_first else "m"])]
+    if not batch_axis_first:
+        nodes.append(helper.make_node("Transpose", ["m"], ["y"], perm=[1, 0]))
+    out_shape = ["N", 3] if batch_axis_first else [3, "N"]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out_shape)],
+            [onnx.numpy_helper.from_array(w, "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    return model, {"x": rng.normal(0, 1, (24, 4)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("batch_axis_first", [True, False])
+def test_check_references_come_from_the_calibration_record_when_it_holds_them(
+    tmp_path, monkeypatch, batch_axis_first
+):
+    """After a calibration pass that kept the graph outputs, the check set takes its float
+    references from that record (one feed is run to confirm it) and they equal a run of
+    the float model; an output whose batch axis is not the first (here [3, N] recorded in
+    batches of 3, where the first axis has the batch's size by chance, checked in feeds of
+    6) fails the confirmation and every feed is run."""
+    from onnxq import CalibrationConfig
+    from onnxq.calibration import collect
+
+    model, feed = _transposed_outputs(batch_axis_first)
+    np.savez(tmp_path / "d.npz", **feed)
+    prepared = prepare(model).model
+    data = open_dataset(tmp_path / "d.npz", input_specs(prepared))
+    expected = make_check_set(float_session(prepared), data, batch_size=6)
+
+    floats = float_session(prepared)
+    floats.observe(data, ["y"], CalibrationConfig(batch_size=3), keep_outputs=True)
+    runs: list[int] = []
+    real_run = collect.FloatSession.run
+
+    def counting(self, feed, names):
+        runs.append(1)
+        return real_run(self, feed, names)
+
+    monkeypatch.setattr(collect.FloatSession, "run", counting)
+    check = make_check_set(floats, data, batch_size=6)  # feeds of 6 from batches of 3
+    feeds = len(check.feeds)
+    assert feeds > 2 and check.samples == expected.samples
+    assert len(runs) == (1 if batch_axis_first else feeds)
+    for got, want in zip(check.reference, expected.reference, strict=True):
+        np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 

@@ -28,7 +28,7 @@ import onnx
 from onnxq.calibration.estimate import finish
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.parallel import ModelOrigin, observe_sharded
-from onnxq.calibration.reference import CachedReference, OutputRecorder
+from onnxq.calibration.reference import CachedReference, OutputRecorder, batch_signature
 from onnxq.calibration.shards import Shard, ShardTask, observe_shard
 from onnxq.config import CalibrationConfig, Granularity
 from onnxq.data import Dataset
@@ -95,9 +95,8 @@ class FloatSession:
         self._sample_bytes: dict[tuple[tuple[str, tuple[int, ...], str], ...], dict[str, int]] = {}
         # graph outputs of a calibration pass, by dataset (kept with it: ids are reused)
         self._recorded: dict[int, tuple[Dataset, OutputRecorder]] = {}
-        # per-channel sums a calibration pass made (MeansWanted): dataset, batch size,
-        # samples, sums
-        self._summed: dict[int, tuple[Dataset, int, int, _ChannelFolder]] = {}
+        # per-channel sums a calibration pass made (MeansWanted): dataset, samples, sums
+        self._summed: dict[int, tuple[Dataset, int, _ChannelFolder]] = {}
 
     @property
     def runner(self) -> Runner:
@@ -231,7 +230,7 @@ class FloatSession:
             if keep_outputs:
                 run = self._recording(run, dataset, batch_size)
             if means is not None:
-                run = self._summing(run, dataset, batch_size, means, lambda: done)
+                run = self._summing(run, dataset, means, lambda: done)
             observers = observe_shard(run, dataset, task, advance)
             del run, session  # the pass's own session, when it had one
         found = {}
@@ -265,7 +264,6 @@ class FloatSession:
         self,
         run: Callable[..., RunOut],
         dataset: Dataset,
-        batch_size: int,
         means: MeansWanted,
         done: Callable[[], int],
     ) -> Callable[..., RunOut]:
@@ -276,7 +274,7 @@ class FloatSession:
         if not axes:
             return run
         folder = _ChannelFolder(axes, _Sum())
-        self._summed[id(dataset)] = (dataset, batch_size, means.samples, folder)
+        self._summed[id(dataset)] = (dataset, means.samples, folder)
 
         def summing(feed: Mapping[str, np.ndarray], names: Sequence[str]) -> RunOut:
             if done() >= means.samples:
@@ -301,6 +299,37 @@ class FloatSession:
             return {n: values[n] for n in names}
 
         return run
+
+    def recorded_rows(
+        self, dataset: Dataset, names: Sequence[str], samples: int
+    ) -> dict[str, np.ndarray] | None:
+        """The graph outputs ``names`` on the first ``samples`` samples of ``dataset`` (or
+        more: whole batches) as a calibration pass kept them (:meth:`reference`; the record
+        stays), each batch's rows joined along axis 0. None when no such record holds them,
+        or an output's first axis is not the batch's samples (its rows cannot be joined);
+        the caller checks one batch against a run: an output whose batch axis is another
+        can still have a first axis of the batch's size."""
+        kept = self._recorded.get(id(dataset))
+        if kept is None or kept[0] is not dataset or not samples:
+            return None
+        recorder = kept[1]
+        if recorder.overflowed or not set(names) <= set(recorder.outputs):
+            return None
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        done = 0
+        batches = zip(dataset.batches(recorder.batch_size), recorder.batches, strict=False)
+        for batch, (signature, values) in batches:
+            if signature != batch_signature(batch.feed):
+                return None
+            for n in names:
+                value = values[n]
+                if value.ndim == 0 or value.shape[0] != batch.size:
+                    return None
+                parts[n].append(value)
+            done += batch.size
+            if done >= samples:
+                return {n: np.concatenate(v) for n, v in parts.items()}
+        return None
 
     def reference(self, dataset: Dataset) -> tuple[CachedReference, int] | None:
         """The float outputs a calibration pass over ``dataset`` kept, as a stand-in for
@@ -340,12 +369,14 @@ class FloatSession:
         self, dataset: Dataset, axes: Mapping[str, int], *, samples: int, batch_size: int
     ) -> dict[str, np.ndarray]:
         """Per-channel means of tensors over the first ``samples`` samples (whole
-        batches): the mean along every axis but ``axes[name]``. A tensor with an inf or NaN
-        mean (the float model overflows on the data) is left out."""
+        batches: of ``batch_size``, or of the calibration pass that summed them on the
+        way, :class:`MeansWanted`): the mean along every axis but ``axes[name]``. A tensor
+        with an inf or NaN mean (the float model overflows on the data) is left out."""
         sums = {}
         kept = self._summed.pop(id(dataset), None)  # read once: then released
-        if kept is not None and kept[0] is dataset and kept[1:3] == (batch_size, samples):
-            sums = {n: v for n, v in kept[3].acc.items() if n in axes}
+        if kept is not None and kept[0] is dataset and kept[1] == samples:
+            # the pass's whole batches: its batch size may differ (its own session)
+            sums = {n: v for n, v in kept[2].acc.items() if n in axes}
         missing = {n: a for n, a in axes.items() if n not in sums}
         sums |= self._per_channel(dataset, missing, samples, batch_size, _Sum())
         means = {n: total / count for n, (total, count) in sums.items() if count}

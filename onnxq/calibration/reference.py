@@ -23,12 +23,12 @@ import numpy as np
 
 from onnxq.runtime import Runner
 
-__all__ = ["CACHE_BYTES", "CachedReference", "OutputRecorder"]
+__all__ = ["CACHE_BYTES", "CachedReference", "OutputRecorder", "batch_signature"]
 
 CACHE_BYTES = 256 * 2**20  # graph outputs of the calibration samples kept, at most
 
 
-def _signature(feed: Mapping[str, np.ndarray]) -> tuple[object, ...]:
+def batch_signature(feed: Mapping[str, np.ndarray]) -> tuple[object, ...]:
     """Which batch a feed is: each input's name, dtype, shape and sum (a pass over the
     inputs, cheap next to a run of the model; the bytes' hash for non-numeric inputs)."""
     out: list[object] = []
@@ -62,7 +62,7 @@ class OutputRecorder:
         if self.bytes > self.budget:
             self.overflowed, self.batches = True, []
             return
-        self.batches.append((_signature(feed), kept))
+        self.batches.append((batch_signature(feed), kept))
 
 
 class CachedReference:
@@ -85,7 +85,7 @@ class CachedReference:
         batches = self.recorder.batches
         if index < len(batches) and set(names) <= set(self.recorder.outputs):
             signature, values = batches[index]
-            if signature == _signature(feed):
+            if signature == batch_signature(feed):
                 self.served += 1
                 return {n: values[n] for n in names}
         return self.runner.run(feed, names)
