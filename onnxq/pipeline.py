@@ -172,7 +172,8 @@ def _checked_and_timed(
     weights-only model when int8 ran slower (no check of an int8 model never written)."""
     config, threads = request.config, request.threads
     timing = inputs.calib or inputs.eval
-    # calibration's session: a re-plan that observes more builds it again
+    # the wide session (the batch-sizing probe, GPTQ): a re-plan that observes more builds
+    # what it needs again
     floats.release_wide(inputs.calib, inputs.eval)
     checks = check_set(floats, inputs.calib, config, request.calibration)
     start = unchecked(first, checks, threads)

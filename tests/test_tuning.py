@@ -226,6 +226,54 @@ def test_check_references_come_from_the_calibration_record_when_it_holds_them(
         np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-6)
 
 
+def test_an_unloaded_session_refuses_to_run_until_reloaded():
+    """The output check unloads the first candidate's session while its simulation runs;
+    a run in between is a bug (said so), and the reloaded session gives the same outputs."""
+    model, feed = _softmax_classifier()
+    runner = Runner(model, threads=1)
+    before = runner.run({"x": feed["x"][:4]})
+    runner.unload()
+    with pytest.raises(RuntimeError, match="unloaded"):
+        runner.run({"x": feed["x"][:4]})
+    runner.reload(model)
+    after = runner.run({"x": feed["x"][:4]})
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+
+
+def test_check_references_from_a_record_of_batches_of_other_lengths(tmp_path):
+    """Variable-length data in parts (sequences of 5, 7 and 9): the record's batches cannot
+    be joined into rows, so the check runs the float model, and nothing breaks."""
+    from onnxq import CalibrationConfig
+    from onnxq.data import open_dataset as open_data
+
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Mul", ["x", "two"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", "L"])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", "L"])],
+            [onnx.numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i, length in enumerate((5, 7, 9)):
+        np.savez(folder / f"p{i}.npz", x=rng.normal(size=(2, length)).astype(np.float32))
+    prepared = prepare(model).model
+    data = open_data(folder, input_specs(prepared))
+    floats = float_session(prepared)
+    floats.observe(data, ["y"], CalibrationConfig(batch_size=2), keep_outputs=True)
+    assert floats.recorded_rows(data, ["y"], 6) is None
+    check = make_check_set(floats, data, batch_size=2)
+    plain = make_check_set(float_session(prepared), data, batch_size=2)
+    assert check.samples == plain.samples == 6
+    for got, want in zip(check.reference, plain.reference, strict=True):
+        np.testing.assert_array_equal(got["y"], want["y"])
+
+
 # ----------------------------------------------------------------------------- the loop
 
 

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxq.calibration.channels import ChannelFolder, Fold, Moments, Sum
 from onnxq.calibration.estimate import finish
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.parallel import ModelOrigin, observe_sharded
-from onnxq.calibration.reference import CachedReference, OutputRecorder, batch_signature
-from onnxq.calibration.shards import Shard, ShardTask, observe_shard
+from onnxq.calibration.reference import CachedReference, OutputRecorder
+from onnxq.calibration.shards import Run, RunResult, Shard, ShardTask, observe_shard
 from onnxq.config import CalibrationConfig, Granularity
 from onnxq.data import Dataset
 from onnxq.graph.activations import candidate_tensors, channel_axis, value_aliases
@@ -57,14 +58,11 @@ OUTPUT_BUDGET = 64 * 2**20  # bytes of observed activations fetched by one onnxr
 FOCUS_SHARE = 0.85
 
 
-RunOut = dict[str, np.ndarray]
-
-
 @dataclass(frozen=True)
 class MeansWanted:
     """Tensors (with their channel axis) whose per-channel means over the first
     ``samples`` samples a calibration pass should sum on the way (:meth:`FloatSession.means`
-    over the same samples and batches then reads them)."""
+    over the same samples, in batches of the pass's size, then reads them)."""
 
     axes: Mapping[str, int]
     samples: int
@@ -95,13 +93,14 @@ class FloatSession:
         self._sample_bytes: dict[tuple[tuple[str, tuple[int, ...], str], ...], dict[str, int]] = {}
         # graph outputs of a calibration pass, by dataset (kept with it: ids are reused)
         self._recorded: dict[int, tuple[Dataset, OutputRecorder]] = {}
-        # per-channel sums a calibration pass made (MeansWanted): dataset, samples, sums
-        self._summed: dict[int, tuple[Dataset, int, _ChannelFolder]] = {}
+        # per-channel sums a calibration pass made (MeansWanted): dataset, batch size,
+        # samples, sums
+        self._summed: dict[int, tuple[Dataset, int, int, ChannelFolder]] = {}
 
     @property
     def runner(self) -> Runner:
         if self._runner is None:
-            fetch = with_outputs(self.model, self._fetchable)
+            fetch = _loadable(with_outputs(self.model, self._fetchable))
             self._runner = Runner(fetch, threads=self.threads, what="float model")
         return self._runner
 
@@ -116,6 +115,12 @@ class FloatSession:
         if not uses_external_data(self.model):  # else it is the only session: kept
             self._runner = None
 
+    def release_reference(self) -> None:
+        """Drop the narrow session while a stage that does not run the float model holds
+        its own large one (the output check's simulation: MiniLM's peak 1061 -> 890 MB);
+        the next run builds it again (tens of ms)."""
+        self._reference_runner = None
+
     @property
     def reference_runner(self) -> Runner:
         """The narrow session: the graph outputs and the extra tensors only, its threads
@@ -126,7 +131,7 @@ class FloatSession:
         if self._reference_runner is None:
             names = [n for n in self._fetchable if n in self._narrow]
             self._reference_runner = Runner(
-                with_outputs(self.model, names),
+                _loadable(with_outputs(self.model, names)),
                 threads=self.threads,
                 spin=False,
                 what="float model",
@@ -205,14 +210,11 @@ class FloatSession:
             *(means.axes if means else ()),
             *(self.outputs if keep_outputs else ()),
         ]
-        session, per_sample = (
-            (None, self.sample_bytes(dataset))
-            if config.sharded
-            else self._pass_session(dataset, fetched)
-        )
-        # sized by every output of the session, not only the observed ones: onnxruntime
-        # allocates them all in each run (magika: 25 MB a sample, 5 MB observed)
-        batch_size = batch_for(per_sample, config.batch_size)
+        # sized by every output of the wide session, not only the observed ones:
+        # onnxruntime allocates them all in each run (magika: 25 MB a sample, 5 MB
+        # observed); a pass in a session of its own keeps that size, so that the batches
+        # (and a moving average over them) do not depend on what a pass fetches
+        batch_size = batch_for(self.sample_bytes(dataset), config.batch_size)
         batches = dataset.num_batches(batch_size)
         task = ShardTask(tuple(observed), axes, config, batch_size, batches, Shard(0, batches))
         done = 0
@@ -226,11 +228,12 @@ class FloatSession:
         if config.sharded:
             observers = observe_sharded(self, dataset, task, advance)
         else:
-            run: Callable[..., RunOut] = self.run if session is None else session.run
+            session = self._pass_session(dataset, fetched)
+            run: Run = self.run if session is None else session.run
             if keep_outputs:
                 run = self._recording(run, dataset, batch_size)
             if means is not None:
-                run = self._summing(run, dataset, means, lambda: done)
+                run = self._summing(run, dataset, batch_size, means, lambda: done)
             observers = observe_shard(run, dataset, task, advance)
             del run, session  # the pass's own session, when it had one
         found = {}
@@ -240,43 +243,44 @@ class FloatSession:
                 progress(f"{config.method.value} search", i + 1, len(observers))
         return {t: found[aliases.get(t, t)] for t in tensors}
 
-    def _pass_session(self, dataset: Dataset, fetched: Sequence[str]) -> tuple[Runner | None, int]:
-        """The session a calibration pass that fetches ``fetched`` runs in, and the bytes a
-        run of it allocates per sample. onnxruntime computes and allocates every output of a
-        session and fuses no node whose output is one, so when the pass fetches well under
-        what the wide session outputs (PP-OCR rec: 142 of 379 tensors, 68 of 194 MB a
-        sample) it gets a session of its own with only those outputs (rec: 16.5 against
-        24.9 ms a sample; a session costs about 40 ms to make); else (None) the wide one.
-        The wide session is dropped first: a later pass builds it again."""
+    def _pass_session(self, dataset: Dataset, fetched: Sequence[str]) -> Runner | None:
+        """The session of its own a calibration pass that fetches ``fetched`` runs in, or
+        None: the wide one. onnxruntime computes and allocates every output of a session
+        and fuses no node whose output is one, so when the pass fetches well under what the
+        wide session outputs (PP-OCR rec: 142 of 379 tensors, 68 of 194 MB a sample) a
+        session with only those outputs runs it faster (rec: 16.5 against 24.9 ms a
+        sample; a session costs about 40 ms to make). The wide session is dropped first: a
+        later pass builds it again."""
         sizes = self._tensor_bytes(dataset)
-        total = sum(sizes.values())
         wanted = set(fetched)
         names = [n for n in self._fetchable if n in wanted]  # the tap skips any other
         focused = sum(sizes[n] for n in names)
-        if uses_external_data(self.model) or focused >= FOCUS_SHARE * total:
-            return None, total
+        if uses_external_data(self.model) or focused >= FOCUS_SHARE * sum(sizes.values()):
+            return None
         self._runner = None
         return Runner(
-            with_outputs(self.model, names), threads=self.threads, what="float model"
-        ), focused
+            _loadable(with_outputs(self.model, names)), threads=self.threads, what="float model"
+        )
 
     def _summing(
         self,
-        run: Callable[..., RunOut],
+        run: Run,
         dataset: Dataset,
+        batch_size: int,
         means: MeansWanted,
         done: Callable[[], int],
-    ) -> Callable[..., RunOut]:
+    ) -> Run:
         """``run`` that also sums the tensors of ``means`` (the fetchable ones) over the
-        batches of ``dataset`` that start before ``means.samples`` (``done``: the samples
-        of the pass so far), as :meth:`means` would."""
+        batches of ``dataset`` (of ``batch_size``) that start before ``means.samples``
+        (``done``: the samples of the pass so far): what :meth:`means` sums over the same
+        batches, read from this pass instead."""
         axes = {n: a for n, a in means.axes.items() if n in self._fetchable}
         if not axes:
             return run
-        folder = _ChannelFolder(axes, _Sum())
-        self._summed[id(dataset)] = (dataset, means.samples, folder)
+        folder = ChannelFolder(axes, Sum())
+        self._summed[id(dataset)] = (dataset, batch_size, means.samples, folder)
 
-        def summing(feed: Mapping[str, np.ndarray], names: Sequence[str]) -> RunOut:
+        def summing(feed: Mapping[str, np.ndarray], names: Sequence[str]) -> RunResult:
             if done() >= means.samples:
                 return run(feed, names)
             values = run(feed, list(dict.fromkeys([*names, *axes])))
@@ -285,9 +289,7 @@ class FloatSession:
 
         return summing
 
-    def _recording(
-        self, base: Callable[..., RunOut], dataset: Dataset, batch_size: int
-    ) -> Callable[..., RunOut]:
+    def _recording(self, base: Run, dataset: Dataset, batch_size: int) -> Run:
         """``base`` (a run of the float model) that also keeps the graph outputs of each
         batch of ``dataset`` (:mod:`onnxq.calibration.reference`)."""
         recorder = OutputRecorder(self.outputs, batch_size)
@@ -304,32 +306,13 @@ class FloatSession:
         self, dataset: Dataset, names: Sequence[str], samples: int
     ) -> dict[str, np.ndarray] | None:
         """The graph outputs ``names`` on the first ``samples`` samples of ``dataset`` (or
-        more: whole batches) as a calibration pass kept them (:meth:`reference`; the record
-        stays), each batch's rows joined along axis 0. None when no such record holds them,
-        or an output's first axis is not the batch's samples (its rows cannot be joined);
-        the caller checks one batch against a run: an output whose batch axis is another
-        can still have a first axis of the batch's size."""
+        more: whole batches) as a calibration pass over it kept them
+        (:meth:`OutputRecorder.rows`; the record stays for :meth:`reference`); None when no
+        pass kept them."""
         kept = self._recorded.get(id(dataset))
-        if kept is None or kept[0] is not dataset or not samples:
+        if kept is None or kept[0] is not dataset:
             return None
-        recorder = kept[1]
-        if recorder.overflowed or not set(names) <= set(recorder.outputs):
-            return None
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        done = 0
-        batches = zip(dataset.batches(recorder.batch_size), recorder.batches, strict=False)
-        for batch, (signature, values) in batches:
-            if signature != batch_signature(batch.feed):
-                return None
-            for n in names:
-                value = values[n]
-                if value.ndim == 0 or value.shape[0] != batch.size:
-                    return None
-                parts[n].append(value)
-            done += batch.size
-            if done >= samples:
-                return {n: np.concatenate(v) for n, v in parts.items()}
-        return None
+        return kept[1].rows(dataset, names, samples)
 
     def reference(self, dataset: Dataset) -> tuple[CachedReference, int] | None:
         """The float outputs a calibration pass over ``dataset`` kept, as a stand-in for
@@ -369,16 +352,16 @@ class FloatSession:
         self, dataset: Dataset, axes: Mapping[str, int], *, samples: int, batch_size: int
     ) -> dict[str, np.ndarray]:
         """Per-channel means of tensors over the first ``samples`` samples (whole
-        batches: of ``batch_size``, or of the calibration pass that summed them on the
-        way, :class:`MeansWanted`): the mean along every axis but ``axes[name]``. A tensor
-        with an inf or NaN mean (the float model overflows on the data) is left out."""
+        batches): the mean along every axis but ``axes[name]``; read from the calibration
+        pass that summed them on the way over the same batches (:class:`MeansWanted`) when
+        one did. A tensor with an inf or NaN mean (the float model overflows on the data)
+        is left out."""
         sums = {}
         kept = self._summed.pop(id(dataset), None)  # read once: then released
-        if kept is not None and kept[0] is dataset and kept[1] == samples:
-            # the pass's whole batches: its batch size may differ (its own session)
-            sums = {n: v for n, v in kept[2].acc.items() if n in axes}
+        if kept is not None and kept[0] is dataset and kept[1:3] == (batch_size, samples):
+            sums = {n: v for n, v in kept[3].acc.items() if n in axes}
         missing = {n: a for n, a in axes.items() if n not in sums}
-        sums |= self._per_channel(dataset, missing, samples, batch_size, _Sum())
+        sums |= self._per_channel(dataset, missing, samples, batch_size, Sum())
         means = {n: total / count for n, (total, count) in sums.items() if count}
         return {n: m for n, m in means.items() if np.isfinite(m).all()}
 
@@ -388,7 +371,7 @@ class FloatSession:
         """Per-channel minimum, maximum, mean and standard deviation of tensors over all
         of ``dataset``: along every axis but ``axes[name]`` (equalisation balances and
         shifts channels by them)."""
-        folded = self._per_channel(dataset, axes, dataset.num_samples, batch_size, _Moments())
+        folded = self._per_channel(dataset, axes, dataset.num_samples, batch_size, Moments())
         out = {}
         for name, (v, count) in folded.items():
             if count:
@@ -404,12 +387,12 @@ class FloatSession:
         axes: Mapping[str, int],
         samples: int,
         batch_size: int,
-        fold: _Fold,
+        fold: Fold,
     ) -> dict[str, tuple[np.ndarray, int]]:
         """``fold`` of each tensor's rows (one row per position, one column per channel of
         ``axes[name]``) over the first ``samples`` samples, and the rows counted."""
         names = list(axes)
-        folder = _ChannelFolder(axes, fold)
+        folder = ChannelFolder(axes, fold)
         done = 0
         for batch in dataset.batches(batch_size) if names else ():
             folder.add(self.run(batch.feed, names))
@@ -417,71 +400,6 @@ class FloatSession:
             if done >= samples:
                 break
         return folder.acc
-
-
-class _ChannelFolder:
-    """``fold`` of each tensor's rows (one row per position, one column per channel of
-    ``axes[name]``) over the batches added, and the rows counted."""
-
-    def __init__(self, axes: Mapping[str, int], fold: _Fold) -> None:
-        self.axes = dict(axes)
-        self.fold = fold
-        self.acc: dict[str, tuple[np.ndarray, int]] = {}
-
-    def add(self, values: Mapping[str, np.ndarray]) -> None:
-        for name, axis in self.axes.items():
-            value = values[name]
-            if np.ndim(value) < 2 or not np.issubdtype(np.asarray(value).dtype, np.floating):
-                continue
-            arr = np.asarray(value)
-            axis %= arr.ndim
-            count = arr.size // max(arr.shape[axis], 1)
-            if isinstance(self.fold, _Sum):  # summed in place, in float64, without a copy
-                others = tuple(a for a in range(arr.ndim) if a != axis)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    part = np.asarray(arr.sum(axis=others, dtype=np.float64))
-            else:
-                channels = np.moveaxis(np.asarray(arr, np.float64), axis, -1)
-                part = self.fold(channels.reshape(-1, channels.shape[-1]))
-            prior = self.acc.get(name)
-            folded = part if prior is None else self.fold.merge(prior[0], part)
-            self.acc[name] = (folded, (prior[1] if prior else 0) + count)
-
-
-class _Fold:
-    """A per-column reduction of rows that merges across batches."""
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-
-class _Sum(_Fold):
-    """Column sums; inf - inf gives NaN silently (the caller drops non-finite means)."""
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.asarray(rows.sum(axis=0))
-
-    def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.asarray(a + b)
-
-
-class _Moments(_Fold):
-    """Rows 0-3: the minimum, maximum, sum and sum of squares of each column."""
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", over="ignore"):
-            sums = [rows.sum(axis=0), (rows * rows).sum(axis=0)]
-        return np.stack([rows.min(axis=0), rows.max(axis=0), *sums])
-
-    def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", over="ignore"):
-            sums = [a[2] + b[2], a[3] + b[3]]
-        return np.stack([np.minimum(a[0], b[0]), np.maximum(a[1], b[1]), *sums])
 
 
 @dataclass(frozen=True)
@@ -492,6 +410,14 @@ class ChannelStats:
     max: np.ndarray
     mean: np.ndarray
     std: np.ndarray
+
+
+def _loadable(model: onnx.ModelProto) -> onnx.ModelProto | bytes:
+    """A fresh copy of the model as onnxruntime loads it: serialized, so the copy is freed
+    before the session is made (a proto alive beside its bytes and onnxruntime's copy was
+    the peak of loading: MiniLM 90 MB more); a model with external data stays a proto (the
+    Runner resolves its files)."""
+    return model if uses_external_data(model) else model.SerializeToString()
 
 
 def batch_for(per_sample: int, requested: int) -> int:

@@ -30,9 +30,19 @@ from onnxq.calibration.estimate import Sampling, TensorObserver, make_observer
 from onnxq.config import CalibrationConfig
 from onnxq.data import Dataset
 
-__all__ = ["Shard", "ShardTask", "merge_shards", "observe_shard", "sampling_of", "split"]
+__all__ = [
+    "Run",
+    "RunResult",
+    "Shard",
+    "ShardTask",
+    "merge_shards",
+    "observe_shard",
+    "sampling_of",
+    "split",
+]
 
-Run = Callable[[Mapping[str, np.ndarray], Sequence[str]], Mapping[str, np.ndarray]]
+RunResult = Mapping[str, np.ndarray]
+Run = Callable[[Mapping[str, np.ndarray], Sequence[str]], RunResult]
 
 
 @dataclass(frozen=True)

@@ -122,9 +122,12 @@ class _Pooled:
     def flush(self) -> None:
         if not self.pool:
             return
-        refs, cands, labels = zip(*self.pool, strict=True)
-        joined = None if labels[0] is None else np.concatenate(labels)
-        self.stats.update(np.concatenate(refs), np.concatenate(cands), joined)
+        if len(self.pool) == 1:  # one feed (a large output): taken without a copy
+            self.stats.update(*self.pool[0])
+        else:
+            refs, cands, labels = zip(*self.pool, strict=True)
+            joined = None if labels[0] is None else np.concatenate(labels)
+            self.stats.update(np.concatenate(refs), np.concatenate(cands), joined)
         self.pool, self.bytes = [], 0
 
     def result(self) -> OutputFidelity:

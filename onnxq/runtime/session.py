@@ -151,6 +151,7 @@ class Runner:
         self.what = what
         self._folder: Path | None = None  # where the session reads external data
         self._prepack = prepack
+        self._settings = (threads, level, spin)  # to load it again (reload)
         if isinstance(model, bytes):
             data = model
         else:
@@ -160,11 +161,26 @@ class Runner:
         if record_graph and _optimized_path is None:
             with tempfile.TemporaryDirectory(prefix="onnxq-") as tmp:
                 path = Path(tmp) / "optimized.onnx"
-                self._session = self._load(data, threads, level, path, spin)
+                session = self._load(data, threads, level, path, spin)
                 self.optimized_nodes = _node_kinds(onnx.load(str(path), load_external_data=False))
         else:
-            self._session = self._load(data, threads, level, _optimized_path, spin)
-        self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
+            session = self._load(data, threads, level, _optimized_path, spin)
+        self._session: ort.InferenceSession | None = session
+        self.output_names: tuple[str, ...] = tuple(o.name for o in session.get_outputs())
+
+    def unload(self) -> None:
+        """Drop the onnxruntime session (its weights, packed copies and arena) while
+        another stage needs the memory; :meth:`reload` loads it again."""
+        self._session = None
+
+    def reload(self, model: onnx.ModelProto) -> None:
+        """Load ``model`` (the one this runner was made of) again after :meth:`unload`."""
+        if self._session is not None:
+            return
+        if self._folder is not None:
+            self._folder, model = _session_model(model)
+        threads, level, spin = self._settings
+        self._session = self._load(model.SerializeToString(), threads, level, None, spin)
 
     def _load(
         self, data: bytes, threads: int, level: OptLevel, path: Path | None, spin: bool
@@ -187,6 +203,8 @@ class Runner:
         self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         names = list(outputs) if outputs is not None else list(self.output_names)
+        if self._session is None:
+            raise RuntimeError(f"the session of the {self.what} was unloaded")
         try:
             values = self._session.run(names, dict(feed))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many kinds; one message

@@ -86,6 +86,7 @@ def output_check(
         config.target,
         threads=floats.threads,
         first_runner=first.runner,
+        release=floats.release_reference,  # the search runs no float model
     )
     if progress is not None:
         progress("output check", 1, 1)

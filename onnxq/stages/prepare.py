@@ -36,7 +36,7 @@ class PreparedModel:
     steps: tuple[str, ...]
     # tensors the user's model gives shapes for: the written model keeps only these (the
     # user's proto itself is not kept: its weights would stay in memory for the whole run)
-    value_info: frozenset[str] = frozenset()
+    value_info: frozenset[str]
 
 
 def _optimize(model: onnx.ModelProto) -> PassResult:

@@ -1,6 +1,8 @@
 """Stage: weight transforms chosen before rounding — GPTQ codes of MatMul/Gemm weights
 (from the inputs' second moments) and the input means bias correction needs. Each reads
-the float model once through the shared :class:`FloatSession`."""
+the float model through the shared :class:`FloatSession`: GPTQ in passes of its own, the
+means from what the calibration pass summed on the way (a pass of their own otherwise:
+ranges from a file, sharded calibration, tensors a re-plan added)."""
 
 from __future__ import annotations
 
