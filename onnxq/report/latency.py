@@ -41,6 +41,9 @@ class LatencyCheck:
     tried: dict[CandidateKind, float]  # median ms of each model timed
     written: CandidateKind
     runs: int  # timed runs of each model
+    # candidates not timed: onnxruntime runs them as the float model's very kernels (a
+    # weights-only model whose integer weights all fold at load); float's time stands
+    untimed: tuple[CandidateKind, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -56,7 +59,11 @@ class LatencyCheck:
         return self.written != INT8 and INT8 in self.tried
 
     def describe(self) -> str:
-        tried = ", ".join(f"{k.value} {v:.3g} ms" for k, v in self.tried.items())
+        tried = ", ".join(
+            f"{k.value} {v:.3g} ms"
+            + (" (the float kernels: not timed)" if k in self.untimed else "")
+            for k, v in self.tried.items()
+        )
         text = f"latency on one sample: float {self.float_ms:.3g} ms, {tried} ({self.runs} runs)"
         if self.replaced:
             text += (
@@ -89,6 +96,7 @@ class LatencyCheck:
             "ratio": self.ratio,
             "slower_than_float": self.slower,
             "runs": self.runs,
+            "not_timed": [k.value for k in self.untimed],
         }
 
 
