@@ -78,3 +78,18 @@ def float_session(model: onnx.ModelProto) -> FloatSession:
     from onnxq.tuning.check import compared_tensors
 
     return FloatSession(model, extra=compared_tensors(model)[0])
+
+
+def count_float_runs(monkeypatch) -> list[int]:
+    """A list that grows by one at each run of a FloatSession (either of its sessions)."""
+    from onnxq.calibration import collect
+
+    runs: list[int] = []
+    real_run = collect.FloatSession.run
+
+    def counting(self, feed, names):
+        runs.append(1)
+        return real_run(self, feed, names)
+
+    monkeypatch.setattr(collect.FloatSession, "run", counting)
+    return runs

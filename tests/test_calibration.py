@@ -16,7 +16,7 @@ from onnxq.calibration.observers import MinMaxObserver
 from onnxq.errors import RangesError
 
 import models
-from helpers import NO_CHECK
+from helpers import NO_CHECK, count_float_runs
 
 values = hnp.arrays(
     np.float32,
@@ -272,14 +272,7 @@ def test_calibration_pass_sums_bias_means_that_means_then_reads_without_a_run(
     batch = collect.batch_for(floats.sample_bytes(dataset), config.batch_size)
     expected = floats.means(dataset, axes, samples=6, batch_size=batch)  # 2 batches of 4
 
-    runs: list[int] = []
-    real_run = collect.FloatSession.run
-
-    def counting(self, feed, names):
-        runs.append(1)
-        return real_run(self, feed, names)
-
-    monkeypatch.setattr(collect.FloatSession, "run", counting)
+    runs = count_float_runs(monkeypatch)
     floats.observe(dataset, tensors[:1], config, means=collect.MeansWanted(axes, 6))
     during = len(runs)
     got = floats.means(dataset, axes, samples=6, batch_size=batch)

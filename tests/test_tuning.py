@@ -25,7 +25,14 @@ from onnxq.tuning.check import make_check_set
 from onnxq.tuning.search import search_fallback
 
 import models
-from helpers import NO_CHECK, float_session, graph_bytes, quantize_in_memory, run
+from helpers import (
+    NO_CHECK,
+    count_float_runs,
+    float_session,
+    graph_bytes,
+    quantize_in_memory,
+    run,
+)
 
 # ----------------------------------------------------------------------------- the search
 
@@ -200,7 +207,6 @@ def test_check_references_come_from_the_calibration_record_when_it_holds_them(
     batches of 3, where the first axis has the batch's size by chance, checked in feeds of
     6) fails the confirmation and every feed is run."""
     from onnxq import CalibrationConfig
-    from onnxq.calibration import collect
 
     model, feed = _transposed_outputs(batch_axis_first)
     np.savez(tmp_path / "d.npz", **feed)
@@ -210,14 +216,7 @@ def test_check_references_come_from_the_calibration_record_when_it_holds_them(
 
     floats = float_session(prepared)
     floats.observe(data, ["y"], CalibrationConfig(batch_size=3), keep_outputs=True)
-    runs: list[int] = []
-    real_run = collect.FloatSession.run
-
-    def counting(self, feed, names):
-        runs.append(1)
-        return real_run(self, feed, names)
-
-    monkeypatch.setattr(collect.FloatSession, "run", counting)
+    runs = count_float_runs(monkeypatch)
     check = make_check_set(floats, data, batch_size=6)  # feeds of 6 from batches of 3
     feeds = len(check.feeds)
     assert feeds > 2 and check.samples == expected.samples
