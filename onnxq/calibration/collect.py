@@ -205,11 +205,6 @@ class FloatSession:
         observed = [t for t in tensors if t not in aliases]
         axes = {t: channel_axis(t, idx) if channel else None for t in observed}
         log.info("observing %d tensors with %s", len(observed), config.method.value)
-        fetched = [
-            *observed,
-            *(means.axes if means else ()),
-            *(self.outputs if keep_outputs else ()),
-        ]
         # sized by every output of the wide session, not only the observed ones:
         # onnxruntime allocates them all in each run (magika: 25 MB a sample, 5 MB
         # observed); a pass in a session of its own keeps that size, so that the batches
@@ -228,6 +223,8 @@ class FloatSession:
         if config.sharded:
             observers = observe_sharded(self, dataset, task, advance)
         else:
+            recorded = self.outputs if keep_outputs else ()
+            fetched = [*observed, *(means.axes if means else ()), *recorded]
             session = self._pass_session(dataset, fetched)
             run: Run = self.run if session is None else session.run
             if keep_outputs:
