@@ -227,15 +227,20 @@ def test_check_references_come_from_the_calibration_record_when_it_holds_them(
 
 def test_an_unloaded_session_refuses_to_run_until_reloaded():
     """The output check unloads the first candidate's session while its simulation runs;
-    a run in between is a bug (said so), and the reloaded session gives the same outputs."""
+    a run in between is a bug (said so), and the reloaded session gives the same outputs,
+    the logits the check added included."""
+    from onnxq.graph.outputs import with_outputs
+
     model, feed = _softmax_classifier()
-    runner = Runner(model, threads=1)
+    runner = Runner(with_outputs(model, ["logits"]), threads=1)  # as the check makes it
     before = runner.run({"x": feed["x"][:4]})
+    assert set(before) == {"probs", "logits"}
     runner.unload()
     with pytest.raises(RuntimeError, match="unloaded"):
         runner.run({"x": feed["x"][:4]})
-    runner.reload(model)
+    runner.reload(model)  # the candidate's own model: the check's outputs are added again
     after = runner.run({"x": feed["x"][:4]})
+    assert set(after) == set(before)
     for name in before:
         np.testing.assert_array_equal(before[name], after[name])
 

@@ -19,6 +19,7 @@ Calibration reads the graph, never the planner.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ from onnxq.graph.activations import candidate_tensors, channel_axis, value_alias
 from onnxq.graph.external import uses_external_data
 from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex
-from onnxq.runtime import Runner
+from onnxq.runtime import Runner, optimized_op_types
 
 __all__ = [
     "OUTPUT_BUDGET",
@@ -90,6 +91,7 @@ class FloatSession:
         self._narrow = frozenset((*self.outputs, *extra))
         self._runner: Runner | None = None
         self._reference_runner: Runner | None = None
+        self._op_types: Counter[str] | None = None
         self._sample_bytes: dict[tuple[tuple[str, tuple[int, ...], str], ...], dict[str, int]] = {}
         # graph outputs of a calibration pass, by dataset (kept with it: ids are reused)
         self._recorded: dict[int, tuple[Dataset, OutputRecorder]] = {}
@@ -114,6 +116,14 @@ class FloatSession:
                 self.sample_bytes(dataset)
         if not uses_external_data(self.model):  # else it is the only session: kept
             self._runner = None
+
+    def optimized_op_types(self) -> Counter[str]:
+        """The op types onnxruntime runs for the float model (graph outputs only) after
+        its full optimization, counted (made once: a session that writes its optimized
+        graph)."""
+        if self._op_types is None:
+            self._op_types = optimized_op_types(self.model)
+        return self._op_types
 
     def release_reference(self) -> None:
         """Drop the narrow session while a stage that does not run the float model holds

@@ -34,7 +34,9 @@ DYNAMIC = CandidateKind.DYNAMIC
 @dataclass(frozen=True)
 class LatencyCheck:
     """Median single-sample latencies (ms) of the float model and of the candidates tried,
-    in onnxruntime on this machine; ``written`` names the one written."""
+    in onnxruntime on this machine (of the last timing; a candidate in ``untimed`` has
+    float's, and int8's may come from a first timing as its ratio to float); ``written``
+    names the one written."""
 
     optimize_for: OptimizeFor
     float_ms: float

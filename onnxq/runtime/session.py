@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from onnxq.errors import RuntimeFailure
 from onnxq.graph.external import PROTOBUF_LIMIT, external_ref, inline, is_external, relocate
+from onnxq.graph.outputs import with_outputs
 
 __all__ = [
     "OptLevel",
@@ -174,9 +175,14 @@ class Runner:
         self._session = None
 
     def reload(self, model: onnx.ModelProto) -> None:
-        """Load ``model`` (the one this runner was made of) again after :meth:`unload`."""
+        """Load ``model`` (the one this runner was made of, or it before extra outputs
+        were added: they are added again) after :meth:`unload`."""
         if self._session is not None:
             return
+        present = {o.name for o in model.graph.output}
+        missing = [n for n in self.output_names if n not in present]
+        if missing:
+            model = with_outputs(model, missing)
         if self._folder is not None:
             self._folder, model = _session_model(model)
         threads, level, spin = self._settings

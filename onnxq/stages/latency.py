@@ -34,7 +34,7 @@ from onnxq.report.latency import (
     LatencyCheck,
     is_slower,
 )
-from onnxq.runtime import Runner, measure_latency, optimized_op_types
+from onnxq.runtime import Runner, measure_latency
 from onnxq.stages.check import Checked
 from onnxq.stages.dynamic import quantize_dynamic
 from onnxq.stages.replan import Replanner
@@ -52,7 +52,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BUDGET_MS = 1000.0  # wall time the timing of two models may take, warm-up included
+BUDGET_MS = 1000.0  # wall time the timed runs of one timing may take (after a warm-up run
+# and a run that prices one run, each model)
 MIN_RUNS, MAX_RUNS = 5, 1000  # timed runs of each model (tiny models: many, for a stable median)
 BLOCK = 5  # runs of one model in a row
 # the timing stops early once every comparison it decides is clear (after SETTLE_RUNS runs
@@ -105,10 +106,12 @@ def latency_choice(
         candidates.update(more)
         others = {k: _session(c.model, threads) for k, c in more.items()}
         sessions.update(others)
-        untimed = _float_kernels(others, floats.model)
+        untimed = _float_kernels(others, floats)
         timed = {k: r for k, r in others.items() if k not in untimed}
-        if timed:  # against float, without int8 again: its time carries over as its ratio
-            # to float in the first timing (the float model is the common yardstick)
+        if DYNAMIC in timed:  # int8 and dynamic, both integer models, timed side by side
+            float_ms, tried, runs = _timed(reference, {INT8: sessions[INT8], **timed}, feed)
+        elif timed:  # a weights-only model against float, without int8 again (known
+            # slower): its time carries over as its ratio to float in the first timing
             first_float, int8_ms = float_ms, tried[INT8]
             float_ms, tried, runs = _timed(reference, timed, feed)
             tried = {INT8: int8_ms * float_ms / first_float, **tried}
@@ -199,7 +202,7 @@ def _alternatives(
 
 
 def _float_kernels(
-    sessions: Mapping[CandidateKind, Runner], float_model: onnx.ModelProto
+    sessions: Mapping[CandidateKind, Runner], floats: FloatSession
 ) -> tuple[CandidateKind, ...]:
     """The weights-only candidates that onnxruntime runs as the float model's kernels:
     their optimized graph holds the same op types as the float model's, every integer
@@ -209,7 +212,7 @@ def _float_kernels(
     kinds = [k for k, r in sessions.items() if k is WEIGHTS_ONLY and r.optimized_nodes]
     if not kinds:
         return ()
-    float_ops = optimized_op_types(float_model)
+    float_ops = floats.optimized_op_types()
     return tuple(
         k for k in kinds if Counter(op for _, op in sessions[k].optimized_nodes or ()) == float_ops
     )
