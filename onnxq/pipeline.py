@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import onnx
+
 from onnxq.calibration.collect import FloatSession
 from onnxq.calibration.parallel import ModelOrigin
 from onnxq.config import CalibrationConfig, Mode, OptimizeFor, QuantConfig, Rounding
@@ -80,7 +82,7 @@ def quantize(
         external_data=external_data,
     )
     model, inputs = load_inputs(request)
-    prepared = prepare(model, min_opset=request.config.min_opset)
+    prepared = _prepared(request, model)
     del model  # the prepared copy is planned on: the user's weights are not kept
     batch_size = request.calibration.batch_size
     equal = equalized(
@@ -97,6 +99,13 @@ def quantize(
     fidelity, equal = _fidelity(request, inputs, floats, equal, runner)
     facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal, warned, latency)
     return _report(request, inputs, prepared, checked, facts)
+
+
+def _prepared(request: QuantizeRequest, model: onnx.ModelProto) -> PreparedModel:
+    """The prepared model; the original's digest only when a ranges file is checked
+    against it."""
+    min_opset = request.config.min_opset
+    return prepare(model, min_opset=min_opset, fingerprinted=request.ranges is not None)
 
 
 def _fidelity(

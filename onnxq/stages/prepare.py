@@ -32,7 +32,9 @@ MIN_OPSET = 13
 @dataclass(frozen=True)
 class PreparedModel:
     model: onnx.ModelProto
-    fingerprint: str  # of the original model, as the user gave it
+    # of the original model, as the user gave it ("" when not asked for: serialising a large
+    # model to digest it costs MiniLM 0.19 s, and only a ranges file is checked against it)
+    fingerprint: str
     steps: tuple[str, ...]
     # tensors the user's model gives shapes for: the written model keeps only these (the
     # user's proto itself is not kept: its weights would stay in memory for the whole run)
@@ -49,11 +51,16 @@ def _skip_optimize(model: onnx.ModelProto) -> PassResult:
 
 
 def prepare(
-    model: onnx.ModelProto, *, min_opset: int = MIN_OPSET, optimize: bool = True
+    model: onnx.ModelProto,
+    *,
+    min_opset: int = MIN_OPSET,
+    optimize: bool = True,
+    fingerprinted: bool = True,
 ) -> PreparedModel:
     """The model onnxq plans on. Outputs are unchanged beyond float rounding.
 
-    ``min_opset`` is 13 (per-axis Q/DQ) or 21 (4- and 16-bit types, blocked Q/DQ)."""
+    ``min_opset`` is 13 (per-axis Q/DQ) or 21 (4- and 16-bit types, blocked Q/DQ);
+    ``fingerprinted``: digest the original model (for a ranges file)."""
 
     def opset(m: onnx.ModelProto) -> PassResult:
         return upgrade_opset(m, min_opset)
@@ -73,4 +80,5 @@ def prepare(
         if step.detail:
             steps.append(step.detail)
     value_info = frozenset(vi.name for vi in model.graph.value_info)
-    return PreparedModel(result.model, fingerprint(model), tuple(steps), value_info)
+    digest = fingerprint(model) if fingerprinted else ""
+    return PreparedModel(result.model, digest, tuple(steps), value_info)
