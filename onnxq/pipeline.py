@@ -1,10 +1,11 @@
 """``onnxq.quantize``: the list of its stages and nothing else.
 
 inputs → prepare → equalize → float session → (dynamic rewrite | ranges → weight choices →
-plan and rewrite → AdaRound codes and rewrite → output check and latency: with
-``--optimize-for balanced`` int8 timed first and the check on what the timing chose, else
-the check then the timing) → candidate session → save → evaluate → report. Each stage is a module of
-:mod:`onnxq.stages`; adding one is one module and one line here.
+plan and rewrite → AdaRound codes and rewrite → output check and latency
+(:mod:`onnxq.stages.check_and_time`: with ``--optimize-for balanced`` int8 timed first
+and the check on what the timing chose, else the check then the timing)) → candidate
+session → save → evaluate → report. Each stage is a module of :mod:`onnxq.stages`; adding
+one is one module and one line here.
 """
 
 from __future__ import annotations
@@ -16,24 +17,24 @@ import onnx
 
 from onnxq.calibration.collect import FloatSession
 from onnxq.calibration.parallel import ModelOrigin
-from onnxq.config import CalibrationConfig, Mode, OptimizeFor, QuantConfig, Rounding
+from onnxq.config import CalibrationConfig, Mode, QuantConfig, Rounding
 from onnxq.data import Dataset, DataSource, Preprocess, as_sources
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.external import model_bytes
 from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.graph.plan import QuantPlan
 from onnxq.report.fidelity import Fidelity
-from onnxq.report.latency import INT8
 from onnxq.report.preflight import RuntimePreview
 from onnxq.report.quantize_report import QuantizeReport
 from onnxq.runtime import Runner
 from onnxq.stages.adaround import adaround_codes
-from onnxq.stages.check import Checked, check_set, output_check, unchecked
+from onnxq.stages.check import Checked
+from onnxq.stages.check_and_time import CheckAndTime
 from onnxq.stages.dynamic import DYNAMIC_SOURCE, quantize_dynamic
 from onnxq.stages.equalize import Equalized, equalized
 from onnxq.stages.evaluate import candidate_session, measure, runtime_of
 from onnxq.stages.inputs import Inputs, Progress, QuantizeRequest, load_inputs
-from onnxq.stages.latency import LatencyCheck, latency_choice, latency_preview, settle_preview
+from onnxq.stages.latency import LatencyCheck, latency_choice
 from onnxq.stages.prepare import PreparedModel, prepare
 from onnxq.stages.range_check import ranges_file_warnings
 from onnxq.stages.ranges import RangeSource, static_ranges
@@ -165,42 +166,9 @@ def _quantized(
     first: Candidate = replanner.build(ranges.plan)
     if config.rounding is Rounding.ADAROUND and inputs.calib is not None:
         first = _adarounded(first, ranges.plan, replanner, floats, inputs.calib, request)
-    checked, latency = _checked_and_timed(request, inputs, floats, replanner, first)
+    stage = CheckAndTime(floats, config, calib, request.threads, request.progress)
+    checked, latency = stage(replanner, first, inputs.calib, inputs.eval)
     return checked, ranges.source, latency
-
-
-def _checked_and_timed(
-    request: QuantizeRequest,
-    inputs: Inputs,
-    floats: FloatSession,
-    replanner: Replanner,
-    first: Candidate,
-) -> tuple[Checked, LatencyCheck | None]:
-    """The output check and the latency stage. With ``--optimize-for balanced`` the
-    unchecked int8 model is timed first, and the check checks what the timing chose: the
-    weights-only model when int8 ran slower (no check of an int8 model never written)."""
-    config, threads = request.config, request.threads
-    timing = inputs.calib or inputs.eval
-    # the wide session (the batch-sizing probe, GPTQ): a re-plan that observes more builds
-    # what it needs again
-    floats.release_wide(inputs.calib, inputs.eval)
-    checks = check_set(floats, inputs.calib, config, request.calibration)
-    start = unchecked(first, checks, threads)
-    preview = latency_preview(start, replanner, floats, timing, config, threads)
-    if preview is None:
-        checked = output_check(start, replanner, floats, checks, config, request.progress)
-        if config.optimize_for is OptimizeFor.BALANCED:  # nothing to time on: said once
-            return checked, None
-        return latency_choice(checked, replanner, floats, timing, config, threads)
-    chosen, builder = preview.chosen, replanner
-    if preview.kind is not INT8:  # weights-only: checked in the check's own session
-        del start  # int8's session, not written: released
-        if checks is not None:
-            chosen = unchecked(chosen.candidate, checks, threads)
-            preview = replace(preview, chosen=Checked(chosen.candidate, None, None))
-        builder = replanner.with_config(replace(config, weights_only=True))
-    checked = output_check(chosen, builder, floats, checks, config, request.progress)
-    return settle_preview(preview, checked, replanner, floats, timing, config, threads)
 
 
 def _adarounded(

@@ -1,8 +1,8 @@
-"""The float model in one onnxruntime session, and everything read from it: activation
+"""The float model in its onnxruntime sessions, and everything read from them: activation
 ranges (the calibration pass), input moments (GPTQ), input means (bias correction), and
 the float reference outputs (the output check, the report's evaluation).
 
-Two sessions serve them: a wide one that can fetch every tensor calibration may need
+Sessions serve them: a wide one that can fetch every tensor calibration may need
 (:func:`onnxq.graph.activations.candidate_tensors`) and any extra tensor named at
 construction, and a narrow one with only the graph outputs and the extra tensors (the
 reference outputs). onnxruntime computes and allocates every graph output of a session
@@ -38,7 +38,7 @@ from onnxq.graph.activations import candidate_tensors, channel_axis, value_alias
 from onnxq.graph.external import uses_external_data
 from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex
-from onnxq.runtime import Runner, optimized_op_types
+from onnxq.runtime import Runner, loadable, optimized_op_types
 
 __all__ = [
     "OUTPUT_BUDGET",
@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, in all)
 
-OUTPUT_BUDGET = 64 * 2**20  # bytes of observed activations fetched by one onnxruntime run
+OUTPUT_BUDGET = 64 * 2**20  # bytes of activations one onnxruntime run of the wide session
+# allocates (every output of it, whatever the run fetches)
 # a calibration pass gets a session of its own when it fetches under this share of the
 # bytes the wide session outputs (FloatSession._pass_session)
 FOCUS_SHARE = 0.85
@@ -70,9 +71,9 @@ class MeansWanted:
 
 
 class FloatSession:
-    """The prepared float ``model`` in its wide and narrow sessions (each made when first
-    needed; the module docstring); ``origin``: how another process rebuilds the model
-    (sharded calibration needs it)."""
+    """The prepared float ``model`` in its wide and narrow sessions, and a calibration
+    pass's own one (each made when needed; the module docstring); ``origin``: how another
+    process rebuilds the model (sharded calibration needs it)."""
 
     def __init__(
         self,
@@ -87,12 +88,14 @@ class FloatSession:
         self.origin = origin
         self.candidates = tuple(candidate_tensors(model))
         self.outputs = tuple(o.name for o in model.graph.output)
+        self.external = uses_external_data(model)  # then one (wide) session only
         self._fetchable = tuple(dict.fromkeys((*self.candidates, *extra)))
         self._narrow = frozenset((*self.outputs, *extra))
         self._runner: Runner | None = None
         self._reference_runner: Runner | None = None
         self._op_types: Counter[str] | None = None
-        self._sample_bytes: dict[tuple[tuple[str, tuple[int, ...], str], ...], dict[str, int]] = {}
+        # bytes of each wide-session output on one sample, by the probe's input shapes
+        self._probed: dict[tuple[tuple[str, tuple[int, ...], str], ...], dict[str, int]] = {}
         # graph outputs of a calibration pass, by dataset (kept with it: ids are reused)
         self._recorded: dict[int, tuple[Dataset, OutputRecorder]] = {}
         # per-channel sums a calibration pass made (MeansWanted): dataset, batch size,
@@ -102,7 +105,7 @@ class FloatSession:
     @property
     def runner(self) -> Runner:
         if self._runner is None:
-            fetch = _loadable(with_outputs(self.model, self._fetchable))
+            fetch = loadable(with_outputs(self.model, self._fetchable))
             self._runner = Runner(fetch, threads=self.threads, what="float model")
         return self._runner
 
@@ -114,7 +117,7 @@ class FloatSession:
         for dataset in sized:
             if dataset is not None:
                 self.sample_bytes(dataset)
-        if not uses_external_data(self.model):  # else it is the only session: kept
+        if not self.external:  # else it is the only session: kept
             self._runner = None
 
     def optimized_op_types(self) -> Counter[str]:
@@ -127,8 +130,9 @@ class FloatSession:
 
     def release_reference(self) -> None:
         """Drop the narrow session while a stage that does not run the float model holds
-        its own large one (the output check's simulation: MiniLM's peak 1061 -> 890 MB);
-        the next run builds it again (tens of ms)."""
+        its own large one (the output check's simulation: with the first candidate's
+        session unloaded too, MiniLM's peak 1061 -> about 780 MB); the next run builds it
+        again (tens of ms)."""
         self._reference_runner = None
 
     @property
@@ -136,12 +140,12 @@ class FloatSession:
         """The narrow session: the graph outputs and the extra tensors only, its threads
         not spinning (the latency stage times it against candidates). The wide session
         for a model with external data."""
-        if uses_external_data(self.model):
+        if self.external:
             return self.runner
         if self._reference_runner is None:
             names = [n for n in self._fetchable if n in self._narrow]
             self._reference_runner = Runner(
-                _loadable(with_outputs(self.model, names)),
+                loadable(with_outputs(self.model, names)),
                 threads=self.threads,
                 spin=False,
                 what="float model",
@@ -181,11 +185,11 @@ class FloatSession:
         :meth:`sample_bytes` measures)."""
         probe = next(dataset.batches(1))
         key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(probe.feed.items()))
-        if key not in self._sample_bytes:
+        if key not in self._probed:
             values = self.runner.run(probe.feed, list(self._fetchable))
             size = max(probe.size, 1)
-            self._sample_bytes[key] = {n: values[n].nbytes // size for n in self._fetchable}
-        return self._sample_bytes[key]
+            self._probed[key] = {n: values[n].nbytes // size for n in self._fetchable}
+        return self._probed[key]
 
     def affordable_batch(self, dataset: Dataset, requested: int) -> int:
         """``requested``, lowered so that one run's activations fit OUTPUT_BUDGET."""
@@ -262,11 +266,11 @@ class FloatSession:
         wanted = set(fetched)
         names = [n for n in self._fetchable if n in wanted]  # the tap skips any other
         focused = sum(sizes[n] for n in names)
-        if uses_external_data(self.model) or focused >= FOCUS_SHARE * sum(sizes.values()):
+        if self.external or focused >= FOCUS_SHARE * sum(sizes.values()):
             return None
         self._runner = None
         return Runner(
-            _loadable(with_outputs(self.model, names)), threads=self.threads, what="float model"
+            loadable(with_outputs(self.model, names)), threads=self.threads, what="float model"
         )
 
     def _summing(
@@ -419,16 +423,9 @@ class ChannelStats:
     std: np.ndarray
 
 
-def _loadable(model: onnx.ModelProto) -> onnx.ModelProto | bytes:
-    """A fresh copy of the model as onnxruntime loads it: serialized, so the copy is freed
-    before the session is made (a proto alive beside its bytes and onnxruntime's copy was
-    the peak of loading: MiniLM 90 MB more); a model with external data stays a proto (the
-    Runner resolves its files)."""
-    return model if uses_external_data(model) else model.SerializeToString()
-
-
 def batch_for(per_sample: int, requested: int) -> int:
-    """``requested``, lowered so that one run's fetched activations fit OUTPUT_BUDGET.
+    """``requested``, lowered so that one run's activations (``per_sample`` bytes a
+    sample: every output of the wide session) fit OUTPUT_BUDGET.
     Ranges do not depend on the batch size, and a run's outputs are the only activations
     held, so memory stays flat in the number of samples."""
     affordable = max(1, min(requested, OUTPUT_BUDGET // max(per_sample, 1)))

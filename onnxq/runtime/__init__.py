@@ -3,6 +3,7 @@
 from onnxq.runtime.session import (
     OptLevel,
     Runner,
+    loadable,
     measure_latency,
     optimize_model,
     optimized_nodes,
@@ -13,6 +14,7 @@ from onnxq.runtime.session import (
 __all__ = [
     "OptLevel",
     "Runner",
+    "loadable",
     "measure_latency",
     "optimize_model",
     "optimized_nodes",

@@ -2,7 +2,9 @@
 calibration sample in onnxruntime (float and candidate alternated, threads not spinning,
 within a small time budget). With ``--optimize-for balanced`` or ``latency``, a candidate
 slower than float is replaced by the weights-only model when that one is faster (its
-integer weights are folded into float weights at load, so it runs at float speed);
+integer weights are folded into float weights at load, so it runs at float speed; then it
+is not timed); with ``balanced`` the int8 model is timed before the output check
+(:func:`latency_preview`) and the timing settled after it (:func:`settle_preview`);
 ``latency`` also times the dynamic model (onnxruntime's DynamicQuantizeMatMul for
 transformers' MatMuls) and writes the fastest. A model still slower than float is written
 and reported (``--strict`` fails on it). ``--optimize-for size`` times and reports only."""
@@ -24,7 +26,6 @@ from onnxq.config import Mode, OptimizeFor, QuantConfig
 from onnxq.data import Dataset
 from onnxq.errors import ConfigError
 from onnxq.graph.candidate import Candidate
-from onnxq.graph.external import uses_external_data
 from onnxq.report.latency import (
     DYNAMIC,
     INT8,
@@ -79,14 +80,16 @@ def latency_choice(
 ) -> tuple[Checked, LatencyCheck | None]:
     """``checked`` timed against the float model (``floats``' reference session) on the
     first sample of ``data``. ``balanced``: when it is slower than float, the weights-only
-    model is timed too and the faster written. ``latency``: the dynamic model (MatMul/Gemm with
-    activations quantized at run time) is timed as well, and the fastest written. The
+    model is tried too (timed alone against float, int8's time carried over as its ratio
+    to float; not timed at all when it runs the float model's kernels, :func:`_float_kernels`)
+    and the faster written. ``latency``: the dynamic model (MatMul/Gemm with activations
+    quantized at run time) is timed beside int8 as well, and the fastest written. The
     returned :class:`Checked` carries the written candidate's session (it records the
     optimized graph for the report)."""
     if data is None:
         log.info("latency not measured: no data to time the models on")
         return checked, None
-    if uses_external_data(floats.model):
+    if floats.external:
         # its weights would be loaded again by a float session and each candidate's
         log.info("latency not measured: the model keeps its weights in external data")
         return checked, None
@@ -168,10 +171,10 @@ def settle_preview(
 ) -> tuple[Checked, LatencyCheck | None]:
     """The written candidate and its timing once the output check has checked what the
     preview chose. The preview's timing stands when the check left the candidate as it was,
-    and for a weights-only model whatever the check did: it only keeps some weights float,
-    and a weights-only model runs float kernels either way (its integer weights fold into
-    float weights at load). An int8 model the check changed (decisions kept float) is timed
-    again as :func:`latency_choice` does."""
+    and for a weights-only model whatever the check did: it only keeps more weights float
+    (weights that were integer, or folded into float ones at load, before). An int8 model
+    the check changed (decisions kept float) is timed again as :func:`latency_choice`
+    does."""
     if checked.candidate is preview.chosen.candidate or preview.kind is not INT8:
         runner = checked.runner or preview.chosen.runner
         return Checked(checked.candidate, checked.report, runner), preview.timing
@@ -190,11 +193,10 @@ def _alternatives(
     out: dict[CandidateKind, Candidate] = {}
     if not config.optimize_for.measures:
         return out
+    kept = checked.report.float_nodes if checked.report is not None else ()
     if is_slower(int8_ms, float_ms):
-        kept = checked.report.float_nodes if checked.report is not None else ()
         out[WEIGHTS_ONLY] = weights_only(replanner, kept)
     if config.optimize_for is OptimizeFor.LATENCY:
-        kept = checked.report.float_nodes if checked.report is not None else ()
         dynamic = _dynamic(float_model, replace(config, exclude=(*config.exclude, *kept)))
         if dynamic is not None:
             out[DYNAMIC] = dynamic
@@ -243,8 +245,7 @@ def weights_only(replanner: Replanner, float_nodes: tuple[str, ...] = ()) -> Can
     """The weights-only model of the replanner's float model and settings (its bias
     corrections and precomputed weight codes reused), with ``float_nodes`` (the output
     check's costliest weights) kept float."""
-    again = replanner.with_config(replace(replanner.config, weights_only=True))
-    return again({}, dict.fromkeys(float_nodes, WHY))
+    return replanner.weights_only()({}, dict.fromkeys(float_nodes, WHY))
 
 
 def _session(model: onnx.ModelProto, threads: int) -> Runner:

@@ -90,6 +90,11 @@ class Replanner:
         other.observed, other.forbidden = dict(self.observed), dict(self.forbidden)
         return other
 
+    def weights_only(self) -> Replanner:
+        """This replanner under the same settings with weights only (the weights-only model
+        beside a static one)."""
+        return self.with_config(replace(self.config, weights_only=True))
+
     def add_codes(
         self, codes: Mapping[str, tuple[np.ndarray, QParams]], notes: tuple[Change, ...]
     ) -> None:

@@ -27,14 +27,13 @@ import onnx
 
 from onnxq.config import FidelityTarget
 from onnxq.graph.candidate import Candidate
-from onnxq.graph.external import uses_external_data
 from onnxq.graph.outputs import add_outputs
 from onnxq.graph.plan import QuantPlan
 from onnxq.graph.simulate import UnitKind, build_simulation
 from onnxq.quant import QParams
 from onnxq.report.task import MetricGoal
 from onnxq.report.task.measure import check_goals
-from onnxq.runtime import OptLevel, Runner
+from onnxq.runtime import OptLevel, Runner, loadable
 from onnxq.tuning.check import PROBE_BYTES, PROBE_SAMPLES, CheckResult, CheckSet
 from onnxq.tuning.search import Measurements, search_fallback
 
@@ -244,15 +243,11 @@ def _simulation_runner(
     outputs: Sequence[str],
     threads: int,
 ) -> Runner:
-    """The switchable simulation's session, fetching ``outputs``. No ModelProto stays
-    alive while onnxruntime loads it: the proto is serialized and dropped first (MiniLM:
-    112 MB less at the check's peak), except with external data, which the Runner
-    resolves from the proto."""
+    """The switchable simulation's session, fetching ``outputs`` (loaded from bytes: no
+    proto alive beside them, :func:`onnxq.runtime.loadable`)."""
     built = build_simulation(model, plan, quantized, qparams).model
     add_outputs(built, outputs)
-    if uses_external_data(built):
-        return Runner(built, threads=threads, level=OptLevel.BASIC, what="simulation")
-    data = built.SerializeToString()
+    data = loadable(built)
     del built
     return Runner(data, threads=threads, level=OptLevel.BASIC, what="simulation")
 
@@ -272,14 +267,14 @@ class _Lazy:
     ) -> None:
         self.make = make
         self.first = first
-        self.before = release
+        self.release_others = release
         self.runner: Runner | None = None
 
     def get(self) -> Runner:
         if self.runner is None:
             self.first.unload()
-            if self.before is not None:
-                self.before()
+            if self.release_others is not None:
+                self.release_others()
             self.runner = self.make()
         return self.runner
 
