@@ -22,26 +22,25 @@ class ChannelFolder:
 
     def add(self, values: Mapping[str, np.ndarray]) -> None:
         for name, axis in self.axes.items():
-            value = values[name]
-            if np.ndim(value) < 2 or not np.issubdtype(np.asarray(value).dtype, np.floating):
+            arr = np.asarray(values[name])
+            if arr.ndim < 2 or not np.issubdtype(arr.dtype, np.floating):
                 continue
-            arr = np.asarray(value)
             axis %= arr.ndim
-            count = arr.size // max(arr.shape[axis], 1)
-            if isinstance(self.fold, Sum):  # summed in place, in float64, without a copy
-                others = tuple(a for a in range(arr.ndim) if a != axis)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    part = np.asarray(arr.sum(axis=others, dtype=np.float64))
-            else:
-                channels = np.moveaxis(np.asarray(arr, np.float64), axis, -1)
-                part = self.fold(channels.reshape(-1, channels.shape[-1]))
+            part = self.fold.reduce(arr, axis)
             prior = self.acc.get(name)
             folded = part if prior is None else self.fold.merge(prior[0], part)
+            count = arr.size // max(arr.shape[axis], 1)
             self.acc[name] = (folded, (prior[1] if prior else 0) + count)
 
 
 class Fold:
     """A per-column reduction of rows that merges across batches."""
+
+    def reduce(self, arr: np.ndarray, axis: int) -> np.ndarray:
+        """The reduction of ``arr``'s rows: one row per position, one column per index
+        of ``axis`` (in float64)."""
+        channels = np.moveaxis(np.asarray(arr, np.float64), axis, -1)
+        return self(channels.reshape(-1, channels.shape[-1]))
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -53,9 +52,11 @@ class Fold:
 class Sum(Fold):
     """Column sums; inf - inf gives NaN silently (the caller drops non-finite means)."""
 
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
+    def reduce(self, arr: np.ndarray, axis: int) -> np.ndarray:
+        """Summed over the other axes in place, in float64, without a rearranged copy."""
+        others = tuple(a for a in range(arr.ndim) if a != axis)
         with np.errstate(invalid="ignore", over="ignore"):
-            return np.asarray(rows.sum(axis=0))
+            return np.asarray(arr.sum(axis=others, dtype=np.float64))
 
     def merge(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", over="ignore"):

@@ -4,7 +4,6 @@ remain at run time (each a pass over a tensor that can cost more than it saves).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,7 @@ from onnxq.config import QuantConfig, Scheme
 from onnxq.graph.plan import NodeDecision, QuantPlan
 from onnxq.graph.rewrite_qdq import rewrite_qdq
 from onnxq.quant import compute_qparams
-from onnxq.runtime import optimized_nodes
+from onnxq.runtime import op_counts, optimized_nodes
 
 __all__ = ["RuntimePreview", "is_integer_kernel", "preview", "runtime_preview"]
 
@@ -69,7 +68,7 @@ def runtime_preview(
 ) -> RuntimePreview:
     """Classify a quantized model as onnxruntime's CPU provider runs it, from the
     (name, op type) of the nodes of its optimized graph."""
-    ops = dict(sorted(Counter(op for _, op in runs).items()))
+    ops = dict(sorted(op_counts(runs).items()))
     in_float = set(runs)
     fallback = tuple(d.name for d in decisions if d.quantized and (d.name, d.op_type) in in_float)
     qdq = sum(op in ("QuantizeLinear", "DequantizeLinear") for _, op in runs)

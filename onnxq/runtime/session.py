@@ -33,6 +33,7 @@ __all__ = [
     "OptLevel",
     "Runner",
     "loadable",
+    "op_counts",
     "measure_latency",
     "optimize_model",
     "optimized_nodes",
@@ -262,7 +263,12 @@ def _node_kinds(model: onnx.ModelProto) -> list[tuple[str, str]]:
 
 def optimized_op_types(model: onnx.ModelProto) -> Counter[str]:
     """Histogram of :func:`optimized_nodes` op types."""
-    return Counter(op for _, op in optimized_nodes(model))
+    return op_counts(optimized_nodes(model))
+
+
+def op_counts(nodes: Sequence[tuple[str, str]]) -> Counter[str]:
+    """How many of the (name, op type) ``nodes`` run each op type."""
+    return Counter(op for _, op in nodes)
 
 
 def measure_latency(

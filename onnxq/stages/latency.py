@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -35,7 +34,7 @@ from onnxq.report.latency import (
     LatencyCheck,
     is_slower,
 )
-from onnxq.runtime import Runner, measure_latency
+from onnxq.runtime import Runner, measure_latency, op_counts
 from onnxq.stages.check import Checked
 from onnxq.stages.dynamic import quantize_dynamic
 from onnxq.stages.replan import Replanner
@@ -215,9 +214,7 @@ def _float_kernels(
     if not kinds:
         return ()
     float_ops = floats.optimized_op_types()
-    return tuple(
-        k for k in kinds if Counter(op for _, op in sessions[k].optimized_nodes or ()) == float_ops
-    )
+    return tuple(k for k in kinds if op_counts(sessions[k].optimized_nodes or ()) == float_ops)
 
 
 def _fastest(tried: Mapping[CandidateKind, float]) -> CandidateKind:

@@ -15,10 +15,9 @@ from onnxq.calibration.remedy import auto_remedy
 from onnxq.config import CalibrationConfig, QuantConfig
 from onnxq.data import Dataset
 from onnxq.errors import RangesError
-from onnxq.graph.passes.bias_correction import bias_inputs
 from onnxq.graph.plan import QuantPlan, make_plan
 from onnxq.stages.prepare import PreparedModel
-from onnxq.tuning.check import check_samples
+from onnxq.stages.weights import bias_means
 
 __all__ = ["RangeSource", "StaticRanges", "static_ranges", "with_aliases"]
 
@@ -37,9 +36,7 @@ class RangeSource:
     progress: Progress | None = None
     keep_outputs: bool = False  # keep the float outputs for the in-sample report
 
-    def get(
-        self, roots: Sequence[str], means: Mapping[str, int] | None = None
-    ) -> dict[str, TensorRange]:
+    def get(self, roots: Sequence[str], means: MeansWanted | None = None) -> dict[str, TensorRange]:
         """Ranges of ``roots``; a calibration pass also sums ``means`` (tensors and their
         channel axes) over the samples bias correction reads (:class:`MeansWanted`)."""
         if self.file is not None:
@@ -52,14 +49,13 @@ class RangeSource:
             return {t: self.file.tensors[t] for t in roots}
         if self.data is None:
             raise RangesError("static quantization needs --data or --ranges")
-        wanted = MeansWanted(means, check_samples(self.data)) if means else None
         return self.floats.observe(
             self.data,
             roots,
             self.calibration,
             self.progress,
             keep_outputs=self.keep_outputs,
-            means=wanted,
+            means=means,
         )
 
     def describe(self) -> str:
@@ -99,8 +95,7 @@ def static_ranges(
             log.info("ranges file made for another activation width: no SQNR remedy")
             auto_sqnr = 0.0
     # bias correction's input means are summed by the same pass (weight_choices reads them)
-    means = bias_inputs(prepared.model, plan) if config.bias_correction else None
-    observed = source.get(plan.roots, means)
+    observed = source.get(plan.roots, bias_means(prepared.model, plan, config, source.data))
     forbidden, observed = auto_remedy(observed, acts.bits, auto_sqnr)
     if forbidden:
         forbidden = with_aliases(forbidden, plan.aliases)

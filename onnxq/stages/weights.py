@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
-from onnxq.calibration.collect import FloatSession, Progress
+from onnxq.calibration.collect import FloatSession, MeansWanted, Progress
 from onnxq.config import CalibrationConfig, Granularity, QuantConfig, Scheme
 from onnxq.data import Dataset
 from onnxq.errors import ConfigError
@@ -25,7 +25,7 @@ from onnxq.quant import QParams
 from onnxq.quant.gptq import gptq
 from onnxq.tuning.check import check_samples
 
-__all__ = ["WeightChoices", "weight_choices"]
+__all__ = ["WeightChoices", "bias_means", "weight_choices"]
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,25 @@ def weight_choices(
             raise ConfigError("--gptq needs calibration data: give --data")
         codes = gptq_codes(plan, config, floats, data, calibration.batch_size, progress)
     means: dict[str, np.ndarray] = {}
-    if config.bias_correction and data is not None:
-        means = floats.means(
-            data,
-            bias_inputs(floats.model, plan),
-            samples=check_samples(data),
-            batch_size=floats.affordable_batch(data, calibration.batch_size),
-        )
+    wanted = bias_means(floats.model, plan, config, data)
+    if wanted is not None and data is not None:
+        batch_size = floats.affordable_batch(data, calibration.batch_size)
+        means = floats.means(data, wanted.axes, samples=wanted.samples, batch_size=batch_size)
     elif config.bias_correction:
         log.info("bias correction needs calibration data (--data): skipped")
     return WeightChoices(codes, means)
+
+
+def bias_means(
+    model: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, data: Dataset | None
+) -> MeansWanted | None:
+    """The input means bias correction needs for ``plan`` (the inputs of its weighted
+    nodes, over the first check samples): asked of the calibration pass
+    (:func:`onnxq.stages.ranges.static_ranges`) and read by :func:`weight_choices`. None
+    without bias correction or data."""
+    if not config.bias_correction or data is None:
+        return None
+    return MeansWanted(bias_inputs(model, plan), check_samples(data))
 
 
 def gptq_codes(

@@ -18,7 +18,7 @@ they are the target instead of SQNR and top-1."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from onnxq.calibration.collect import FloatSession
+from onnxq.calibration.reference import RecordedFeeds
 from onnxq.config import FidelityTarget
 from onnxq.data import Dataset
 from onnxq.graph.concat_parts import concat_parts
@@ -285,7 +286,7 @@ def make_check_set(
     task_refs: list[dict[str, np.ndarray]] = []
     labels: list[np.ndarray | None] = []
     sizes: list[int] = []
-    kept = _Recorded(floats.recorded_rows(dataset, fetch, wanted))
+    kept = RecordedFeeds(floats.recorded_rows(dataset, fetch, wanted))
     for batch in dataset.batches(per_feed):
         ref = kept.take(batch.size, partial(floats.run, batch.feed, fetch))
         feeds.append(batch.feed)
@@ -314,52 +315,6 @@ def make_check_set(
         labels=tuple(labels) if any(v is not None for v in labels) else (),
         task_outputs=graph_outputs,
     )
-
-
-class _Recorded:
-    """The float outputs a calibration pass kept for the check samples
-    (:meth:`FloatSession.recorded_rows`), served feed by feed in place of a run of the float
-    model (MiniLM: 1.1 s). The first feed is run as well and the record used only when it
-    agrees with that run (same shapes, values up to the float rounding of the other
-    session): an output whose batch axis is not its first is caught there."""
-
-    def __init__(self, rows: Mapping[str, np.ndarray] | None) -> None:
-        self.rows = rows
-        self.start = 0
-        self.trusted = False
-
-    def take(
-        self, size: int, run: Callable[[], Mapping[str, np.ndarray]]
-    ) -> Mapping[str, np.ndarray]:
-        if self.rows is None:
-            return run()
-        stop = self.start + size
-        part = {n: v[self.start : stop] for n, v in self.rows.items()}
-        self.start = stop
-        if not self.trusted:
-            fresh = run()
-            self.trusted = all(_agrees(part[n], np.asarray(fresh[n])) for n in part)
-            if not self.trusted:
-                self.rows = None
-            return fresh
-        if any(v.shape[0] != size for v in part.values()):  # past the record
-            self.rows = None
-            return run()
-        return part
-
-
-def _agrees(kept: np.ndarray, fresh: np.ndarray) -> bool:
-    if kept.shape != fresh.shape or kept.dtype != fresh.dtype:
-        return False
-    if not np.issubdtype(fresh.dtype, np.floating):
-        return bool(np.array_equal(kept, fresh))
-    finite = np.isfinite(fresh)
-    if not np.array_equal(finite, np.isfinite(kept)):
-        return False
-    scale = float(np.max(np.abs(fresh[finite]), initial=0.0))
-    same_special = np.array_equal(kept[~finite], fresh[~finite], equal_nan=True)
-    close = np.allclose(kept[finite], fresh[finite], rtol=1e-3, atol=1e-4 * scale)
-    return bool(same_special and close)
 
 
 def _split_outputs(
