@@ -125,7 +125,7 @@ def test_balanced_times_once_when_the_check_keeps_int8_as_it_was(cnn_files, monk
     import onnxq.stages.latency as latency_stage
 
     events: list[str] = []
-    timed, fit = latency_stage._timed, check_stage.fit_target
+    timed, fit = latency_stage.timed, check_stage.fit_target
 
     def timing(floats, sessions, feed):
         events.append("timed")
@@ -135,7 +135,7 @@ def test_balanced_times_once_when_the_check_keeps_int8_as_it_was(cnn_files, monk
         events.append("checked")
         return fit(*args, **kwargs)
 
-    monkeypatch.setattr(latency_stage, "_timed", timing)
+    monkeypatch.setattr(latency_stage, "timed", timing)
     monkeypatch.setattr(check_stage, "fit_target", checking)
     config = QuantConfig(target=FidelityTarget(sqnr_db=10))
     report = quantize(
@@ -284,7 +284,7 @@ def test_measure_latency_in_blocks_alternates_and_warms_each_block():
 def test_timing_stops_once_the_comparison_is_clear(monkeypatch):
     """A candidate twice as slow as float is decided after SETTLE_RUNS runs, not the
     whole budget."""
-    import onnxq.stages.latency as latency
+    import onnxq.stages.timing as latency
 
     class Sleeping:
         def __init__(self, ms: float) -> None:
@@ -296,7 +296,7 @@ def test_timing_stops_once_the_comparison_is_clear(monkeypatch):
 
     monkeypatch.setattr(latency, "BUDGET_MS", 400.0)
     fast, slow = Sleeping(1.0), Sleeping(2.0)
-    float_ms, tried, runs = latency._timed(fast, {INT8: slow}, {})  # type: ignore[arg-type]
+    float_ms, tried, runs = latency.timed(fast, {INT8: slow}, {})  # type: ignore[arg-type]
     assert runs == latency.SETTLE_RUNS and tried[INT8] > 1.5 * float_ms
     # 20 timed + 4 untimed (one per block) + a warm-up + a warm run that prices one run
     assert slow.calls == runs + runs // latency.BLOCK + 2
@@ -308,7 +308,7 @@ def _rounds(*blocks: tuple[float, ...]) -> list[list[float]]:
 
 
 def test_settled_by_far_apart_medians_or_by_a_streak_of_agreeing_rounds():
-    from onnxq.stages.latency import BLOCK, STREAK, _settled
+    from onnxq.stages.timing import BLOCK, STREAK, _settled
 
     assert BLOCK == 5
     far = _rounds((1.0,) * 4, (2.0,) * 4)

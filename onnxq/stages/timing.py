@@ -1,0 +1,106 @@
+"""How long the latency stage times models, and when their comparison is settled: the
+float model and the candidates alternate in blocks of runs (threads not spinning) within
+a wall-time budget, and the timing stops early once every comparison the choice makes is
+clear. The statistics only; :mod:`onnxq.stages.latency` decides what to write."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from onnxq.report.latency import NOISE_MS, CandidateKind, is_slower
+from onnxq.runtime import Runner, measure_latency
+
+__all__ = ["BUDGET_MS", "timed"]
+
+BUDGET_MS = 1000.0  # wall time the timed runs of one timing may take (after a warm-up run
+# and a run that prices one run, each model)
+MIN_RUNS, MAX_RUNS = 5, 1000  # timed runs of each model (tiny models: many, for a stable median)
+BLOCK = 5  # runs of one model in a row
+# the timing stops early once every comparison it decides is clear (after SETTLE_RUNS runs
+# of each model), either way:
+# * the medians differ by CLEAR and by CLEAR_NOISE times the noise floor: no later run
+#   moves a median that far;
+# * or the last STREAK rounds (a block of each model each) all gave the answer the medians
+#   give (is_slower both ways): were the models at the decision's threshold, each round
+#   would fall either way, and STREAK rounds agree by chance 1 time in 2**(STREAK - 1)
+#   (PP-OCR cls: int8 1.36 ms against float 1.21, 12 % apart, was timed for 1 s; now
+#   about 0.1 s). A difference at the noise floor's size (silero_vad: 0.13 ms against
+#   0.18) is not settled by the streak: such models are timed in full.
+CLEAR, CLEAR_NOISE, SETTLE_RUNS, STREAK = 1.2, 3.0, 20, 6
+
+
+def timed(
+    floats: Runner, sessions: Mapping[CandidateKind, Runner], feed: Mapping[str, np.ndarray]
+) -> tuple[float, dict[CandidateKind, float], int]:
+    """Median ms of float and of each session on ``feed`` (:func:`measure_latency` in
+    blocks of :data:`BLOCK` runs), and the runs of each: as many as fit
+    :data:`BUDGET_MS`, at least :data:`MIN_RUNS`, fewer when the comparisons are clear
+    after :data:`SETTLE_RUNS` (:func:`_settled`). Every session must sleep its threads
+    between runs (spinning ones would gain from it in a tight loop, and slow the next
+    model's first run)."""
+    runners = [floats, *sessions.values()]
+    for runner in runners:  # warm-up: a fresh session's first run allocates and packs
+        runner.run(feed)
+    once = [_run_ms(r, feed) for r in runners]  # the cost of one run, warm
+    runs = int(min(MAX_RUNS, max(MIN_RUNS, BUDGET_MS / max(sum(once), 1e-3))))
+    runs = max(BLOCK, runs - runs % BLOCK)
+    stopped: list[int] = []  # the runs made, when the comparison settled early
+
+    def settled(times: list[list[float]]) -> bool:
+        if _settled(times):
+            stopped.append(len(times[0]))
+            return True
+        return False
+
+    float_ms, *medians = measure_latency(
+        runners, feed, warmup=0, runs=runs, block=BLOCK, settled=settled, min_runs=SETTLE_RUNS
+    )
+    runs = stopped[0] if stopped else runs
+    return float_ms, dict(zip(sessions, medians, strict=True)), runs
+
+
+def _settled(times: Sequence[Sequence[float]]) -> bool:
+    """Whether every comparison the choice makes is clear (the comment on :data:`STREAK`)
+    from the runs of float and of each candidate so far (blocks of :data:`BLOCK`): the
+    candidates against each other (the choice among them), and the fastest against float
+    (the report says whether the written model is slower)."""
+    medians = [statistics.median(t) for t in times]
+    candidates = range(1, len(times))
+    pairs = [(a, b) for a in candidates for b in candidates if a < b]
+    # and the fastest candidate against float: whether the written model is slower than
+    # float is reported (and fails --strict), so that comparison must be settled too
+    pairs.append((0, min(candidates, key=lambda i: medians[i])))
+    return all(_apart(medians[a], medians[b]) or _agreeing(times[a], times[b]) for a, b in pairs)
+
+
+def _apart(a: float, b: float) -> bool:
+    return max(a, b) >= CLEAR * min(a, b) and abs(a - b) >= CLEAR_NOISE * NOISE_MS
+
+
+def _agreeing(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether the last :data:`STREAK` rounds' block medians of ``a`` and ``b`` each
+    answer "slower?" both ways as their medians over all runs do, the two being apart by
+    more than the noise floor's size or within it (a tie)."""
+    rounds = min(len(a), len(b)) // BLOCK
+    if rounds < STREAK:
+        return False
+    ma, mb = statistics.median(a), statistics.median(b)
+    if CLEAR_NOISE * NOISE_MS > abs(ma - mb) > NOISE_MS:  # at the noise floor's size
+        return False
+    answer = (is_slower(ma, mb), is_slower(mb, ma))
+    for r in range(rounds - STREAK, rounds):
+        block_a = statistics.median(a[r * BLOCK : (r + 1) * BLOCK])
+        block_b = statistics.median(b[r * BLOCK : (r + 1) * BLOCK])
+        if (is_slower(block_a, block_b), is_slower(block_b, block_a)) != answer:
+            return False
+    return True
+
+
+def _run_ms(runner: Runner, feed: Mapping[str, np.ndarray]) -> float:
+    start = time.perf_counter()
+    runner.run(feed)
+    return (time.perf_counter() - start) * 1000.0
