@@ -3,11 +3,11 @@ cProfile of ``onnxq.quantize`` itself.
 
 Usage (one benchmark at a time, so under the shared lock)::
 
-    flock /tmp/onnxq-bench.lock python bench/profile.py [--models magika ppocr_cls ...] \\
+    flock /tmp/onnxq-bench.lock python bench/profile_ops.py [--models magika ppocr_cls ...] \\
         [--configs onnxq_default ort_static_minmax ort_dynamic] [--runs 20] \\
         [--cprofile magika ppocr_cls minilm] [--work /tmp/onnxq-profile] [--json FILE] \\
         [--setting default] [--reuse]
-    python bench/profile.py --render FILE.json      # the markdown tables only
+    python bench/profile_ops.py --render FILE.json      # the markdown tables only
 
 For each model (files of ``bench/compare_ort.py``: ``/tmp/onnxq-real``, ``/tmp/onnxq-minilm``)
 each configuration is quantized (onnxq as ``compare_ort.py`` calls it; onnxruntime static
@@ -23,23 +23,17 @@ save, evaluation). Prints markdown tables; ``--json`` keeps every number.
 
 from __future__ import annotations
 
+import argparse
+import cProfile
+import json
+import os
+import pstats
 import sys
-
-# this file is named profile.py: keep it from shadowing the standard library's ``profile``
-# (which cProfile imports) while the script's folder is first on sys.path
-_HERE = __file__.rsplit("/", 1)[0] or "."
-sys.path[:] = [p for p in sys.path if p not in ("", _HERE)]
-
-import argparse  # noqa: E402
-import cProfile  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import pstats  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE))
