@@ -41,6 +41,8 @@ def test_quantize_json_is_one_document_and_the_file_runs(cnn_files):
         "--json",
         "--target-sqnr",
         "0",  # the plan as made (the output check has tests of its own)
+        "--optimize-for",
+        "size",  # int8 whatever the timing (a tiny model: balanced writes weights-only)
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
@@ -66,6 +68,8 @@ def test_quantize_report_file_matches_stdout(cnn_files):
         report,
         "--target-sqnr",
         "0",  # the plan as made, without the output check
+        "--optimize-for",
+        "size",
     )
     assert result.exit_code == 0
     assert "quantized nodes" in result.stdout

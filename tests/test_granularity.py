@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxq import QuantConfig, quantize
+from onnxq import OptimizeFor, QuantConfig, quantize
 from onnxq.config import ActivationSpec, Granularity, Scheme, WeightSpec
 from onnxq.errors import ConfigError
 from onnxq.recipe import read_recipe
@@ -59,7 +59,10 @@ def test_group_granularity_shares_one_range_per_group_of_channels(tmp_path):
         tmp_path,
         model,
         feed,
-        QuantConfig(weights=WeightSpec(granularity=Granularity.GROUP, group_size=4)),
+        QuantConfig(
+            weights=WeightSpec(granularity=Granularity.GROUP, group_size=4),
+            optimize_for=OptimizeFor.SIZE,  # int8 activations whatever the timing
+        ),
     )
     scale = numpy_helper.to_array(_inits(q)["w1_scale"])
     assert scale.shape == (6,)
@@ -122,7 +125,7 @@ def test_int16_activations_are_more_faithful_than_int8(tmp_path):
             tmp_path,
             model,
             feed,
-            QuantConfig(activations=ActivationSpec(bits=bits)),
+            QuantConfig(activations=ActivationSpec(bits=bits), optimize_for=OptimizeFor.SIZE),
             f"q{bits}.onnx",
         )
         assert report.fidelity is not None
@@ -196,7 +199,7 @@ def test_recipe_sets_weights_per_node_and_reports_it(tmp_path):
     )
     model = models.cnn()
     feed = {"input": np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32)}
-    config = QuantConfig(recipe=read_recipe(recipe))
+    config = QuantConfig(recipe=read_recipe(recipe), optimize_for=OptimizeFor.SIZE)
     report, q = _q(tmp_path, model, feed, config)
     reasons = {d.name: (d.action, d.reason) for d in report.decisions}
     assert "int4 sym per block 16" in reasons["fc"][1]

@@ -7,7 +7,15 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxq.config import ActivationSpec, Granularity, QuantConfig, RangeMode, Scheme, WeightSpec
+from onnxq.config import (
+    ActivationSpec,
+    Granularity,
+    OptimizeFor,
+    QuantConfig,
+    RangeMode,
+    Scheme,
+    WeightSpec,
+)
 from onnxq.graph.plan import NodeAction
 from onnxq.runtime import optimized_op_types
 
@@ -246,7 +254,7 @@ def test_tensors_with_extreme_ranges_stay_float(tmp_path):
     report = quantize(
         tmp_path / "m.onnx",
         tmp_path / "q.onnx",
-        QuantConfig(target=NO_CHECK),
+        QuantConfig(target=NO_CHECK, optimize_for=OptimizeFor.SIZE),
         data=tmp_path / "d.npz",
     )
     decisions = {d.name: d for d in report.decisions}

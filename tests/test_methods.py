@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from onnxq import CalibrationConfig, QuantConfig, calibrate, quantize
+from onnxq import CalibrationConfig, OptimizeFor, QuantConfig, calibrate, quantize
 from onnxq.calibration.histogram import HistogramObserver
 from onnxq.calibration.methods import (
     entropy_range,
@@ -243,7 +243,9 @@ def test_outlier_robust_methods_beat_minmax(tmp_path):
         report = quantize(
             model,
             tmp_path / f"{method.value}.onnx",
-            QuantConfig(auto_sqnr=0),  # the methods alone, without the automatic remedy
+            QuantConfig(
+                auto_sqnr=0, optimize_for=OptimizeFor.SIZE
+            ),  # the methods alone, without the automatic remedy
             data=calib,
             eval_data=evaluation,
             calibration=CalibrationConfig(method=method),
@@ -262,9 +264,19 @@ def test_automatic_remedy_rescues_minmax_on_outliers(tmp_path):
     SQNR gets its MSE-optimal range (or stays float), without the user asking."""
     model, calib, evaluation = _outlier_files(tmp_path)
     plain = quantize(
-        model, tmp_path / "a.onnx", QuantConfig(auto_sqnr=0), data=calib, eval_data=evaluation
+        model,
+        tmp_path / "a.onnx",
+        QuantConfig(auto_sqnr=0, optimize_for=OptimizeFor.SIZE),
+        data=calib,
+        eval_data=evaluation,
     )
-    auto = quantize(model, tmp_path / "b.onnx", data=calib, eval_data=evaluation)
+    auto = quantize(
+        model,
+        tmp_path / "b.onnx",
+        QuantConfig(optimize_for=OptimizeFor.SIZE),
+        data=calib,
+        eval_data=evaluation,
+    )
     assert auto.fidelity.outputs[0].sqnr_db > plain.fidelity.outputs[0].sqnr_db + 6
 
 
@@ -398,7 +410,9 @@ def _conv_weight_run(tmp_path, method: str, outlier: float | None):
     np.savez(tmp_path / "d.npz", **feed)
     out = tmp_path / f"{method}.onnx"
     config = QuantConfig(
-        target=NO_CHECK, weights=WeightSpec(method=CalibrationMethod(method), percentile=99.0)
+        target=NO_CHECK,
+        optimize_for=OptimizeFor.SIZE,
+        weights=WeightSpec(method=CalibrationMethod(method), percentile=99.0),
     )
     quantize(tmp_path / "m.onnx", out, config, data=tmp_path / "d.npz")
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
@@ -440,13 +454,13 @@ def test_automatic_remedy_sees_a_single_outlying_channel(tmp_path):
     plain = quantize(
         tmp_path / "m.onnx",
         tmp_path / "a.onnx",
-        QuantConfig(auto_sqnr=0, target=NO_CHECK),
+        QuantConfig(auto_sqnr=0, target=NO_CHECK, optimize_for=OptimizeFor.SIZE),
         data=tmp_path / "d.npz",
     )
     auto = quantize(
         tmp_path / "m.onnx",
         tmp_path / "b.onnx",
-        QuantConfig(target=NO_CHECK),
+        QuantConfig(target=NO_CHECK, optimize_for=OptimizeFor.SIZE),
         data=tmp_path / "d.npz",
     )
     down = next(d for d in auto.decisions if d.name == "down")

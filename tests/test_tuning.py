@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from onnxq import FidelityTarget, QuantConfig, quantize
+from onnxq import FidelityTarget, OptimizeFor, QuantConfig, quantize
 from onnxq.cli.main import cli
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError
@@ -290,11 +290,14 @@ def test_output_check_rescues_what_the_range_remedy_left_out(tmp_path):
     plain = quantize(
         tmp_path / "m.onnx",
         tmp_path / "a.onnx",
-        QuantConfig(auto_sqnr=0, target=NO_CHECK),
+        QuantConfig(auto_sqnr=0, target=NO_CHECK, optimize_for=OptimizeFor.SIZE),
         data=tmp_path / "d.npz",
     )
     checked = quantize(
-        tmp_path / "m.onnx", tmp_path / "b.onnx", QuantConfig(auto_sqnr=0), data=tmp_path / "d.npz"
+        tmp_path / "m.onnx",
+        tmp_path / "b.onnx",
+        QuantConfig(auto_sqnr=0, optimize_for=OptimizeFor.SIZE),
+        data=tmp_path / "d.npz",
     )
     assert plain.check is None
     c = checked.check
@@ -336,6 +339,8 @@ def test_cli_reports_the_check_in_json_and_rejects_bad_targets(tmp_path):
         tmp_path / "q.onnx",
         "--data",
         tmp_path / "d.npz",
+        "--optimize-for",
+        "size",  # int8 activations, which the check searches (balanced: weights-only here)
     ]
     res = CliRunner().invoke(cli, [str(a) for a in [*base, "--auto-sqnr", "0", "--json"]])
     assert res.exit_code == 0, res.output
