@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.config import (
     ActivationSpec,
@@ -279,3 +279,63 @@ def test_tensors_read_inside_subgraphs_keep_their_values(tmp_path):
         full = {"x": feed["x"], "cond": np.array(cond)}
         (a,), (b,) = run(model, full), run(q, full)
         assert np.abs(a - b).max() <= 8 * output_step(q, "r", a) + 0.05 * np.abs(a).max()
+
+
+def test_shape_inference_on_stand_ins_matches_onnx_on_the_whole_model():
+    """The pass infers on a graph whose large float weights are typed inputs (no data);
+    the types and shapes it writes are onnx's own on the whole model, through a Reshape
+    whose shape is an integer initializer (kept: its values decide a shape) and an If
+    whose branch reads a large outer weight, and the model it was given is untouched."""
+    import onnx.shape_inference
+
+    from onnxq.graph.passes.shapes import STAND_IN_ELEMENTS, _stand_in, infer_shapes
+
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(64, 64)).astype(np.float32)
+    assert big.size > STAND_IN_ELEMENTS
+    then = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "w"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["h"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Reshape", ["h", "shape"], ["r"]),
+        helper.make_node("ReduceSum", ["r"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["c"]),
+        helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            onnx.numpy_helper.from_array(big, "w"),
+            onnx.numpy_helper.from_array(np.array([4, 32], np.int64), "shape"),
+            onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    light = _stand_in(model)
+    assert [i.name for i in light.graph.initializer] == ["shape", "zero"]
+    assert "w" in {i.name for i in light.graph.input}
+    result = infer_shapes(model)
+    assert result.changed and model.SerializeToString() == before
+    whole = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    assert result.model.graph.value_info == whole.graph.value_info
+    assert result.model.graph.node == whole.graph.node  # the branch's inferred types too
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in result.model.graph.value_info
+    }
+    assert shapes["h"] == [2, 64] and shapes["r"] == [4, 32]
+    assert [i.name for i in result.model.graph.initializer] == ["w", "shape", "zero"]
