@@ -65,15 +65,16 @@ class Mode(str, Enum):
 
 
 class OptimizeFor(str, Enum):
-    """What the quantized model is for, when int8 would run slower than float.
+    """What the quantized model is for, when int8 would run no faster than float.
 
     ``size``: write the plan as made (int8 wherever the plan allows), only report a
     slowdown. ``balanced`` (default): time the candidate against float on one sample and,
-    when it is slower, write the weights-only model instead if that is faster; a model
-    still slower than float is reported (``--strict`` fails). ``latency``: as balanced,
-    and the dynamic model (activation ranges at run time; the nodes the output check kept
-    float stay float) is timed too; the fastest is written. A candidate replaces int8 only
-    when int8 is slower beyond the timing's noise."""
+    when it is not faster beyond the timing's noise, write the weights-only model (as
+    small, closer to float) unless int8 ran faster than it; a timing of too few runs to
+    tell a tie keeps int8 unless it ran slower. A model still slower than float is
+    reported (``--strict`` fails). ``latency``: as balanced, and the dynamic model
+    (activation ranges at run time; the nodes the output check kept float stay float) is
+    timed too; the fastest is written, a tie going to weights-only, then int8."""
 
     SIZE = "size"
     BALANCED = "balanced"
@@ -304,7 +305,7 @@ class QuantConfig:
     equalize: bool = False  # cross-layer equalisation (and high-bias absorption) first
     relu6_to_relu: bool = False  # let equalisation replace ReLU6 by Relu (changes the model)
     absorb_high_bias: bool = False  # equalisation's high-bias absorption (exact on --data only)
-    optimize_for: OptimizeFor = OptimizeFor.BALANCED  # when int8 would be slower than float
+    optimize_for: OptimizeFor = OptimizeFor.BALANCED  # when int8 would be no faster
 
     def __post_init__(self) -> None:
         self._check_methods()

@@ -127,9 +127,10 @@ def test_balanced_times_once_when_the_check_keeps_int8_as_it_was(cnn_files, monk
     events: list[str] = []
     timed, fit = latency_stage.timed, check_stage.fit_target
 
-    def timing(floats, sessions, feed):
+    def timing(floats, sessions, feed):  # float made 1 ms slower: the tiny model ties
         events.append("timed")
-        return timed(floats, sessions, feed)
+        float_ms, tried, runs = timed(floats, sessions, feed)
+        return float_ms + 1.0, tried, runs
 
     def checking(*args, **kwargs):
         events.append("checked")
@@ -142,8 +143,47 @@ def test_balanced_times_once_when_the_check_keeps_int8_as_it_was(cnn_files, monk
         cnn_files["model"], cnn_files["dir"] / "q1.onnx", config, data=cnn_files["data"]
     )
     assert report.check is not None and report.check.met and not report.check.float_tensors
-    assert report.latency is not None
+    assert report.latency is not None and report.latency.written == INT8
     assert events[0] == "timed" and events[-1] == "checked" and events.count("checked") == 1
+
+
+def test_a_weights_only_model_chosen_after_the_check_is_checked_itself(cnn_files, monkeypatch):
+    """int8 timed faster, then changed by the check (decisions kept float) and timed again
+    as a tie: the weights-only model is written, and the report's check is of that model
+    (a second check), not of the int8 model the first check searched."""
+    import onnxq.stages.check as check_stage
+    import onnxq.stages.latency as latency_stage
+
+    events: list[str] = []
+    timed, fit = latency_stage.timed, check_stage.fit_target
+
+    def timing(floats, sessions, feed):  # int8 1 ms faster than float, then a tie
+        first = "timed" not in events
+        events.append("timed")
+        float_ms, tried, runs = timed(floats, sessions, feed)
+        if first:
+            return float_ms + 1.0, tried, runs
+        return float_ms, dict.fromkeys(tried, float_ms), 1000
+
+    def checking(model, first, *args, **kwargs):
+        events.append(f"checked {first.qdq_pairs}")
+        return fit(model, first, *args, **kwargs)
+
+    monkeypatch.setattr(latency_stage, "timed", timing)
+    monkeypatch.setattr(check_stage, "fit_target", checking)
+    out = cnn_files["dir"] / "q2.onnx"
+    report = quantize(
+        cnn_files["model"],
+        out,
+        QuantConfig(target=FidelityTarget(sqnr_db=90)),
+        data=cnn_files["data"],
+    )
+    lat = report.latency
+    assert lat is not None and lat.written == WEIGHTS_ONLY
+    assert [e for e in events if e.startswith("checked")][-1] == "checked 0"  # weights-only
+    assert events[1].startswith("checked") and events[1] != "checked 0"  # int8 first
+    assert report.check is not None and not report.check.float_tensors
+    assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(out)).graph.node}
 
 
 def test_size_writes_int8_and_warns(wide_files):
@@ -210,7 +250,7 @@ def test_optimize_for_round_trips_through_flags_and_settings(value):
 
 
 def test_tiny_model_at_the_noise_floor_writes_weights_only(cnn_files):
-    # a tiny model (float about 0.03 ms) cannot run faster than float beyond the 0.03 ms
+    # a tiny model (float about 0.02 ms) cannot run faster than float beyond the 0.02 ms
     # floor: int8 buys no speed, so the weights-only model (as small) is written
     report = quantize(cnn_files["model"], cnn_files["dir"] / "q.onnx", data=cnn_files["data"])
     lat = report.latency
@@ -277,10 +317,27 @@ def test_balanced_does_not_time_the_dynamic_model(wide_files):
         ({INT8: 5.0, WEIGHTS_ONLY: 6.0, DYNAMIC: 7.0}, INT8),
         ({INT8: 0.020, WEIGHTS_ONLY: 0.038}, WEIGHTS_ONLY),  # 0.018 ms apart: under the floor
         ({INT8: 0.08, WEIGHTS_ONLY: 0.13}, INT8),  # the digits CNN: 0.05 ms is beyond it
+        # margins do not chain: dynamic beats weights-only but only ties int8
+        ({WEIGHTS_ONLY: 1.0, INT8: 0.975, DYNAMIC: 0.96}, INT8),
     ],
 )
 def test_the_written_candidate_changes_only_beyond_the_noise(tried, written):
     assert _fastest(tried) == written
+
+
+@pytest.mark.parametrize(
+    ("tried", "written"),
+    [
+        # too few runs to tell a tie: int8, the model the plan made, stays ...
+        ({INT8: 5.0, WEIGHTS_ONLY: 4.99}, INT8),
+        ({WEIGHTS_ONLY: 5.0, INT8: 5.1}, INT8),
+        # ... unless another ran faster beyond the noise
+        ({INT8: 5.0, WEIGHTS_ONLY: 4.0}, WEIGHTS_ONLY),
+        ({INT8: 5.0, WEIGHTS_ONLY: 5.0, DYNAMIC: 2.0}, DYNAMIC),
+    ],
+)
+def test_an_unresolved_timing_keeps_int8_on_a_tie(tried, written):
+    assert _fastest(tried, resolved=False) == written
 
 
 def test_measure_latency_in_blocks_alternates_and_warms_each_block():

@@ -1,9 +1,12 @@
 """Stage: the output check and the latency timing, in the order ``--optimize-for`` asks.
 With ``balanced`` (the default) the unchecked int8 model is timed first
 (:func:`onnxq.stages.latency.latency_preview`), and the check checks what the timing
-chose: the weights-only model when int8 ran slower, so no check runs on an int8 model
+chose: the weights-only model when int8 ran no faster, so no check runs on an int8 model
 that is not written; the timing is then settled
-(:func:`onnxq.stages.latency.settle_preview`). The other settings check, then time."""
+(:func:`onnxq.stages.latency.settle_preview`). The other settings check, then time. When
+a timing after the check replaces the checked int8 model by the weights-only one, that
+one is checked too: the report's check is always of the weights-only or int8 model
+written (a dynamic model that ``latency`` writes carries int8's check)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ from onnxq.calibration.collect import FloatSession, Progress
 from onnxq.config import CalibrationConfig, OptimizeFor, QuantConfig
 from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
-from onnxq.report.latency import INT8, LatencyCheck
+from onnxq.report.latency import INT8, WEIGHTS_ONLY, LatencyCheck
 from onnxq.stages.check import Checked, check_set, output_check, unchecked
 from onnxq.stages.latency import latency_choice, latency_preview, settle_preview
 from onnxq.stages.replan import Replanner
+from onnxq.tuning.check import CheckSet
 
 __all__ = ["CheckAndTime"]
 
@@ -50,7 +54,8 @@ class CheckAndTime:
             checked = output_check(start, replanner, floats, checks, config, self.progress)
             if config.optimize_for is OptimizeFor.BALANCED:  # nothing to time on: said once
                 return checked, None
-            return latency_choice(checked, replanner, floats, timing, config, threads)
+            timed = latency_choice(checked, replanner, floats, timing, config, threads)
+            return self._as_written(timed, checked, checks, replanner)
         chosen, builder = preview.chosen, replanner
         if preview.kind is not INT8:  # weights-only: checked in the check's own session
             del start  # int8's session, not written: released
@@ -59,4 +64,30 @@ class CheckAndTime:
                 preview = replace(preview, chosen=Checked(chosen.candidate, None, None))
             builder = replanner.weights_only()
         checked = output_check(chosen, builder, floats, checks, config, self.progress)
-        return settle_preview(preview, checked, replanner, floats, timing, config, threads)
+        settled = settle_preview(preview, checked, replanner, floats, timing, config, threads)
+        return self._as_written(settled, checked, checks, replanner)
+
+    def _as_written(
+        self,
+        timed: tuple[Checked, LatencyCheck | None],
+        checked: Checked,
+        checks: CheckSet | None,
+        replanner: Replanner,
+    ) -> tuple[Checked, LatencyCheck | None]:
+        """``timed`` with the output check of the model it writes: a weights-only model a
+        timing chose after the check had checked int8 is checked itself (usually one
+        comparison), so that the report, ``--strict`` and the kept-float record describe
+        the written model."""
+        written, timing = timed
+        if (
+            checks is None
+            or timing is None
+            or timing.written is not WEIGHTS_ONLY
+            or written.candidate is checked.candidate
+        ):
+            return timed
+        start = Checked(written.candidate, None, None)
+        rechecked = output_check(
+            start, replanner.weights_only(), self.floats, checks, self.config, self.progress
+        )
+        return Checked(rechecked.candidate, rechecked.report, rechecked.runner), timing

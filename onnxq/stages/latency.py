@@ -4,11 +4,13 @@ within a small time budget). With ``--optimize-for balanced`` or ``latency``, an
 candidate that is not faster than float beyond the timing's noise is replaced by the
 weights-only model unless int8 is faster than that one (its integer weights are folded
 into float weights at load, so it runs at float speed; then it is not timed): it is as
-small, and closer to float; with ``balanced`` the int8 model is timed before the output
-check (:func:`latency_preview`) and the timing settled after it (:func:`settle_preview`);
-``latency`` also times the dynamic model (onnxruntime's DynamicQuantizeMatMul for
-transformers' MatMuls) and writes the fastest. A model still slower than float is written
-and reported (``--strict`` fails on it). ``--optimize-for size`` times and reports only."""
+small, and closer to float. A timing of too few runs to tell a tie
+(:data:`~onnxq.stages.timing.SETTLE_RUNS`) keeps int8 unless it ran slower. With
+``balanced`` the int8 model is timed before the output check (:func:`latency_preview`)
+and the timing settled after it (:func:`settle_preview`); ``latency`` also times the
+dynamic model (onnxruntime's DynamicQuantizeMatMul for transformers' MatMuls) and writes
+the fastest. A model still slower than float is written and reported (``--strict`` fails
+on it). ``--optimize-for size`` times and reports only."""
 
 from __future__ import annotations
 
@@ -31,12 +33,13 @@ from onnxq.report.latency import (
     CandidateKind,
     LatencyCheck,
     is_faster,
+    is_slower,
 )
 from onnxq.runtime import Runner, op_counts
 from onnxq.stages.check import Checked
 from onnxq.stages.dynamic import quantize_dynamic
 from onnxq.stages.replan import Replanner
-from onnxq.stages.timing import timed
+from onnxq.stages.timing import SETTLE_RUNS, timed
 from onnxq.tuning.fit import WHY
 
 __all__ = [
@@ -60,14 +63,14 @@ def latency_choice(
     threads: int,
 ) -> tuple[Checked, LatencyCheck | None]:
     """``checked`` timed against the float model (``floats``' reference session) on the
-    first sample of ``data``. ``balanced``: when it is not faster than float, the
-    weights-only model is tried too (timed alone against float, int8's time carried over
-    as its ratio to float; not timed at all when it runs the float model's kernels,
-    :func:`_float_kernels`) and written unless int8 is faster (:func:`_fastest`).
-    ``latency``: the dynamic model (MatMul/Gemm with activations quantized at run time) is
-    timed beside int8 as well, and the fastest written. The
-    returned :class:`Checked` carries the written candidate's session (it records the
-    optimized graph for the report)."""
+    first sample of ``data``. ``balanced``: when it is not faster than float (slower, when
+    the timing had too few runs to tell a tie), the weights-only model is tried too (timed
+    alone against float, int8's time carried over as its ratio to float; not timed at all
+    when it runs the float model's kernels, :func:`_float_kernels`) and written unless
+    int8 is faster (:func:`_fastest`). ``latency``: the dynamic model (MatMul/Gemm with
+    activations quantized at run time) is timed beside int8 as well, and the fastest
+    written. The returned :class:`Checked` carries the written candidate's session (it
+    records the optimized graph for the report)."""
     if data is None:
         log.info("latency not measured: no data to time the models on")
         return checked, None
@@ -81,8 +84,11 @@ def latency_choice(
     sessions = {INT8: checked.runner or _session(checked.candidate.model, threads)}
     float_ms, tried, runs = timed(reference, sessions, feed)
     log.info("latency: float %.3g ms, int8 %.3g ms", float_ms, tried[INT8])
+    # a tie (int8 neither faster nor slower) is told apart from a timing of too few runs
+    # to say (a large model: PP-OCR det runs five times each in the budget)
+    resolved = runs >= SETTLE_RUNS
     more = (
-        _alternatives(checked, replanner, floats.model, config, float_ms, tried[INT8])
+        _alternatives(checked, replanner, floats.model, config, (float_ms, tried[INT8]), resolved)
         if replanner
         else {}
     )
@@ -100,9 +106,10 @@ def latency_choice(
             first_float, int8_ms = float_ms, tried[INT8]
             float_ms, tried, runs = timed(reference, to_time, feed)
             tried = {INT8: int8_ms * float_ms / first_float, **tried}
+        resolved = resolved and runs >= SETTLE_RUNS  # both timings, when there were two
         tried |= dict.fromkeys(untimed, float_ms)
         log.info("latency: %s", ", ".join(f"{k.value} {v:.3g} ms" for k, v in tried.items()))
-    written = _fastest(tried)
+    written = _fastest(tried, resolved=resolved)
     chosen = Checked(candidates[written], checked.report, sessions[written])
     timing = LatencyCheck(config.optimize_for, float_ms, tried, written, runs, untimed)
     return chosen, timing
@@ -168,15 +175,19 @@ def _alternatives(
     replanner: Replanner,
     float_model: onnx.ModelProto,
     config: QuantConfig,
-    float_ms: float,
-    int8_ms: float,
+    times: tuple[float, float],
+    resolved: bool,
 ) -> dict[CandidateKind, Candidate]:
-    """The candidates ``config.optimize_for`` asks to time next to int8."""
+    """The candidates ``config.optimize_for`` asks to time next to int8, whose first
+    timing gave ``times`` (float's ms, int8's ms), ``resolved`` when both ran enough times
+    to tell a tie (see :func:`_fastest`)."""
+    float_ms, int8_ms = times
     out: dict[CandidateKind, Candidate] = {}
     if not config.optimize_for.measures:
         return out
     kept = checked.report.float_nodes if checked.report is not None else ()
-    if not is_faster(int8_ms, float_ms):  # beyond the noise (the weights-only model wins ties)
+    # the weights-only model wins a tie that the timing resolved
+    if is_slower(int8_ms, float_ms) or resolved and not is_faster(int8_ms, float_ms):
         candidate = weights_only(replanner, kept)
         if candidate.quantized_nodes:  # else it is the float model (weighted nodes excluded)
             out[WEIGHTS_ONLY] = candidate
@@ -203,9 +214,10 @@ def _float_kernels(
 
 
 PREFERENCE = (WEIGHTS_ONLY, INT8, DYNAMIC)  # on a tie, in this order (see _fastest)
+UNRESOLVED = (INT8, WEIGHTS_ONLY, DYNAMIC)  # the order when the timing had too few runs
 
 
-def _fastest(tried: Mapping[CandidateKind, float]) -> CandidateKind:
+def _fastest(tried: Mapping[CandidateKind, float], *, resolved: bool = True) -> CandidateKind:
     """The candidate to write: the first of :data:`PREFERENCE` tried, unless another ran
     faster beyond the noise of the timing (:func:`is_faster`), so a microsecond does not
     decide. On a tie the weights-only model wins: it is as small as int8 (integer weights
@@ -213,13 +225,19 @@ def _fastest(tried: Mapping[CandidateKind, float]) -> CandidateKind:
     activations are quantized only where that makes the model faster. A decision made at
     the noise floor (PP-OCR cls on an AMD EPYC: int8 0.93-1.1x float from run to run) then
     no longer flips between a weights-only model and an int8 one that the output check has
-    to search (3.5 s there)."""
-    order = [k for k in PREFERENCE if k in tried] + [k for k in tried if k not in PREFERENCE]
-    best = order[0]
-    for kind in order[1:]:
-        if is_faster(tried[kind], tried[best]):
-            best = kind
-    return best
+    to search (3.5 s there). A timing of fewer than :data:`SETTLE_RUNS` runs of each model
+    (``resolved`` False: a large model in the ~1 s budget) cannot tell a tie from a
+    difference of a few percent; then int8, the model the plan made, stays unless another
+    ran faster (PP-OCR det, int8 0.8-0.86x float, was once written weights-only from five
+    runs each on a busy machine)."""
+    first = PREFERENCE if resolved else UNRESOLVED
+    order = [k for k in first if k in tried] + [k for k in tried if k not in first]
+    # the first in that order that no other ran faster than (the margins do not chain:
+    # a candidate that ties the second may still beat the first)
+    for kind in order:
+        if not any(is_faster(tried[other], tried[kind]) for other in order):
+            return kind
+    return min(order, key=lambda k: tried[k])
 
 
 def _dynamic(float_model: onnx.ModelProto, config: QuantConfig) -> Candidate | None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from onnxq.report.latency import NOISE_MS, CandidateKind, is_slower
+from onnxq.report.latency import FASTER_MS, NOISE_MS, CandidateKind, is_faster, is_slower
 from onnxq.runtime import Runner, measure_latency
 
 __all__ = ["BUDGET_MS", "timed"]
@@ -25,11 +25,12 @@ BLOCK = 5  # runs of one model in a row
 # * the medians differ by CLEAR and by CLEAR_NOISE times the noise floor: no later run
 #   moves a median that far;
 # * or the last STREAK rounds (a block of each model each) all gave the answer the medians
-#   give (is_slower both ways): were the models at the decision's threshold, each round
+#   give (is_slower and is_faster, both ways): were the models at a threshold, each round
 #   would fall either way, and STREAK rounds agree by chance 1 time in 2**(STREAK - 1)
 #   (PP-OCR cls: int8 1.36 ms against float 1.21, 12 % apart, was timed for 1 s; now
-#   about 0.1 s). A difference at the noise floor's size (silero_vad: 0.13 ms against
-#   0.18) is not settled by the streak: such models are timed in full.
+#   about 0.1 s). A difference at the noise floors' size (above the preference's 0.02 ms
+#   and under three times the warning's 0.03 ms; silero_vad: 0.13 ms against 0.18) is
+#   not settled by the streak: such models are timed in full.
 CLEAR, CLEAR_NOISE, SETTLE_RUNS, STREAK = 1.2, 3.0, 20, 6
 
 
@@ -83,21 +84,27 @@ def _apart(a: float, b: float) -> bool:
 
 def _agreeing(a: Sequence[float], b: Sequence[float]) -> bool:
     """Whether the last :data:`STREAK` rounds' block medians of ``a`` and ``b`` each
-    answer "slower?" both ways as their medians over all runs do, the two being apart by
-    more than the noise floor's size or within it (a tie)."""
+    answer "slower?" and "faster?" both ways as their medians over all runs do, the two
+    being apart by more than the noise floors' size or within the smaller one (a tie)."""
     rounds = min(len(a), len(b)) // BLOCK
     if rounds < STREAK:
         return False
     ma, mb = statistics.median(a), statistics.median(b)
-    if CLEAR_NOISE * NOISE_MS > abs(ma - mb) > NOISE_MS:  # at the noise floor's size
+    if CLEAR_NOISE * NOISE_MS > abs(ma - mb) > FASTER_MS:  # at the noise floors' size
         return False
-    answer = (is_slower(ma, mb), is_slower(mb, ma))
+    answer = _answers(ma, mb)
     for r in range(rounds - STREAK, rounds):
         block_a = statistics.median(a[r * BLOCK : (r + 1) * BLOCK])
         block_b = statistics.median(b[r * BLOCK : (r + 1) * BLOCK])
-        if (is_slower(block_a, block_b), is_slower(block_b, block_a)) != answer:
+        if _answers(block_a, block_b) != answer:
             return False
     return True
+
+
+def _answers(a: float, b: float) -> tuple[bool, bool, bool, bool]:
+    """What the choice asks of two medians: slower (the warning) and faster (the
+    preference), both ways."""
+    return is_slower(a, b), is_slower(b, a), is_faster(a, b), is_faster(b, a)
 
 
 def _run_ms(runner: Runner, feed: Mapping[str, np.ndarray]) -> float:

@@ -43,17 +43,20 @@ def infer_shapes(model: onnx.ModelProto) -> PassResult:
 
 def _stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` without the data of its large float initializers: each is a graph input
-    of its type and shape instead (the model itself is not copied)."""
+    of its type and shape instead (the weights are not copied; nodes are)."""
     graph = model.graph
-    inputs = {i.name for i in graph.input}
+    # kept as they are: an initializer that is also a graph input or has a value_info
+    # entry (onnx checks or prefers those declarations), and all of them below IR 4
+    # (where onnx ignores the type of an initializer that is not an input)
+    declared = {i.name for i in graph.input} | {v.name for v in graph.value_info}
     kept, standing = [], []
     for init in graph.initializer:
         elements = 1
         for d in init.dims:
             elements *= d
-        if init.data_type in _FLOATS and elements > STAND_IN_ELEMENTS:
-            if init.name not in inputs:
-                standing.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+        large = init.data_type in _FLOATS and elements > STAND_IN_ELEMENTS
+        if large and init.name not in declared and model.ir_version >= 4:
+            standing.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
         else:
             kept.append(init)
     light = onnx.ModelProto()
