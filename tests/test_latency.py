@@ -410,3 +410,39 @@ def test_settled_by_far_apart_medians_or_by_a_streak_of_agreeing_rounds():
     assert not _settled(_rounds((1.0,) * 4, (2.0,) * 4, (1.01,) * 4))
     assert _settled(_rounds((1.0,) * STREAK, (2.0,) * STREAK, (1.01,) * STREAK))
     assert _settled(_rounds((1.0,) * 4, (2.0,) * 4, (0.5,) * 4))  # all far apart
+
+
+def test_a_dynamic_model_written_by_latency_carries_its_own_check_result(wide_files, monkeypatch):
+    """``latency`` writes the dynamic model when it ran fastest; the output check had
+    searched the int8 model, so the written model is measured on the check samples itself
+    and the report's ``after`` is that measurement."""
+    import onnxq.stages.latency as latency_stage
+    from onnxq.tuning.check import CheckSet
+
+    timed = latency_stage.timed
+    made: list[set[str]] = []
+    runner = CheckSet.runner
+
+    def timing(floats, sessions, feed):  # the dynamic model 1 ms faster than anything
+        float_ms, tried, runs = timed(floats, sessions, feed)
+        slowest = max(float_ms, *tried.values())
+        return slowest, {k: slowest - (1.0 if k is DYNAMIC else 0.0) for k in tried}, runs
+
+    def recording(self, model, **kwargs):
+        made.append({n.op_type for n in model.graph.node})
+        return runner(self, model, **kwargs)
+
+    monkeypatch.setattr(latency_stage, "timed", timing)
+    monkeypatch.setattr(CheckSet, "runner", recording)
+    config = QuantConfig(target=FidelityTarget(sqnr_db=20), optimize_for=OptimizeFor.LATENCY)
+    out = wide_files / "latency_checked.onnx"
+    report = quantize(wide_files / "wide.onnx", out, config, data=wide_files / "data.npz")
+    lat = report.latency
+    assert lat is not None and lat.written == DYNAMIC
+    assert "DynamicQuantizeLinear" in made[-1] and "QuantizeLinear" not in made[-1]
+    assert report.check is not None and not report.check.float_tensors
+    feed = {"input": np.random.default_rng(4).normal(size=(1, ROWS, COLS)).astype(np.float32)}
+    ref, got = run(thin_matmuls(), feed)[0], run(onnx.load(str(out)), feed)[0]
+    sqnr = 10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2))
+    # the reported measurement is of this model: within a few dB of its SQNR here
+    assert abs(report.check.after.sqnr_db - sqnr) < 3.0

@@ -5,8 +5,9 @@ chose: the weights-only model when int8 ran no faster, so no check runs on an in
 that is not written; the timing is then settled
 (:func:`onnxq.stages.latency.settle_preview`). The other settings check, then time. When
 a timing after the check replaces the checked int8 model by the weights-only one, that
-one is checked too: the report's check is always of the weights-only or int8 model
-written (a dynamic model that ``latency`` writes carries int8's check)."""
+one is checked too, and a dynamic model that ``latency`` writes is measured on the check
+samples (the int8 check's kept-float nodes stay float in it): the report's check is
+always of the model written."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from onnxq.calibration.collect import FloatSession, Progress
 from onnxq.config import CalibrationConfig, OptimizeFor, QuantConfig
 from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
-from onnxq.report.latency import INT8, WEIGHTS_ONLY, LatencyCheck
+from onnxq.report.latency import DYNAMIC, INT8, LatencyCheck
 from onnxq.stages.check import Checked, check_set, output_check, unchecked
 from onnxq.stages.latency import latency_choice, latency_preview, settle_preview
 from onnxq.stages.replan import Replanner
@@ -79,15 +80,23 @@ class CheckAndTime:
         comparison), so that the report, ``--strict`` and the kept-float record describe
         the written model."""
         written, timing = timed
-        if (
-            checks is None
-            or timing is None
-            or timing.written is not WEIGHTS_ONLY
-            or written.candidate is checked.candidate
-        ):
+        if checks is None or timing is None or written.candidate is checked.candidate:
             return timed
+        if timing.written is DYNAMIC:
+            return self._dynamic_measured(written, checked, checks), timing
         start = Checked(written.candidate, None, None)
         rechecked = output_check(
             start, replanner.weights_only(), self.floats, checks, self.config, self.progress
         )
         return Checked(rechecked.candidate, rechecked.report, rechecked.runner), timing
+
+    def _dynamic_measured(self, written: Checked, checked: Checked, checks: CheckSet) -> Checked:
+        """The dynamic model ``latency`` wrote, with the int8 check's report measured on
+        it: the nodes that check kept float stay float in it too (they are excluded), and
+        ``after`` is the dynamic model's own comparison on the check samples (it cannot be
+        re-planned, so nothing is searched)."""
+        if checked.report is None:
+            return written
+        runner = checks.runner(written.candidate.model, threads=self.threads)
+        measured = replace(checked.report, float_tensors=(), after=checks.run(runner))
+        return Checked(written.candidate, measured, written.runner)
