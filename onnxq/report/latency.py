@@ -84,12 +84,11 @@ class LatencyCheck:
         )
         text = f"latency on one sample: float {self.float_ms:.3g} ms, {tried} ({self.runs} runs)"
         if self.replaced:
-            int8 = self.tried[INT8] / self.float_ms if self.float_ms > 0 else 1.0
             int8_ms = self.tried[INT8]
             tie = not is_slower(int8_ms, self.float_ms) and not is_faster(int8_ms, self.float_ms)
-            how = ", not faster" if tie else ""
             text += (
-                f"; int8 was {int8:.2f}× float{how}, the "
+                f"; int8 was {int8_ms / self.float_ms if self.float_ms > 0 else 1.0:.2f}× "
+                f"float{', not faster' if tie else ''}, the "
                 f"{self.written.value} model {self.ratio:.2f}×: it was written "
                 f"(--optimize-for {self.optimize_for.value})"
             )

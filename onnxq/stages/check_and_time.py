@@ -77,8 +77,8 @@ class CheckAndTime:
     ) -> tuple[Checked, LatencyCheck | None]:
         """``timed`` with the output check of the model it writes: a weights-only model a
         timing chose after the check had checked int8 is checked itself (usually one
-        comparison), so that the report, ``--strict`` and the kept-float record describe
-        the written model."""
+        comparison), a dynamic one measured (:meth:`_dynamic_measured`), so that the
+        report, ``--strict`` and the kept-float record describe the written model."""
         written, timing = timed
         if checks is None or timing is None or written.candidate is checked.candidate:
             return timed

@@ -119,8 +119,8 @@ def latency_choice(
 class Preview:
     """The unchecked int8 candidate timed against float before the output check
     (``balanced``), and what that timing chose: int8, or the weights-only model when int8
-    ran no faster than it (:func:`_fastest`). The output check then checks the chosen one, so no
-    check runs on an int8 model that would not be written."""
+    ran no faster than it (:func:`_fastest`). The output check then checks the chosen one,
+    so no check runs on an int8 model that would not be written."""
 
     timing: LatencyCheck
     chosen: Checked  # the chosen candidate, unchecked, with its timed session

@@ -10,6 +10,8 @@ model.
 
 from __future__ import annotations
 
+import math
+
 import onnx
 from onnx import TensorProto, helper, shape_inference
 
@@ -51,10 +53,7 @@ def _stand_in(model: onnx.ModelProto) -> onnx.ModelProto:
     declared = {i.name for i in graph.input} | {v.name for v in graph.value_info}
     kept, standing = [], []
     for init in graph.initializer:
-        elements = 1
-        for d in init.dims:
-            elements *= d
-        large = init.data_type in _FLOATS and elements > STAND_IN_ELEMENTS
+        large = init.data_type in _FLOATS and math.prod(init.dims) > STAND_IN_ELEMENTS
         if large and init.name not in declared and model.ir_version >= 4:
             standing.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
         else:
