@@ -204,33 +204,41 @@ def embedding_model(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarra
     return model, {"ids": rng.integers(0, 5000, (32, 12)).astype(np.int64)}
 
 
-def masked_attention(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """Scores = x W; scores + (1 - mask) * -3.4e38 (an additive mask); Softmax; MatMul."""
+def masked_attention(
+    seed: int = 0, *, additive_input: bool = False
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Scores = x W; scores + (1 - mask) * -3.4e38 (an additive mask); Softmax; MatMul.
+    ``additive_input``: the additive mask is the graph input itself (computed outside)."""
     rng = np.random.default_rng(seed)
     f32 = np.float32
     inits = [
         _init("wq", rng.normal(0, 0.3, (16, 16)).astype(f32)),
         _init("wv", rng.normal(0, 0.3, (16, 16)).astype(f32)),
-        _init("one", np.array(1.0, f32)),
-        _init("big", np.array(-3.4e38, f32)),
     ]
-    nodes = [
-        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
-        helper.make_node("MatMul", ["q", "xt"], ["scores"], name="qk"),
-        helper.make_node("Transpose", ["x"], ["xt"], name="xt", perm=[0, 2, 1]),
+    masking = [
         helper.make_node("Sub", ["one", "mask"], ["inv"], name="inv"),
         helper.make_node("Mul", ["inv", "big"], ["additive"], name="additive"),
+    ]
+    if not additive_input:
+        inits += [_init("one", np.array(1.0, f32)), _init("big", np.array(-3.4e38, f32))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
+        helper.make_node("Transpose", ["x"], ["xt"], name="xt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "xt"], ["scores"], name="qk"),
+        *([] if additive_input else masking),
         helper.make_node("Add", ["scores", "additive"], ["masked"], name="mask_add"),
         helper.make_node("Softmax", ["masked"], ["probs"], name="softmax", axis=-1),
         helper.make_node("MatMul", ["x", "wv"], ["v"], name="v_proj"),
         helper.make_node("MatMul", ["probs", "v"], ["y"], name="pv"),
     ]
-    nodes = [nodes[0], nodes[2], nodes[1], *nodes[3:]]
-    inputs = [_vi("x", ["N", 8, 16]), _vi("mask", ["N", 1, 8])]
+    mask_input = "additive" if additive_input else "mask"
+    inputs = [_vi("x", ["N", 8, 16]), _vi(mask_input, ["N", 1, 8])]
     model = _model(nodes, inputs, [_vi("y", ["N", 8, 16])], inits)
     mask = np.ones((32, 1, 8), f32)
     mask[:, :, 6:] = 0.0  # the last two positions are padding
-    return model, {"x": rng.normal(0, 1, (32, 8, 16)).astype(f32), "mask": mask}
+    if additive_input:
+        mask = ((1.0 - mask) * np.float32(-3.4e38)).astype(f32)
+    return model, {"x": rng.normal(0, 1, (32, 8, 16)).astype(f32), mask_input: mask}
 
 
 def outlier_channel_mlp(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

@@ -138,21 +138,24 @@ def _check_neighbour(
     decisions: dict[str, NodeDecision],
     roles: dict[str, list[InputRole]],
 ) -> NodeDecision | None:
-    """A float decision for an element-wise ``node`` none of whose activation inputs
-    comes from a quantized node, else None."""
-    for r in roles.get(node.name, []):
-        if r.role is Role.ACTIVATION:
-            origin = _origin(node.input[r.index], idx)
-            quantized = origin is not None and decisions.get(origin.name, _FLOAT).quantized
-            if quantized and origin is not None and origin.op_type in COMPUTE:
-                return None
+    """A float decision for an element-wise ``node`` unless one of its activation inputs
+    comes from quantized compute and every other one from a quantized node or the graph's
+    inputs (then the node adds one rounding, of its output), else None. An input made by
+    a float node would need a rounding of its own: ``x · HardSigmoid(x)`` stays float
+    after an int8 convolution (PP-OCR rec: string agreement 0.81 -> 0.83, and faster,
+    without DQ -> HardSigmoid -> Q)."""
+    origins = [
+        _origin(node.input[r.index], idx)
+        for r in roles.get(node.name, [])
+        if r.role is Role.ACTIVATION
+    ]
+    made = [o for o in origins if o is not None]  # the others are graph inputs
+    quantized = [o for o in made if decisions.get(o.name, _FLOAT).quantized]
+    if len(quantized) == len(made) and any(o.op_type in COMPUTE for o in quantized):
+        return None
     roles.pop(node.name, None)
-    return NodeDecision(
-        node.name,
-        node.op_type,
-        NodeAction.FLOAT,
-        "no input from quantized compute (element-wise maths)",
-    )
+    why = "an input from float maths" if quantized else "no input from quantized compute"
+    return NodeDecision(node.name, node.op_type, NodeAction.FLOAT, f"{why} (element-wise maths)")
 
 
 _FLOAT = NodeDecision("", "", NodeAction.FLOAT, "")

@@ -1,8 +1,10 @@
 """Stage: the model onnxq plans on. Built on what onnx and onnxruntime provide: Constant
 nodes to initializers, opset upgrade (per-axis Q/DQ needs 13), onnxruntime's basic graph
 optimizations (constant folding, Conv+BatchNorm and other semantics-preserving fusions),
-unique node names, shape inference. A model with external data skips onnxruntime's pass
-(its weights would come back into memory whole; see docs/large_models.md).
+then onnxq's own two (a constant Mul/Add after a convolution folded into it, arithmetic
+hard-sigmoid and hard-swish written as HardSigmoid), unique node names, shape inference.
+A model with external data skips the optimizations (its weights would come back into
+memory whole; see docs/large_models.md).
 
 Calibration and quantization prepare a model the same way, so tensor names in a ranges
 file match the graph the quantizer plans on.
@@ -18,6 +20,8 @@ import onnx
 from onnxq.graph.external import uses_external_data
 from onnxq.graph.model_io import fingerprint
 from onnxq.graph.passes.constants import constants_to_initializers
+from onnxq.graph.passes.fold_affine import fold_affine
+from onnxq.graph.passes.hard_sigmoid import hard_sigmoids
 from onnxq.graph.passes.node_names import name_nodes
 from onnxq.graph.passes.opset import upgrade_opset
 from onnxq.graph.passes.result import Change, ChangeKind, PassResult
@@ -71,6 +75,7 @@ def prepare(
         passes.append(_skip_optimize)
     elif optimize:
         passes.append(_optimize)
+        passes += [fold_affine, hard_sigmoids]
     passes += [name_nodes, infer_shapes]
     result = PassResult.unchanged(model)
     steps: list[str] = []

@@ -20,6 +20,8 @@ class ChangeKind(str, Enum):
     NODE_NAMED = "node named"
     SHAPES_INFERRED = "shapes inferred"
     OPTIMIZED = "onnxruntime basic optimizations"
+    AFFINE_FOLDED = "constant Mul/Add folded into a convolution"
+    HARD_SIGMOID = "hard-sigmoid arithmetic written as HardSigmoid"
     # quantization rewrites
     NODE_QUANTIZED = "node quantized"
     WEIGHT_QUANTIZED = "weight stored as integers"
