@@ -5,7 +5,8 @@ more between rows).
 
     flock /tmp/onnxq-bench.lock python bench/ab_latency.py DATA.npz A.onnx B.onnx ...
 
-The first sample of each of the first model's inputs in ``DATA.npz`` is fed; 2 intra-op
+The first sample of each of the first model's inputs in ``DATA.npz`` is fed (the first
+feed, when the array has one more axis than the input); 2 intra-op
 threads, no spinning; prints each model's median ms.
 """
 
@@ -34,7 +35,7 @@ def main() -> None:
         ort.InferenceSession(m, options, providers=["CPUExecutionProvider"]) for m in args.models
     ]
     with np.load(args.data) as data:
-        feed = {i.name: np.ascontiguousarray(data[i.name][:1]) for i in sessions[0].get_inputs()}
+        feed = {i.name: _first(data[i.name], len(i.shape)) for i in sessions[0].get_inputs()}
     for session in sessions:  # warm-up
         for _ in range(args.block):
             session.run(None, feed)
@@ -47,6 +48,12 @@ def main() -> None:
                 kept.append((time.perf_counter() - start) * 1000.0)
     for model, kept in zip(args.models, times, strict=True):
         print(f"{statistics.median(kept):8.3f} ms  {model}  ({len(kept)} runs)")
+
+
+def _first(array: np.ndarray, rank: int) -> np.ndarray:
+    """The first sample: of the batch axis, or the first whole feed of an array with one
+    more axis than the input (onnxq's feeds layout)."""
+    return np.ascontiguousarray(array[0] if array.ndim == rank + 1 else array[:1])
 
 
 if __name__ == "__main__":
