@@ -72,7 +72,8 @@ class RangesFile:
         if fingerprint != self.model_fingerprint:
             raise RangesError(
                 f"ranges file '{source}' was made for a different model "
-                f"('{self.model_path}'); run onnxq calibrate on this model first"
+                f"('{self.model_path}', onnxq {self.onnxq_version}), or for this model "
+                "as an older onnxq prepared it; run onnxq calibrate on this model again"
             )
 
 
