@@ -99,11 +99,12 @@ def test_constant_affines_after_a_conv_fold_into_it(steps, bias, seed):
 
 @pytest.mark.parametrize(
     "case",
-    ["two_readers", "graph_output", "other_axis", "activation", "conv_transpose"],
+    ["two_readers", "graph_output", "other_axis", "activation", "conv_transpose", "fed"],
 )
 def test_affines_that_are_not_per_channel_constants_stay(case):
     """Not folded: a Conv output read twice or given as output, a constant varying along
-    another axis, a product with an activation, a ConvTranspose."""
+    another axis, a product with an activation, a ConvTranspose, a constant that is also a
+    graph input (a feed may replace its initializer)."""
     inits = _conv()
     op_type = "ConvTranspose" if case == "conv_transpose" else "Conv"
     if case == "conv_transpose":
@@ -123,6 +124,10 @@ def test_affines_that_are_not_per_channel_constants_stay(case):
     if case == "graph_output":
         extra = ("t",)
     model = _model(nodes, inits, extra_outputs=extra)
+    if case == "fed":
+        model.graph.input.append(
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, C, 1, 1])
+        )
     assert not fold_affine(model).changed
 
 
@@ -179,6 +184,13 @@ def test_arithmetic_hard_sigmoids_become_hardsigmoid(form):
 def test_other_arithmetic_stays(change):
     """Other constants, or an intermediate read elsewhere: not a hard-sigmoid to replace."""
     assert not hard_sigmoids(_hard_chain("swish_mul_div", **change)).changed
+
+
+def test_a_constant_a_feed_may_replace_stays():
+    """The 6 of Clip(x + 3, 0, 6) listed as a graph input too: not a constant."""
+    model = _hard_chain("swish_mul_div")
+    model.graph.input.append(helper.make_tensor_value_info("six", TensorProto.FLOAT, []))
+    assert not hard_sigmoids(model).changed
 
 
 def test_prepare_runs_both_and_keeps_the_outputs():

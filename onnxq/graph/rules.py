@@ -76,6 +76,8 @@ class GraphIndex:
         )
         self.initializers = {t.name: t for t in g.initializer}
         self.graph_inputs = {v.name for v in g.input if v.name not in self.initializers}
+        # initializers listed as graph inputs too: a feed may replace them (not constants)
+        self.overridable = {v.name for v in g.input if v.name in self.initializers}
         self.graph_outputs = {v.name for v in g.output}
         self.elem_types: dict[str, int] = {}
         self.ranks: dict[str, int] = {}

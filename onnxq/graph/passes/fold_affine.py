@@ -24,7 +24,9 @@ __all__ = ["fold_affine"]
 def fold_affine(model: onnx.ModelProto) -> PassResult:
     """``model`` with each constant Mul/Add that is the only reader of a float32 Conv's
     output (not a graph output) folded into that Conv, repeatedly (``Conv → Mul → Add``
-    becomes one Conv). The constant must be a scalar or one value per output channel. A
+    becomes one Conv). The constant must be a scalar or one value per output channel, and
+    neither it nor the Conv's weight and bias an initializer that is also a graph input
+    (a feed may replace it). A
     model with external data is left alone (its weights would be read into memory)."""
     if uses_external_data(model):
         return PassResult.unchanged(model)
@@ -54,12 +56,16 @@ def _next_fold(
     for conv in model.graph.node:
         if conv.op_type != "Conv" or conv.domain or not _foldable_conv(conv, idx):
             continue
+        if idx.overridable.intersection(conv.input[1:]):
+            continue
         y = conv.output[0]
         readers = idx.consumers.get(y, [])
         if y in outputs or len(readers) != 1:
             continue
         op = readers[0]
-        if op.op_type in ("Mul", "Add") and not op.domain and _constant(op, y, conv, idx):
+        if op.op_type not in ("Mul", "Add") or op.domain or idx.overridable.intersection(op.input):
+            continue
+        if _constant(op, y, conv, idx):
             return conv, op
     return None
 

@@ -166,7 +166,7 @@ def _only_producer(tensor: str, idx: GraphIndex) -> onnx.NodeProto | None:
 
 def _is(name: str, value: float, idx: GraphIndex, rel: float = 0.0) -> bool:
     """Whether ``name`` is a float32 constant holding the single value ``value``."""
-    if not idx.is_float_initializer(name):
+    if not idx.is_float_initializer(name) or name in idx.overridable:
         return False
     values = tensor_values(idx.initializers[name]).reshape(-1)
     if values.size != 1:
