@@ -186,6 +186,12 @@ def test_other_arithmetic_stays(change):
     assert not hard_sigmoids(_hard_chain("swish_mul_div", **change)).changed
 
 
+def test_a_constant_of_wider_rank_stays():
+    """x + 3 with a 3 of rank 5 broadcasts x (rank 4) to rank 5: HardSigmoid(x) would not."""
+    model = _hard_chain("swish_mul_div", three=np.full((1, 1, 1, 1, 1), 3.0))
+    assert not hard_sigmoids(model).changed
+
+
 def test_a_constant_a_feed_may_replace_stays():
     """The 6 of Clip(x + 3, 0, 6) listed as a graph input too: not a constant."""
     model = _hard_chain("swish_mul_div")
@@ -239,3 +245,8 @@ def test_elementwise_ops_round_only_integer_inputs():
     assert "an input from float maths" in actions["swish"].reason
     assert actions["residual"].action.quantized
     assert actions["silu"].action.quantized
+    # the Sigmoid excluded reads the float tensor (no DQ, no QLinearSigmoid): its output
+    # is float maths, so the SiLU product stays float
+    excluded = {d.name: d for d in make_plan(model, QuantConfig(exclude=("sigmoid",))).decisions}
+    assert not excluded["silu"].action.quantized
+    assert "an input from float maths" in excluded["silu"].reason

@@ -156,7 +156,8 @@ def _check_neighbour(
     made = [o for o in origins if o is not None]  # the others are graph inputs
 
     def integer(o: onnx.NodeProto) -> bool:
-        if o.op_type in LOOKUP and o.input:  # an integer kernel when its input is integer
+        # an integer kernel when its input is integer and it reads a DQ (not excluded)
+        if o.op_type in LOOKUP and o.input and not decisions.get(o.name, _FLOAT).excluded:
             o = _origin(o.input[0], idx) or o
         return decisions.get(o.name, _FLOAT).quantized
 

@@ -168,6 +168,8 @@ def _is(name: str, value: float, idx: GraphIndex, rel: float = 0.0) -> bool:
     """Whether ``name`` is a float32 constant holding the single value ``value``."""
     if not idx.is_float_initializer(name) or name in idx.overridable:
         return False
+    if len(idx.initializers[name].dims) > 1:  # a wider rank would broadcast x's shape
+        return False
     values = tensor_values(idx.initializers[name]).reshape(-1)
     if values.size != 1:
         return False
