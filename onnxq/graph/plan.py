@@ -156,10 +156,11 @@ def _check_neighbour(
     made = [o for o in origins if o is not None]  # the others are graph inputs
 
     def integer(o: onnx.NodeProto) -> bool:
-        # an integer kernel when its input is integer and it reads a DQ (not excluded)
-        if o.op_type in LOOKUP and o.input and not decisions.get(o.name, _FLOAT).excluded:
-            o = _origin(o.input[0], idx) or o
-        return decisions.get(o.name, _FLOAT).quantized
+        decision = decisions.get(o.name, _FLOAT)
+        # a lookup reading a DQ (not excluded) of an integer input is an integer kernel
+        if o.op_type in LOOKUP and o.input and not decision.excluded:
+            decision = decisions.get((_origin(o.input[0], idx) or o).name, _FLOAT)
+        return decision.quantized
 
     quantized = [o for o in made if integer(o)]
     if len(quantized) == len(made) and any(o.op_type in COMPUTE for o in quantized):

@@ -109,6 +109,10 @@ class GraphIndex:
     def is_float_initializer(self, name: str) -> bool:
         return name in self.initializers and self.initializers[name].data_type == FLOAT
 
+    def is_float_constant(self, name: str) -> bool:
+        """A float32 initializer no feed can replace: safe to fold into another value."""
+        return self.is_float_initializer(name) and name not in self.overridable
+
 
 def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
     """The value of attribute ``name`` of ``node``, or ``default``."""

@@ -24,10 +24,9 @@ __all__ = ["fold_affine"]
 def fold_affine(model: onnx.ModelProto) -> PassResult:
     """``model`` with each constant Mul/Add that is the only reader of a float32 Conv's
     output (not a graph output) folded into that Conv, repeatedly (``Conv → Mul → Add``
-    becomes one Conv). The constant must be a scalar or one value per output channel, and
-    neither it nor the Conv's weight and bias an initializer that is also a graph input
-    (a feed may replace it). A
-    model with external data is left alone (its weights would be read into memory)."""
+    becomes one Conv). The constant must be a scalar or one value per output channel; it
+    and the Conv's weight and bias must be constants no feed can replace. A model with
+    external data is left alone (its weights would be read into memory)."""
     if uses_external_data(model):
         return PassResult.unchanged(model)
     out = onnx.ModelProto()
@@ -56,16 +55,12 @@ def _next_fold(
     for conv in model.graph.node:
         if conv.op_type != "Conv" or conv.domain or not _foldable_conv(conv, idx):
             continue
-        if idx.overridable.intersection(conv.input[1:]):
-            continue
         y = conv.output[0]
         readers = idx.consumers.get(y, [])
         if y in outputs or len(readers) != 1:
             continue
         op = readers[0]
-        if op.op_type not in ("Mul", "Add") or op.domain or idx.overridable.intersection(op.input):
-            continue
-        if _constant(op, y, conv, idx):
+        if op.op_type in ("Mul", "Add") and not op.domain and _constant(op, y, conv, idx):
             return conv, op
     return None
 
@@ -73,7 +68,7 @@ def _next_fold(
 def _foldable_conv(conv: onnx.NodeProto, idx: GraphIndex) -> bool:
     w = conv.input[1]
     b = conv.input[2] if len(conv.input) > 2 else ""
-    return idx.is_float_initializer(w) and (not b or idx.is_float_initializer(b))
+    return idx.is_float_constant(w) and (not b or idx.is_float_constant(b))
 
 
 def _constant(op: onnx.NodeProto, y: str, conv: onnx.NodeProto, idx: GraphIndex) -> bool:
@@ -81,7 +76,7 @@ def _constant(op: onnx.NodeProto, y: str, conv: onnx.NodeProto, idx: GraphIndex)
     if len(op.input) != 2 or y not in op.input:
         return False
     other = op.input[1] if op.input[0] == y else op.input[0]
-    if other == y or not idx.is_float_initializer(other):
+    if other == y or not idx.is_float_constant(other):
         return False
     shape = tuple(idx.initializers[other].dims)
     dims = idx.initializers[conv.input[1]].dims  # the output's rank is the weight's

@@ -165,11 +165,10 @@ def _only_producer(tensor: str, idx: GraphIndex) -> onnx.NodeProto | None:
 
 
 def _is(name: str, value: float, idx: GraphIndex, rel: float = 0.0) -> bool:
-    """Whether ``name`` is a float32 constant holding the single value ``value``."""
-    if not idx.is_float_initializer(name) or name in idx.overridable:
-        return False
-    if len(idx.initializers[name].dims) > 1:  # a wider rank would broadcast x's shape
-        return False
+    """Whether ``name`` is a float32 constant of rank 0 or 1 holding the single value
+    ``value``."""
+    if not idx.is_float_constant(name) or len(idx.initializers[name].dims) > 1:
+        return False  # rank > 1 would broadcast x to a wider rank
     values = tensor_values(idx.initializers[name]).reshape(-1)
     if values.size != 1:
         return False
