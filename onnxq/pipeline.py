@@ -23,7 +23,7 @@ from onnxq.graph.candidate import Candidate
 from onnxq.graph.external import model_bytes
 from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.graph.plan import QuantPlan
-from onnxq.report.fidelity import Fidelity
+from onnxq.report.fidelity import Fidelity, KnownOutputs
 from onnxq.report.preflight import RuntimePreview
 from onnxq.report.quantize_report import QuantizeReport
 from onnxq.runtime import Runner
@@ -97,7 +97,7 @@ def quantize(
     runtime = runtime_of(checked.candidate, runner)
     settings = _settings(request, latency)
     written = save(checked.candidate, prepared.value_info, request, settings, equal.rescaled)
-    fidelity, equal = _fidelity(request, inputs, floats, equal, runner)
+    fidelity, equal = _fidelity(request, inputs, floats, equal, runner, checked)
     facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal, warned, latency)
     return _report(request, inputs, prepared, checked, facts)
 
@@ -115,12 +115,17 @@ def _fidelity(
     floats: FloatSession,
     equal: Equalized,
     runner: Runner,
+    checked: Checked,
 ) -> tuple[Fidelity | None, Equalized]:
-    """The written model's fidelity against the user's float model and, when equalisation
-    changed the float function (ReLU6 replaced), what that change alone costs."""
+    """The written model's fidelity against the user's float model (in-sample: from the
+    output check's runs of it on the check samples, then the rest run) and, when
+    equalisation changed the float function (ReLU6 replaced), what that change alone
+    costs."""
     floats.release_wide()  # a re-plan or the ranges check may have built it again
 
-    def against(reference: FloatSession, candidate: Runner) -> Fidelity | None:
+    def against(
+        reference: FloatSession, candidate: Runner, known: KnownOutputs | None = None
+    ) -> Fidelity | None:
         return measure(
             reference,
             candidate,
@@ -128,10 +133,11 @@ def _fidelity(
             in_sample=inputs.eval is inputs.calib,
             batch_size=request.calibration.batch_size,
             progress=request.progress,
+            known=known,
         )
 
-    if equal.original is None:
-        return against(floats, runner), equal
+    if equal.original is None:  # the check compared with this float model: its runs hold
+        return against(floats, runner, checked.outputs), equal
     return against(equal.original, runner), replace(
         equal, float_change=against(equal.original, floats.reference_runner)
     )

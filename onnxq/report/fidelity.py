@@ -12,7 +12,7 @@ from onnxq.data import Dataset
 from onnxq.report.metrics import OutputFidelity, OutputStats
 from onnxq.runtime import Runner
 
-__all__ = ["BatchObserver", "Fidelity", "Outputs", "evaluate"]
+__all__ = ["BatchObserver", "Fidelity", "KnownOutputs", "Outputs", "evaluate"]
 
 
 class BatchObserver(Protocol):
@@ -48,6 +48,19 @@ class Outputs(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
 
+Pair = tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray | None]
+
+
+@dataclass(frozen=True)
+class KnownOutputs:
+    """Both models' graph outputs on the first ``samples`` samples of a dataset, already
+    run (the output check's runs of the written model: :meth:`onnxq.tuning.check.CheckSet.
+    known`), feed by feed: ``(reference, candidate, labels)``."""
+
+    samples: int
+    pairs: tuple[Pair, ...]
+
+
 def evaluate(
     reference: Outputs,
     candidate: Runner,
@@ -58,27 +71,85 @@ def evaluate(
     progress: Callable[[str, int, int], None] | None = None,
     outputs: Sequence[str] | None = None,
     observers: Sequence[BatchObserver] = (),
+    known: KnownOutputs | None = None,
 ) -> Fidelity:
     """Metrics of ``outputs`` (default: every output of ``reference``) over ``dataset``
     (its first ``limit`` samples or more, whole batches, when given), batch by batch;
-    ``observers`` see the outputs of each batch too."""
+    ``observers`` see the outputs of each batch too. ``known``: the outputs of the first
+    samples, taken as they are instead of running both models on them again (every metric
+    is a sum or a count over rows: the same numbers); used when they end where one of
+    ``dataset``'s batches of ``batch_size`` ends, else everything is run."""
     total = dataset.num_samples if limit is None else min(limit, dataset.num_samples)
     names = list(outputs if outputs is not None else reference.output_names)
-    stats = {n: _Pooled(OutputStats(n)) for n in names}
-    done = 0
-    for batch in dataset.batches(batch_size):
-        ref = reference.run(batch.feed, names)
-        cand = candidate.run(batch.feed, names)
-        for n in names:
-            stats[n].add(ref[n], cand[n], batch.labels)
-        for observer in observers:
-            observer.update(ref, cand, batch.labels)
-        done += batch.size
-        if progress is not None:
-            progress("evaluating", min(done, total), total)
-        if done >= total:
-            break
-    return Fidelity(done, tuple(stats[n].result() for n in names))
+    run = _Run(reference, candidate, dataset, batch_size, total, names, progress, observers)
+    if known is not None and set(names) <= _names(known):
+        fidelity = run(known)
+        if fidelity is not None:
+            return fidelity
+    fidelity = run(None)
+    assert fidelity is not None
+    return fidelity
+
+
+def _names(known: KnownOutputs) -> set[str]:
+    """The outputs every pair of ``known`` holds on both sides."""
+    if not known.pairs:
+        return set()
+    return set.intersection(*(set(r) & set(c) for r, c, _ in known.pairs))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One pass of :func:`evaluate`."""
+
+    reference: Outputs
+    candidate: Runner
+    dataset: Dataset
+    batch_size: int
+    total: int
+    names: list[str]
+    progress: Callable[[str, int, int], None] | None
+    observers: Sequence[BatchObserver]
+
+    def __call__(self, known: KnownOutputs | None) -> Fidelity | None:
+        """The fidelity, the first samples from ``known``; None when they end inside a
+        batch (nothing has been run: the reference's record is untouched)."""
+        names, total, progress = self.names, self.total, self.progress
+        stats = {n: _Pooled(OutputStats(n)) for n in names}
+        skip = known.samples if known is not None else 0
+        skipped = 0
+        if known is not None and skip >= total:  # the known samples are enough
+            self._add(stats, known.pairs)
+            return Fidelity(skip, tuple(stats[n].result() for n in names))
+        done = 0
+        for batch in self.dataset.batches(self.batch_size):
+            if skipped < skip:
+                skipped += batch.size
+                if skipped > skip:
+                    return None  # the known samples end inside this batch
+                if skipped == skip:
+                    assert known is not None
+                    self._add(stats, known.pairs)
+                    done = skip
+                continue
+            ref = self.reference.run(batch.feed, names)
+            cand = self.candidate.run(batch.feed, names)
+            self._add(stats, ((ref, cand, batch.labels),))
+            done += batch.size
+            if progress is not None:
+                progress("evaluating", min(done, total), total)
+            if done >= total:
+                break
+        if skipped < skip:
+            return None  # the dataset holds fewer samples than ``known``
+        return Fidelity(done, tuple(stats[n].result() for n in names))
+
+    def _add(self, stats: dict[str, _Pooled], pairs: Sequence[Pair]) -> None:
+        for ref, cand, labels in pairs:
+            for n in self.names:
+                stats[n].add(ref[n], cand[n], labels)
+            for observer in self.observers:
+                observer.update(ref, cand, labels)
 
 
 POOL_BYTES = 4 * 2**20  # outputs of small feeds pooled before their metrics are taken

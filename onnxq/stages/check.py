@@ -11,6 +11,7 @@ from onnxq.calibration.collect import FloatSession, Progress
 from onnxq.config import CalibrationConfig, QuantConfig
 from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
+from onnxq.report.fidelity import KnownOutputs
 from onnxq.runtime import Runner
 from onnxq.stages.replan import Replanner
 from onnxq.tuning.check import CheckSet, make_check_set
@@ -26,6 +27,9 @@ class Checked:
     candidate: Candidate
     report: FitReport | None  # None: the check did not run
     runner: Runner | None  # the candidate's session, when the check made one
+    # the candidate's graph outputs on the check samples, with the float ones, when the
+    # check ran it (the report's in-sample fidelity starts from them)
+    outputs: KnownOutputs | None = None
 
 
 def check_set(
@@ -90,4 +94,4 @@ def output_check(
     )
     if progress is not None:
         progress("output check", 1, 1)
-    return Checked(fitted.candidate, fitted.report, fitted.runner)
+    return Checked(fitted.candidate, fitted.report, fitted.runner, fitted.outputs)

@@ -88,7 +88,7 @@ class CheckAndTime:
         rechecked = output_check(
             start, replanner.weights_only(), self.floats, checks, self.config, self.progress
         )
-        return Checked(rechecked.candidate, rechecked.report, rechecked.runner), timing
+        return rechecked, timing
 
     def _dynamic_measured(self, written: Checked, checked: Checked, checks: CheckSet) -> Checked:
         """The dynamic model ``latency`` wrote, with the int8 check's report measured on

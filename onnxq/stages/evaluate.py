@@ -10,7 +10,7 @@ from onnxq.calibration.collect import FloatSession, Progress
 from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.external import uses_external_data
-from onnxq.report.fidelity import Fidelity, Outputs, evaluate
+from onnxq.report.fidelity import Fidelity, KnownOutputs, Outputs, evaluate
 from onnxq.report.preflight import RuntimePreview, runtime_preview
 from onnxq.runtime import Runner
 
@@ -55,10 +55,13 @@ def measure(
     in_sample: bool,
     batch_size: int,
     progress: Progress | None,
+    known: KnownOutputs | None = None,
 ) -> Fidelity | None:
     """Fidelity of every graph output on ``data``. In-sample data (the calibration data,
     no --eval): a bounded share, about IN_SAMPLE_BYTES of float activations (every sample
-    of a small model, a few of a large one, at least 8); held-out data is measured whole."""
+    of a small model, a few of a large one, at least 8), the first samples read from the
+    output check's runs of ``quantized`` when ``known`` holds them (not run again);
+    held-out data is measured whole."""
     if data is None:
         return None
     limit = max(8, IN_SAMPLE_BYTES // max(floats.sample_bytes(data), 1)) if in_sample else None
@@ -76,4 +79,5 @@ def measure(
         limit=limit,
         progress=progress,
         outputs=floats.outputs,
+        known=known if in_sample else None,
     )

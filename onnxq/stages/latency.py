@@ -110,7 +110,9 @@ def latency_choice(
         tried |= dict.fromkeys(untimed, float_ms)
         log.info("latency: %s", ", ".join(f"{k.value} {v:.3g} ms" for k, v in tried.items()))
     written = _fastest(tried, resolved=resolved)
-    chosen = Checked(candidates[written], checked.report, sessions[written])
+    same = candidates[written] is checked.candidate  # its check's runs: of this model
+    outputs = checked.outputs if same else None
+    chosen = Checked(candidates[written], checked.report, sessions[written], outputs)
     timing = LatencyCheck(config.optimize_for, float_ms, tried, written, runs, untimed)
     return chosen, timing
 
@@ -166,7 +168,7 @@ def settle_preview(
     does."""
     if checked.candidate is preview.chosen.candidate or preview.kind is not INT8:
         runner = checked.runner or preview.chosen.runner
-        return Checked(checked.candidate, checked.report, runner), preview.timing
+        return replace(checked, runner=runner), preview.timing
     return latency_choice(checked, replanner, floats, data, config, threads)
 
 

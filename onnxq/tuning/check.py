@@ -33,6 +33,7 @@ from onnxq.graph.concat_parts import concat_parts
 from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex, attribute
 from onnxq.metrics_config import Part
+from onnxq.report.fidelity import KnownOutputs
 from onnxq.report.metrics import is_classifier, noise_ratio, sqnr_db
 from onnxq.report.task import TaskMeter, TaskTarget
 from onnxq.report.task.families import select
@@ -105,6 +106,9 @@ class CheckSet:
     task_reference: tuple[dict[str, np.ndarray], ...] = ()  # the outputs they read, per feed
     labels: tuple[np.ndarray | None, ...] = ()  # labels of each feed, when the data has them
     task_outputs: tuple[str, ...] = ()  # the model's graph outputs (metrics read these)
+    # the float graph outputs of each feed, when small (KNOWN_BYTES): the report's
+    # in-sample fidelity reads a checked candidate's runs instead of running it again
+    graph_reference: tuple[dict[str, np.ndarray], ...] = ()
 
     @property
     def items(self) -> tuple[tuple[str, Part], ...]:
@@ -157,6 +161,7 @@ class CheckSet:
             if self.task_reference
             else (),
             labels=tuple(self.labels[i] for i in chosen) if self.labels else (),
+            graph_reference=(),  # the probe runs the simulation: nothing is reported
             sizes=tuple(self.sizes[i] for i in chosen),
             samples=samples,
             weights=tuple(weights),
@@ -187,9 +192,12 @@ class CheckSet:
         extra: Mapping[str, np.ndarray] | None = None,
         *,
         task: bool = True,
+        keep: list[dict[str, np.ndarray]] | None = None,
     ) -> CheckResult:
         """Run ``runner`` (with ``extra`` inputs, e.g. simulation masks) on every feed;
-        ``task``: measure the declared task metrics too."""
+        ``task``: measure the declared task metrics too; ``keep``: given and the set holds
+        the float graph outputs, each feed's graph outputs are appended to it
+        (:meth:`known`)."""
         items = self.items
         labels = self.labels_of_items
         noise = dict.fromkeys(labels, 0.0)
@@ -197,10 +205,13 @@ class CheckSet:
         agree = dict.fromkeys(self.outputs, 0)
         rows = dict.fromkeys(self.outputs, 0)
         meter = TaskMeter(self.task, self.task_outputs) if task and self.task else None
-        fetch = list(dict.fromkeys([*self.outputs, *(meter.reads if meter else ())]))
+        kept = self._kept_names() if keep is not None else ()
+        fetch = list(dict.fromkeys([*self.outputs, *(meter.reads if meter else ()), *kept]))
         feed_noise = []
         for i, (feed, ref) in enumerate(zip(self.feeds, self.reference, strict=True)):
             out = runner.run({**feed, **(extra or {})}, fetch)
+            if keep is not None and kept:
+                keep.append({n: out[n] for n in kept})
             here = []
             for (name, part), label in zip(items, labels, strict=True):
                 r = select(ref[name], part).astype(np.float64)
@@ -238,6 +249,18 @@ class CheckSet:
         out: np.ndarray = summed * np.asarray(self.weights)
         return out
 
+    def _kept_names(self) -> tuple[str, ...]:
+        return tuple(self.graph_reference[0]) if self.graph_reference else ()
+
+    def known(self, kept: list[dict[str, np.ndarray]]) -> KnownOutputs | None:
+        """A candidate's graph outputs :meth:`run` kept, with the float ones, as the
+        report's evaluation reads them (None: the set holds no float graph outputs)."""
+        if not self.graph_reference or len(kept) != len(self.feeds):
+            return None
+        labels = self.labels or (None,) * len(self.feeds)
+        pairs = zip(self.graph_reference, kept, labels, strict=True)
+        return KnownOutputs(self.samples, tuple(pairs))
+
 
 FEED_SAMPLES = 8  # samples per run of the check (small feeds: the search can use a few)
 PROBE_BYTES = 2**29  # activations of the check samples the search's simulation runs use
@@ -246,6 +269,7 @@ PROBE_BYTES = 2**29  # activations of the check samples the search's simulation 
 # 32 rank the decisions as well (measured: the same or a better check result)
 PROBE_SAMPLES = 32
 TASK_SAMPLES = 32  # check samples at least, when a task metric has a goal
+KNOWN_BYTES = 64 * 2**20  # float graph outputs of the check samples kept for the report
 
 
 def check_samples(dataset: Dataset, budget: float = 2e6, low: int = 4, high: int = 128) -> int:
@@ -280,10 +304,11 @@ def make_check_set(
     compared, softmax_axes = compared_tensors(floats.model)
     graph_outputs = tuple(o.name for o in floats.model.graph.output)
     reads = TaskMeter(task, graph_outputs).reads if task else ()
-    fetch = list(dict.fromkeys([*compared, *reads]))
+    fetch = list(dict.fromkeys([*compared, *reads, *graph_outputs]))
     feeds: list[dict[str, np.ndarray]] = []
     refs: list[dict[str, np.ndarray]] = []
     task_refs: list[dict[str, np.ndarray]] = []
+    graph_refs: list[dict[str, np.ndarray]] = []
     labels: list[np.ndarray | None] = []
     sizes: list[int] = []
     kept = RecordedFeeds(floats.recorded_rows(dataset, fetch, wanted))
@@ -292,6 +317,7 @@ def make_check_set(
         feeds.append(batch.feed)
         refs.append({n: np.asarray(ref[n]) for n in compared})
         task_refs.append({n: np.asarray(ref[n]) for n in reads})
+        graph_refs.append({n: np.asarray(ref[n]) for n in graph_outputs})
         labels.append(batch.labels)
         sizes.append(batch.size)
         if sum(sizes) >= wanted:
@@ -314,7 +340,13 @@ def make_check_set(
         task_reference=tuple(task_refs) if task else (),
         labels=tuple(labels) if any(v is not None for v in labels) else (),
         task_outputs=graph_outputs,
+        graph_reference=tuple(graph_refs) if _small(graph_refs) else (),
     )
+
+
+def _small(values: list[dict[str, np.ndarray]]) -> bool:
+    """Values the check keeps twice over (a candidate's too) without weight."""
+    return sum(v.nbytes for d in values for v in d.values()) <= KNOWN_BYTES
 
 
 def _split_outputs(

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import numpy as np
 import onnx
 
 from onnxq.config import FidelityTarget
@@ -31,6 +32,7 @@ from onnxq.graph.outputs import add_outputs
 from onnxq.graph.plan import QuantPlan
 from onnxq.graph.simulate import UnitKind, build_simulation
 from onnxq.quant import QParams
+from onnxq.report.fidelity import KnownOutputs
 from onnxq.report.task import MetricGoal
 from onnxq.report.task.measure import check_goals
 from onnxq.runtime import OptLevel, Runner, loadable
@@ -136,6 +138,7 @@ class Fitted:
     candidate: Candidate
     report: FitReport
     runner: Runner
+    outputs: KnownOutputs | None = None  # its graph outputs on the check samples
 
 
 def fit_target(
@@ -157,16 +160,17 @@ def fit_target(
     ``check.runner`` (:func:`onnxq.stages.check.unchecked`), unloaded while the simulation
     session is alive (loaded again when ``first`` is the choice); ``release``: called then
     too (the caller drops sessions the search does not run)."""
-    before = check.run(first_runner)
+    first_kept: list[dict[str, np.ndarray]] = []
+    before = check.run(first_runner, keep=first_kept)
     check_goals(target.task.goals, before.task)  # a goal naming no measured value: exit 2
     log.info("output check: %s on %d samples", _describe(before, target), before.samples)
     unchanged = FitReport(target, before, before, (), (), 0, 0)
     if before.meets(target) or first.plan is None or first.qparams is None:
-        return Fitted(first, unchanged, first_runner)
+        return Fitted(first, unchanged, first_runner, check.known(first_kept))
     plan, qparams = first.plan, first.qparams
     sim = build_simulation(model, plan, first.switchable, qparams)
     if not sim.units:
-        return Fitted(first, unchanged, first_runner)
+        return Fitted(first, unchanged, first_runner, check.known(first_kept))
     probe = check.probe(PROBE_BYTES, before, PROBE_SAMPLES)
 
     def simulation() -> Runner:  # built when a round needs it, released before re-planning
@@ -177,7 +181,7 @@ def fit_target(
     measure = Measurements(lambda active: probe.noise_vector(session.get(), sim.feed(active)))
     limit, rounds, passes = _search_limits(target, before, rounds, passes)
     cap = max(1, int(len(sim.units) * MAX_FLOAT_SHARE))
-    best, best_result, best_runner = first, before, first_runner
+    best, best_result, best_runner, best_kept = first, before, first_runner, first_kept
     best_parts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     keep: frozenset[int] = frozenset()
     done = 0
@@ -201,7 +205,8 @@ def fit_target(
         float_nodes = {n: WHY for u in chosen if u.kind is UnitKind.WEIGHT for n in u.nodes}
         candidate = build(float_tensors, float_nodes)
         runner = check.runner(candidate.model, threads=threads, record_graph=True)
-        result = check.run(runner)
+        kept: list[dict[str, np.ndarray]] = []
+        result = check.run(runner, keep=kept)
         log.info(
             "output check, round %d: %d activations and %d nodes float, %s",
             done,
@@ -210,7 +215,7 @@ def fit_target(
             _describe(result, target),
         )
         if _score(result, target) > _score(best_result, target):
-            best, best_result, best_runner = candidate, result, runner
+            best, best_result, best_runner, best_kept = candidate, result, runner, kept
             best_parts = (tuple(float_tensors), tuple(float_nodes))
         if result.meets(target) or len(keep) >= cap:
             break
@@ -219,7 +224,7 @@ def fit_target(
         target, before, best_result, best_parts[0], best_parts[1], measure.passes, done
     )
     session.finish(best_runner, first.model)
-    return Fitted(best, report, best_runner)
+    return Fitted(best, report, best_runner, check.known(best_kept))
 
 
 def _search_limits(

@@ -1,0 +1,179 @@
+"""The report's in-sample fidelity starts from the output check's runs of the written model
+(:class:`onnxq.report.fidelity.KnownOutputs`): the same numbers, without running the
+check samples again."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnxq.stages.evaluate as evaluate_stage
+import onnxq.tuning.check as check_module
+from onnxq import OptimizeFor, QuantConfig, quantize
+from onnxq.calibration.reference import CachedReference, OutputRecorder
+from onnxq.data import open_dataset
+from onnxq.graph.model_io import input_specs
+from onnxq.report.fidelity import Fidelity, KnownOutputs, evaluate
+from onnxq.runtime import Runner
+
+import models
+
+f32 = np.float32
+
+
+def _scale_model(factor: float) -> onnx.ModelProto:
+    """y = x * factor."""
+    c = onnx.numpy_helper.from_array(np.array(factor, f32), "c")
+    return helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Mul", ["x", "c"], ["y"])],
+            "scale",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 16])],
+            [c],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+
+
+class Counting:
+    """A real session that counts the samples it ran."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.output_names = runner.output_names
+        self.samples = 0
+
+    def run(self, feed, outputs=None):
+        self.samples += next(iter(feed.values())).shape[0]
+        return self.runner.run(feed, outputs)
+
+
+def _data(tmp_path, samples: int = 12):
+    x = np.random.default_rng(3).normal(0, 1, (samples, 16)).astype(f32)
+    np.savez(tmp_path / "d.npz", x=x)
+    return open_dataset(tmp_path / "d.npz", input_specs(_scale_model(1.0))), x
+
+
+def _known(reference: Runner, candidate: Runner, x: np.ndarray, feeds: list[int]) -> KnownOutputs:
+    """Both models' outputs on the first samples of ``x``, fed ``feeds`` samples at a time."""
+    pairs, start = [], 0
+    for size in feeds:
+        feed = {"x": x[start : start + size]}
+        pairs.append((reference.run(feed, ["y"]), candidate.run(feed, ["y"]), None))
+        start += size
+    return KnownOutputs(start, tuple(pairs))
+
+
+def _same(a: Fidelity, b: Fidelity) -> None:
+    assert a.samples == b.samples
+    for x, y in zip(a.outputs, b.outputs, strict=True):
+        for key, value in dataclasses.asdict(x).items():
+            other = dataclasses.asdict(y)[key]
+            if isinstance(value, float):
+                assert value == pytest.approx(other, rel=1e-6, abs=1e-9), key
+            else:
+                assert value == other, key
+
+
+def test_known_samples_are_not_run_again_and_give_the_same_fidelity(tmp_path):
+    data, x = _data(tmp_path)
+    reference, candidate = Runner(_scale_model(1.0)), Runner(_scale_model(1.05))
+    full = evaluate(reference, Counting(candidate), data, batch_size=2)
+    # the check fed 4 samples in one feed; the evaluation's batches of 2 end there too
+    counted = Counting(candidate)
+    known = _known(reference, candidate, x, [4])
+    fidelity = evaluate(reference, counted, data, batch_size=2, known=known)
+    assert counted.samples == 8  # 12 samples, the first 4 known
+    _same(fidelity, full)
+
+
+def test_known_samples_ending_inside_a_batch_are_not_used(tmp_path):
+    data, x = _data(tmp_path)
+    reference, candidate = Runner(_scale_model(1.0)), Runner(_scale_model(1.05))
+    full = evaluate(reference, candidate, data, batch_size=2)
+    counted = Counting(candidate)
+    known = _known(reference, candidate, x, [3])  # batches of 2 end at 2 and 4, not 3
+    fidelity = evaluate(reference, counted, data, batch_size=2, known=known)
+    assert counted.samples == 12
+    _same(fidelity, full)
+
+
+def test_known_values_are_the_ones_reported(tmp_path):
+    """The known pairs are read as they are: a candidate side made exact for its samples
+    lowers the noise the report sees (a run would have measured the 5 % error)."""
+    data, x = _data(tmp_path)
+    reference, candidate = Runner(_scale_model(1.0)), Runner(_scale_model(1.05))
+    exact = _known(reference, reference, x, [2, 2])
+    both = evaluate(reference, candidate, data, batch_size=2, limit=4, known=exact)
+    assert both.samples == 4
+    assert both.outputs[0].sqnr_db == float("inf")
+
+
+def test_a_limit_within_the_known_samples_runs_nothing(tmp_path):
+    data, x = _data(tmp_path)
+    reference, candidate = Runner(_scale_model(1.0)), Runner(_scale_model(1.05))
+    counted = Counting(candidate)
+    known = _known(reference, candidate, x, [4, 4])
+    fidelity = evaluate(reference, counted, data, batch_size=2, limit=6, known=known)
+    assert counted.samples == 0
+    assert fidelity.samples == 8  # all known samples count, as whole batches would
+
+
+def test_the_recorded_reference_serves_a_first_batch_further_on():
+    """The evaluation skips the batches whose outputs it knows: the first batch it asks for
+    is found further on in the calibration record; later ones are positional."""
+    runner = Runner(_scale_model(2.0))
+    feeds = [{"x": np.full((2, 16), float(i), f32)} for i in range(1, 5)]
+    recorder = OutputRecorder(("y",), 2)
+    for feed in feeds:
+        recorder.record(feed, runner.run(feed))
+    for i, (_, values) in enumerate(recorder.batches):
+        values["y"][:] = -float(i)  # marks which record served
+    cached = CachedReference(runner, recorder)
+    assert float(cached.run(feeds[2], ["y"])["y"][0, 0]) == -2.0
+    assert float(cached.run(feeds[3], ["y"])["y"][0, 0]) == -3.0
+    assert cached.served == 2
+    late = CachedReference(runner, recorder)
+    late.run(feeds[0], ["y"])
+    assert float(late.run(feeds[3], ["y"])["y"][0, 0]) == 8.0  # not the next one: run
+
+
+def test_quantize_reports_from_the_checks_runs_the_same_fidelity(tmp_path, monkeypatch):
+    """In-sample (no --eval), the output check's runs of the written model are handed to the
+    evaluation; the report is the one a full evaluation gives."""
+    model = models.cnn()
+    shape = [d.dim_value or 24 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "d.npz", input=rng.normal(0, 1, shape).astype(f32))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    given: list[KnownOutputs | None] = []
+    real = evaluate_stage.evaluate
+
+    def recording(*args, **kwargs):
+        given.append(kwargs.get("known"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_stage, "evaluate", recording)
+    cfg = QuantConfig(optimize_for=OptimizeFor.SIZE)
+    kept = quantize(tmp_path / "m.onnx", tmp_path / "a.onnx", cfg, data=tmp_path / "d.npz")
+    assert kept.check is not None
+    assert given and given[0] is not None
+    assert given[0].samples == kept.check.after.samples
+    monkeypatch.setattr(check_module, "KNOWN_BYTES", -1)  # nothing kept: everything runs
+    given.clear()
+    ran = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", cfg, data=tmp_path / "d.npz")
+    assert given == [None]
+    assert kept.fidelity is not None and ran.fidelity is not None
+    for a, b in zip(kept.fidelity.outputs, ran.fidelity.outputs, strict=True):
+        x, y = dataclasses.asdict(a), dataclasses.asdict(b)
+        for key in x:
+            if isinstance(x[key], float):
+                assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
+            else:
+                assert x[key] == y[key], key
+    assert kept.fidelity.samples == ran.fidelity.samples
