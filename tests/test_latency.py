@@ -97,6 +97,7 @@ def test_balanced_checks_the_weights_only_model_it_writes_not_int8(wide_files, m
     check runs on the weights-only model that is written (no simulation search over an
     int8 model that would be thrown away), and the report's check is that model's."""
     import onnxq.stages.check as check_stage
+    from onnxq.tuning.check import CheckSet
 
     checked = []
     original = check_stage.fit_target
@@ -105,7 +106,15 @@ def test_balanced_checks_the_weights_only_model_it_writes_not_int8(wide_files, m
         checked.append(first.qdq_pairs)
         return original(model, first, *args, **kwargs)
 
+    sessions: list[int] = []
+    made = CheckSet.runner
+
+    def making(self, model, **kwargs):
+        sessions.append(sum(n.op_type == "QuantizeLinear" for n in model.graph.node))
+        return made(self, model, **kwargs)
+
     monkeypatch.setattr(check_stage, "fit_target", spy)
+    monkeypatch.setattr(CheckSet, "runner", making)
     config = QuantConfig.from_flags(
         QuantFlags(activation_bits=16, target_sqnr=30, optimize_for=OptimizeFor.BALANCED)
     )
@@ -114,6 +123,9 @@ def test_balanced_checks_the_weights_only_model_it_writes_not_int8(wide_files, m
     lat = report.latency
     assert lat is not None and lat.written == WEIGHTS_ONLY and lat.tried[INT8] > lat.float_ms
     assert checked == [0]  # one check, of a model without activation Q/DQ
+    # the check made a session for the int8 model it would have checked (the timing ran
+    # in it); the weights-only model's is the timing's (its output is the compared one)
+    assert len(sessions) == 1 and sessions[0] > 0
     assert report.check is not None and report.check.before.sqnr_db >= 30
     assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(out)).graph.node}
 

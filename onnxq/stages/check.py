@@ -54,11 +54,17 @@ def check_set(
     return checks
 
 
-def unchecked(candidate: Candidate, checks: CheckSet | None, threads: int) -> Checked:
+def unchecked(
+    candidate: Candidate, checks: CheckSet | None, threads: int, runner: Runner | None = None
+) -> Checked:
     """``candidate`` before the check, with the session the check would run it in (when
-    the check runs): timing it first (:mod:`onnxq.stages.latency`) makes no extra session."""
+    the check runs): timing it first (:mod:`onnxq.stages.latency`) makes no extra session.
+    ``runner``: ``candidate``'s session already made (by the timing), taken when it
+    fetches every compared tensor (they are graph outputs: no Softmax before them)."""
     if checks is None:
         return Checked(candidate, None, None)
+    if runner is not None and set(checks.outputs) <= set(runner.output_names):
+        return Checked(candidate, None, runner)
     return Checked(
         candidate, None, checks.runner(candidate.model, threads=threads, record_graph=True)
     )

@@ -61,7 +61,7 @@ class CheckAndTime:
         if preview.kind is not INT8:  # weights-only: checked in the check's own session
             del start  # int8's session, not written: released
             if checks is not None:
-                chosen = unchecked(chosen.candidate, checks, threads)
+                chosen = unchecked(chosen.candidate, checks, threads, chosen.runner)
                 preview = replace(preview, chosen=Checked(chosen.candidate, None, None))
             builder = replanner.weights_only()
         checked = output_check(chosen, builder, floats, checks, config, self.progress)

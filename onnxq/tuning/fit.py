@@ -29,9 +29,7 @@ import onnx
 from onnxq.config import FidelityTarget
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.outputs import add_outputs
-from onnxq.graph.plan import QuantPlan
 from onnxq.graph.simulate import UnitKind, build_simulation
-from onnxq.quant import QParams
 from onnxq.report.fidelity import KnownOutputs
 from onnxq.report.task import MetricGoal
 from onnxq.report.task.measure import check_goals
@@ -173,11 +171,16 @@ def fit_target(
         return Fitted(first, unchanged, first_runner, check.known(first_kept))
     probe = check.probe(PROBE_BYTES, before, PROBE_SAMPLES)
 
+    built = [sim.model]  # the first session's model: not built twice
+    planned = (model, plan, first.switchable, qparams)
+
     def simulation() -> Runner:  # built when a round needs it, released before re-planning
-        return _simulation_runner(model, plan, first.switchable, qparams, probe.outputs, threads)
+        proto = built.pop() if built else build_simulation(*planned).model
+        return _simulation_runner(proto, probe.outputs, threads)
 
     session = _Lazy(simulation, first_runner, release)
-    sim = replace(sim, model=onnx.ModelProto())  # its units and feeds only, not the copy
+    sim = replace(sim, model=onnx.ModelProto())  # its units and feeds only: the copy is
+    # the list's until the first session takes it
     measure = Measurements(lambda active: probe.noise_vector(session.get(), sim.feed(active)))
     limit, rounds, passes = _search_limits(target, before, rounds, passes)
     cap = max(1, int(len(sim.units) * MAX_FLOAT_SHARE))
@@ -240,17 +243,10 @@ def _search_limits(
     return limit, rounds, passes
 
 
-def _simulation_runner(
-    model: onnx.ModelProto,
-    plan: QuantPlan,
-    quantized: onnx.ModelProto,
-    qparams: Mapping[str, QParams],
-    outputs: Sequence[str],
-    threads: int,
-) -> Runner:
-    """The switchable simulation's session, fetching ``outputs`` (loaded from bytes: no
-    proto alive beside them, :func:`onnxq.runtime.loadable`)."""
-    built = build_simulation(model, plan, quantized, qparams).model
+def _simulation_runner(built: onnx.ModelProto, outputs: Sequence[str], threads: int) -> Runner:
+    """The session of the switchable simulation ``built`` (the caller's last reference to
+    it), fetching ``outputs`` (loaded from bytes: no proto alive beside them,
+    :func:`onnxq.runtime.loadable`)."""
     add_outputs(built, outputs)
     data = loadable(built)
     del built
