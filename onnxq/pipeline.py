@@ -20,7 +20,6 @@ from onnxq.calibration.parallel import ModelOrigin
 from onnxq.config import CalibrationConfig, Mode, QuantConfig, Rounding
 from onnxq.data import Dataset, DataSource, Preprocess, as_sources
 from onnxq.graph.candidate import Candidate
-from onnxq.graph.external import model_bytes
 from onnxq.graph.passes.result import Change, ChangeKind
 from onnxq.graph.plan import QuantPlan
 from onnxq.report.fidelity import Fidelity, KnownOutputs
@@ -225,7 +224,7 @@ def _report(
     return QuantizeReport(
         model_path=str(request.model_path),
         output_path=str(request.output_path),
-        float_bytes=model_bytes(request.model_path),
+        float_bytes=inputs.float_bytes,
         quantized_bytes=facts.written,
         quantized_nodes=c.quantized_nodes,
         quantized_weights=c.quantized_weights,

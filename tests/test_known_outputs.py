@@ -177,3 +177,55 @@ def test_quantize_reports_from_the_checks_runs_the_same_fidelity(tmp_path, monke
             else:
                 assert x[key] == y[key], key
     assert kept.fidelity.samples == ran.fidelity.samples
+
+
+def test_a_report_served_from_the_record_loads_no_float_session():
+    """The float session behind a calibration record is made only when a batch is not in
+    the record."""
+    runner = Runner(_scale_model(2.0))
+    feeds = [{"x": np.full((2, 16), float(i), f32)} for i in range(1, 3)]
+    recorder = OutputRecorder(("y",), 2)
+    for feed in feeds:
+        recorder.record(feed, runner.run(feed))
+    made: list[int] = []
+
+    def make() -> Runner:
+        made.append(1)
+        return runner
+
+    cached = CachedReference(make, recorder, ("y",))
+    for feed in feeds:
+        cached.run(feed, ["y"])
+    assert cached.served == 2 and not made
+    other = {"x": np.full((2, 16), 9.0, f32)}
+    assert float(cached.run(other, ["y"])["y"][0, 0]) == 18.0
+    assert made == [1]
+
+
+def test_the_float_reference_session_counts_the_optimized_op_types(monkeypatch):
+    """A float session of the graph outputs alone is the float model onnxruntime runs: its
+    optimized op types come from it, with no session of their own later."""
+    import onnxq.calibration.collect as collect
+    from onnxq.runtime import optimized_op_types
+
+    from helpers import float_session
+
+    model = models.cnn()
+    expected = optimized_op_types(model)
+    floats = float_session(model)
+    assert floats.reference_runner is not None
+
+    def refused(model):
+        raise AssertionError("a session of its own")
+
+    monkeypatch.setattr(collect, "optimized_op_types", refused)
+    assert floats.optimized_op_types() == expected
+
+
+def test_freed_memory_goes_back_on_glibc():
+    import platform
+
+    from onnxq.runtime import return_freed
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert return_freed() is expected

@@ -458,3 +458,33 @@ def test_a_dynamic_model_written_by_latency_carries_its_own_check_result(wide_fi
     sqnr = 10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2))
     # the reported measurement is of this model: within a few dB of its SQNR here
     assert abs(report.check.after.sqnr_db - sqnr) < 3.0
+
+
+def test_int8_written_after_the_weights_only_timing_has_its_session_back(cnn_files, monkeypatch):
+    """While the weights-only model is timed alone against float, int8's session is
+    unloaded (its memory free for the other's load); when int8 is written after all (the
+    weights-only model timed slower than it), the session is loaded again and the written
+    model is evaluated in it."""
+    import onnxq.stages.latency as latency_stage
+
+    timed = latency_stage.timed
+    seen: list[tuple[str, ...]] = []
+
+    def timing(floats, sessions, feed):
+        seen.append(tuple(k.value for k in sessions))
+        float_ms, tried, runs = timed(floats, sessions, feed)
+        if WEIGHTS_ONLY in tried:  # the weights-only model much slower than float
+            return float_ms, {WEIGHTS_ONLY: 3.0 * float_ms + 1.0}, 1000
+        return float_ms, dict.fromkeys(tried, float_ms), 1000  # int8 ties float
+
+    monkeypatch.setattr(latency_stage, "timed", timing)
+    monkeypatch.setattr(latency_stage, "_float_kernels", lambda sessions, floats: ())
+    out = cnn_files["dir"] / "q3.onnx"
+    config = QuantConfig(target=FidelityTarget(sqnr_db=0))
+    report = quantize(cnn_files["model"], out, config, data=cnn_files["data"])
+    assert seen == [("int8",), ("weights-only",)]  # int8 not timed with it again
+    lat = report.latency
+    assert lat is not None and lat.written == INT8
+    assert report.fidelity is not None and report.fidelity.samples == 64  # ran in it
+    assert report.runtime.integer_kernels > 0
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(out)).graph.node}

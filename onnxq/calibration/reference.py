@@ -110,14 +110,30 @@ class OutputRecorder:
 class CachedReference:
     """Stands in for the float :class:`Runner` in :func:`onnxq.report.fidelity.evaluate`:
     the recorded outputs of a batch the pass saw (the next one with the same inputs, in the
-    order they were recorded), the session for any other batch."""
+    order they were recorded), the session for any other batch. ``runner``: the session,
+    or what makes it when a batch first needs it (with ``output_names``, the outputs it
+    serves: a report served wholly from the record and the output check's runs loads no
+    float session, MiniLM 115 MB)."""
 
-    def __init__(self, runner: Runner, recorder: OutputRecorder) -> None:
-        self.runner = runner
+    def __init__(
+        self,
+        runner: Runner | Callable[[], Runner],
+        recorder: OutputRecorder,
+        output_names: Sequence[str] | None = None,
+    ) -> None:
+        self._runner = runner
         self.recorder = recorder
-        self.output_names = runner.output_names
+        if output_names is None:
+            output_names = self.runner.output_names
+        self.output_names = tuple(output_names)
         self.position = 0
         self.served = 0  # batches answered from the record
+
+    @property
+    def runner(self) -> Runner:
+        if not isinstance(self._runner, Runner):
+            self._runner = self._runner()
+        return self._runner
 
     def run(
         self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None

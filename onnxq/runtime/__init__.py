@@ -1,5 +1,6 @@
 """The only part of onnxq that talks to onnxruntime."""
 
+from onnxq.runtime.memory import return_freed
 from onnxq.runtime.session import (
     OptLevel,
     Runner,
@@ -21,5 +22,6 @@ __all__ = [
     "optimize_model",
     "optimized_nodes",
     "optimized_op_types",
+    "return_freed",
     "runtime_version",
 ]

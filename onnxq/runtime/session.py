@@ -78,8 +78,9 @@ def _options(
     if optimized_path is not None:
         opts.optimized_model_filepath = str(optimized_path)
     if optimized_path is not None and external:
-        # its tensors beside it, so that a graph of any size can be written and read (only
-        # then: onnxruntime writes the nodes in another order that way)
+        # its tensors beside it, so that a graph of any size can be written and read, and
+        # its nodes read back without its weights (onnxruntime writes the nodes in another
+        # order that way: not for a graph that is used, only for one that is inspected)
         data = optimized_path.with_name(optimized_path.name + ".data")
         opts.add_session_config_entry(
             "session.optimized_model_external_initializers_file_name", data.name
@@ -179,7 +180,9 @@ class Runner:
         if record_graph and _optimized_path is None:
             with tempfile.TemporaryDirectory(prefix="onnxq-") as tmp:
                 path = Path(tmp) / "optimized.onnx"
-                session = self._load(data, threads, level, path, spin)
+                # its weights beside it, not read back (MiniLM: 86 MB parsed per session,
+                # the peak of loading a candidate)
+                session = self._load(data, threads, level, path, spin, beside=True)
                 self.optimized_nodes = _node_kinds(onnx.load(str(path), load_external_data=False))
         else:
             session = self._load(data, threads, level, _optimized_path, spin)
@@ -206,9 +209,19 @@ class Runner:
         self._session = self._load(model.SerializeToString(), threads, level, None, spin)
 
     def _load(
-        self, data: bytes, threads: int, level: OptLevel, path: Path | None, spin: bool
+        self,
+        data: bytes,
+        threads: int,
+        level: OptLevel,
+        path: Path | None,
+        spin: bool,
+        *,
+        beside: bool = False,
     ) -> ort.InferenceSession:
-        opts = _options(threads, level, path, spin, external=self._folder is not None)
+        """A session of ``data``; ``path``: where it writes its optimized graph, the
+        tensors in a file beside it when ``beside`` or the model has external data."""
+        beside = beside or self._folder is not None
+        opts = _options(threads, level, path, spin, external=beside)
         if not self._prepack:
             opts.add_session_config_entry("session.disable_prepacking", "1")
         if self._folder is not None:

@@ -35,7 +35,7 @@ from onnxq.report.latency import (
     is_faster,
     is_slower,
 )
-from onnxq.runtime import Runner, op_counts
+from onnxq.runtime import Runner, op_counts, return_freed
 from onnxq.stages.check import Checked
 from onnxq.stages.dynamic import quantize_dynamic
 from onnxq.stages.replan import Replanner
@@ -95,6 +95,10 @@ def latency_choice(
     untimed: tuple[CandidateKind, ...] = ()
     if more:
         candidates.update(more)
+        alone = DYNAMIC not in more  # int8 not timed again: its session waits unloaded
+        if alone:  # while the weights-only model's loads
+            sessions[INT8].unload()
+            return_freed()
         others = {k: _session(c.model, threads) for k, c in more.items()}
         sessions.update(others)
         untimed = _float_kernels(others, floats)
@@ -110,6 +114,8 @@ def latency_choice(
         tried |= dict.fromkeys(untimed, float_ms)
         log.info("latency: %s", ", ".join(f"{k.value} {v:.3g} ms" for k, v in tried.items()))
     written = _fastest(tried, resolved=resolved)
+    if written is INT8:
+        sessions[INT8].reload(checked.candidate.model)  # a no-op when it stayed loaded
     same = candidates[written] is checked.candidate  # its check's runs: of this model
     outputs = checked.outputs if same else None
     chosen = Checked(candidates[written], checked.report, sessions[written], outputs)

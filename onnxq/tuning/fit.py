@@ -33,7 +33,7 @@ from onnxq.graph.simulate import UnitKind, build_simulation
 from onnxq.report.fidelity import KnownOutputs
 from onnxq.report.task import MetricGoal
 from onnxq.report.task.measure import check_goals
-from onnxq.runtime import OptLevel, Runner, loadable
+from onnxq.runtime import OptLevel, Runner, loadable, return_freed
 from onnxq.tuning.check import PROBE_BYTES, PROBE_SAMPLES, CheckResult, CheckSet
 from onnxq.tuning.search import Measurements, search_fallback
 
@@ -276,6 +276,7 @@ class _Lazy:
             self.first.unload()
             if self.release_others is not None:
                 self.release_others()
+            return_freed()  # what they held, before the simulation loads
             self.runner = self.make()
         return self.runner
 
