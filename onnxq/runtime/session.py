@@ -6,6 +6,7 @@ This is the only module that imports onnxruntime. Errors from it become
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import time
@@ -32,6 +33,7 @@ from onnxq.graph.outputs import with_outputs
 __all__ = [
     "OptLevel",
     "Runner",
+    "Spooled",
     "loadable",
     "op_counts",
     "measure_latency",
@@ -126,12 +128,28 @@ def _session_model(model: onnx.ModelProto) -> tuple[Path | None, onnx.ModelProto
     return folder, out
 
 
-def loadable(model: onnx.ModelProto) -> onnx.ModelProto | bytes:
+class Spooled:
+    """A serialized model in a private temporary file, for one :class:`Runner` to load
+    (onnxruntime reads it from the file: no copy of its bytes in the process while the
+    session is made) and remove."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="onnxq-"))
+        self.path = self.folder / "model.onnx"
+        self.path.write_bytes(model.SerializeToString())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def loadable(model: onnx.ModelProto) -> onnx.ModelProto | Spooled:
     """What to give :class:`Runner` for a model the caller gives up (a fresh copy):
-    serialized, so the proto is freed before onnxruntime loads it (a proto alive beside
-    its bytes and onnxruntime's copy was the peak of loading: MiniLM 90 MB more); a model
-    with external data stays a proto (the Runner resolves its files)."""
-    return model if uses_external_data(model) else model.SerializeToString()
+    written to a temporary file, so that neither the proto nor its bytes are alive while
+    onnxruntime loads it (a proto beside its bytes and onnxruntime's copy was the peak of
+    loading: MiniLM 90 MB more; the bytes beside onnxruntime's copy, the peak of the
+    output check's simulation: 96 MB); a model with external data stays a proto (the
+    Runner resolves its files)."""
+    return model if uses_external_data(model) else Spooled(model)
 
 
 class Runner:
@@ -139,7 +157,7 @@ class Runner:
 
     def __init__(
         self,
-        model: onnx.ModelProto | bytes,
+        model: onnx.ModelProto | bytes | Spooled,
         *,
         threads: int = 0,
         level: OptLevel = OptLevel.ALL,
@@ -149,7 +167,8 @@ class Runner:
         prepack: bool = True,
         _optimized_path: Path | None = None,
     ) -> None:
-        """``model`` may be serialized already (the caller can then drop the proto); a
+        """``model`` may be serialized already, as bytes or in a :class:`Spooled` file
+        (removed once loaded; see :func:`loadable`), so the caller can drop the proto; a
         model whose initializers are in external files must be given as the proto (its
         pinned locations are rewritten for onnxruntime, :func:`_session_model`).
 
@@ -171,21 +190,29 @@ class Runner:
         self._folder: Path | None = None  # where the session reads external data
         self._prepack = prepack
         self._settings = (threads, level, spin)  # to load it again (reload)
-        if isinstance(model, bytes):
+        data: bytes | str
+        if isinstance(model, Spooled):
+            data = str(model.path)
+        elif isinstance(model, bytes):
             data = model
         else:
             self._folder, model = _session_model(model)
             data = model.SerializeToString()
         self.optimized_nodes: list[tuple[str, str]] | None = None
-        if record_graph and _optimized_path is None:
-            with tempfile.TemporaryDirectory(prefix="onnxq-") as tmp:
-                path = Path(tmp) / "optimized.onnx"
-                # its weights beside it, not read back (MiniLM: 86 MB parsed per session,
-                # the peak of loading a candidate)
-                session = self._load(data, threads, level, path, spin, beside=True)
-                self.optimized_nodes = _node_kinds(onnx.load(str(path), load_external_data=False))
-        else:
-            session = self._load(data, threads, level, _optimized_path, spin)
+        try:
+            if record_graph and _optimized_path is None:
+                with tempfile.TemporaryDirectory(prefix="onnxq-") as tmp:
+                    path = Path(tmp) / "optimized.onnx"
+                    # its weights beside it, not read back (MiniLM: 86 MB parsed per
+                    # session, the peak of loading a candidate)
+                    session = self._load(data, threads, level, path, spin, beside=True)
+                    written = onnx.load(str(path), load_external_data=False)
+                    self.optimized_nodes = _node_kinds(written)
+            else:
+                session = self._load(data, threads, level, _optimized_path, spin)
+        finally:
+            if isinstance(model, Spooled):
+                model.remove()
         self._session: ort.InferenceSession | None = session
         self.output_names: tuple[str, ...] = tuple(o.name for o in session.get_outputs())
 
@@ -210,7 +237,7 @@ class Runner:
 
     def _load(
         self,
-        data: bytes,
+        data: bytes | str,
         threads: int,
         level: OptLevel,
         path: Path | None,
@@ -218,7 +245,8 @@ class Runner:
         *,
         beside: bool = False,
     ) -> ort.InferenceSession:
-        """A session of ``data``; ``path``: where it writes its optimized graph, the
+        """A session of ``data`` (the model's bytes or file); ``path``: where it writes
+        its optimized graph, the
         tensors in a file beside it when ``beside`` or the model has external data."""
         beside = beside or self._folder is not None
         opts = _options(threads, level, path, spin, external=beside)

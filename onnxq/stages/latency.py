@@ -15,7 +15,7 @@ on it). ``--optimize-for size`` times and reports only."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -87,18 +87,24 @@ def latency_choice(
     # a tie (int8 neither faster nor slower) is told apart from a timing of too few runs
     # to say (a large model: PP-OCR det runs five times each in the budget)
     resolved = runs >= SETTLE_RUNS
+
+    def make_room() -> None:
+        """int8 is timed again only beside a dynamic model (``latency``); else its
+        session waits unloaded while the weights-only model is built and loaded (MiniLM:
+        148 MB)."""
+        if config.optimize_for is not OptimizeFor.LATENCY:
+            sessions[INT8].unload()
+            return_freed()
+
+    times = (float_ms, tried[INT8])
     more = (
-        _alternatives(checked, replanner, floats.model, config, (float_ms, tried[INT8]), resolved)
+        _alternatives(checked, replanner, floats.model, config, times, resolved, make_room)
         if replanner
         else {}
     )
     untimed: tuple[CandidateKind, ...] = ()
     if more:
         candidates.update(more)
-        alone = DYNAMIC not in more  # int8 not timed again: its session waits unloaded
-        if alone:  # while the weights-only model's loads
-            sessions[INT8].unload()
-            return_freed()
         others = {k: _session(c.model, threads) for k, c in more.items()}
         sessions.update(others)
         untimed = _float_kernels(others, floats)
@@ -185,10 +191,12 @@ def _alternatives(
     config: QuantConfig,
     times: tuple[float, float],
     resolved: bool,
+    make_room: Callable[[], None] = lambda: None,
 ) -> dict[CandidateKind, Candidate]:
     """The candidates ``config.optimize_for`` asks to time next to int8, whose first
     timing gave ``times`` (float's ms, int8's ms), ``resolved`` when both ran enough times
-    to tell a tie (see :func:`_fastest`)."""
+    to tell a tie (see :func:`_fastest`); ``make_room`` is called before the weights-only
+    model is built."""
     float_ms, int8_ms = times
     out: dict[CandidateKind, Candidate] = {}
     if not config.optimize_for.measures:
@@ -196,6 +204,7 @@ def _alternatives(
     kept = checked.report.float_nodes if checked.report is not None else ()
     # the weights-only model wins a tie that the timing resolved
     if is_slower(int8_ms, float_ms) or resolved and not is_faster(int8_ms, float_ms):
+        make_room()
         candidate = weights_only(replanner, kept)
         if candidate.quantized_nodes:  # else it is the float model (weighted nodes excluded)
             out[WEIGHTS_ONLY] = candidate

@@ -175,8 +175,10 @@ def fit_target(
     planned = (model, plan, first.switchable, qparams)
 
     def simulation() -> Runner:  # built when a round needs it, released before re-planning
-        proto = built.pop() if built else build_simulation(*planned).model
-        return _simulation_runner(proto, probe.outputs, threads)
+        # the proto passed on with no name here: freed before its session loads
+        return _simulation_runner(
+            built.pop() if built else build_simulation(*planned).model, probe.outputs, threads
+        )
 
     session = _Lazy(simulation, first_runner, release)
     sim = replace(sim, model=onnx.ModelProto())  # its units and feeds only: the copy is
@@ -281,7 +283,9 @@ class _Lazy:
         return self.runner
 
     def release(self) -> None:
-        self.runner = None
+        if self.runner is not None:
+            self.runner = None
+            return_freed()  # before the next candidate is built
 
     def finish(self, chosen: Runner, first_model: onnx.ModelProto) -> None:
         """Release the simulation; load the first candidate's session again when it is
