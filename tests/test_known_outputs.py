@@ -229,3 +229,28 @@ def test_freed_memory_goes_back_on_glibc():
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert return_freed() is expected
+
+
+def test_outputs_kept_past_a_run_are_copies_not_views_of_onnxruntime_buffers(tmp_path):
+    """onnxruntime's output arrays are views of buffers in its session's arena: one kept
+    keeps the arena after the session is dropped (magika: 40 MB for 110 kB of outputs).
+    The calibration record, the check set's float outputs and a candidate's kept outputs
+    are copies that own their data."""
+    from onnxq.tuning.check import make_check_set
+
+    from helpers import float_session
+
+    runner = Runner(_scale_model(2.0))
+    feed = {"x": np.ones((2, 16), f32)}
+    fresh = runner.run(feed)["y"]
+    assert not fresh.flags.owndata  # what the copies guard against
+    recorder = OutputRecorder(("y",), 2)
+    recorder.record(feed, runner.run(feed))
+    assert recorder.batches[0][1]["y"].flags.owndata
+    data, _ = _data(tmp_path)
+    check = make_check_set(float_session(_scale_model(1.0)), data, sample_bytes=1000)
+    assert all(v.flags.owndata for d in check.reference for v in d.values())
+    assert all(v.flags.owndata for d in check.graph_reference for v in d.values())
+    kept: list[dict[str, np.ndarray]] = []
+    check.run(Runner(_scale_model(1.05)), keep=kept)
+    assert kept and all(v.flags.owndata for d in kept for v in d.values())

@@ -68,7 +68,9 @@ class OutputRecorder:
     def record(self, feed: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray]) -> None:
         if self.overflowed:
             return
-        kept = {n: np.asarray(values[n]) for n in self.outputs}  # fresh arrays: no copy
+        # copies: onnxruntime's arrays hold their buffers in the session's arena, which
+        # then outlives the session
+        kept = {n: np.array(values[n], copy=True) for n in self.outputs}
         self.bytes += sum(v.nbytes for v in kept.values())
         if self.bytes > self.budget:
             self.overflowed, self.batches = True, []
