@@ -336,3 +336,19 @@ def tiny_encoder(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]
     ]
     model = _model(nodes, [_vi("x", ["N", 8, d])], [_vi("y", ["N", 8, d])], inits)
     return model, {"x": rng.normal(0, 1, (48, 8, d)).astype(f32)}
+
+
+def scale_model(factor: float) -> onnx.ModelProto:
+    """y = x * factor on [N, 16] (as a candidate: noise proportional to each feed's
+    signal)."""
+    c = numpy_helper.from_array(np.array(factor, np.float32), "c")
+    return helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Mul", ["x", "c"], ["y"])],
+            "scale",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+            [c],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )

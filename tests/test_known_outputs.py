@@ -9,7 +9,6 @@ import dataclasses
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
 import onnxq.stages.evaluate as evaluate_stage
 import onnxq.tuning.check as check_module
@@ -23,21 +22,6 @@ from onnxq.runtime import Runner
 import models
 
 f32 = np.float32
-
-
-def _scale_model(factor: float) -> onnx.ModelProto:
-    """y = x * factor."""
-    c = onnx.numpy_helper.from_array(np.array(factor, f32), "c")
-    return helper.make_model(
-        helper.make_graph(
-            [helper.make_node("Mul", ["x", "c"], ["y"])],
-            "scale",
-            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
-            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 16])],
-            [c],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
-    )
 
 
 class Counting:
@@ -56,7 +40,7 @@ class Counting:
 def _data(tmp_path, samples: int = 12):
     x = np.random.default_rng(3).normal(0, 1, (samples, 16)).astype(f32)
     np.savez(tmp_path / "d.npz", x=x)
-    return open_dataset(tmp_path / "d.npz", input_specs(_scale_model(1.0))), x
+    return open_dataset(tmp_path / "d.npz", input_specs(models.scale_model(1.0))), x
 
 
 def _known(reference: Runner, candidate: Runner, x: np.ndarray, feeds: list[int]) -> KnownOutputs:
@@ -82,7 +66,7 @@ def _same(a: Fidelity, b: Fidelity) -> None:
 
 def test_known_samples_are_not_run_again_and_give_the_same_fidelity(tmp_path):
     data, x = _data(tmp_path)
-    reference, candidate = Runner(_scale_model(1.0)), Runner(_scale_model(1.05))
+    reference, candidate = Runner(models.scale_model(1.0)), Runner(models.scale_model(1.05))
     full = evaluate(reference, Counting(candidate), data, batch_size=2)
     # the check fed 4 samples in one feed; the evaluation's batches of 2 end there too
     counted = Counting(candidate)
@@ -94,7 +78,7 @@ def test_known_samples_are_not_run_again_and_give_the_same_fidelity(tmp_path):
 
 def test_known_samples_ending_inside_a_batch_are_not_used(tmp_path):
     data, x = _data(tmp_path)
-    reference, candidate = Runner(_scale_model(1.0)), Runner(_scale_model(1.05))
+    reference, candidate = Runner(models.scale_model(1.0)), Runner(models.scale_model(1.05))
     full = evaluate(reference, candidate, data, batch_size=2)
     counted = Counting(candidate)
     known = _known(reference, candidate, x, [3])  # batches of 2 end at 2 and 4, not 3
@@ -107,7 +91,7 @@ def test_known_values_are_the_ones_reported(tmp_path):
     """The known pairs are read as they are: a candidate side made exact for its samples
     lowers the noise the report sees (a run would have measured the 5 % error)."""
     data, x = _data(tmp_path)
-    reference, candidate = Runner(_scale_model(1.0)), Runner(_scale_model(1.05))
+    reference, candidate = Runner(models.scale_model(1.0)), Runner(models.scale_model(1.05))
     exact = _known(reference, reference, x, [2, 2])
     both = evaluate(reference, candidate, data, batch_size=2, limit=4, known=exact)
     assert both.samples == 4
@@ -116,7 +100,7 @@ def test_known_values_are_the_ones_reported(tmp_path):
 
 def test_a_limit_within_the_known_samples_runs_nothing(tmp_path):
     data, x = _data(tmp_path)
-    reference, candidate = Runner(_scale_model(1.0)), Runner(_scale_model(1.05))
+    reference, candidate = Runner(models.scale_model(1.0)), Runner(models.scale_model(1.05))
     counted = Counting(candidate)
     known = _known(reference, candidate, x, [4, 4])
     fidelity = evaluate(reference, counted, data, batch_size=2, limit=6, known=known)
@@ -127,7 +111,7 @@ def test_a_limit_within_the_known_samples_runs_nothing(tmp_path):
 def test_the_recorded_reference_serves_a_first_batch_further_on():
     """The evaluation skips the batches whose outputs it knows: the first batch it asks for
     is found further on in the calibration record; later ones are positional."""
-    runner = Runner(_scale_model(2.0))
+    runner = Runner(models.scale_model(2.0))
     feeds = [{"x": np.full((2, 16), float(i), f32)} for i in range(1, 5)]
     recorder = OutputRecorder(("y",), 2)
     for feed in feeds:
@@ -182,7 +166,7 @@ def test_quantize_reports_from_the_checks_runs_the_same_fidelity(tmp_path, monke
 def test_a_report_served_from_the_record_loads_no_float_session():
     """The float session behind a calibration record is made only when a batch is not in
     the record."""
-    runner = Runner(_scale_model(2.0))
+    runner = Runner(models.scale_model(2.0))
     feeds = [{"x": np.full((2, 16), float(i), f32)} for i in range(1, 3)]
     recorder = OutputRecorder(("y",), 2)
     for feed in feeds:
@@ -240,7 +224,7 @@ def test_outputs_kept_past_a_run_are_copies_not_views_of_onnxruntime_buffers(tmp
 
     from helpers import float_session
 
-    runner = Runner(_scale_model(2.0))
+    runner = Runner(models.scale_model(2.0))
     feed = {"x": np.ones((2, 16), f32)}
     fresh = runner.run(feed)["y"]
     assert not fresh.flags.owndata  # what the copies guard against
@@ -248,9 +232,9 @@ def test_outputs_kept_past_a_run_are_copies_not_views_of_onnxruntime_buffers(tmp
     recorder.record(feed, runner.run(feed))
     assert recorder.batches[0][1]["y"].flags.owndata
     data, _ = _data(tmp_path)
-    check = make_check_set(float_session(_scale_model(1.0)), data, sample_bytes=1000)
+    check = make_check_set(float_session(models.scale_model(1.0)), data, sample_bytes=1000)
     assert all(v.flags.owndata for d in check.reference for v in d.values())
     assert all(v.flags.owndata for d in check.graph_reference for v in d.values())
     kept: list[dict[str, np.ndarray]] = []
-    check.run(Runner(_scale_model(1.05)), keep=kept)
+    check.run(Runner(models.scale_model(1.05)), keep=kept)
     assert kept and all(v.flags.owndata for d in kept for v in d.values())

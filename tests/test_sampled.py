@@ -161,28 +161,13 @@ def test_observer_samples_only_beside_plain_minmax(monkeypatch):
 # ----------------------------------------------------------------------------- the probe
 
 
-def _scale_model(factor: float) -> onnx.ModelProto:
-    """y = x * factor (the candidate: noise proportional to each feed's signal)."""
-    c = onnx.numpy_helper.from_array(np.array(factor, f32), "c")
-    return helper.make_model(
-        helper.make_graph(
-            [helper.make_node("Mul", ["x", "c"], ["y"])],
-            "scale",
-            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
-            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 16])],
-            [c],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
-    )
-
-
 def test_probe_takes_the_noisiest_feeds_and_extrapolates(tmp_path):
     """Ordered data: the last samples carry almost all the noise. The probe (one feed)
     is the last feed, and its noise, scaled by the share it held, is the whole set's."""
     x = np.ones((64, 16), f32)
     x[56:] *= 30.0  # the last feed of 8 dominates
     np.savez(tmp_path / "d.npz", x=x)
-    ref, cand = _scale_model(1.0), _scale_model(1.02)
+    ref, cand = models.scale_model(1.0), models.scale_model(1.02)
     data = open_dataset(tmp_path / "d.npz", input_specs(ref))
     check = make_check_set(float_session(ref), data, sample_bytes=1000)
     assert check.sizes == (8,) * 8
@@ -197,7 +182,7 @@ def test_probe_takes_the_noisiest_feeds_and_extrapolates(tmp_path):
 
 def test_big_samples_are_checked_one_per_feed(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((12, 16), f32))
-    model = _scale_model(1.0)
+    model = models.scale_model(1.0)
     data = open_dataset(tmp_path / "d.npz", input_specs(model))
     assert make_check_set(float_session(model), data, sample_bytes=2**31).sizes == (1,) * 12
     assert make_check_set(float_session(model), data, sample_bytes=0).sizes == (8, 4)
@@ -232,7 +217,7 @@ def test_in_sample_report_is_bounded_and_held_out_data_is_measured_whole(tmp_pat
 
 def test_small_data_is_read_once(tmp_path, monkeypatch):
     np.savez_compressed(tmp_path / "d.npz", x=np.arange(64, dtype=f32).reshape(4, 16))
-    model = _scale_model(1.0)
+    model = models.scale_model(1.0)
     data = open_dataset(tmp_path / "d.npz", input_specs(model))
     calls = []
     real = dataset_module._load_arrays
@@ -256,11 +241,11 @@ def test_probe_extrapolates_for_a_later_candidate(tmp_path):
     x = rng.uniform(0.5, 1.5, (64, 16)).astype(f32)
     x[40:48] *= 20.0
     np.savez(tmp_path / "d.npz", x=x)
-    ref = _scale_model(1.0)
+    ref = models.scale_model(1.0)
     data = open_dataset(tmp_path / "d.npz", input_specs(ref))
     check = make_check_set(float_session(ref), data, sample_bytes=1000)
-    probe = check.probe(8 * 1000, check.run(check.runner(_scale_model(1.02))))
-    later = _scale_model(1.08)
+    probe = check.probe(8 * 1000, check.run(check.runner(models.scale_model(1.02))))
+    later = models.scale_model(1.08)
     whole = check.run(check.runner(later)).noise["y"]
     assert probe.noise_vector(Runner(later))[0] == pytest.approx(whole, rel=1e-6)
 
@@ -270,10 +255,10 @@ def test_probe_of_a_candidate_with_infinite_noise(tmp_path):
     x = np.ones((32, 16), f32)
     x[8:16] = 3e38  # times 1.5 overflows float32 in the candidate only
     np.savez(tmp_path / "d.npz", x=x)
-    ref = _scale_model(1.0)
+    ref = models.scale_model(1.0)
     data = open_dataset(tmp_path / "d.npz", input_specs(ref))
     check = make_check_set(float_session(ref), data, sample_bytes=1000)
-    before = check.run(check.runner(_scale_model(1.5)))
+    before = check.run(check.runner(models.scale_model(1.5)))
     probe = check.probe(8 * 1000, before)
     assert probe.feeds[0]["x"][0, 0] == f32(3e38)
     assert all(np.isfinite(w) and w > 0 for w in probe.weights)
@@ -314,7 +299,7 @@ def test_batch_count_follows_the_fixed_batch(tmp_path):
     data = open_dataset(tmp_path / "d.npz", input_specs(fixed))
     assert data.num_batches(64) == len(list(data.batches(64))) == 5
     np.savez(tmp_path / "e.npz", x=np.ones((20, 16), f32))
-    free = open_dataset(tmp_path / "e.npz", input_specs(_scale_model(1.0)))
+    free = open_dataset(tmp_path / "e.npz", input_specs(models.scale_model(1.0)))
     assert free.num_batches(8) == len(list(free.batches(8))) == 3
 
 
@@ -405,7 +390,7 @@ def test_sampled_quality_matches_the_full_histogram(layout, monkeypatch):
 def test_a_batch_that_is_not_the_recorded_one_runs_the_session():
     from onnxq.calibration.reference import CachedReference, OutputRecorder
 
-    runner = Runner(_scale_model(2.0))
+    runner = Runner(models.scale_model(2.0))
     seen = {"x": np.ones((2, 16), f32)}
     recorder = OutputRecorder(("y",), 2)
     recorder.record(seen, runner.run(seen))
