@@ -50,7 +50,7 @@ def _known(reference: Runner, candidate: Runner, x: np.ndarray, feeds: list[int]
         feed = {"x": x[start : start + size]}
         pairs.append((reference.run(feed, ["y"]), candidate.run(feed, ["y"]), None))
         start += size
-    return KnownOutputs(start, tuple(pairs))
+    return KnownOutputs(tuple(pairs), tuple(feeds))
 
 
 def _same(a: Fidelity, b: Fidelity) -> None:
@@ -105,62 +105,73 @@ def test_a_limit_within_the_known_samples_runs_nothing(tmp_path):
     known = _known(reference, candidate, x, [4, 4])
     fidelity = evaluate(reference, counted, data, batch_size=2, limit=6, known=known)
     assert counted.samples == 0
-    assert fidelity.samples == 8  # all known samples count, as whole batches would
+    assert fidelity.samples == 8  # whole known feeds up to the limit: 4 + 4
+    first = evaluate(reference, counted, data, batch_size=2, limit=3, known=known)
+    assert first.samples == 4 and counted.samples == 0  # the first feed holds 3
 
 
-def test_the_recorded_reference_serves_a_first_batch_further_on():
-    """The evaluation skips the batches whose outputs it knows: the first batch it asks for
-    is found further on in the calibration record; later ones are positional."""
+def test_the_recorded_reference_skips_the_known_batches_by_count(tmp_path):
+    """The evaluation tells the calibration record how many batches it skipped; the next
+    batch asked for is served from its own position, and a batch with the same inputs
+    earlier in the record is never served in its place."""
     runner = Runner(models.scale_model(2.0))
-    feeds = [{"x": np.full((2, 16), float(i), f32)} for i in range(1, 5)]
+    same = {"x": np.ones((2, 16), f32)}
+    feeds = [same, {"x": np.full((2, 16), 2.0, f32)}, same]
     recorder = OutputRecorder(("y",), 2)
     for feed in feeds:
         recorder.record(feed, runner.run(feed))
     for i, (_, values) in enumerate(recorder.batches):
         values["y"][:] = -float(i)  # marks which record served
     cached = CachedReference(runner, recorder)
-    assert float(cached.run(feeds[2], ["y"])["y"][0, 0]) == -2.0
-    assert float(cached.run(feeds[3], ["y"])["y"][0, 0]) == -3.0
-    assert cached.served == 2
-    late = CachedReference(runner, recorder)
-    late.run(feeds[0], ["y"])
-    assert float(late.run(feeds[3], ["y"])["y"][0, 0]) == 8.0  # not the next one: run
+    cached.skip(2)
+    assert float(cached.run(same, ["y"])["y"][0, 0]) == -2.0  # not batch 0's record
+    assert cached.served == 1
+    unskipped = CachedReference(runner, recorder)
+    assert float(unskipped.run(feeds[2], ["y"])["y"][0, 0]) == -0.0  # position 0
+    assert float(unskipped.run(feeds[2], ["y"])["y"][0, 0]) == 2.0  # not batch 1: run
 
 
 def test_quantize_reports_from_the_checks_runs_the_same_fidelity(tmp_path, monkeypatch):
     """In-sample (no --eval), the output check's runs of the written model are handed to the
-    evaluation; the report is the one a full evaluation gives."""
+    evaluation, which runs only the samples after them; the report is the one a full
+    evaluation gives."""
     model = models.cnn()
-    shape = [d.dim_value or 24 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [200, *(d.dim_value for d in dims[1:])]
     rng = np.random.default_rng(5)
     np.savez(tmp_path / "d.npz", input=rng.normal(0, 1, shape).astype(f32))
     onnx.save(model, str(tmp_path / "m.onnx"))
     given: list[KnownOutputs | None] = []
+    ran: list[Counting] = []
     real = evaluate_stage.evaluate
 
-    def recording(*args, **kwargs):
+    def recording(reference, candidate, *args, **kwargs):
         given.append(kwargs.get("known"))
-        return real(*args, **kwargs)
+        ran.append(Counting(candidate))
+        return real(reference, ran[-1], *args, **kwargs)
 
     monkeypatch.setattr(evaluate_stage, "evaluate", recording)
     cfg = QuantConfig(optimize_for=OptimizeFor.SIZE)
     kept = quantize(tmp_path / "m.onnx", tmp_path / "a.onnx", cfg, data=tmp_path / "d.npz")
-    assert kept.check is not None
+    assert kept.check is not None and kept.fidelity is not None
     assert given and given[0] is not None
-    assert given[0].samples == kept.check.after.samples
+    assert given[0].samples == kept.check.after.samples < 200  # the check took a share
+    assert kept.fidelity.samples == 200
+    assert ran[0].samples == 200 - given[0].samples  # only the samples after the check's
     monkeypatch.setattr(check_module, "KNOWN_BYTES", -1)  # nothing kept: everything runs
     given.clear()
-    ran = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", cfg, data=tmp_path / "d.npz")
-    assert given == [None]
-    assert kept.fidelity is not None and ran.fidelity is not None
-    for a, b in zip(kept.fidelity.outputs, ran.fidelity.outputs, strict=True):
+    ran.clear()
+    full = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", cfg, data=tmp_path / "d.npz")
+    assert given == [None] and ran[0].samples == 200
+    assert full.fidelity is not None
+    for a, b in zip(kept.fidelity.outputs, full.fidelity.outputs, strict=True):
         x, y = dataclasses.asdict(a), dataclasses.asdict(b)
         for key in x:
             if isinstance(x[key], float):
                 assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
             else:
                 assert x[key] == y[key], key
-    assert kept.fidelity.samples == ran.fidelity.samples
+    assert kept.fidelity.samples == full.fidelity.samples
 
 
 def test_a_report_served_from_the_record_loads_no_float_session():

@@ -44,3 +44,21 @@ def test_a_spooled_model_onnxruntime_refuses_is_removed_too():
     with pytest.raises(RuntimeFailure, match="cannot load"):
         Runner(spooled)
     assert not spooled.folder.exists()
+
+
+def test_a_model_that_cannot_be_spooled_is_a_one_line_error_and_leaves_nothing(monkeypatch):
+    import errno
+    import pathlib
+
+    made: list[pathlib.Path] = []
+    real_write = pathlib.Path.write_bytes
+
+    def full(self, data):
+        made.append(self)
+        real_write(self, data[:10])  # part written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(RuntimeFailure, match="No space left on device.*TMPDIR"):
+        loadable(models.cnn())
+    assert made and not made[0].parent.exists()

@@ -7,8 +7,8 @@ those same samples, and ran the float session over them a second time (MiniLM: 1
 2.3 s of evaluation). The outputs are small next to the activations calibration fetches,
 so the pass keeps them, up to :data:`CACHE_BYTES`, and the report reads them back batch by
 batch. A batch is served only when it is the batch the pass saw at that position (the
-same inputs: dtypes, shapes and sums; the first one asked for may be further on, when the
-caller had the outputs of the first batches already); anything else runs the session.
+same inputs: dtypes, shapes and sums; batches the caller had the outputs of already are
+skipped by count); anything else runs the session.
 The report then counts whole calibration batches: the same numbers as running the float
 model again when every sample is evaluated (a small model), up to float rounding (the
 calibration session fetches activations, so onnxruntime fuses less there than in the
@@ -111,8 +111,8 @@ class OutputRecorder:
 
 class CachedReference:
     """Stands in for the float :class:`Runner` in :func:`onnxq.report.fidelity.evaluate`:
-    the recorded outputs of a batch the pass saw (the next one with the same inputs, in the
-    order they were recorded), the session for any other batch. ``runner``: the session,
+    the recorded outputs of the batches in the order they were recorded, the session for
+    any batch that is not the recorded one. ``runner``: the session,
     or what makes it when a batch first needs it (with ``output_names``, the outputs it
     serves: a report served wholly from the record and the output check's runs loads no
     float session, MiniLM 115 MB)."""
@@ -141,20 +141,19 @@ class CachedReference:
         self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         names = list(outputs) if outputs is not None else list(self.output_names)
+        index, self.position = self.position, self.position + 1
         batches = self.recorder.batches
-        first, self.position = self.position, self.position + 1
-        if first < len(batches) and set(names) <= set(self.recorder.outputs):
-            signature = batch_signature(feed)
-            # the first call may start further on: the batches whose outputs the caller
-            # had already (the output check's, :class:`onnxq.report.fidelity.KnownOutputs`)
-            # were skipped
-            last = len(batches) if self.served == 0 and first == 0 else first + 1
-            for index in range(first, last):
-                if batches[index][0] == signature:
-                    self.position = index + 1
-                    self.served += 1
-                    return {n: batches[index][1][n] for n in names}
+        if index < len(batches) and set(names) <= set(self.recorder.outputs):
+            signature, values = batches[index]
+            if signature == batch_signature(feed):
+                self.served += 1
+                return {n: values[n] for n in names}
         return self.runner.run(feed, names)
+
+    def skip(self, batches: int) -> None:
+        """The caller had the outputs of the next ``batches`` batches already (the output
+        check's, :class:`onnxq.report.fidelity.KnownOutputs`) and does not ask for them."""
+        self.position += batches
 
 
 class RecordedFeeds:

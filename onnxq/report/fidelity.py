@@ -48,17 +48,29 @@ class Outputs(Protocol):
     ) -> dict[str, np.ndarray]: ...
 
 
-Pair = tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray | None]
+_Pair = tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray | None]
 
 
 @dataclass(frozen=True)
 class KnownOutputs:
-    """Both models' graph outputs on the first ``samples`` samples of a dataset, already
-    run (the output check's runs of the written model: :meth:`onnxq.tuning.check.CheckSet.
-    known`), feed by feed: ``(reference, candidate, labels)``."""
+    """Both models' graph outputs on the first samples of a dataset, already run (the
+    output check's runs of the written model: :meth:`onnxq.tuning.check.CheckSet.known`),
+    feed by feed: ``(reference, candidate, labels)``, with the samples of each feed."""
 
-    samples: int
-    pairs: tuple[Pair, ...]
+    pairs: tuple[_Pair, ...]
+    sizes: tuple[int, ...]
+
+    @property
+    def samples(self) -> int:
+        return sum(self.sizes)
+
+    def head(self, samples: int) -> KnownOutputs:
+        """The first feeds that hold ``samples`` samples or more (whole feeds)."""
+        count = next(
+            (i + 1 for i in range(len(self.sizes)) if sum(self.sizes[: i + 1]) >= samples),
+            len(self.sizes),
+        )
+        return KnownOutputs(self.pairs[:count], self.sizes[:count])
 
 
 def evaluate(
@@ -72,21 +84,24 @@ def evaluate(
     outputs: Sequence[str] | None = None,
     observers: Sequence[BatchObserver] = (),
     known: KnownOutputs | None = None,
+    skipped: Callable[[int], None] | None = None,
 ) -> Fidelity:
     """Metrics of ``outputs`` (default: every output of ``reference``) over ``dataset``
     (its first ``limit`` samples or more, whole batches, when given), batch by batch;
     ``observers`` see the outputs of each batch too. ``known``: the outputs of the first
     samples, taken as they are instead of running both models on them again (every metric
-    is a sum or a count over rows: the same numbers); used when they end where one of
-    ``dataset``'s batches of ``batch_size`` ends, else everything is run."""
+    is a sum or a count over rows: the same numbers; whole feeds of it up to ``limit``);
+    used when they end where one of ``dataset``'s batches of ``batch_size`` ends, else
+    everything is run. ``skipped``: told how many batches were not asked of ``reference``
+    (before it is asked for the next; a record of its outputs serves by position)."""
     total = dataset.num_samples if limit is None else min(limit, dataset.num_samples)
     names = list(outputs if outputs is not None else reference.output_names)
     run = _Run(reference, candidate, dataset, batch_size, total, names, progress, observers)
     if known is not None and set(names) <= _names(known):
-        fidelity = run(known)
+        fidelity = run(known.head(total), skipped)
         if fidelity is not None:
             return fidelity
-    fidelity = run(None)
+    fidelity = run(None, None)
     assert fidelity is not None
     return fidelity
 
@@ -111,26 +126,29 @@ class _Run:
     progress: Callable[[str, int, int], None] | None
     observers: Sequence[BatchObserver]
 
-    def __call__(self, known: KnownOutputs | None) -> Fidelity | None:
+    def __call__(
+        self, known: KnownOutputs | None, skipped: Callable[[int], None] | None
+    ) -> Fidelity | None:
         """The fidelity, the first samples from ``known``; None when they end inside a
-        batch (nothing has been run: the reference's record is untouched)."""
+        batch (nothing has been run and ``skipped`` not called)."""
         names, total, progress = self.names, self.total, self.progress
         stats = {n: _Pooled(OutputStats(n)) for n in names}
         skip = known.samples if known is not None else 0
-        skipped = 0
         if known is not None and skip >= total:  # the known samples are enough
             self._add(stats, known.pairs)
             return Fidelity(skip, tuple(stats[n].result() for n in names))
-        done = 0
+        done, batches = 0, 0
         for batch in self.dataset.batches(self.batch_size):
-            if skipped < skip:
-                skipped += batch.size
-                if skipped > skip:
+            if done < skip:
+                done += batch.size
+                batches += 1
+                if done > skip:
                     return None  # the known samples end inside this batch
-                if skipped == skip:
+                if done == skip:
                     assert known is not None
                     self._add(stats, known.pairs)
-                    done = skip
+                    if skipped is not None:
+                        skipped(batches)
                 continue
             ref = self.reference.run(batch.feed, names)
             cand = self.candidate.run(batch.feed, names)
@@ -140,11 +158,11 @@ class _Run:
                 progress("evaluating", min(done, total), total)
             if done >= total:
                 break
-        if skipped < skip:
+        if done < skip:
             return None  # the dataset holds fewer samples than ``known``
         return Fidelity(done, tuple(stats[n].result() for n in names))
 
-    def _add(self, stats: dict[str, _Pooled], pairs: Sequence[Pair]) -> None:
+    def _add(self, stats: dict[str, _Pooled], pairs: Sequence[_Pair]) -> None:
         for ref, cand, labels in pairs:
             for n in self.names:
                 stats[n].add(ref[n], cand[n], labels)

@@ -4,6 +4,7 @@ from onnxq.runtime.memory import return_freed
 from onnxq.runtime.session import (
     OptLevel,
     Runner,
+    Spooled,
     loadable,
     measure_latency,
     op_counts,
@@ -16,6 +17,7 @@ from onnxq.runtime.session import (
 __all__ = [
     "OptLevel",
     "Runner",
+    "Spooled",
     "loadable",
     "op_counts",
     "measure_latency",

@@ -11,7 +11,6 @@ them (as Dask's workers do); on a C library without it (not glibc) nothing happe
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 from collections.abc import Callable
 
@@ -20,12 +19,9 @@ __all__ = ["return_freed"]
 
 @functools.cache
 def _trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
+    try:  # the C library the process runs on (no search for it on disk)
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc; Windows takes no None
         return None
     return trim
 

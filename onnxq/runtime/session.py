@@ -136,7 +136,14 @@ class Spooled:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="onnxq-"))
         self.path = self.folder / "model.onnx"
-        self.path.write_bytes(model.SerializeToString())
+        try:
+            self.path.write_bytes(model.SerializeToString())
+        except OSError as exc:
+            self.remove()
+            raise RuntimeFailure(
+                f"cannot write a temporary copy of the model to load it in '{self.folder}' "
+                f"({exc.strerror or exc}): set TMPDIR to a folder with room"
+            ) from exc
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -246,8 +253,8 @@ class Runner:
         beside: bool = False,
     ) -> ort.InferenceSession:
         """A session of ``data`` (the model's bytes or file); ``path``: where it writes
-        its optimized graph, the
-        tensors in a file beside it when ``beside`` or the model has external data."""
+        its optimized graph, the tensors in a file beside it when ``beside`` or the model
+        has external data."""
         beside = beside or self._folder is not None
         opts = _options(threads, level, path, spin, external=beside)
         if not self._prepack:

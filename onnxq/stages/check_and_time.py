@@ -84,7 +84,7 @@ class CheckAndTime:
             return timed
         if timing.written is DYNAMIC:
             return self._dynamic_measured(written, checked, checks), timing
-        start = Checked(written.candidate, None, None)
+        start = unchecked(written.candidate, checks, self.threads, written.runner)
         rechecked = output_check(
             start, replanner.weights_only(), self.floats, checks, self.config, self.progress
         )

@@ -67,8 +67,10 @@ def measure(
     limit = max(8, IN_SAMPLE_BYTES // max(floats.sample_bytes(data), 1)) if in_sample else None
     kept = floats.reference(data)  # the float outputs calibration kept of these samples
     reference: Outputs
+    skipped = None
     if kept is not None:
         reference, batch = kept
+        skipped = kept[0].skip  # batches whose outputs ``known`` held: not asked for
     else:
         reference, batch = floats.reference_runner, floats.affordable_batch(data, batch_size)
     return evaluate(
@@ -80,4 +82,5 @@ def measure(
         progress=progress,
         outputs=floats.outputs,
         known=known if in_sample else None,
+        skipped=skipped,
     )

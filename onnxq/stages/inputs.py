@@ -141,7 +141,7 @@ class Inputs:
     # bytes of the model on disk, with its external data files: read here, where the
     # process is small (reading the model again at the report's end was the peak of a
     # weights-only MiniLM run: 1004 MB)
-    float_bytes: int = 0
+    float_bytes: int
 
 
 def load_inputs(request: QuantizeRequest) -> tuple[onnx.ModelProto, Inputs]:

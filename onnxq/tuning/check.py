@@ -261,7 +261,7 @@ class CheckSet:
             return None
         labels = self.labels or (None,) * len(self.feeds)
         pairs = zip(self.graph_reference, kept, labels, strict=True)
-        return KnownOutputs(self.samples, tuple(pairs))
+        return KnownOutputs(tuple(pairs), self.sizes)
 
 
 FEED_SAMPLES = 8  # samples per run of the check (small feeds: the search can use a few)

@@ -174,11 +174,11 @@ def fit_target(
     built = [sim.model]  # the first session's model: not built twice
     planned = (model, plan, first.switchable, qparams)
 
+    def proto() -> onnx.ModelProto:
+        return built.pop() if built else build_simulation(*planned).model
+
     def simulation() -> Runner:  # built when a round needs it, released before re-planning
-        # the proto passed on with no name here: freed before its session loads
-        return _simulation_runner(
-            built.pop() if built else build_simulation(*planned).model, probe.outputs, threads
-        )
+        return _simulation_runner(proto, probe.outputs, threads)
 
     session = _Lazy(simulation, first_runner, release)
     sim = replace(sim, model=onnx.ModelProto())  # its units and feeds only: the copy is
@@ -245,10 +245,13 @@ def _search_limits(
     return limit, rounds, passes
 
 
-def _simulation_runner(built: onnx.ModelProto, outputs: Sequence[str], threads: int) -> Runner:
-    """The session of the switchable simulation ``built`` (the caller's last reference to
-    it), fetching ``outputs`` (loaded from bytes: no proto alive beside them,
-    :func:`onnxq.runtime.loadable`)."""
+def _simulation_runner(
+    make: Callable[[], onnx.ModelProto], outputs: Sequence[str], threads: int
+) -> Runner:
+    """The session of the switchable simulation ``make`` gives, fetching ``outputs``
+    (loaded from a file: no proto alive beside it, :func:`onnxq.runtime.loadable`; the
+    proto is made here, so no caller's frame holds it while the session loads)."""
+    built = make()
     add_outputs(built, outputs)
     data = loadable(built)
     del built
