@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxq.data import Dataset
-from onnxq.runtime import Runner
+from onnxq.runtime import Runner, owned
 
 __all__ = [
     "CACHE_BYTES",
@@ -68,9 +68,7 @@ class OutputRecorder:
     def record(self, feed: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray]) -> None:
         if self.overflowed:
             return
-        # copies: onnxruntime's arrays hold their buffers in the session's arena, which
-        # then outlives the session
-        kept = {n: np.array(values[n], copy=True) for n in self.outputs}
+        kept = {n: owned(values[n]) for n in self.outputs}
         self.bytes += sum(v.nbytes for v in kept.values())
         if self.bytes > self.budget:
             self.overflowed, self.batches = True, []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -66,10 +67,8 @@ class KnownOutputs:
 
     def head(self, samples: int) -> KnownOutputs:
         """The first feeds that hold ``samples`` samples or more (whole feeds)."""
-        count = next(
-            (i + 1 for i in range(len(self.sizes)) if sum(self.sizes[: i + 1]) >= samples),
-            len(self.sizes),
-        )
+        reached = [i for i, n in enumerate(itertools.accumulate(self.sizes)) if n >= samples]
+        count = reached[0] + 1 if reached else len(self.sizes)
         return KnownOutputs(self.pairs[:count], self.sizes[:count])
 
 

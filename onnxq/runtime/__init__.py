@@ -11,6 +11,7 @@ from onnxq.runtime.session import (
     optimize_model,
     optimized_nodes,
     optimized_op_types,
+    owned,
     runtime_version,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "optimize_model",
     "optimized_nodes",
     "optimized_op_types",
+    "owned",
     "return_freed",
     "runtime_version",
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "optimize_model",
     "optimized_nodes",
     "optimized_op_types",
+    "owned",
     "runtime_version",
 ]
 
@@ -147,6 +148,14 @@ class Spooled:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def owned(value: np.ndarray) -> np.ndarray:
+    """``value`` as an array that owns its data. onnxruntime returns outputs as views of
+    buffers in its session's arena, and one such array kept alive keeps that arena after
+    the session is dropped (magika: 40 MB kept for 110 kB of outputs): copy what is kept
+    past a run."""
+    return np.array(value, copy=True)
 
 
 def loadable(model: onnx.ModelProto) -> onnx.ModelProto | Spooled:

@@ -38,7 +38,7 @@ from onnxq.report.metrics import is_classifier, noise_ratio, sqnr_db
 from onnxq.report.task import TaskMeter, TaskTarget
 from onnxq.report.task.families import select
 from onnxq.report.task.parts import parts_of, split_parts
-from onnxq.runtime import OptLevel, Runner
+from onnxq.runtime import OptLevel, Runner, owned
 
 __all__ = ["CheckResult", "CheckSet", "check_samples", "compared_tensors", "make_check_set"]
 
@@ -211,9 +211,7 @@ class CheckSet:
         for i, (feed, ref) in enumerate(zip(self.feeds, self.reference, strict=True)):
             out = runner.run({**feed, **(extra or {})}, fetch)
             if keep is not None and kept:
-                # copies: onnxruntime's arrays hold their buffers in its arena, which then
-                # outlives the session (magika: 40 MB kept for 110 kB of outputs)
-                keep.append({n: np.array(out[n], copy=True) for n in kept})
+                keep.append({n: owned(out[n]) for n in kept})
             here = []
             for (name, part), label in zip(items, labels, strict=True):
                 r = select(ref[name], part).astype(np.float64)
@@ -319,11 +317,10 @@ def make_check_set(
     for batch in dataset.batches(per_feed):
         ref = kept.take(batch.size, partial(floats.run, batch.feed, fetch))
         feeds.append(batch.feed)
-        # copies: onnxruntime's arrays hold their buffers in the float session's arena,
-        # which would outlive the session (released while the simulation runs)
-        refs.append({n: np.array(ref[n], copy=True) for n in compared})
-        task_refs.append({n: np.array(ref[n], copy=True) for n in reads})
-        graph_refs.append({n: np.array(ref[n], copy=True) for n in graph_outputs})
+        # owned copies: the float session is released while the simulation runs
+        refs.append({n: owned(ref[n]) for n in compared})
+        task_refs.append({n: owned(ref[n]) for n in reads})
+        graph_refs.append({n: ref[n] for n in graph_outputs})  # copied only when kept
         labels.append(batch.labels)
         sizes.append(batch.size)
         if sum(sizes) >= wanted:
@@ -346,13 +343,16 @@ def make_check_set(
         task_reference=tuple(task_refs) if task else (),
         labels=tuple(labels) if any(v is not None for v in labels) else (),
         task_outputs=graph_outputs,
-        graph_reference=tuple(graph_refs) if _small(graph_refs) else (),
+        graph_reference=_kept(graph_refs),
     )
 
 
-def _small(values: list[dict[str, np.ndarray]]) -> bool:
-    """Values the check keeps twice over (a candidate's too) without weight."""
-    return sum(v.nbytes for d in values for v in d.values()) <= KNOWN_BYTES
+def _kept(values: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], ...]:
+    """Owned copies of ``values`` when they are small enough to keep twice over (a
+    candidate's too: KNOWN_BYTES), else nothing."""
+    if sum(np.asarray(v).nbytes for d in values for v in d.values()) > KNOWN_BYTES:
+        return ()
+    return tuple({n: owned(v) for n, v in d.items()} for d in values)
 
 
 def _split_outputs(

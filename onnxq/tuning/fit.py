@@ -181,8 +181,8 @@ def fit_target(
         return _simulation_runner(proto, probe.outputs, threads)
 
     session = _Lazy(simulation, first_runner, release)
-    sim = replace(sim, model=onnx.ModelProto())  # its units and feeds only: the copy is
-    # the list's until the first session takes it
+    # its units and feeds only: the model is ``built``'s until the first session takes it
+    sim = replace(sim, model=onnx.ModelProto())
     measure = Measurements(lambda active: probe.noise_vector(session.get(), sim.feed(active)))
     limit, rounds, passes = _search_limits(target, before, rounds, passes)
     cap = max(1, int(len(sim.units) * MAX_FLOAT_SHARE))
