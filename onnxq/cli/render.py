@@ -388,6 +388,8 @@ def _check_line(check: FitReport) -> str:
     if not check.float_tensors and not check.float_nodes and check.before.meets(t):
         return head + f"met as planned ({state(check.before)})"
     verdict = "met" if check.met else "NOT met"
+    if check.unsearched is not None:
+        return head + f"{state(check.before)}, {verdict}: {check.unsearched}"
     return (
         head
         + (

@@ -27,6 +27,7 @@ __all__ = [
     "OutputFidelity",
     "OutputStats",
     "accuracy_of",
+    "binomial_tail",
     "cosine_rows",
     "is_classifier",
     "noise_ratio",
@@ -51,6 +52,24 @@ def sqnr_db(signal: float, noise: float) -> float:
     if ratio == 0:
         return math.inf
     return -math.inf if math.isinf(ratio) else -10.0 * math.log10(ratio)
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): how likely ``k`` or more of ``n`` independent
+    events of probability ``p`` are (log-space terms: exact for the counts a check sees)."""
+    if k <= 0:
+        return 1.0
+    if k > n or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    lp, lq, ln = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+
+    def log_pmf(i: int) -> float:
+        return ln - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+
+    below = sum(math.exp(log_pmf(i)) for i in range(k))
+    return min(1.0, max(0.0, 1.0 - below))
 
 
 def is_classifier(value: np.ndarray) -> bool:

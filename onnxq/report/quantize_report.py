@@ -91,7 +91,8 @@ def _missed(check: FitReport) -> str:
         got = ", ".join(f"{g.name} {after.task.get(g.name, math.nan):.4g}" for g in t.task.goals)
     elif after.worst_top1 is not None:
         got += f", top-1 {100 * after.worst_top1:.2f}%"
+    why = "" if check.unsearched is None else f" ({check.unsearched})"
     return (
         f"the output check missed its target ({describe_target(t)}) "
-        f"on {after.samples} calibration samples: {got}"
+        f"on {after.samples} calibration samples: {got}{why}"
     )

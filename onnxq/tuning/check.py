@@ -34,7 +34,7 @@ from onnxq.graph.outputs import with_outputs
 from onnxq.graph.rules import GraphIndex, attribute
 from onnxq.metrics_config import Part
 from onnxq.report.fidelity import KnownOutputs
-from onnxq.report.metrics import is_classifier, noise_ratio, sqnr_db
+from onnxq.report.metrics import binomial_tail, is_classifier, noise_ratio, sqnr_db
 from onnxq.report.task import TaskMeter, TaskTarget
 from onnxq.report.task.families import select
 from onnxq.report.task.parts import parts_of, split_parts
@@ -53,6 +53,8 @@ class CheckResult:
     # Σ(ref - out)² of each feed, per output or part (in CheckSet.items order)
     feed_noise: tuple[tuple[float, ...], ...] = field(default=(), compare=False)
     task: dict[str, float] = field(default_factory=dict)  # declared metrics, METRIC.VALUE
+    # top-1 decisions counted per output (samples, or positions of a sequence output)
+    decisions: dict[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def sqnr_db(self) -> float:
@@ -65,6 +67,21 @@ class CheckResult:
     @property
     def worst_top1(self) -> float | None:
         return min(self.top1.values()) if self.top1 else None
+
+    def top1_shortfall(self, target: FidelityTarget) -> tuple[int, int, float] | None:
+        """For the output furthest below the top-1 target: (disagreements, decisions,
+        p), p the chance of that many or more disagreements in that many decisions were
+        the agreement exactly the target's (None: no top-1 output misses the target)."""
+        worst: tuple[int, int, float] | None = None
+        for name, agreement in self.top1.items():
+            n = self.decisions.get(name, 0)
+            if agreement >= target.top1 or n <= 0:
+                continue
+            k = n - round(agreement * n)
+            p = binomial_tail(k, n, 1.0 - target.top1)
+            if worst is None or p < worst[2]:
+                worst = (k, n, p)
+        return worst
 
     def meets(self, target: FidelityTarget) -> bool:
         """Every goal on a task metric met when the target has goals; else SQNR (of the
@@ -233,7 +250,8 @@ class CheckSet:
         ratio = {n: noise_ratio(signal[n], noise[n]) for n in labels}
         top1 = {n: agree[n] / rows[n] for n in self.outputs if rows[n]}
         values = meter.result() if meter is not None else {}
-        return CheckResult(self.samples, ratio, top1, tuple(feed_noise), values)
+        counted = {n: rows[n] for n in top1}
+        return CheckResult(self.samples, ratio, top1, tuple(feed_noise), values, counted)
 
     def noise_vector(
         self, runner: Runner, extra: Mapping[str, np.ndarray] | None = None
