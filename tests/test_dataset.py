@@ -36,6 +36,23 @@ def test_feeds_layout_gives_one_complete_feed_per_index(tmp_path):
     assert len(feeds) == 6 and feeds[0].feed["state"].shape == (2, 1, 5)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+def test_batch_ends_are_where_the_batches_end(tmp_path, batch):
+    """Read off the part sizes without reading the data: the same as counting the
+    batches, part by part (a batch never spans two files)."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    _save(folder, "a.npz", x=np.zeros((5, 3, 4), np.float32))
+    _save(folder, "b.npz", x=np.zeros((3, 3, 4), np.float32))
+    ds = open_dataset(folder, [SPEC])
+    counted = np.cumsum([b.size for b in ds.batches(batch)]).tolist()
+    assert list(ds.batch_ends(batch)) == counted
+    if batch == 2:
+        assert counted == [2, 4, 5, 7, 8]
+    feeds = open_dataset(_save(tmp_path, state=np.ones((3, 2, 1, 5), np.float32)), [FIXED])
+    assert feeds.batch_ends(batch) == (1, 2, 3)  # one feed at a time
+
+
 @pytest.mark.parametrize(
     "arrays,message",
     [

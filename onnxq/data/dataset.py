@@ -150,6 +150,17 @@ class Dataset:
             return sum(math.ceil(n / step) for n in self.part_sizes)
         return math.ceil(self.num_samples / step)
 
+    def batch_ends(self, batch_size: int) -> tuple[int, ...]:
+        """Where each batch of :meth:`batches` ends, in samples from the start (from the
+        part sizes; empty when they are not known)."""
+        step = self._step(batch_size)
+        ends: list[int] = []
+        offset = 0
+        for n in self.part_sizes:
+            ends.extend(offset + min(start + step, n) for start in range(0, n, step))
+            offset += n
+        return tuple(ends)
+
     def _arrays(self, part: Part) -> dict[str, np.ndarray]:
         if part not in self._cache:
             arrays = part.read([s.name for s in self.specs], self.label_key)

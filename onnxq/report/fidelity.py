@@ -95,14 +95,49 @@ def evaluate(
     (before it is asked for the next; a record of its outputs serves by position)."""
     total = dataset.num_samples if limit is None else min(limit, dataset.num_samples)
     names = list(outputs if outputs is not None else reference.output_names)
-    run = _Run(reference, candidate, dataset, batch_size, total, names, progress, observers)
-    if known is not None and set(names) <= _names(known):
-        fidelity = run(known.head(total), skipped)
-        if fidelity is not None:
-            return fidelity
-    fidelity = run(None, None)
-    assert fidelity is not None
-    return fidelity
+    stats = {n: _Pooled(OutputStats(n)) for n in names}
+
+    def add(pairs: Sequence[_Pair]) -> None:
+        for ref, cand, labels in pairs:
+            for n in names:
+                stats[n].add(ref[n], cand[n], labels)
+            for observer in observers:
+                observer.update(ref, cand, labels)
+
+    done, first = 0, 0
+    head = _known_head(known, names, dataset.batch_ends(batch_size), total)
+    if head is not None:
+        add(head[0].pairs)
+        done, first = head[0].samples, head[1]
+        if done < total and skipped is not None:
+            skipped(first)
+    if done < total:
+        for batch in dataset.batches(batch_size, first=first):
+            ref = reference.run(batch.feed, names)
+            cand = candidate.run(batch.feed, names)
+            add(((ref, cand, batch.labels),))
+            done += batch.size
+            if progress is not None:
+                progress("evaluating", min(done, total), total)
+            if done >= total:
+                break
+    return Fidelity(done, tuple(stats[n].result() for n in names))
+
+
+def _known_head(
+    known: KnownOutputs | None, names: Sequence[str], ends: Sequence[int], total: int
+) -> tuple[KnownOutputs, int] | None:
+    """The known feeds :func:`evaluate` takes (whole feeds up to ``total`` samples) and
+    how many of the dataset's batches (which end at ``ends``) they stand for; None when
+    they lack an output or end inside a batch (or past the data) short of ``total``."""
+    if known is None or not set(names) <= _names(known):
+        return None
+    head = known.head(total)
+    if head.samples >= total:
+        return head, len(ends)  # nothing left to run
+    if head.samples not in ends:
+        return None
+    return head, ends.index(head.samples) + 1
 
 
 def _names(known: KnownOutputs) -> set[str]:
@@ -110,63 +145,6 @@ def _names(known: KnownOutputs) -> set[str]:
     if not known.pairs:
         return set()
     return set.intersection(*(set(r) & set(c) for r, c, _ in known.pairs))
-
-
-@dataclass(frozen=True)
-class _Run:
-    """One pass of :func:`evaluate`."""
-
-    reference: Outputs
-    candidate: Runner
-    dataset: Dataset
-    batch_size: int
-    total: int
-    names: list[str]
-    progress: Callable[[str, int, int], None] | None
-    observers: Sequence[BatchObserver]
-
-    def __call__(
-        self, known: KnownOutputs | None, skipped: Callable[[int], None] | None
-    ) -> Fidelity | None:
-        """The fidelity, the first samples from ``known``; None when they end inside a
-        batch (nothing has been run and ``skipped`` not called)."""
-        names, total, progress = self.names, self.total, self.progress
-        stats = {n: _Pooled(OutputStats(n)) for n in names}
-        skip = known.samples if known is not None else 0
-        if known is not None and skip >= total:  # the known samples are enough
-            self._add(stats, known.pairs)
-            return Fidelity(skip, tuple(stats[n].result() for n in names))
-        done, batches = 0, 0
-        for batch in self.dataset.batches(self.batch_size):
-            if done < skip:
-                done += batch.size
-                batches += 1
-                if done > skip:
-                    return None  # the known samples end inside this batch
-                if done == skip:
-                    assert known is not None
-                    self._add(stats, known.pairs)
-                    if skipped is not None:
-                        skipped(batches)
-                continue
-            ref = self.reference.run(batch.feed, names)
-            cand = self.candidate.run(batch.feed, names)
-            self._add(stats, ((ref, cand, batch.labels),))
-            done += batch.size
-            if progress is not None:
-                progress("evaluating", min(done, total), total)
-            if done >= total:
-                break
-        if done < skip:
-            return None  # the dataset holds fewer samples than ``known``
-        return Fidelity(done, tuple(stats[n].result() for n in names))
-
-    def _add(self, stats: dict[str, _Pooled], pairs: Sequence[_Pair]) -> None:
-        for ref, cand, labels in pairs:
-            for n in self.names:
-                stats[n].add(ref[n], cand[n], labels)
-            for observer in self.observers:
-                observer.update(ref, cand, labels)
 
 
 POOL_BYTES = 4 * 2**20  # outputs of small feeds pooled before their metrics are taken

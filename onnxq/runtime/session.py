@@ -246,10 +246,16 @@ class Runner:
         missing = [n for n in self.output_names if n not in present]
         if missing:
             model = with_outputs(model, missing)
+        threads, level, spin = self._settings
         if self._folder is not None:
             self._folder, model = _session_model(model)
-        threads, level, spin = self._settings
-        self._session = self._load(model.SerializeToString(), threads, level, None, spin)
+            self._session = self._load(model.SerializeToString(), threads, level, None, spin)
+            return
+        spooled = Spooled(model)  # loaded from a file, as a new session is (loadable)
+        try:
+            self._session = self._load(str(spooled.path), threads, level, None, spin)
+        finally:
+            spooled.remove()
 
     def _load(
         self,
