@@ -419,6 +419,21 @@ def test_check_set_skips_empty_outputs_and_asks_top1_of_probabilities_only(tmp_p
     assert check.axes == {"probs": 1}  # no top-1 asked of the embedding
 
 
+def test_spread_noise_is_measured_unit_by_unit_and_the_costliest_floated():
+    """Noise spread over 36 units with no standout: the first split is even, so every unit
+    is measured alone (36 + 3 runs) and the fewest costliest ones meeting the limit are
+    floated; halving would spend the whole budget of 48 (it did: six floats, short)."""
+    rng = np.random.default_rng(3)
+    noise = rng.uniform(0.5, 1.5, 36)
+    order = np.argsort(-noise)
+    limit = noise.sum() - noise[order[:6]].sum() + 1e-9  # the six costliest must go
+    measure, calls = _additive(noise)
+    found = search_fallback(36, measure, limit, budget=48, max_float=7)
+    assert found.met and found.floated == frozenset(order[:6].tolist())
+    assert found.passes <= 36 + 4
+    assert sum(len(c) == 1 for c in calls) == 36  # each unit alone, once
+
+
 def test_search_gives_up_early_when_the_noise_is_spread_out():
     """256 units of equal noise, the limit a fiftieth of it, at most 50 float: no choice
     meets it; the search says so after a few splits instead of spending its budget."""
