@@ -307,3 +307,79 @@ def test_non_finite_means_leave_the_bias_alone(tmp_path):
     nan_x = {**finite, "x": np.array([4.0, np.nan, 4, 4])}
     corrected = correct_biases(written, model, nan_x).names(ChangeKind.BIAS_CORRECTED)
     assert set(corrected) == {"conv2", "mm3"}
+
+
+def _padded_matmul() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x [N, 8, 16] @ w + b, of which only position 0 is output; positions 1..7 are
+    "padding" near 4.0: the correction's input mean is mostly theirs, so it moves the
+    output position by about 3.5 · Σ ε, several times its own rounding error."""
+    rng = np.random.default_rng(11)
+    w = rng.normal(0, 0.3, (16, 16)).astype(np.float32)
+    b = rng.normal(0, 0.1, 16).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["xw"], name="mm"),
+        helper.make_node("Add", ["xw", "b"], ["h"], name="add"),
+        helper.make_node("Gather", ["h", "first"], ["y"], name="take", axis=1),
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "padded",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8, 16])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 16])],
+            [
+                numpy_helper.from_array(w, "w"),
+                numpy_helper.from_array(b, "b"),
+                numpy_helper.from_array(np.array(0, np.int64), "first"),
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    x = np.full((32, 8, 16), 4.0, np.float32) + rng.normal(0, 0.05, (32, 8, 16)).astype(np.float32)
+    x[:, 0] = rng.normal(0, 1, (32, 16))
+    return model, {"x": x}
+
+
+def test_the_output_check_undoes_a_correction_that_adds_noise(tmp_path):
+    model, feed = _padded_matmul()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    wo = QuantConfig(weights_only=True)
+    checked = quantize(tmp_path / "m.onnx", tmp_path / "a.onnx", wo, data=tmp_path / "d.npz")
+    plain = replace(wo, target=NO_CHECK)
+    corrected = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", plain, data=tmp_path / "d.npz")
+    c = checked.check
+    assert corrected.corrected_biases == ("mm",)  # without the check: corrected
+    assert c is not None and not c.before.meets(c.target) and c.met
+    assert c.uncorrected_db is not None and c.uncorrected_db > 6.0
+    assert checked.corrected_biases == () and not c.float_nodes  # undone, nothing floated
+    assert c.to_dict()["bias_correction_undone"] is True
+    sqnr = [r.fidelity.outputs[0].sqnr_db for r in (checked, corrected)]
+    assert sqnr[0] > sqnr[1] + 6.0
+    res = CliRunner().invoke(
+        cli,
+        [
+            "quantize",
+            str(tmp_path / "m.onnx"),
+            "-o",
+            str(tmp_path / "c.onnx"),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--weights-only",
+        ],
+    )
+    assert res.exit_code == 0 and "bias correction undone by the output check" in res.output
+
+
+def test_a_correction_that_helps_is_kept_by_the_output_check(tmp_path):
+    """The biased model of the tests above, weights-only and checked at a target its
+    correction helps reach: the correction stays (the simulation is not less noisy)."""
+    model, feed = _biased_model()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    config = QuantConfig(weights_only=True, target=replace(QuantConfig().target, sqnr_db=60.0))
+    report = quantize(tmp_path / "m.onnx", tmp_path / "a.onnx", config, data=tmp_path / "d.npz")
+    c = report.check
+    assert c is not None and c.uncorrected_db is None
+    assert c.rounds >= 1 and c.float_nodes  # a re-planned candidate was written
+    assert report.corrected_biases  # and it was built with the correction

@@ -97,6 +97,7 @@ def output_check(
         threads=floats.threads,
         first_runner=first.runner,
         release=floats.release_reference,  # the search runs no float model
+        uncorrected=replanner.uncorrected(),
     )
     if progress is not None:
         progress("output check", 1, 1)

@@ -95,6 +95,17 @@ class Replanner:
         beside a static one)."""
         return self.with_config(replace(self.config, weights_only=True))
 
+    def uncorrected(self) -> Replanner | None:
+        """This replanner without bias correction (None: it corrects nothing). The output
+        check builds its candidates with it when the correction adds output noise
+        (:func:`onnxq.tuning.fit.fit_target`)."""
+        if not self.weights.means:
+            return None
+        other = copy.copy(self)
+        other.weights = replace(self.weights, means={})
+        other.observed, other.forbidden = dict(self.observed), dict(self.forbidden)
+        return other
+
     def add_codes(
         self, codes: Mapping[str, tuple[np.ndarray, QParams]], notes: tuple[Change, ...]
     ) -> None:

@@ -49,6 +49,11 @@ TASK_PASSES = 320  # and its simulation runs (about 16 find one costly decision)
 # (2 of 128 where 1.3 are expected at 99 %, p = 0.37) spent a round floating a node that
 # changed neither flip, both on near ties of the float model (0.31 vs 0.30)
 SHORTFALL_P = 0.05
+# bias correction is undone when the simulation, which has none, is at least this much
+# less noisy (dB, worst output) than the first candidate with it: its means can be
+# dominated by samples or positions the outputs ignore (MiniLM: 69 % of the positions are
+# padding; 29.9 dB corrected against 31.3 without)
+UNCORRECTED_DB = 0.5
 
 
 class CandidateBuilder(Protocol):
@@ -70,6 +75,9 @@ class FitReport:
     passes: int  # simulation runs over the check samples
     rounds: int  # candidates planned, rewritten and checked after the first
     unsearched: str | None = None  # why no search ran although the target was missed
+    # bias correction undone: the simulation (which has none) was this much less noisy
+    # than the first candidate (dB), so the candidates were built without it
+    uncorrected_db: float | None = None
 
     @property
     def met(self) -> bool:
@@ -107,6 +115,7 @@ class FitReport:
             "simulation_passes": self.passes,
             "rounds": self.rounds,
             "search_skipped": self.unsearched,
+            "bias_correction_undone": self.uncorrected_db is not None,
         }
 
 
@@ -157,26 +166,27 @@ def fit_target(
     rounds: int = 3,
     passes: int = 48,
     release: Callable[[], None] | None = None,
+    uncorrected: CandidateBuilder | None = None,
 ) -> Fitted:
     """The candidate that meets ``target`` on ``check`` while keeping the fewest
     decisions float (``first`` when it already does). ``model`` is the prepared float
     model ``first`` was rewritten from; ``first_runner``: ``first``'s session from
     ``check.runner`` (:func:`onnxq.stages.check.unchecked`), unloaded while the simulation
     session is alive (loaded again when ``first`` is the choice); ``release``: called then
-    too (the caller drops sessions the search does not run)."""
+    too (the caller drops sessions the search does not run). ``uncorrected``: ``build``
+    without bias correction; when ``first`` has corrected biases and the simulation (which
+    has none) is clearly less noisy with every decision quantized, the candidates are built
+    with it (:data:`UNCORRECTED_DB`)."""
     first_kept: list[dict[str, np.ndarray]] = []
     before = check.run(first_runner, keep=first_kept)
     check_goals(target.task.goals, before.task)  # a goal naming no measured value: exit 2
     log.info("output check: %s on %d samples", _describe(before, target), before.samples)
     unchanged = FitReport(target, before, before, (), (), 0, 0)
-    if before.meets(target) or first.plan is None or first.qparams is None:
-        return Fitted(first, unchanged, first_runner, check.known(first_kept))
-    within = within_sampling_noise(before, target)
-    if within is not None:
-        log.info("output check: %s", within)
-        unsearched = replace(unchanged, unsearched=within)
-        return Fitted(first, unsearched, first_runner, check.known(first_kept))
+    settled = _unsearched(first, unchanged)
+    if settled is not None:
+        return Fitted(first, settled, first_runner, check.known(first_kept))
     plan, qparams = first.plan, first.qparams
+    assert plan is not None and qparams is not None  # else _unsearched said so
     sim = build_simulation(model, plan, first.switchable, qparams)
     if not sim.units:
         return Fitted(first, unchanged, first_runner, check.known(first_kept))
@@ -196,6 +206,9 @@ def fit_target(
     sim = replace(sim, model=onnx.ModelProto())
     measure = Measurements(lambda active: probe.noise_vector(session.get(), sim.feed(active)))
     limit, rounds, passes = _search_limits(target, before, rounds, passes)
+    build, gain = _builder(
+        first, build, uncorrected, lambda: measure(frozenset(range(len(sim.units)))), before, check
+    )
     cap = max(1, int(len(sim.units) * MAX_FLOAT_SHARE))
     best, best_result, best_runner, best_kept = first, before, first_runner, first_kept
     best_parts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
@@ -208,7 +221,9 @@ def fit_target(
         found = search_fallback(
             len(sim.units), measure, limit, keep_float=keep, budget=left, max_float=cap
         )
-        if found.floated == keep:  # the simulation sees the limit met: nothing new to try
+        # the simulation sees the limit met: nothing new to try (but the model without
+        # bias correction, when it is what the simulation saw)
+        if found.floated == keep and not (gain is not None and done == 0):
             if not target.task.goals:
                 break
             limit /= 2.0  # a task metric still misses: ask the simulation for less noise
@@ -236,11 +251,26 @@ def fit_target(
         if result.meets(target) or len(keep) >= cap:
             break
         limit /= 2.0
+    undone = gain if best is not first else None
     report = FitReport(
-        target, before, best_result, best_parts[0], best_parts[1], measure.passes, done
+        target, before, best_result, *best_parts, measure.passes, done, uncorrected_db=undone
     )
     session.finish(best_runner, first.model)
     return Fitted(best, report, best_runner, check.known(best_kept))
+
+
+def _unsearched(first: Candidate, unchanged: FitReport) -> FitReport | None:
+    """The report when no search runs (``unchanged``: ``first`` checked): the target is
+    met, ``first`` cannot be re-planned (dynamic), or only top-1 misses and by no more
+    than chance explains (:func:`within_sampling_noise`); None: search."""
+    before, target = unchanged.before, unchanged.target
+    if before.meets(target) or first.plan is None or first.qparams is None:
+        return unchanged
+    within = within_sampling_noise(before, target)
+    if within is None:
+        return None
+    log.info("output check: %s", within)
+    return replace(unchanged, unsearched=within)
 
 
 def within_sampling_noise(before: CheckResult, target: FidelityTarget) -> str | None:
@@ -260,6 +290,41 @@ def within_sampling_noise(before: CheckResult, target: FidelityTarget) -> str | 
         f"top-1 disagrees on {k} of {n} decisions where {expected:.1f} are expected at "
         f"{100 * target.top1:g} % (p = {p:.2f}): within sampling noise, not searched"
     )
+
+
+def _builder(
+    first: Candidate,
+    build: CandidateBuilder,
+    uncorrected: CandidateBuilder | None,
+    simulated: Callable[[], np.ndarray],
+    before: CheckResult,
+    check: CheckSet,
+) -> tuple[CandidateBuilder, float | None]:
+    """The builder of the search's candidates, and the dB of output noise bias
+    correction added when it is ``uncorrected`` (else None): for a weights-only ``first``
+    with corrected biases, the ``simulated`` noise with every decision on is the model's
+    without the correction (with integer activations the simulation also differs from
+    the model by the integer kernels' rounding: not compared)."""
+    plan = first.plan
+    if uncorrected is None or not first.corrected_biases or plan is None or plan.roots:
+        return build, None
+    gain = _correction_cost(simulated(), before, check)
+    if gain is None:
+        return build, None
+    log.info("output check: without bias correction %.1f dB less noise", gain)
+    return uncorrected, gain
+
+
+def _correction_cost(simulated: np.ndarray, before: CheckResult, check: CheckSet) -> float | None:
+    """How much less noise (dB, worst output) the simulation with every decision on has
+    than the first candidate: the same decisions without bias correction (the simulation
+    has none); None unless it is at least :data:`UNCORRECTED_DB`."""
+    corrected = max((before.noise[n] for n in check.labels_of_items), default=0.0)
+    without = float(np.max(simulated, initial=0.0))
+    if not (math.isfinite(corrected) and corrected > 0.0 and without > 0.0):
+        return None
+    gain = 10.0 * math.log10(corrected / without)
+    return gain if gain >= UNCORRECTED_DB else None
 
 
 def _search_limits(
