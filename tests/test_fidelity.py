@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxq.report.fidelity import _Pooled
-from onnxq.report.metrics import OutputStats, binomial_tail
+from onnxq.report.metrics import OutputStats, binomial_tail, binomial_upper
 
 feeds = st.lists(
     st.tuples(st.integers(1, 4), st.integers(0, 2**31 - 1), st.booleans()), min_size=1, max_size=40
@@ -73,3 +73,15 @@ def test_binomial_tail_of_magikas_check():
     """2 disagreements in 128 at 99 %: 1 - P(0) - P(1), about 0.37."""
     assert binomial_tail(2, 128, 0.01) == pytest.approx(0.3666, abs=1e-3)
     assert binomial_tail(6, 128, 0.01) < 0.01
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 200), st.data())
+def test_binomial_upper_is_the_clopper_pearson_bound(n, data):
+    """At the bound, k or fewer events have probability 5 %; below it, more."""
+    k = data.draw(st.integers(0, n - 1))
+    upper = binomial_upper(k, n)
+    assert k / n <= upper <= 1.0
+    assert 1.0 - binomial_tail(k + 1, n, upper) == pytest.approx(0.05, abs=1e-6)
+    assert binomial_upper(0, n) == pytest.approx(1.0 - 0.05 ** (1.0 / n), rel=1e-6)
+    assert binomial_upper(n, n) == 1.0

@@ -22,7 +22,7 @@ from onnxq.graph.simulate import UnitKind, build_simulation
 from onnxq.runtime import OptLevel, Runner
 from onnxq.stages.prepare import prepare
 from onnxq.tuning.check import make_check_set
-from onnxq.tuning.search import search_fallback
+from onnxq.tuning.search import Measurements, search_fallback
 
 import models
 from helpers import (
@@ -421,8 +421,8 @@ def test_check_set_skips_empty_outputs_and_asks_top1_of_probabilities_only(tmp_p
 
 def test_spread_noise_is_measured_unit_by_unit_and_the_costliest_floated():
     """Noise spread over 36 units with no standout: the first split is even, so every unit
-    is measured alone (36 + 3 runs) and the fewest costliest ones meeting the limit are
-    floated; halving would spend the whole budget of 48 (it did: six floats, short)."""
+    is measured alone and the fewest costliest ones meeting the limit are floated; halving
+    would spend the whole budget of 48 (it did: six floats, short)."""
     rng = np.random.default_rng(3)
     noise = rng.uniform(0.5, 1.5, 36)
     order = np.argsort(-noise)
@@ -430,8 +430,31 @@ def test_spread_noise_is_measured_unit_by_unit_and_the_costliest_floated():
     measure, calls = _additive(noise)
     found = search_fallback(36, measure, limit, budget=48, max_float=7)
     assert found.met and found.floated == frozenset(order[:6].tolist())
-    assert found.passes <= 36 + 4
-    assert sum(len(c) == 1 for c in calls) == 36  # each unit alone, once
+    assert found.passes == 1 + 2 + 36 + 1  # all, two halves, each unit alone, the check
+    assert sum(len(c) == 1 for c in calls) == 36
+    # a stricter limit next round, with 3 runs left: the units alone are known already,
+    # so the next costliest are floated and checked (halving would spend the 3 and miss)
+    limit2 = noise.sum() - noise[order[:7]].sum() + 1e-9
+    m = Measurements(measure)
+    first = search_fallback(36, m, limit, budget=48, max_float=8)
+    again = search_fallback(36, m, limit2, budget=3, keep_float=first.floated, max_float=8)
+    assert again.met and again.floated == frozenset(order[:7].tolist()) and again.passes == 1
+
+
+def test_a_group_made_by_an_uneven_split_is_halved():
+    """Whether a group's units are measured alone reads the split that made that group,
+    not the search's latest one (a costly unit's group keeps being halved)."""
+    from onnxq.tuning.search import _Splits
+
+    m = Measurements(lambda active: np.array([float(len(active))]))
+    splits = _Splits(judged=True, shares=[0.96, 0.5])
+    uneven, even = tuple(range(8)), tuple(range(8, 16))
+    splits.made_by.update({uneven: 0.96, even: 0.5})
+    assert not splits.one_by_one(uneven, m, left=40, floats=7)
+    assert splits.one_by_one(even, m, left=40, floats=7)
+    assert not splits.one_by_one(even, m, left=8, floats=7)  # 8 new runs and the check
+    assert not splits.one_by_one(even, m, left=40, floats=1)  # halving finds one for less
+    assert not _Splits(judged=False, made_by={even: 0.5}).one_by_one(even, m, 40, 7)
 
 
 def test_search_gives_up_early_when_the_noise_is_spread_out():
@@ -443,6 +466,10 @@ def test_search_gives_up_early_when_the_noise_is_spread_out():
     found = search_fallback(256, measure, 256 / 50, budget=48, max_float=50)
     assert not found.met and not found.floated
     assert len(calls) <= 1 + 2 * SPLITS_BEFORE_JUDGING + 1
+    # a budget that would fit every unit alone (a task metric's): still judged first
+    measure, calls = _additive(np.full(159, 1.0))
+    found = search_fallback(159, measure, 159 / 50, budget=320, max_float=31)
+    assert not found.met and len(calls) <= 1 + 2 * SPLITS_BEFORE_JUDGING + 1
     # the same spread with a few costly units in it: uneven splits, the search goes on
     noise = np.full(256, 0.001)
     noise[[3, 77, 200]] = 5.0
@@ -491,12 +518,54 @@ def test_a_top1_miss_within_sampling_noise_is_reported_not_searched(tmp_path, to
     c = report.check
     assert c is not None and not c.met
     assert c.before.sqnr_db >= c.target.sqnr_db and c.before.top1 == {"logits": 127 / 128}
-    assert c.before.decisions == {"logits": 128}
+    assert c.before.decisions == {"logits": 128} and c.before.clear_flips == {"logits": 0}
     if searched:
         assert c.unsearched is None and c.passes > 0
     else:
         assert c.passes == 0 and c.rounds == 0
         assert c.unsearched is not None and "1 of 128" in c.unsearched
         assert "0.6 are expected" in c.unsearched
-        assert any("within sampling noise" in w for w in report.warnings)
+        assert "all near ties" in c.unsearched and "at least" in c.unsearched
+        assert any("not searched" in w for w in report.warnings)
         assert c.to_dict()["search_skipped"] == c.unsearched
+
+
+def _result(noise: float, top1: dict, decisions: dict, clear: dict) -> tuple:
+    from onnxq.tuning.check import CheckResult
+
+    result = CheckResult(128, {"y": noise}, top1, (), {}, decisions, clear)
+    return result, FidelityTarget(35.0, 0.99)
+
+
+@pytest.mark.parametrize(
+    "noise, top1, decisions, clear, searched",
+    [
+        (1e-4, {"y": 126 / 128}, {"y": 128}, {"y": 0}, False),  # 2 near ties, p = 0.37
+        (1e-4, {"y": 126 / 128}, {"y": 128}, {"y": 1}, True),  # one flip was clear
+        (1e-3, {"y": 126 / 128}, {"y": 128}, {"y": 0}, True),  # SQNR 30 dB misses too
+        (float("nan"), {"y": 126 / 128}, {"y": 128}, {"y": 0}, True),  # NaN: -inf dB
+        (1e-4, {"y": 122 / 128}, {"y": 128}, {"y": 0}, True),  # 6 of 128: p < 0.01
+        (1e-4, {"y": 126 / 128}, {}, {}, True),  # decisions not counted
+        # two outputs: the second's shortfall is significant
+        (1e-4, {"y": 126 / 128, "z": 120 / 128}, {"y": 128, "z": 128}, {"y": 0, "z": 0}, True),
+    ],
+)
+def test_within_sampling_noise_only_when_chance_and_near_ties_explain_it(
+    noise, top1, decisions, clear, searched
+):
+    from onnxq.tuning.fit import within_sampling_noise
+
+    result, target = _result(noise, top1, decisions, clear)
+    assert (within_sampling_noise(result, target) is None) == searched
+
+
+def test_within_sampling_noise_never_with_task_goals():
+    from onnxq.metrics_config import parse_goal, parse_metric
+    from onnxq.report.task import TaskTarget
+    from onnxq.tuning.fit import within_sampling_noise
+
+    result, target = _result(1e-4, {"y": 126 / 128}, {"y": 128}, {"y": 0})
+    assert within_sampling_noise(result, target) is not None
+    task = TaskTarget((parse_metric("classify"),), (parse_goal("classify.top1=0.9"),))
+    with_goals = FidelityTarget(35.0, 0.99, task=task)
+    assert within_sampling_noise(result, with_goals) is None

@@ -28,6 +28,7 @@ __all__ = [
     "OutputStats",
     "accuracy_of",
     "binomial_tail",
+    "binomial_upper",
     "cosine_rows",
     "is_classifier",
     "noise_ratio",
@@ -70,6 +71,22 @@ def binomial_tail(k: int, n: int, p: float) -> float:
 
     below = sum(math.exp(log_pmf(i)) for i in range(k))
     return min(1.0, max(0.0, 1.0 - below))
+
+
+def binomial_upper(k: int, n: int, confidence: float = 0.95) -> float:
+    """The one-sided upper confidence bound on an event's probability after ``k`` events
+    in ``n`` trials (Clopper-Pearson): the ``p`` at which ``k`` or fewer events happen
+    with probability ``1 - confidence`` (bisection; 1.0 when ``k >= n``)."""
+    if k >= n:
+        return 1.0
+    lo, hi = k / n, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        if 1.0 - binomial_tail(k + 1, n, mid) > 1.0 - confidence:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def is_classifier(value: np.ndarray) -> bool:

@@ -98,5 +98,13 @@ class CheckAndTime:
         if checked.report is None:
             return written
         runner = checks.runner(written.candidate.model, threads=self.threads)
-        measured = replace(checked.report, float_tensors=(), after=checks.run(runner))
+        # what the int8 check said of its own model (a search skipped, a correction
+        # undone) is not said of this one
+        measured = replace(
+            checked.report,
+            float_tensors=(),
+            after=checks.run(runner),
+            unsearched=None,
+            uncorrected_db=None,
+        )
         return Checked(written.candidate, measured, written.runner)

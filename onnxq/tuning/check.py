@@ -55,6 +55,9 @@ class CheckResult:
     task: dict[str, float] = field(default_factory=dict)  # declared metrics, METRIC.VALUE
     # top-1 decisions counted per output (samples, or positions of a sequence output)
     decisions: dict[str, int] = field(default_factory=dict, compare=False)
+    # top-1 disagreements where the float model's decision was clear: its top two apart
+    # by NEAR_TIE of its median margin or more (the others are near ties)
+    clear_flips: dict[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def sqnr_db(self) -> float:
@@ -68,19 +71,20 @@ class CheckResult:
     def worst_top1(self) -> float | None:
         return min(self.top1.values()) if self.top1 else None
 
-    def top1_shortfall(self, target: FidelityTarget) -> tuple[int, int, float] | None:
-        """For the output furthest below the top-1 target: (disagreements, decisions,
-        p), p the chance of that many or more disagreements in that many decisions were
-        the agreement exactly the target's (None: no top-1 output misses the target)."""
-        worst: tuple[int, int, float] | None = None
+    def top1_shortfall(self, target: FidelityTarget) -> tuple[str, int, int, float] | None:
+        """Of the outputs below the top-1 target, the one whose shortfall chance explains
+        least: (name, disagreements, decisions, p), p the chance of that many or more
+        disagreements in that many decisions were the agreement exactly the target's
+        (None: no top-1 output misses the target)."""
+        worst: tuple[str, int, int, float] | None = None
         for name, agreement in self.top1.items():
             n = self.decisions.get(name, 0)
             if agreement >= target.top1 or n <= 0:
                 continue
             k = n - round(agreement * n)
             p = binomial_tail(k, n, 1.0 - target.top1)
-            if worst is None or p < worst[2]:
-                worst = (k, n, p)
+            if worst is None or p < worst[3]:
+                worst = (name, k, n, p)
         return worst
 
     def meets(self, target: FidelityTarget) -> bool:
@@ -221,6 +225,8 @@ class CheckSet:
         signal = dict.fromkeys(labels, 0.0)
         agree = dict.fromkeys(self.outputs, 0)
         rows = dict.fromkeys(self.outputs, 0)
+        margins: dict[str, list[np.ndarray]] = {n: [] for n in self.axes}  # float's top-2 gap
+        flipped: dict[str, list[np.ndarray]] = {n: [] for n in self.axes}
         meter = TaskMeter(self.task, self.task_outputs) if task and self.task else None
         kept = self._kept_names() if keep is not None else ()
         fetch = list(dict.fromkeys([*self.outputs, *(meter.reads if meter else ()), *kept]))
@@ -246,12 +252,16 @@ class CheckSet:
                     same = r.argmax(axis) == c.argmax(axis)
                     agree[name] += int(np.sum(same))
                     rows[name] += same.size
+                    gap = _top2_gap(r, axis)
+                    margins[name].append(gap.ravel())
+                    flipped[name].append(gap[~same].ravel())
             feed_noise.append(tuple(here))
         ratio = {n: noise_ratio(signal[n], noise[n]) for n in labels}
         top1 = {n: agree[n] / rows[n] for n in self.outputs if rows[n]}
         values = meter.result() if meter is not None else {}
         counted = {n: rows[n] for n in top1}
-        return CheckResult(self.samples, ratio, top1, tuple(feed_noise), values, counted)
+        clear = {n: _clear(margins[n], flipped[n]) for n in top1}
+        return CheckResult(self.samples, ratio, top1, tuple(feed_noise), values, counted, clear)
 
     def noise_vector(
         self, runner: Runner, extra: Mapping[str, np.ndarray] | None = None
@@ -280,6 +290,23 @@ class CheckSet:
         return KnownOutputs(tuple(pairs), self.sizes)
 
 
+def _top2_gap(values: np.ndarray, axis: int) -> np.ndarray:
+    """How far apart the two largest values are along ``axis`` (each decision's margin)."""
+    top = np.partition(values, -2, axis=axis)
+    gap: np.ndarray = np.take(top, -1, axis=axis) - np.take(top, -2, axis=axis)
+    return gap
+
+
+def _clear(margins: list[np.ndarray], flipped: list[np.ndarray]) -> int:
+    """How many of the ``flipped`` decisions' float margins are NEAR_TIE of the median
+    margin of all decisions or more (not near ties)."""
+    if not margins:
+        return 0
+    median = float(np.median(np.concatenate(margins)))
+    return int(np.sum(np.concatenate(flipped) >= NEAR_TIE * median))
+
+
+NEAR_TIE = 0.1  # a float margin under this share of the median margin: a near tie
 FEED_SAMPLES = 8  # samples per run of the check (small feeds: the search can use a few)
 PROBE_BYTES = 2**29  # activations of the check samples the search's simulation runs use
 # and at most this many samples: on small inputs (PP-OCR cls: 72 check samples in 512 MB)

@@ -13,6 +13,12 @@ still ranks decisions by the output noise they add (a task metric of a subset ca
 summed), asking first for 3 dB less noise than the model has, then 3 dB less each round
 (up to ``TASK_ROUNDS`` rounds and ``TASK_PASSES`` simulation runs), and each real candidate
 is judged by the metrics.
+
+Two things are decided before searching. A miss of top-1 agreement alone, by no more than
+chance explains and on near ties of the float model only, is reported without a search
+(:func:`within_sampling_noise`). A weights-only candidate whose bias correction adds output
+noise (the simulation has none, so it shows the model without it) is re-planned without
+it (:func:`_builder`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from onnxq.graph.candidate import Candidate
 from onnxq.graph.outputs import add_outputs
 from onnxq.graph.simulate import UnitKind, build_simulation
 from onnxq.report.fidelity import KnownOutputs
+from onnxq.report.metrics import binomial_upper
 from onnxq.report.task import MetricGoal
 from onnxq.report.task.measure import check_goals
 from onnxq.runtime import OptLevel, Runner, loadable, return_freed
@@ -274,21 +281,29 @@ def _unsearched(first: Candidate, unchanged: FitReport) -> FitReport | None:
 
 
 def within_sampling_noise(before: CheckResult, target: FidelityTarget) -> str | None:
-    """Why the search is not run when only top-1 agreement misses and by no more than
-    chance explains (None: search): were the agreement exactly the target's, that many
-    disagreements or more would happen with probability ``SHORTFALL_P`` or more. The
-    check's samples cannot tell such a model from one that meets the target, and a float
-    decision found to flip a near tie back would be fitted to these samples."""
+    """Why the search is not run when only top-1 agreement misses (None: search): by no
+    more than chance explains (were the agreement exactly the target's, that many
+    disagreements or more would happen with probability ``SHORTFALL_P`` or more), and
+    every disagreement a near tie of the float model (its top two apart by under
+    ``NEAR_TIE`` of its median margin: a float decision found to flip one back would be
+    fitted to these samples). The check's samples show no significant miss; how far the
+    agreement could be below the target is said too (its 95 % lower bound, which on few
+    samples is far below)."""
     if target.task.goals or not before.sqnr_db >= target.sqnr_db:
         return None
     short = before.top1_shortfall(target)
-    if short is None or short[2] < SHORTFALL_P:
+    if short is None or short[3] < SHORTFALL_P:
         return None
-    k, n, p = short
+    missing = [n for n, a in before.top1.items() if a < target.top1]
+    if any(before.clear_flips.get(n, 1) for n in missing):
+        return None
+    name, k, n, p = short
     expected = n * (1.0 - target.top1)
+    lowest = 100.0 * (1.0 - binomial_upper(k, n))
     return (
-        f"top-1 disagrees on {k} of {n} decisions where {expected:.1f} are expected at "
-        f"{100 * target.top1:g} % (p = {p:.2f}): within sampling noise, not searched"
+        f"top-1 of '{name}' disagrees on {k} of {n} decisions, all near ties of the float "
+        f"model, where {expected:.1f} are expected at {100 * target.top1:g} % (p = {p:.2f}; "
+        f"agreement at least {lowest:.1f} % at 95 % confidence): not searched"
     )
 
 

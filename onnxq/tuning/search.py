@@ -111,7 +111,7 @@ def search_fallback(
     groups: list[tuple[int, ...]] = [tuple(sorted(everything))] if everything else []
     noise = {g: current for g in groups}
     scale = 1.0
-    shares: list[float] = []  # the noisier half's share of each split, on the worst output
+    splits = _Splits(judged=n_units < JUDGED_UNITS)
     while groups and m.passes - start < budget:
         predicted = np.sum([noise[g] for g in groups], axis=0) * scale
         if float(np.max(predicted)) <= limit:
@@ -135,9 +135,10 @@ def search_fallback(
             continue
         if m.passes - start + 2 > budget:
             break
-        groups += _measure_parts(g, m, noise, shares, worst, budget - (m.passes - start))
+        left, floats = budget - (m.passes - start), cap - len(floated)
+        groups += splits.measure(g, m, noise, worst, left, floats)
         spread = [(len(grp), float(noise[grp][worst])) for grp in groups]
-        if _hopeless(shares, spread, float(predicted[worst]), limit, cap - len(floated)):
+        if _hopeless(splits.shares, spread, float(predicted[worst]), limit, floats):
             break  # spread out: no allowed set of floats removes enough
     active = frozenset(everything - floated)
     current = m(active)
@@ -145,28 +146,59 @@ def search_fallback(
     return SearchResult(frozenset(floated), current, m.passes - start, met)
 
 
-def _measure_parts(
-    group: tuple[int, ...],
-    m: Measurements,
-    noise: dict[tuple[int, ...], np.ndarray],
-    shares: list[float],
-    worst: int,
-    left: int,
-) -> list[tuple[int, ...]]:
-    """The parts of ``group`` with their noise measured (``left`` measurements left): its
-    two halves (neighbours in graph order together; the noisier half's share on the
-    ``worst`` output appended to ``shares``), or each unit alone when the last split was
-    even and they fit the budget with one measurement to spare (step 5). Each part is
-    measured: the parts need not add up exactly."""
-    half = len(group) // 2
-    spread = bool(shares) and shares[-1] < SPREAD and len(group) + 1 <= left
-    parts: list[tuple[int, ...]] = [(u,) for u in group] if spread else [group[:half], group[half:]]
-    for part in parts:
-        noise[part] = m(frozenset(part))
-    a, b = (float(noise[p][worst]) for p in parts[:2])
-    if len(parts) == 2 and a + b > 0:
-        shares.append(max(a, b) / (a + b))
-    return parts
+@dataclass
+class _Splits:
+    """What the search learnt from its splits: the noisier half's share of each, on the
+    worst output, in order (step 4 judges the last few), and the share of the split that
+    made each group (step 5 reads it). ``judged``: step 4 has had its say (or never will:
+    too few units), so step 5 may measure units alone."""
+
+    judged: bool
+    shares: list[float] = field(default_factory=list)
+    made_by: dict[tuple[int, ...], float] = field(default_factory=dict)
+
+    def measure(
+        self,
+        group: tuple[int, ...],
+        m: Measurements,
+        noise: dict[tuple[int, ...], np.ndarray],
+        worst: int,
+        left: int,
+        floats: int,
+    ) -> list[tuple[int, ...]]:
+        """The parts of ``group``, each measured into ``noise`` (they need not add up
+        exactly): its two halves (neighbours in graph order together), or each unit alone
+        (:meth:`one_by_one`); ``left`` measurements and ``floats`` floats still allowed."""
+        if self.one_by_one(group, m, left, floats):
+            singles: list[tuple[int, ...]] = [(u,) for u in group]
+            for part in singles:
+                noise[part] = m(frozenset(part))
+            return singles
+        half = len(group) // 2
+        halves = [group[:half], group[half:]]
+        for part in halves:
+            noise[part] = m(frozenset(part))
+        a, b = (float(noise[part][worst]) for part in halves)
+        if a + b > 0:
+            share = max(a, b) / (a + b)
+            self.shares.append(share)
+            self.made_by.update(dict.fromkeys(halves, share))
+        self.judged = self.judged or len(self.shares) >= SPLITS_BEFORE_JUDGING
+        return halves
+
+    def one_by_one(self, group: tuple[int, ...], m: Measurements, left: int, floats: int) -> bool:
+        """Step 5: measure ``group``'s units alone when each was measured alone already
+        (an earlier round's: free), or when the split that made it was even, step 4 has
+        judged, the units not measured yet fit the ``left`` measurements with one to
+        spare, and that costs no more than halving would to find the ``floats`` units
+        still allowed (about ``2 f log2 s`` for ``f`` of ``s``)."""
+        size = len(group)
+        new = sum(frozenset((u,)) not in m.cache for u in group)
+        if new == 0:
+            return True
+        if not self.judged or self.made_by.get(group, 1.0) >= SPREAD or floats <= 0:
+            return False
+        return new + 1 <= left and size <= 2 * min(floats, size) * math.log2(size)
 
 
 def _hopeless(
