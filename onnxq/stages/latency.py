@@ -29,11 +29,13 @@ from onnxq.graph.candidate import Candidate
 from onnxq.report.latency import (
     DYNAMIC,
     INT8,
+    SLOWER,
     WEIGHTS_ONLY,
     CandidateKind,
     LatencyCheck,
     is_faster,
     is_slower,
+    worth,
 )
 from onnxq.runtime import Runner, op_counts, return_freed
 from onnxq.stages.check import Checked
@@ -119,7 +121,7 @@ def latency_choice(
         resolved = resolved and runs >= SETTLE_RUNS  # both timings, when there were two
         tried |= dict.fromkeys(untimed, float_ms)
         log.info("latency: %s", ", ".join(f"{k.value} {v:.3g} ms" for k, v in tried.items()))
-    written = _fastest(tried, resolved=resolved)
+    written = _fastest(tried, resolved=resolved, gain=worth(config.optimize_for))
     if written is INT8:
         sessions[INT8].reload(checked.candidate.model)  # a no-op when it stayed loaded
     same = candidates[written] is checked.candidate  # its check's runs: of this model
@@ -203,7 +205,8 @@ def _alternatives(
         return out
     kept = checked.report.float_nodes if checked.report is not None else ()
     # the weights-only model wins a tie that the timing resolved
-    if is_slower(int8_ms, float_ms) or resolved and not is_faster(int8_ms, float_ms):
+    gain = worth(config.optimize_for)
+    if is_slower(int8_ms, float_ms) or resolved and not is_faster(int8_ms, float_ms, gain):
         make_room()
         candidate = weights_only(replanner, kept)
         if candidate.quantized_nodes:  # else it is the float model (weighted nodes excluded)
@@ -234,7 +237,9 @@ PREFERENCE = (WEIGHTS_ONLY, INT8, DYNAMIC)  # on a tie, in this order (see _fast
 UNRESOLVED = (INT8, WEIGHTS_ONLY, DYNAMIC)  # the order when the timing had too few runs
 
 
-def _fastest(tried: Mapping[CandidateKind, float], *, resolved: bool = True) -> CandidateKind:
+def _fastest(
+    tried: Mapping[CandidateKind, float], *, resolved: bool = True, gain: float = SLOWER
+) -> CandidateKind:
     """The candidate to write: the first of :data:`PREFERENCE` tried, unless another ran
     faster beyond the noise of the timing (:func:`is_faster`), so a microsecond does not
     decide. On a tie the weights-only model wins: it is as small as int8 (integer weights
@@ -246,13 +251,16 @@ def _fastest(tried: Mapping[CandidateKind, float], *, resolved: bool = True) -> 
     (``resolved`` False: a large model in the ~1 s budget) cannot tell a tie from a
     difference of a few percent; then int8, the model the plan made, stays unless another
     ran faster (PP-OCR det, int8 0.8-0.86x float, was once written weights-only from five
-    runs each on a busy machine)."""
+    runs each on a busy machine). ``gain``: how many times faster another must run when
+    the timing was resolved (:func:`~onnxq.report.latency.worth`: with ``balanced``, int8
+    displaces the weights-only model only when 10 % faster)."""
     first = PREFERENCE if resolved else UNRESOLVED
+    margin = gain if resolved else SLOWER  # ``gain``: int8 displacing the weights-only model
     order = [k for k in first if k in tried] + [k for k in tried if k not in first]
     # the first in that order that no other ran faster than (the margins do not chain:
     # a candidate that ties the second may still beat the first)
     for kind in order:
-        if not any(is_faster(tried[other], tried[kind]) for other in order):
+        if not any(is_faster(tried[other], tried[kind], margin) for other in order):
             return kind
     return min(order, key=lambda k: tried[k])
 

@@ -29,14 +29,16 @@ two per level of the split when a single unit is costly.
    search used to spend its whole budget to gain 0.4 dB). A single costly unit shows as
    uneven splits (c near 1), so it is still found.
 
-5. measure the units of a group one by one when the last split was even (its noisier half
-   held under ``SPREAD`` of the noise) and they fit the budget with one measurement to
-   spare. With the noise spread, halving localises little: each level costs two runs and
-   the halves' sums hide which units are costly. Every unit measured alone gives each one
-   its exact share, and step 2 then keeps float the costliest first (MiniLM weights-only,
-   36 units, first split 59/41: 48 runs reached six floats and 33.0 dB, the seven
-   costliest of the 36 singles hold 60 % of the noise; now 40 runs, seven floats, 33.4
-   dB). A costly unit among many shows uneven splits and is still found by halving.
+5. measure the units of a group one by one when the split that made it was even (its
+   noisier half held under ``SPREAD`` of the noise), step 4 has judged, they fit the
+   budget with one measurement to spare, and that costs no more than halving would to
+   find the floats still allowed. With the noise spread, halving localises little: each
+   level costs two runs and the halves' sums hide which units are costly. Every unit
+   measured alone gives each one its exact share, and step 2 then keeps float the
+   costliest first (MiniLM weights-only, 36 units, first split 59/41: 48 runs reached six
+   floats and 33.0 dB, the seven costliest of the 36 singles hold 60 % of the noise; now
+   40 runs, seven floats, 33.4 dB). A unit holding most of a group's noise makes uneven
+   splits and is still found by halving. Units an earlier round measured alone are free.
 """
 
 from __future__ import annotations
