@@ -65,16 +65,17 @@ class Mode(str, Enum):
 
 
 class OptimizeFor(str, Enum):
-    """What the quantized model is for, when int8 would run no faster than float.
+    """What the quantized model is for, when int8 would run little or no faster than float.
 
     ``size``: write the plan as made (int8 wherever the plan allows), only report a
     slowdown. ``balanced`` (default): time the candidate against float on one sample and,
-    when it is not faster beyond the timing's noise, write the weights-only model (as
-    small, closer to float) unless int8 ran faster than it; a timing of too few runs to
-    tell a tie keeps int8 unless it ran slower. A model still slower than float is
-    reported (``--strict`` fails). ``latency``: as balanced, and the dynamic model
+    when it is not 10 % faster (:data:`onnxq.report.latency.WORTH`), write the
+    weights-only model (as small, closer to float) unless int8 ran 10 % faster than it; a
+    timing of too few runs to tell keeps int8 unless it ran slower. A model still slower
+    than float is reported (``--strict`` fails). ``latency``: the dynamic model
     (activation ranges at run time; the nodes the output check kept float stay float) is
-    timed too; the fastest is written, a tie going to weights-only, then int8."""
+    timed too, and the fastest beyond the timing's noise (3 %) is written, a tie going to
+    weights-only, then int8."""
 
     SIZE = "size"
     BALANCED = "balanced"

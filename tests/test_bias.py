@@ -383,3 +383,45 @@ def test_a_correction_that_helps_is_kept_by_the_output_check(tmp_path):
     assert c is not None and c.uncorrected_db is None
     assert c.rounds >= 1 and c.float_nodes  # a re-planned candidate was written
     assert report.corrected_biases  # and it was built with the correction
+
+
+def test_a_correction_that_helps_is_kept_beside_an_int8_embedding_table(tmp_path):
+    """A weights-only model whose int8 embedding table the simulation does not quantize:
+    the model without the correction is measured, not read off the simulation (which
+    blamed the correction for the table's noise and wrote the worse model)."""
+    rng = np.random.default_rng(0)
+    table = (rng.normal(0, 0.05, (1024, 32)) + 0.3).astype(np.float32)
+    table[np.arange(1024), rng.integers(0, 32, 1024)] = 40.0
+    inits = [numpy_helper.from_array(table, "table")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["h0"], name="emb", axis=0)]
+    for i in range(6):
+        w = rng.normal(0, 1 / np.sqrt(32), (32, 32)).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(rng.normal(1.0, 0.1, 32).astype(np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"m{i}"], name=f"mm{i}"),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"h{i + 1}"], name=f"add{i}"),
+        ]
+    ids = helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["N", 8])
+    out = helper.make_tensor_value_info("h6", onnx.TensorProto.FLOAT, ["N", 8, 32])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [ids], [out], inits),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", ids=rng.integers(0, 1024, (64, 8)).astype(np.int64))
+    wo = QuantConfig(weights_only=True)
+    config = replace(wo, target=replace(wo.target, sqnr_db=60.0))
+    checked = quantize(tmp_path / "m.onnx", tmp_path / "a.onnx", config, data=tmp_path / "d.npz")
+    c = checked.check
+    assert c is not None and c.uncorrected_db is None
+    assert checked.corrected_biases  # the written model keeps the correction
+    plain = {}
+    for on in (True, False):
+        cfg = replace(wo, target=NO_CHECK, bias_correction=on)
+        r = quantize(tmp_path / "m.onnx", tmp_path / f"{on}.onnx", cfg, data=tmp_path / "d.npz")
+        plain[on] = r.fidelity.outputs[0].sqnr_db
+    assert plain[True] > plain[False]  # the correction helps here
+    assert checked.fidelity.outputs[0].sqnr_db >= plain[True]

@@ -139,9 +139,9 @@ def test_balanced_times_once_when_the_check_keeps_int8_as_it_was(cnn_files, monk
     events: list[str] = []
     timed, fit = latency_stage.timed, check_stage.fit_target
 
-    def timing(floats, sessions, feed):  # float made 1 ms slower: the tiny model ties
+    def timing(floats, sessions, feed, *margin):  # float made 1 ms slower: the tiny model ties
         events.append("timed")
-        float_ms, tried, runs = timed(floats, sessions, feed)
+        float_ms, tried, runs = timed(floats, sessions, feed, *margin)
         return float_ms + 1.0, tried, runs
 
     def checking(*args, **kwargs):
@@ -169,10 +169,10 @@ def test_a_weights_only_model_chosen_after_the_check_is_checked_itself(cnn_files
     events: list[str] = []
     timed, fit = latency_stage.timed, check_stage.fit_target
 
-    def timing(floats, sessions, feed):  # int8 1 ms faster than float, then a tie
+    def timing(floats, sessions, feed, *margin):  # int8 1 ms faster than float, then a tie
         first = "timed" not in events
         events.append("timed")
-        float_ms, tried, runs = timed(floats, sessions, feed)
+        float_ms, tried, runs = timed(floats, sessions, feed, *margin)
         if first:
             return float_ms + 1.0, tried, runs
         return float_ms, dict.fromkeys(tried, float_ms), 1000
@@ -366,8 +366,8 @@ def test_balanced_writes_int8_only_when_it_is_ten_percent_faster(tried, written)
     """``balanced`` asks int8 to be 10 % faster than the weights-only model (quantized
     activations cost accuracy); ``latency`` only that it be faster beyond the noise."""
     assert _fastest(tried, gain=worth(OptimizeFor.BALANCED)) == written
-    assert _fastest(tried, gain=worth(OptimizeFor.LATENCY)) == _fastest(tried)
     assert _fastest({INT8: 0.97, WEIGHTS_ONLY: 1.0}, gain=worth(OptimizeFor.LATENCY)) == INT8
+    assert _fastest({INT8: 0.92, WEIGHTS_ONLY: 1.0}, gain=worth(OptimizeFor.LATENCY)) == INT8
     # too few runs to tell: int8 stays unless the weights-only model is faster beyond noise
     assert _fastest({INT8: 1.0, WEIGHTS_ONLY: 0.95}, resolved=False, gain=1.1) == WEIGHTS_ONLY
 
@@ -455,8 +455,8 @@ def test_a_dynamic_model_written_by_latency_carries_its_own_check_result(wide_fi
     made: list[set[str]] = []
     runner = CheckSet.runner
 
-    def timing(floats, sessions, feed):  # the dynamic model 1 ms faster than anything
-        float_ms, tried, runs = timed(floats, sessions, feed)
+    def timing(floats, sessions, feed, *margin):  # the dynamic model 1 ms faster than anything
+        float_ms, tried, runs = timed(floats, sessions, feed, *margin)
         slowest = max(float_ms, *tried.values())
         return slowest, {k: slowest - (1.0 if k is DYNAMIC else 0.0) for k in tried}, runs
 
@@ -490,9 +490,9 @@ def test_int8_written_after_the_weights_only_timing_has_its_session_back(cnn_fil
     timed = latency_stage.timed
     seen: list[tuple[str, ...]] = []
 
-    def timing(floats, sessions, feed):
+    def timing(floats, sessions, feed, *margin):
         seen.append(tuple(k.value for k in sessions))
-        float_ms, tried, runs = timed(floats, sessions, feed)
+        float_ms, tried, runs = timed(floats, sessions, feed, *margin)
         if WEIGHTS_ONLY in tried:  # the weights-only model much slower than float
             return float_ms, {WEIGHTS_ONLY: 3.0 * float_ms + 1.0}, 1000
         return float_ms, dict.fromkeys(tried, float_ms), 1000  # int8 ties float
@@ -509,3 +509,15 @@ def test_int8_written_after_the_weights_only_timing_has_its_session_back(cnn_fil
     assert report.fidelity is not None and report.fidelity.samples == 64
     assert report.runtime.integer_kernels > 0
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(out)).graph.node}
+
+
+def test_the_timing_settles_the_answer_the_choice_asks():
+    """int8 at 0.91x float: 3 % faster in every block, but 10 % faster only in some. The
+    timing's streak must not call that settled when the choice asks 10 %."""
+    from onnxq.stages.timing import BLOCK, STREAK, _agreeing
+
+    rounds = STREAK + 1
+    a = [1.0] * (BLOCK * rounds)  # float
+    b = [0.91 + (0.02 if r % 2 else -0.02) for r in range(rounds) for _ in range(BLOCK)]
+    assert _agreeing(a, b)  # faster by 3 % in every round
+    assert not _agreeing(a, b, worth(OptimizeFor.BALANCED))  # by 10 %: rounds disagree

@@ -569,3 +569,16 @@ def test_within_sampling_noise_never_with_task_goals():
     task = TaskTarget((parse_metric("classify"),), (parse_goal("classify.top1=0.9"),))
     with_goals = FidelityTarget(35.0, 0.99, task=task)
     assert within_sampling_noise(result, with_goals) is None
+
+
+def test_flips_on_clear_decisions_are_counted_and_single_class_axes_have_none():
+    from onnxq.tuning.check import _clear, _top2_gap
+
+    ref = np.array([[3.0, 0.0, 0.0], [1.0, 0.99, 0.0], [0.0, 2.0, 0.5]])
+    gaps = _top2_gap(ref, -1)
+    assert gaps == pytest.approx([3.0, 0.01, 1.5])
+    flipped = [gaps[[0, 1]]]  # decisions 0 (clear) and 1 (a near tie) flipped
+    assert _clear([gaps], flipped) == 1  # median 1.5: 0.01 is under a tenth of it
+    assert _clear([gaps], [gaps[[1]]]) == 0
+    assert np.all(np.isinf(_top2_gap(np.ones((4, 1)), 1)))  # one class: nothing to flip
+    assert _clear([np.zeros(3)], [np.zeros(1)]) == 1  # a median of 0: every flip clear

@@ -409,8 +409,8 @@ def _check_line(check: FitReport) -> str:
             else ""
         )
         + (
-            f"\n  bias correction undone by the output check: without it the outputs had "
-            f"{check.uncorrected_db:.1f} dB less noise (--target-sqnr 0 keeps it)"
+            f"\n  bias correction undone by the output check: the model without it had "
+            f"{check.uncorrected_db:.1f} dB less output noise on the check samples"
             if check.uncorrected_db is not None
             else ""
         )

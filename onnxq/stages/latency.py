@@ -1,10 +1,11 @@
 """Stage: is the candidate faster than float? It is timed against the float model on one
 calibration sample in onnxruntime (float and candidate alternated, threads not spinning,
 within a small time budget). With ``--optimize-for balanced`` or ``latency``, an int8
-candidate that is not faster than float beyond the timing's noise is replaced by the
-weights-only model unless int8 is faster than that one (its integer weights are folded
-into float weights at load, so it runs at float speed; then it is not timed): it is as
-small, and closer to float. A timing of too few runs to tell a tie
+candidate that is not faster than float (by 10 % with ``balanced``, beyond the timing's
+3 % noise with ``latency``: :func:`~onnxq.report.latency.worth`) is replaced by the
+weights-only model unless int8 is that much faster than that one (its integer weights
+are folded into float weights at load, so it runs at float speed; then it is not timed):
+it is as small, and closer to float. A timing of too few runs to tell a tie
 (:data:`~onnxq.stages.timing.SETTLE_RUNS`) keeps int8 unless it ran slower. With
 ``balanced`` the int8 model is timed before the output check (:func:`latency_preview`)
 and the timing settled after it (:func:`settle_preview`); ``latency`` also times the
@@ -65,8 +66,8 @@ def latency_choice(
     threads: int,
 ) -> tuple[Checked, LatencyCheck | None]:
     """``checked`` timed against the float model (``floats``' reference session) on the
-    first sample of ``data``. ``balanced``: when it is not faster than float (slower, when
-    the timing had too few runs to tell a tie), the weights-only model is tried too (timed
+    first sample of ``data``. ``balanced``: when it is not 10 % faster than float (slower,
+    when the timing had too few runs to tell), the weights-only model is tried too (timed
     alone against float, int8's time carried over as its ratio to float; not timed at all
     when it runs the float model's kernels, :func:`_float_kernels`) and written unless
     int8 is faster (:func:`_fastest`). ``latency``: the dynamic model (MatMul/Gemm with
@@ -81,10 +82,11 @@ def latency_choice(
         log.info("latency not measured: the model keeps its weights in external data")
         return checked, None
     feed = _first_sample(data)
+    gain = worth(config.optimize_for)  # how much faster int8 must be to be written
     reference = floats.reference_runner  # the float model with its outputs, not spinning
     candidates: dict[CandidateKind, Candidate] = {INT8: checked.candidate}
     sessions = {INT8: checked.runner or _session(checked.candidate.model, threads)}
-    float_ms, tried, runs = timed(reference, sessions, feed)
+    float_ms, tried, runs = timed(reference, sessions, feed, gain)
     log.info("latency: float %.3g ms, int8 %.3g ms", float_ms, tried[INT8])
     # a tie (int8 neither faster nor slower) is told apart from a timing of too few runs
     # to say (a large model: PP-OCR det runs five times each in the budget)
@@ -112,16 +114,16 @@ def latency_choice(
         untimed = _float_kernels(others, floats)
         to_time = {k: r for k, r in others.items() if k not in untimed}
         if DYNAMIC in to_time:  # int8 and dynamic, both integer models, timed side by side
-            float_ms, tried, runs = timed(reference, {INT8: sessions[INT8], **to_time}, feed)
+            float_ms, tried, runs = timed(reference, {INT8: sessions[INT8], **to_time}, feed, gain)
         elif to_time:  # a weights-only model against float, without int8 again (known
             # no faster): its time carries over as its ratio to float in the first timing
             first_float, int8_ms = float_ms, tried[INT8]
-            float_ms, tried, runs = timed(reference, to_time, feed)
+            float_ms, tried, runs = timed(reference, to_time, feed, gain)
             tried = {INT8: int8_ms * float_ms / first_float, **tried}
         resolved = resolved and runs >= SETTLE_RUNS  # both timings, when there were two
         tried |= dict.fromkeys(untimed, float_ms)
         log.info("latency: %s", ", ".join(f"{k.value} {v:.3g} ms" for k, v in tried.items()))
-    written = _fastest(tried, resolved=resolved, gain=worth(config.optimize_for))
+    written = _fastest(tried, resolved=resolved, gain=gain)
     if written is INT8:
         sessions[INT8].reload(checked.candidate.model)  # a no-op when it stayed loaded
     same = candidates[written] is checked.candidate  # its check's runs: of this model

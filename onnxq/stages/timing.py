@@ -11,7 +11,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from onnxq.report.latency import FASTER_MS, NOISE_MS, CandidateKind, is_faster, is_slower
+from onnxq.report.latency import (
+    FASTER_MS,
+    NOISE_MS,
+    SLOWER,
+    CandidateKind,
+    is_faster,
+    is_slower,
+)
 from onnxq.runtime import Runner, measure_latency
 
 __all__ = ["BUDGET_MS", "timed"]
@@ -35,14 +42,18 @@ CLEAR, CLEAR_NOISE, SETTLE_RUNS, STREAK = 1.2, 3.0, 20, 6
 
 
 def timed(
-    floats: Runner, sessions: Mapping[CandidateKind, Runner], feed: Mapping[str, np.ndarray]
+    floats: Runner,
+    sessions: Mapping[CandidateKind, Runner],
+    feed: Mapping[str, np.ndarray],
+    margin: float = SLOWER,
 ) -> tuple[float, dict[CandidateKind, float], int]:
     """Median ms of float and of each session on ``feed`` (:func:`measure_latency` in
     blocks of :data:`BLOCK` runs), and the runs of each: as many as fit
     :data:`BUDGET_MS`, at least :data:`MIN_RUNS`, fewer when the comparisons are clear
     after :data:`SETTLE_RUNS` (:func:`_settled`). Every session must sleep its threads
     between runs (spinning ones would gain from it in a tight loop, and slow the next
-    model's first run)."""
+    model's first run). ``margin``: the ratio the choice asks of a faster model
+    (:func:`~onnxq.report.latency.worth`), whose answer must be settled too."""
     runners = [floats, *sessions.values()]
     for runner in runners:  # warm-up: a fresh session's first run allocates and packs
         runner.run(feed)
@@ -52,7 +63,7 @@ def timed(
     stopped: list[int] = []  # the runs made, when the comparison settled early
 
     def settled(times: list[list[float]]) -> bool:
-        if _settled(times):
+        if _settled(times, margin):
             stopped.append(len(times[0]))
             return True
         return False
@@ -64,7 +75,7 @@ def timed(
     return float_ms, dict(zip(sessions, medians, strict=True)), runs
 
 
-def _settled(times: Sequence[Sequence[float]]) -> bool:
+def _settled(times: Sequence[Sequence[float]], margin: float = SLOWER) -> bool:
     """Whether every comparison the choice makes is clear (the comment on :data:`STREAK`)
     from the runs of float and of each candidate so far (blocks of :data:`BLOCK`): the
     candidates against each other (the choice among them), and the fastest against float
@@ -75,14 +86,16 @@ def _settled(times: Sequence[Sequence[float]]) -> bool:
     # and the fastest candidate against float: whether the written model is slower than
     # float is reported (and fails --strict), so that comparison must be settled too
     pairs.append((0, min(candidates, key=lambda i: medians[i])))
-    return all(_apart(medians[a], medians[b]) or _agreeing(times[a], times[b]) for a, b in pairs)
+    return all(
+        _apart(medians[a], medians[b]) or _agreeing(times[a], times[b], margin) for a, b in pairs
+    )
 
 
 def _apart(a: float, b: float) -> bool:
     return max(a, b) >= CLEAR * min(a, b) and abs(a - b) >= CLEAR_NOISE * NOISE_MS
 
 
-def _agreeing(a: Sequence[float], b: Sequence[float]) -> bool:
+def _agreeing(a: Sequence[float], b: Sequence[float], margin: float = SLOWER) -> bool:
     """Whether the last :data:`STREAK` rounds' block medians of ``a`` and ``b`` each
     answer "slower?" and "faster?" both ways as their medians over all runs do, the two
     being apart by more than the noise floors' size or within the smaller one (a tie)."""
@@ -92,19 +105,26 @@ def _agreeing(a: Sequence[float], b: Sequence[float]) -> bool:
     ma, mb = statistics.median(a), statistics.median(b)
     if CLEAR_NOISE * NOISE_MS > abs(ma - mb) > FASTER_MS:  # at the noise floors' size
         return False
-    answer = _answers(ma, mb)
+    answer = _answers(ma, mb, margin)
     for r in range(rounds - STREAK, rounds):
         block_a = statistics.median(a[r * BLOCK : (r + 1) * BLOCK])
         block_b = statistics.median(b[r * BLOCK : (r + 1) * BLOCK])
-        if _answers(block_a, block_b) != answer:
+        if _answers(block_a, block_b, margin) != answer:
             return False
     return True
 
 
-def _answers(a: float, b: float) -> tuple[bool, bool, bool, bool]:
+def _answers(a: float, b: float, margin: float = SLOWER) -> tuple[bool, ...]:
     """What the choice asks of two medians: slower (the warning) and faster (the
-    preference), both ways."""
-    return is_slower(a, b), is_slower(b, a), is_faster(a, b), is_faster(b, a)
+    preference, and by ``margin`` when the choice asks more), both ways."""
+    return (
+        is_slower(a, b),
+        is_slower(b, a),
+        is_faster(a, b),
+        is_faster(b, a),
+        is_faster(a, b, margin),
+        is_faster(b, a, margin),
+    )
 
 
 def _run_ms(runner: Runner, feed: Mapping[str, np.ndarray]) -> float:

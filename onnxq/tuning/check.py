@@ -216,9 +216,9 @@ class CheckSet:
         keep: list[dict[str, np.ndarray]] | None = None,
     ) -> CheckResult:
         """Run ``runner`` (with ``extra`` inputs, e.g. simulation masks) on every feed;
-        ``task``: measure the declared task metrics too; ``keep``: given and the set holds
-        the float graph outputs, each feed's graph outputs are appended to it
-        (:meth:`known`)."""
+        ``task``: measure the declared task metrics and the float margins of top-1 flips
+        too (a search pass needs neither); ``keep``: given and the set holds the float
+        graph outputs, each feed's graph outputs are appended to it (:meth:`known`)."""
         items = self.items
         labels = self.labels_of_items
         noise = dict.fromkeys(labels, 0.0)
@@ -252,9 +252,10 @@ class CheckSet:
                     same = r.argmax(axis) == c.argmax(axis)
                     agree[name] += int(np.sum(same))
                     rows[name] += same.size
-                    gap = _top2_gap(r, axis)
-                    margins[name].append(gap.ravel())
-                    flipped[name].append(gap[~same].ravel())
+                    if task:  # a search pass does not read them
+                        gap = _top2_gap(r, axis)
+                        margins[name].append(gap.ravel())
+                        flipped[name].append(gap[~same].ravel())
             feed_noise.append(tuple(here))
         ratio = {n: noise_ratio(signal[n], noise[n]) for n in labels}
         top1 = {n: agree[n] / rows[n] for n in self.outputs if rows[n]}
@@ -291,7 +292,10 @@ class CheckSet:
 
 
 def _top2_gap(values: np.ndarray, axis: int) -> np.ndarray:
-    """How far apart the two largest values are along ``axis`` (each decision's margin)."""
+    """How far apart the two largest values are along ``axis`` (each decision's margin;
+    infinite along an axis of one value: no decision to flip)."""
+    if values.shape[axis] < 2:
+        return np.full(np.delete(values.shape, axis % values.ndim), np.inf)
     top = np.partition(values, -2, axis=axis)
     gap: np.ndarray = np.take(top, -1, axis=axis) - np.take(top, -2, axis=axis)
     return gap

@@ -16,9 +16,9 @@ is judged by the metrics.
 
 Two things are decided before searching. A miss of top-1 agreement alone, by no more than
 chance explains and on near ties of the float model only, is reported without a search
-(:func:`within_sampling_noise`). A weights-only candidate whose bias correction adds output
-noise (the simulation has none, so it shows the model without it) is re-planned without
-it (:func:`_builder`).
+(:func:`within_sampling_noise`). A weights-only candidate with corrected biases is also
+checked without the correction, and the search builds its candidates without it when that
+has less noise (:func:`_uncorrected`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import onnx
 from onnxq.config import FidelityTarget
 from onnxq.graph.candidate import Candidate
 from onnxq.graph.outputs import add_outputs
+from onnxq.graph.plan import QuantPlan
 from onnxq.graph.simulate import UnitKind, build_simulation
 from onnxq.report.fidelity import KnownOutputs
 from onnxq.report.metrics import binomial_upper
@@ -56,8 +57,8 @@ TASK_PASSES = 320  # and its simulation runs (about 16 find one costly decision)
 # (2 of 128 where 1.3 are expected at 99 %, p = 0.37) spent a round floating a node that
 # changed neither flip, both on near ties of the float model (0.31 vs 0.30)
 SHORTFALL_P = 0.05
-# bias correction is undone when the simulation, which has none, is at least this much
-# less noisy (dB, worst output) than the first candidate with it: its means can be
+# bias correction is undone when the model without it, checked, has at least this much
+# less noise (dB, worst output) than the first candidate with it: its means can be
 # dominated by samples or positions the outputs ignore (MiniLM: 69 % of the positions are
 # padding; 29.9 dB corrected against 31.3 without)
 UNCORRECTED_DB = 0.5
@@ -72,6 +73,12 @@ class CandidateBuilder(Protocol):
     ) -> Candidate: ...
 
 
+class PlanBuilder(CandidateBuilder, Protocol):
+    """A :class:`CandidateBuilder` that also rewrites a given plan."""
+
+    def build(self, plan: QuantPlan) -> Candidate: ...
+
+
 @dataclass(frozen=True)
 class FitReport:
     target: FidelityTarget
@@ -82,8 +89,8 @@ class FitReport:
     passes: int  # simulation runs over the check samples
     rounds: int  # candidates planned, rewritten and checked after the first
     unsearched: str | None = None  # why no search ran although the target was missed
-    # bias correction undone: the simulation (which has none) was this much less noisy
-    # than the first candidate (dB), so the candidates were built without it
+    # bias correction undone: the first candidate's plan without it, checked, had this
+    # many dB less noise, so the candidates were built without it
     uncorrected_db: float | None = None
 
     @property
@@ -173,7 +180,7 @@ def fit_target(
     rounds: int = 3,
     passes: int = 48,
     release: Callable[[], None] | None = None,
-    uncorrected: CandidateBuilder | None = None,
+    uncorrected: PlanBuilder | None = None,
 ) -> Fitted:
     """The candidate that meets ``target`` on ``check`` while keeping the fewest
     decisions float (``first`` when it already does). ``model`` is the prepared float
@@ -181,9 +188,9 @@ def fit_target(
     ``check.runner`` (:func:`onnxq.stages.check.unchecked`), unloaded while the simulation
     session is alive (loaded again when ``first`` is the choice); ``release``: called then
     too (the caller drops sessions the search does not run). ``uncorrected``: ``build``
-    without bias correction; when ``first`` has corrected biases and the simulation (which
-    has none) is clearly less noisy with every decision quantized, the candidates are built
-    with it (:data:`UNCORRECTED_DB`)."""
+    without bias correction; when ``first`` is weights-only with corrected biases, its
+    plan built with it is checked too, and when that has :data:`UNCORRECTED_DB` less noise
+    it is the best so far and the search's candidates are built with it."""
     first_kept: list[dict[str, np.ndarray]] = []
     before = check.run(first_runner, keep=first_kept)
     check_goals(target.task.goals, before.task)  # a goal naming no measured value: exit 2
@@ -213,12 +220,18 @@ def fit_target(
     sim = replace(sim, model=onnx.ModelProto())
     measure = Measurements(lambda active: probe.noise_vector(session.get(), sim.feed(active)))
     limit, rounds, passes = _search_limits(target, before, rounds, passes)
-    build, gain = _builder(
-        first, build, uncorrected, lambda: measure(frozenset(range(len(sim.units)))), before, check
-    )
     cap = max(1, int(len(sim.units) * MAX_FLOAT_SHARE))
     best, best_result, best_runner, best_kept = first, before, first_runner, first_kept
     best_parts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    gain = None
+    alt = _uncorrected(first, uncorrected, check, threads, first_runner)
+    if alt is not None and _db_better(alt.result, before) >= UNCORRECTED_DB:
+        gain = _db_better(alt.result, before)
+        log.info("output check: without bias correction %s", _describe(alt.result, target))
+        assert uncorrected is not None  # else no alternative was made
+        build = uncorrected
+        best, best_result, best_runner, best_kept = alt.candidate, alt.result, alt.runner, alt.kept
+    del alt  # a losing alternative's session: released before the simulation loads
     keep: frozenset[int] = frozenset()
     done = 0
     for _ in range(rounds):
@@ -228,9 +241,7 @@ def fit_target(
         found = search_fallback(
             len(sim.units), measure, limit, keep_float=keep, budget=left, max_float=cap
         )
-        # the simulation sees the limit met: nothing new to try (but the model without
-        # bias correction, when it is what the simulation saw)
-        if found.floated == keep and not (gain is not None and done == 0):
+        if found.floated == keep:  # the simulation sees the limit met: nothing new to try
             if not target.task.goals:
                 break
             limit /= 2.0  # a task metric still misses: ask the simulation for less noise
@@ -258,7 +269,7 @@ def fit_target(
         if result.meets(target) or len(keep) >= cap:
             break
         limit /= 2.0
-    undone = gain if best is not first else None
+    undone = gain if best is not first else None  # every later candidate is uncorrected
     report = FitReport(
         target, before, best_result, *best_parts, measure.passes, done, uncorrected_db=undone
     )
@@ -307,39 +318,44 @@ def within_sampling_noise(before: CheckResult, target: FidelityTarget) -> str | 
     )
 
 
-def _builder(
+@dataclass(frozen=True)
+class _Checked:
+    """A candidate the check ran, with its result, session and kept graph outputs."""
+
+    candidate: Candidate
+    result: CheckResult
+    runner: Runner
+    kept: list[dict[str, np.ndarray]]
+
+
+def _uncorrected(
     first: Candidate,
-    build: CandidateBuilder,
-    uncorrected: CandidateBuilder | None,
-    simulated: Callable[[], np.ndarray],
-    before: CheckResult,
+    uncorrected: PlanBuilder | None,
     check: CheckSet,
-) -> tuple[CandidateBuilder, float | None]:
-    """The builder of the search's candidates, and the dB of output noise bias
-    correction added when it is ``uncorrected`` (else None): for a weights-only ``first``
-    with corrected biases, the ``simulated`` noise with every decision on is the model's
-    without the correction (with integer activations the simulation also differs from
-    the model by the integer kernels' rounding: not compared)."""
+    threads: int,
+    first_runner: Runner,
+) -> _Checked | None:
+    """``first``'s plan built without bias correction and checked (None when ``first``
+    has no corrected bias or is not weights-only): whether the correction helps is
+    measured, not assumed. The correction is fitted to the means of every sample and
+    position, which padding can dominate (MiniLM). Only for weights-only candidates: with
+    integer activations the correction is not made. ``first_runner`` is unloaded first
+    (one candidate's session at a time; reloaded when ``first`` is chosen)."""
     plan = first.plan
     if uncorrected is None or not first.corrected_biases or plan is None or plan.roots:
-        return build, None
-    gain = _correction_cost(simulated(), before, check)
-    if gain is None:
-        return build, None
-    log.info("output check: without bias correction %.1f dB less noise", gain)
-    return uncorrected, gain
-
-
-def _correction_cost(simulated: np.ndarray, before: CheckResult, check: CheckSet) -> float | None:
-    """How much less noise (dB, worst output) the simulation with every decision on has
-    than the first candidate: the same decisions without bias correction (the simulation
-    has none); None unless it is at least :data:`UNCORRECTED_DB`."""
-    corrected = max((before.noise[n] for n in check.labels_of_items), default=0.0)
-    without = float(np.max(simulated, initial=0.0))
-    if not (math.isfinite(corrected) and corrected > 0.0 and without > 0.0):
         return None
-    gain = 10.0 * math.log10(corrected / without)
-    return gain if gain >= UNCORRECTED_DB else None
+    first_runner.unload()
+    candidate = uncorrected.build(plan)
+    runner = check.runner(candidate.model, threads=threads, record_graph=True)
+    kept: list[dict[str, np.ndarray]] = []
+    return _Checked(candidate, check.run(runner, keep=kept), runner, kept)
+
+
+def _db_better(result: CheckResult, than: CheckResult) -> float:
+    """How many dB less noise ``result``'s worst output has than ``than``'s (-inf when
+    either is not finite)."""
+    a, b = result.sqnr_db, than.sqnr_db
+    return a - b if math.isfinite(a) and math.isfinite(b) else -math.inf
 
 
 def _search_limits(

@@ -200,7 +200,7 @@ class _Splits:
             return True
         if not self.judged or self.made_by.get(group, 1.0) >= SPREAD or floats <= 0:
             return False
-        return new + 1 <= left and size <= 2 * min(floats, size) * math.log2(size)
+        return new + 1 <= left and new <= 2 * min(floats, size) * math.log2(size)
 
 
 def _hopeless(
