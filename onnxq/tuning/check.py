@@ -38,7 +38,7 @@ from onnxq.report.metrics import binomial_tail, is_classifier, noise_ratio, sqnr
 from onnxq.report.task import TaskMeter, TaskTarget
 from onnxq.report.task.families import select
 from onnxq.report.task.parts import parts_of, split_parts
-from onnxq.runtime import OptLevel, Runner, owned
+from onnxq.runtime import OptLevel, Runner, loadable, owned
 
 __all__ = ["CheckResult", "CheckSet", "check_samples", "compared_tensors", "make_check_set"]
 
@@ -199,12 +199,18 @@ class CheckSet:
     ) -> Runner:
         """A session over ``model`` that can fetch the compared tensors (and the graph
         outputs), its threads not spinning; ``record_graph``: see
-        :class:`onnxq.runtime.Runner`."""
-        fetch = with_outputs(model, self.outputs)
+        :class:`onnxq.runtime.Runner`. The copy with the outputs is loaded from a spooled
+        file (:func:`onnxq.runtime.loadable`): no copy of it is alive while the session
+        loads."""
         # threads that sleep between runs: the session is also timed against float
         # (onnxq.stages.latency), which would otherwise gain from its spinning threads
         return Runner(
-            fetch, threads=threads, level=level, what=what, record_graph=record_graph, spin=False
+            loadable(with_outputs(model, self.outputs)),
+            threads=threads,
+            level=level,
+            what=what,
+            record_graph=record_graph,
+            spin=False,
         )
 
     def run(

@@ -201,9 +201,24 @@ def fit_target(
         return Fitted(first, settled, first_runner, check.known(first_kept))
     plan, qparams = first.plan, first.qparams
     assert plan is not None and qparams is not None  # else _unsearched said so
+    # None: the first plan without bias correction, best so far; its models are not kept
+    # beside the search's (MiniLM: 60 MB), it is built again if it stays best
+    best: Candidate | None = first
+    best_result, best_runner, best_kept = before, first_runner, first_kept
+    best_parts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    gain = None
+    alt = _uncorrected(first, uncorrected, check, threads, first_runner, release)
+    if alt is not None and _db_better(alt.result, before) >= UNCORRECTED_DB:
+        gain = _db_better(alt.result, before)
+        log.info("output check: without bias correction %s", _describe(alt.result, target))
+        build, best, best_result, best_kept = alt.builder, None, alt.result, alt.kept
+    del alt  # its models and session, before the simulation is built
     sim = build_simulation(model, plan, first.switchable, qparams)
     if not sim.units:
-        return Fitted(first, unchanged, first_runner, check.known(first_kept))
+        first_runner.reload(first.model)  # unloaded for the alternative
+        best, best_runner = _built(best, uncorrected, plan, check, threads, first_runner)
+        report = FitReport(target, before, best_result, (), (), 0, 0, uncorrected_db=gain)
+        return Fitted(best, report, best_runner, check.known(best_kept))
     probe = check.probe(PROBE_BYTES, before, PROBE_SAMPLES)
 
     built = [sim.model]  # the first session's model: not built twice
@@ -221,17 +236,6 @@ def fit_target(
     measure = Measurements(lambda active: probe.noise_vector(session.get(), sim.feed(active)))
     limit, rounds, passes = _search_limits(target, before, rounds, passes)
     cap = max(1, int(len(sim.units) * MAX_FLOAT_SHARE))
-    best, best_result, best_runner, best_kept = first, before, first_runner, first_kept
-    best_parts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-    gain = None
-    alt = _uncorrected(first, uncorrected, check, threads, first_runner)
-    if alt is not None and _db_better(alt.result, before) >= UNCORRECTED_DB:
-        gain = _db_better(alt.result, before)
-        log.info("output check: without bias correction %s", _describe(alt.result, target))
-        assert uncorrected is not None  # else no alternative was made
-        build = uncorrected
-        best, best_result, best_runner, best_kept = alt.candidate, alt.result, alt.runner, alt.kept
-    del alt  # a losing alternative's session: released before the simulation loads
     keep: frozenset[int] = frozenset()
     done = 0
     for _ in range(rounds):
@@ -266,6 +270,7 @@ def fit_target(
         if _score(result, target) > _score(best_result, target):
             best, best_result, best_runner, best_kept = candidate, result, runner, kept
             best_parts = (tuple(float_tensors), tuple(float_nodes))
+        del candidate, runner  # a losing candidate's session: not beside the next simulation
         if result.meets(target) or len(keep) >= cap:
             break
         limit /= 2.0
@@ -274,7 +279,26 @@ def fit_target(
         target, before, best_result, *best_parts, measure.passes, done, uncorrected_db=undone
     )
     session.finish(best_runner, first.model)
+    best, best_runner = _built(best, uncorrected, plan, check, threads, best_runner)
     return Fitted(best, report, best_runner, check.known(best_kept))
+
+
+def _built(
+    best: Candidate | None,
+    uncorrected: PlanBuilder | None,
+    plan: QuantPlan,
+    check: CheckSet,
+    threads: int,
+    runner: Runner,
+) -> tuple[Candidate, Runner]:
+    """``best`` with its ``runner``; for None (the first plan without bias correction,
+    not kept while the search ran) that plan built again by ``uncorrected`` and its
+    session."""
+    if best is not None:
+        return best, runner
+    assert uncorrected is not None  # else no plan was built without the correction
+    again = uncorrected.build(plan)
+    return again, check.runner(again.model, threads=threads, record_graph=True)
 
 
 def _unsearched(first: Candidate, unchanged: FitReport) -> FitReport | None:
@@ -320,11 +344,11 @@ def within_sampling_noise(before: CheckResult, target: FidelityTarget) -> str | 
 
 @dataclass(frozen=True)
 class _Checked:
-    """A candidate the check ran, with its result, session and kept graph outputs."""
+    """``first``'s plan rewritten by ``builder`` (without bias correction) and checked:
+    its result and kept graph outputs (the model and its session are not kept)."""
 
-    candidate: Candidate
+    builder: PlanBuilder
     result: CheckResult
-    runner: Runner
     kept: list[dict[str, np.ndarray]]
 
 
@@ -334,21 +358,25 @@ def _uncorrected(
     check: CheckSet,
     threads: int,
     first_runner: Runner,
+    release: Callable[[], None] | None,
 ) -> _Checked | None:
     """``first``'s plan built without bias correction and checked (None when ``first``
     has no corrected bias or is not weights-only): whether the correction helps is
     measured, not assumed. The correction is fitted to the means of every sample and
     position, which padding can dominate (MiniLM). Only for weights-only candidates: with
     integer activations the correction is not made. ``first_runner`` is unloaded first
-    (one candidate's session at a time; reloaded when ``first`` is chosen)."""
+    (one candidate's session at a time; reloaded when ``first`` is chosen), and
+    ``release`` called (the caller's sessions the check does not run)."""
     plan = first.plan
     if uncorrected is None or not first.corrected_biases or plan is None or plan.roots:
         return None
     first_runner.unload()
-    candidate = uncorrected.build(plan)
-    runner = check.runner(candidate.model, threads=threads, record_graph=True)
+    if release is not None:
+        release()
+    return_freed()
+    runner = check.runner(uncorrected.build(plan).model, threads=threads)
     kept: list[dict[str, np.ndarray]] = []
-    return _Checked(candidate, check.run(runner, keep=kept), runner, kept)
+    return _Checked(uncorrected, check.run(runner, keep=kept), kept)
 
 
 def _db_better(result: CheckResult, than: CheckResult) -> float:
@@ -417,8 +445,9 @@ class _Lazy:
             return_freed()  # before the next candidate is built
 
     def finish(self, chosen: Runner, first_model: onnx.ModelProto) -> None:
-        """Release the simulation; load the first candidate's session again when it is
-        ``chosen`` (written and evaluated as it is)."""
+        """Release the simulation; load the waiting candidate's session (``first``: the
+        best before the search, of ``first_model``) again when it is ``chosen`` (written
+        and evaluated as it is)."""
         self.runner = None
         if chosen is self.first:
             self.first.reload(first_model)
