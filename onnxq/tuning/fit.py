@@ -215,7 +215,6 @@ def fit_target(
     del alt  # its models and session, before the simulation is built
     sim = build_simulation(model, plan, first.switchable, qparams)
     if not sim.units:
-        first_runner.reload(first.model)  # unloaded for the alternative
         best, best_runner = _built(best, uncorrected, plan, check, threads, first_runner)
         report = FitReport(target, before, best_result, (), (), 0, 0, uncorrected_db=gain)
         return Fitted(best, report, best_runner, check.known(best_kept))
@@ -291,10 +290,11 @@ def _built(
     threads: int,
     runner: Runner,
 ) -> tuple[Candidate, Runner]:
-    """``best`` with its ``runner``; for None (the first plan without bias correction,
-    not kept while the search ran) that plan built again by ``uncorrected`` and its
-    session."""
+    """``best`` with its ``runner`` (loaded again if the alternative's check unloaded
+    it); for None (the first plan without bias correction, not kept while the search ran)
+    that plan built again by ``uncorrected`` and its session."""
     if best is not None:
+        runner.reload(best.model)  # a no-op when loaded
         return best, runner
     assert uncorrected is not None  # else no plan was built without the correction
     again = uncorrected.build(plan)
