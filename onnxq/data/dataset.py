@@ -145,10 +145,9 @@ class Dataset:
         """How many feeds :meth:`batches` yields for ``batch_size`` (exact when the part
         sizes are known; else a folder whose file sizes the step does not divide gives up
         to one more per file)."""
-        step = self._step(batch_size)
         if self.part_sizes:
-            return sum(math.ceil(n / step) for n in self.part_sizes)
-        return math.ceil(self.num_samples / step)
+            return len(self.batch_ends(batch_size))
+        return math.ceil(self.num_samples / self._step(batch_size))
 
     def batch_ends(self, batch_size: int) -> tuple[int, ...]:
         """Where each batch of :meth:`batches` ends, in samples from the start (from the

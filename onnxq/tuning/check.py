@@ -56,7 +56,8 @@ class CheckResult:
     # top-1 decisions counted per output (samples, or positions of a sequence output)
     decisions: dict[str, int] = field(default_factory=dict, compare=False)
     # top-1 disagreements where the float model's decision was clear: its top two apart
-    # by NEAR_TIE of its median margin or more (the others are near ties)
+    # by NEAR_TIE of its median margin or more (the others are near ties); counted on full
+    # runs only (not a search pass's)
     clear_flips: dict[str, int] = field(default_factory=dict, compare=False)
 
     @property
@@ -267,7 +268,7 @@ class CheckSet:
         top1 = {n: agree[n] / rows[n] for n in self.outputs if rows[n]}
         values = meter.result() if meter is not None else {}
         counted = {n: rows[n] for n in top1}
-        clear = {n: _clear(margins[n], flipped[n]) for n in top1}
+        clear = {n: _clear(margins[n], flipped[n]) for n in top1} if task else {}
         return CheckResult(self.samples, ratio, top1, tuple(feed_noise), values, counted, clear)
 
     def noise_vector(

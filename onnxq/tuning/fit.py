@@ -211,7 +211,8 @@ def fit_target(
     if alt is not None and _db_better(alt.result, before) >= UNCORRECTED_DB:
         gain = _db_better(alt.result, before)
         log.info("output check: without bias correction %s", _describe(alt.result, target))
-        build, best, best_result, best_kept = alt.builder, None, alt.result, alt.kept
+        assert uncorrected is not None  # else no alternative was made
+        build, best, best_result, best_kept = uncorrected, None, alt.result, alt.kept
     del alt  # its models and session, before the simulation is built
     sim = build_simulation(model, plan, first.switchable, qparams)
     if not sim.units:
@@ -344,10 +345,9 @@ def within_sampling_noise(before: CheckResult, target: FidelityTarget) -> str | 
 
 @dataclass(frozen=True)
 class _Checked:
-    """``first``'s plan rewritten by ``builder`` (without bias correction) and checked:
-    its result and kept graph outputs (the model and its session are not kept)."""
+    """``first``'s plan rewritten without bias correction and checked: its result and
+    kept graph outputs (the model and its session are not kept)."""
 
-    builder: PlanBuilder
     result: CheckResult
     kept: list[dict[str, np.ndarray]]
 
@@ -363,8 +363,9 @@ def _uncorrected(
     """``first``'s plan built without bias correction and checked (None when ``first``
     has no corrected bias or is not weights-only): whether the correction helps is
     measured, not assumed. The correction is fitted to the means of every sample and
-    position, which padding can dominate (MiniLM). Only for weights-only candidates: with
-    integer activations the correction is not made. ``first_runner`` is unloaded first
+    position, which padding can dominate (MiniLM). Only for weights-only plans: a static
+    plan corrects only the few nodes it leaves on float inputs, not worth a rewrite and a
+    check run of the whole model. ``first_runner`` is unloaded first
     (one candidate's session at a time; reloaded when ``first`` is chosen), and
     ``release`` called (the caller's sessions the check does not run)."""
     plan = first.plan
@@ -376,7 +377,7 @@ def _uncorrected(
     return_freed()
     runner = check.runner(uncorrected.build(plan).model, threads=threads)
     kept: list[dict[str, np.ndarray]] = []
-    return _Checked(uncorrected, check.run(runner, keep=kept), kept)
+    return _Checked(check.run(runner, keep=kept), kept)
 
 
 def _db_better(result: CheckResult, than: CheckResult) -> float:

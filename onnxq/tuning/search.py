@@ -171,22 +171,22 @@ class _Splits:
         """The parts of ``group``, each measured into ``noise`` (they need not add up
         exactly): its two halves (neighbours in graph order together), or each unit alone
         (:meth:`one_by_one`); ``left`` measurements and ``floats`` floats still allowed."""
-        if self.one_by_one(group, m, left, floats):
-            singles: list[tuple[int, ...]] = [(u,) for u in group]
-            for part in singles:
-                noise[part] = m(frozenset(part))
-            return singles
+        alone = self.one_by_one(group, m, left, floats)
         half = len(group) // 2
-        halves = [group[:half], group[half:]]
-        for part in halves:
+        parts: list[tuple[int, ...]] = (
+            [(u,) for u in group] if alone else [group[:half], group[half:]]
+        )
+        for part in parts:
             noise[part] = m(frozenset(part))
-        a, b = (float(noise[part][worst]) for part in halves)
+        if alone:
+            return parts
+        a, b = (float(noise[part][worst]) for part in parts)
         if a + b > 0:
             share = max(a, b) / (a + b)
             self.shares.append(share)
-            self.made_by.update(dict.fromkeys(halves, share))
+            self.made_by.update(dict.fromkeys(parts, share))
         self.judged = self.judged or len(self.shares) >= SPLITS_BEFORE_JUDGING
-        return halves
+        return parts
 
     def one_by_one(self, group: tuple[int, ...], m: Measurements, left: int, floats: int) -> bool:
         """Step 5: measure ``group``'s units alone when each was measured alone already
