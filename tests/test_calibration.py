@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -107,20 +108,20 @@ def test_rearranged_copies_take_their_source_statistics_without_a_fetch(tmp_path
     max of kt), and calibration never fetches kt; per channel it is observed itself."""
     import onnxruntime as ort
 
-    from onnxq.calibration.collect import FloatSession
+    import onnxq.calibration.collect as collect
     from onnxq.graph.outputs import with_outputs
 
     model, data = models.tiny_encoder()
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "d.npz", **data)
     fetched: set[str] = set()
-    real_run = FloatSession.run
+    real_observe = collect.observe_shard
 
-    def spy(self, feed, names):
-        fetched.update(names)
-        return real_run(self, feed, names)
+    def spy(run, dataset, task, progress=None):  # what the pass fetches, not the probe
+        fetched.update(task.tensors)
+        return real_observe(run, dataset, task, progress)
 
-    monkeypatch.setattr(FloatSession, "run", spy)
+    monkeypatch.setattr(collect, "observe_shard", spy)
     ranges = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz").tensors
     assert "k" in fetched and "kt" not in fetched
     kt = ort.InferenceSession(with_outputs(model, ["kt"]).SerializeToString()).run(["kt"], data)[0]
@@ -228,6 +229,7 @@ def test_calibration_batches_are_sized_by_every_output_of_the_wide_session(tmp_p
     does not change with what a pass fetches), with the same ranges."""
     import onnxq.calibration.collect as collect
     from onnxq.data import open_dataset
+    from onnxq.graph.activations import rectified_sources, value_aliases
     from onnxq.graph.model_io import input_specs
     from onnxq.stages.prepare import prepare
 
@@ -252,7 +254,11 @@ def test_calibration_batches_are_sized_by_every_output_of_the_wide_session(tmp_p
     monkeypatch.setattr(collect.Runner, "run", spy)
     config = CalibrationConfig(batch_size=8)
     wide = floats.observe(dataset, list(floats.candidates), config)
-    assert sizes and max(sizes) == 2 and min(outputs) == len(floats.fetchable)
+    # every tensor but the Relu outputs (read off their inputs) and the rearranged copies
+    relu = rectified_sources(model, floats.candidates)
+    copies = value_aliases(model, floats.candidates)
+    assert relu and sizes and max(sizes) == 2
+    assert min(outputs) == len(floats.fetchable) - len(relu) - len(copies)
     sizes.clear()
     outputs.clear()
     focused = floats.observe(dataset, [smallest], config)
@@ -300,3 +306,38 @@ def test_calibration_pass_sums_bias_means_that_means_then_reads_without_a_run(
     assert len(runs) > during
     for name in expected:
         np.testing.assert_array_equal(again[name], expected[name])
+
+
+@pytest.mark.parametrize("granularity", [Granularity.TENSOR, Granularity.CHANNEL])
+def test_relu_outputs_are_read_off_their_inputs_exactly(cnn_files, granularity, monkeypatch):
+    """A Relu's output is max(x, 0) of its input: its min and max (per tensor or per
+    channel) are the input's clamped at zero, exactly, and the pass never fetches it; a
+    moving average (of clamped batch extremes, not the clamped average) observes it."""
+    import onnxruntime as ort
+
+    import onnxq.calibration.collect as collect
+    from onnxq.graph.outputs import with_outputs
+
+    fetched: set[str] = set()
+    real_observe = collect.observe_shard
+
+    def spy(run, dataset, task, progress=None):
+        fetched.update(task.tensors)
+        return real_observe(run, dataset, task, progress)
+
+    monkeypatch.setattr(collect, "observe_shard", spy)
+    config = CalibrationConfig(granularity=granularity, batch_size=3)
+    ranges = calibrate(cnn_files["model"], cnn_files["data"], config).tensors
+    assert {"c1", "c2"} <= fetched and not {"r1", "r2"} & fetched
+    model = with_outputs(onnx.load(str(cnn_files["model"])), ["r1", "r2"])
+    x = np.load(cnn_files["data"])["input"]
+    r1, r2 = ort.InferenceSession(model.SerializeToString()).run(["r1", "r2"], {"input": x})
+    axes = (0, 2, 3) if granularity is Granularity.CHANNEL else None
+    for name, value in (("r1", r1), ("r2", r2)):
+        got = ranges[name]
+        assert np.array_equal(got.min, value.min(axis=axes)), name
+        assert np.array_equal(got.max, value.max(axis=axes)), name
+        assert got.quality is not None and got.quality.robust_min >= 0.0
+    fetched.clear()
+    calibrate(cnn_files["model"], cnn_files["data"], replace(config, moving_average=0.1))
+    assert {"r1", "r2"} <= fetched

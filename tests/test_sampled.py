@@ -139,12 +139,14 @@ def test_observer_samples_only_beside_plain_minmax(monkeypatch):
     minmax = TensorObserver(CalibrationConfig(), None)
     minmax.update(x, batches=10)
     assert isinstance(minmax.hist, SampledHistogram)
-    # batch 0 whole (800), the other 200 values over the 9 batches left: 23 rows each
-    assert (minmax.hist.sampling.stride, minmax.hist.sampling.rows) == (1, 23)
+    # 1000 values in rows of one value over 10 batches, batch 0 as any other: 100 each
+    assert (minmax.hist.sampling.stride, minmax.hist.sampling.rows) == (1, 100)
+    assert minmax.hist.whole.result().total == 100  # not batch 0 whole
     wide = TensorObserver(CalibrationConfig(), None)  # a row (800 values) passes the share
     wide.update(x.reshape(1, 800), batches=10)
     assert isinstance(wide.hist, SampledHistogram)
-    assert (wide.hist.sampling.stride, wide.hist.sampling.rows) == (9, 1)
+    # two rows in all: one of every fifth batch, batches 0 and 5
+    assert (wide.hist.sampling.stride, wide.hist.sampling.rows) == (5, 1)
     percentile = TensorObserver(CalibrationConfig(method=CalibrationMethod.PERCENTILE), None)
     percentile.update(x, batches=10)
     assert isinstance(percentile.hist, HistogramObserver)  # its range is read from it
@@ -402,3 +404,27 @@ def test_a_batch_that_is_not_the_recorded_one_runs_the_session():
     again = CachedReference(runner, recorder)
     assert np.array_equal(again.run(seen, ["y"])["y"], np.full((2, 16), -7.0, f32))
     assert again.served == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    shift=st.floats(-3.0, 3.0),
+    spread=st.floats(1e-3, 1e3),
+)
+def test_the_rectified_histogram_is_the_histogram_of_the_relu_output(seed, shift, spread):
+    """Moving the negative counts to the bin holding zero gives exactly the histogram of
+    max(x, 0) on x's grid (a histogram of the output alone may sit on a finer grid:
+    coarsened to x's, the counts are equal)."""
+    from onnxq.calibration.estimate import _rectified
+
+    x = (np.random.default_rng(seed).normal(shift, 1.0, 500) * spread).astype(f32)
+    x[0] = abs(x[0]) + spread  # some positive value: the output's grid is set
+    of_x, of_relu = HistogramObserver(64), HistogramObserver(64)
+    of_x.update(x)
+    of_relu.update(np.maximum(x, f32(0)))
+    assert of_x.exponent is not None and of_relu.exponent is not None
+    of_relu._coarsen_to(of_x.exponent)
+    got = _rectified(of_x.result())
+    assert np.array_equal(got.counts, of_relu.result().counts)
+    assert (got.min, got.max) == (max(float(x.min()), 0.0), float(x.max()))

@@ -20,8 +20,8 @@ import onnxq.calibration.estimate as estimate
 import onnxq.calibration.parallel as parallel
 from onnxq import OptimizeFor, QuantConfig, calibrate, quantize
 from onnxq.calibration.collect import FloatSession, batch_for
-from onnxq.calibration.estimate import finish
 from onnxq.calibration.observers import TensorRange
+from onnxq.calibration.passplan import PassPlan
 from onnxq.calibration.sampled import SampledHistogram
 from onnxq.calibration.shards import (
     Shard,
@@ -35,9 +35,7 @@ from onnxq.cli.main import cli
 from onnxq.config import CalibrationConfig, CalibrationMethod, Granularity, Scheme
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError
-from onnxq.graph.activations import channel_axis, value_aliases
 from onnxq.graph.model_io import input_specs, load_model
-from onnxq.graph.rules import GraphIndex
 from onnxq.stages.prepare import prepare
 
 from helpers import NO_CHECK
@@ -86,17 +84,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _task(floats: FloatSession, dataset, config: CalibrationConfig) -> ShardTask:
-    """The task FloatSession.observe makes of the whole stream: per tensor, rearranged
-    copies are left to their source (value_aliases)."""
-    idx = GraphIndex(floats.model)
-    channel = config.granularity is Granularity.CHANNEL
-    aliases = {} if channel else value_aliases(floats.model, floats.candidates)
-    observed = tuple(t for t in floats.candidates if t not in aliases)
-    axes = {t: channel_axis(t, idx) if channel else None for t in observed}
+def _plan(floats: FloatSession, dataset, config: CalibrationConfig) -> PassPlan:
+    """The plan FloatSession.observe makes of the whole stream."""
     size = batch_for(floats.sample_bytes(dataset), config.batch_size)
-    batches = dataset.num_batches(size)
-    return ShardTask(observed, axes, config, size, batches, Shard(0, batches))
+    return PassPlan.of(floats.model, floats.candidates, config, size, dataset.num_batches(size))
+
+
+def _task(floats: FloatSession, dataset, config: CalibrationConfig) -> ShardTask:
+    return _plan(floats, dataset, config).task
 
 
 def test_split_covers_every_batch_once_in_order():
@@ -135,9 +130,8 @@ def test_any_split_merges_to_the_ranges_of_one_pass(
         shard_task = replace(task, shard=shards[i], sampling=sampling)
         observed[i] = observe_shard(floats.run, dataset, shard_task)
     merged = merge_shards([observed[i] for i in range(len(shards))])
-    assert_same_ranges(
-        {n: finish(o, config) for n, o in merged.items()}, {n: one_pass[n] for n in merged}
-    )
+    plan = _plan(floats, dataset, config)
+    assert_same_ranges(plan.ranges(merged, floats.candidates), one_pass)
     if sampled and config.method is CalibrationMethod.MINMAX:
         assert any(isinstance(o.hist, SampledHistogram) for o in merged.values())
 

@@ -27,17 +27,16 @@ import numpy as np
 import onnx
 
 from onnxq.calibration.channels import ChannelFolder, Fold, Moments, Sum
-from onnxq.calibration.estimate import finish
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.parallel import ModelOrigin, observe_sharded
+from onnxq.calibration.passplan import PassPlan
 from onnxq.calibration.reference import CachedReference, OutputRecorder
-from onnxq.calibration.shards import Run, RunResult, Shard, ShardTask, observe_shard
-from onnxq.config import CalibrationConfig, Granularity
+from onnxq.calibration.shards import Run, RunResult, observe_shard
+from onnxq.config import CalibrationConfig
 from onnxq.data import Dataset
-from onnxq.graph.activations import candidate_tensors, channel_axis, value_aliases
+from onnxq.graph.activations import candidate_tensors
 from onnxq.graph.external import uses_external_data
 from onnxq.graph.outputs import with_outputs
-from onnxq.graph.rules import GraphIndex
 from onnxq.runtime import Runner, loadable, op_counts, optimized_op_types, return_freed
 
 __all__ = [
@@ -219,21 +218,14 @@ class FloatSession:
         outputs of a pass in this process for :meth:`reference`. ``means``: a pass in this
         process also sums those tensors over the first samples, for :meth:`means` to read
         instead of running them again (bias correction's input means: MiniLM 1.3 s)."""
-        idx = GraphIndex(self.model)
-        channel = config.granularity is Granularity.CHANNEL
-        # per-tensor statistics of a rearranged copy are its source's (per-channel ones
-        # run along an axis the rearrangement moves)
-        aliases = {} if channel else value_aliases(self.model, tensors)
-        observed = [t for t in tensors if t not in aliases]
-        axes = {t: channel_axis(t, idx) if channel else None for t in observed}
-        log.info("observing %d tensors with %s", len(observed), config.method.value)
         # sized by every output of the wide session, not only the observed ones:
         # onnxruntime allocates them all in each run (magika: 25 MB a sample, 5 MB
         # observed); a pass in a session of its own keeps that size, so that the batches
         # (and a moving average over them) do not depend on what a pass fetches
         batch_size = batch_for(self.sample_bytes(dataset), config.batch_size)
-        batches = dataset.num_batches(batch_size)
-        task = ShardTask(tuple(observed), axes, config, batch_size, batches, Shard(0, batches))
+        plan = PassPlan.of(self.model, tensors, config, batch_size, dataset.num_batches(batch_size))
+        task, observed = plan.task, plan.task.tensors
+        log.info("observing %d tensors with %s", len(observed), config.method.value)
         done = 0
 
         def advance(samples: int) -> None:
@@ -255,12 +247,12 @@ class FloatSession:
                 run = self._summing(run, dataset, batch_size, means, lambda: done)
             observers = observe_shard(run, dataset, task, advance)
             del run, session  # the pass's own session, when it had one
-        found = {}
-        for i, (name, obs) in enumerate(observers.items()):
-            found[name] = finish(obs, config)
+
+        def searched(count: int, total: int) -> None:
             if progress is not None and config.method.uses_histogram:
-                progress(f"{config.method.value} search", i + 1, len(observers))
-        return {t: found[aliases.get(t, t)] for t in tensors}
+                progress(f"{config.method.value} search", count, total)
+
+        return plan.ranges(observers, tensors, searched)
 
     def _pass_session(self, dataset: Dataset, fetched: Sequence[str]) -> Runner | None:
         """The session of its own a calibration pass that fetches ``fetched`` runs in, or

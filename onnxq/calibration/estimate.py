@@ -17,36 +17,48 @@ from onnxq.calibration.observers import (
 from onnxq.calibration.sampled import SampledHistogram, Sampling, edge_above
 from onnxq.config import CalibrationConfig, CalibrationMethod, Scheme
 
-__all__ = ["Sampling", "TensorObserver", "finish", "make_observer", "sampling_for"]
+__all__ = [
+    "Sampling",
+    "TensorObserver",
+    "finish",
+    "finish_rectified",
+    "make_observer",
+    "rectifiable",
+    "sampling_for",
+]
 
 QUALITY_BINS = 512  # histogram kept beside min/max to judge how well a range fits
-# about how many values of each tensor the histogram kept beside min/max bins whole (a
-# share of the batches, plus the tails of all: onnxq.calibration.sampled). 65,536 values
-# put about 128 in each of the 512 bins the bulk of a tensor spans; binning costs about 13
-# times the min/max pass over the same values, so binning every value was most of a
-# calibration (encoder, 64 samples: 0.39 s of 1.0 s, the forward pass 0.1 s)
+# about how many values of each tensor the histogram kept beside min/max bins whole (whole
+# rows of a share of the batches, plus the tails of all: onnxq.calibration.sampled).
+# 65,536 values put about 128 in each of the 512 bins the bulk of a tensor spans; binning
+# costs about 13 times the min/max pass over the same values, so binning every value was
+# most of a calibration (encoder, 64 samples: 0.39 s of 1.0 s, the forward pass 0.1 s),
+# and binning batch 0 whole still most of observing (conv16, 64 samples: 8 of 9 rows
+# binned were batch 0's, 0.02 s of 0.04 s)
 QUALITY_VALUES = 2**16
 
 
 def sampling_for(x: np.ndarray, bounds: tuple[float, float] | None, batches: int) -> Sampling:
     """The sampling of a stream of about ``batches`` batches whose batch 0 is ``x`` (with
-    min and max ``bounds`` when known): batch 0 whole, and about QUALITY_VALUES values in
-    all (more when batch 0 alone holds more), spread over the stream: rows of every batch
-    while a row fits the share of one batch, else one row of every ``stride``-th batch.
-    All values when batch 0 has no finite non-zero value to place the edge by."""
+    min and max ``bounds`` when known): about QUALITY_VALUES values in whole rows (at
+    least one row), spread over the stream from batch 0 on: rows of every batch while
+    the stream has fewer batches than rows wanted, else one row of every ``stride``-th
+    batch. All values when that is all of them, or when batch 0 has no finite non-zero
+    value to place the edge by."""
     arr = np.asarray(x)
-    if arr.size * batches <= QUALITY_VALUES or arr.ndim == 0 or batches <= 1:
+    if arr.size * max(batches, 1) <= QUALITY_VALUES or arr.ndim == 0:
         return Sampling()
     edge = edge_above(arr, bounds)
     if edge is None:
         return Sampling()
-    row = arr.size // max(arr.shape[0], 1)
-    left = QUALITY_VALUES - arr.size  # for the batches after batch 0
-    share = left / (batches - 1)
-    if share >= row:
-        rows = math.ceil(share / row)
-        return Sampling() if rows >= arr.shape[0] else Sampling(1, edge, rows)
-    return Sampling(max(1, math.ceil(row * (batches - 1) / max(left, row))), edge, 1)
+    count = max(arr.shape[0], 1)
+    wanted = max(1, math.ceil(QUALITY_VALUES * count / arr.size))  # rows in all
+    batches = max(batches, 1)
+    if wanted >= batches:
+        rows = math.ceil(wanted / batches)
+        return Sampling() if rows >= count else Sampling(1, edge, rows, rows * batches)
+    stride = batches // wanted
+    return Sampling(stride, edge, 1, math.ceil(batches / stride))
 
 
 class TensorObserver:
@@ -135,9 +147,53 @@ def finish(observer: TensorObserver, config: CalibrationConfig) -> TensorRange:
     else:
         lo, hi = _method_range(hist, config)
         base = TensorRange(np.asarray(lo, f32), np.asarray(hi, f32), None)
+    return _estimated(base, hist, observer.sampled, config)
+
+
+def rectifiable(config: CalibrationConfig) -> bool:
+    """Whether :func:`finish_rectified` can read Relu(x) off the observer of ``x`` under
+    ``config``: plain min/max only (a moving average of clamped batch extremes is not the
+    clamped average, and a method's histogram sets its range, which moving its counts
+    would change)."""
+    return not config.method.uses_histogram and config.moving_average is None
+
+
+def finish_rectified(observer: TensorObserver, config: CalibrationConfig) -> TensorRange:
+    """What :func:`finish` gives for ``Relu(x)`` from the observer of ``x``
+    (:func:`rectifiable`): ``max(x, 0)`` element by element, so min and max (per tensor or
+    per channel) are exact, and the quality histogram is ``x``'s with its negative counts
+    moved to the bin holding zero (exact on ``x``'s grid, which is up to ``|min| / max``
+    times coarser than a histogram of the output's own)."""
+    if not observer.sampled:  # a plain min/max observer (rectifiable)
+        raise ValueError("only a plain min/max observer gives the range of Relu(x)")
+    assert observer.minmax is not None
+    base = observer.minmax.result()
+    zero = np.float32(0.0)
+    clamped = TensorRange(
+        np.maximum(base.min, zero).astype(np.float32),
+        np.maximum(base.max, zero).astype(np.float32),
+        base.axis,
+    )
+    return _estimated(clamped, _rectified(observer.hist.result()), True, config)
+
+
+def _rectified(hist: Histogram) -> Histogram:
+    """``hist`` of ``x`` as the histogram of ``max(x, 0)`` on the same grid."""
+    counts = hist.counts.copy()
+    counts[hist.bins] += counts[: hist.bins].sum()
+    counts[: hist.bins] = 0
+    return Histogram(counts, hist.width, max(hist.min, 0.0), max(hist.max, 0.0))
+
+
+def _estimated(
+    base: TensorRange, hist: Histogram, sampled: bool, config: CalibrationConfig
+) -> TensorRange:
+    """``base`` with its observed range and the quality estimate read off ``hist``
+    (``sampled``: a histogram beside plain min/max, which saw every value)."""
+    f32 = np.float32
     whole = base.per_tensor() if base.axis is not None else base
     finite = bool(np.isfinite(whole.min) and np.isfinite(whole.max))
-    seen = whole if observer.sampled and finite else TensorRange(f32(hist.min), f32(hist.max))
+    seen = whole if sampled and finite else TensorRange(f32(hist.min), f32(hist.max))
     qtype = config.scheme.qtype(config.bits)
     symmetric = config.scheme is Scheme.SYM
     sqnr = range_sqnr(hist, float(whole.min), float(whole.max), qtype, symmetric=symmetric)

@@ -7,15 +7,16 @@ which a share of the values shows, and the tails (what clipping would cut), whic
 batches may hold alone (calibration data ordered by class, a few inputs with huge
 activations). So:
 
-* batch 0 of the stream is binned whole; of every ``stride``-th batch after it, ``rows``
-  rows along axis 0 are binned whole, spread over the rows (:func:`_picked_rows`: axis 0
-  may hold heads or time steps, not only samples), each row with every index of the
-  other axes, so every channel;
+* of every ``stride``-th batch from batch 0 on, ``rows`` rows along axis 0 are binned
+  whole, spread over the rows (:func:`_picked_rows`: axis 0 may hold heads or time
+  steps, not only samples), each row with every index of the other axes, so every
+  channel;
 * of everything else only the values with ``|x| >= edge`` are binned, ``edge`` being the
   smallest power of two above the magnitude of batch 0 (so a bin boundary of every grid
   fine enough to hold batch 0). A batch whose min and max stay inside ``(-edge, edge)`` is
-  not read at all: the common case, as ``edge`` is at least batch 0's range and up to
-  twice it.
+  not read at all: the common case (always batch 0), as ``edge`` is at least batch 0's
+  range and up to twice it. Values inside the edge are a sample of the bulk, batch 0's
+  as any other's.
 
 The result counts the tail bins exactly and scales the bulk bins of the binned share so
 that their total is the number of bulk values seen (up to the rounding of each scaled bin
@@ -53,6 +54,7 @@ class Sampling:
     stride: int = 1
     edge: float | None = None
     rows: int | None = None
+    picks: int | None = None  # rows binned whole over the stream (None: ``rows``)
 
     def __post_init__(self) -> None:
         if self.stride < 1 or self.rows is not None and self.rows < 1:
@@ -84,14 +86,13 @@ class SampledHistogram:
         if self.sampling.samples_all or arr.size == 0 or arr.ndim == 0:
             self.whole.update(arr, bounds)
             return
-        if index == 0 or self.edge is None:  # batch 0 of the stream: binned whole
-            if self.edge is None:  # not planned: the edge from this batch
-                self.edge = edge_above(arr, bounds)
+        if self.edge is None:  # not planned: the edge from this batch, binned whole
+            self.edge = edge_above(arr, bounds)
             self.whole.update(arr, bounds)
             return
         picked: np.ndarray | None = None
         if index % self.sampling.stride == 0:
-            picked = _picked_rows(arr.shape[0], self.sampling.rows or arr.shape[0], index)
+            picked = _picked_rows(arr.shape[0], self.sampling, index)
             self.whole.update(arr[picked])
         if bounds is not None and -self.edge < bounds[0] and bounds[1] < self.edge:
             # nothing beyond the edge: the rest is not read
@@ -153,18 +154,21 @@ class SampledHistogram:
         return Histogram(counts.astype(np.int64), width, lo, hi)
 
 
-def _picked_rows(count: int, rows: int, index: int) -> np.ndarray:
-    """``rows`` of ``count`` rows (axis 0) of the stream's batch ``index``, spread: rows
-    ``j · step mod count`` for the stream's running row number ``j``, ``step`` the first
-    number from ``count / rows`` up that shares no factor with ``count``. Axis 0 need not be
-    the samples: an attention tensor [samples · heads, …] or an LSTM's [time, …] has its
-    heads or time steps there, and consecutive rows would all be head 0 or the first steps;
-    a step coprime with ``count`` visits every row, hence every head, in turn."""
-    rows = min(rows, count)
-    step = max(1, count // rows)
+def _picked_rows(count: int, sampling: Sampling, index: int) -> np.ndarray:
+    """The rows of ``count`` rows (axis 0) that ``sampling`` bins whole of the stream's
+    batch ``index`` (one of every ``stride``-th), spread over the rows and over the stream:
+    rows ``j · step mod count`` for the stream's running number ``j`` of a binned row,
+    ``step`` the first number from ``count / picks`` up that shares no factor with
+    ``count``. Axis 0 need not be the samples: an attention tensor [samples · heads, …] or
+    an LSTM's [time, …] has its heads or time steps there, and consecutive rows would all
+    be head 0 or the first steps; a step coprime with ``count`` visits every row, hence
+    every head, in turn, and the few rows of a short stream (two, when each batch is
+    large) lie apart, not both among the first samples."""
+    rows = min(sampling.rows or count, count)
+    step = max(1, count // max(sampling.picks or rows, rows))
     while math.gcd(step, count) != 1:
         step += 1
-    first = index * rows
+    first = (index // sampling.stride) * rows
     return np.asarray((np.arange(first, first + rows) * step) % count, np.intp)
 
 

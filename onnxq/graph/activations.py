@@ -10,7 +10,14 @@ import onnx
 
 from onnxq.graph.rules import ACTIVATION_FUSIONS, CONV_LIKE, RULES, TRANSPARENT, GraphIndex
 
-__all__ = ["REARRANGING", "candidate_tensors", "channel_axis", "in_graph_order", "value_aliases"]
+__all__ = [
+    "REARRANGING",
+    "candidate_tensors",
+    "channel_axis",
+    "in_graph_order",
+    "rectified_sources",
+    "value_aliases",
+]
 
 # Ops whose output holds exactly the values of their first input, rearranged: the same
 # minimum, maximum and histogram.
@@ -68,4 +75,23 @@ def value_aliases(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, s
         source = node.input[0] if node.input else ""
         if source in wanted:
             out[name] = out.get(source, source)
+    return out
+
+
+def rectified_sources(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, str]:
+    """Each of ``tensors`` that a Relu makes of another of ``tensors``, mapped to that
+    input: ``max(x, 0)`` element by element, so its minimum and maximum (per tensor or per
+    channel of the same axis) are the input's clamped at zero and its histogram is the
+    input's with the negative bins moved to the one holding zero
+    (:func:`onnxq.calibration.estimate.finish_rectified`). The Conv -> Relu pairs of a
+    CNN: half the tensors it calibrates."""
+    wanted = set(tensors)
+    idx = GraphIndex(model)
+    out: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type != "Relu" or node.domain not in ("", "ai.onnx") or not node.input:
+            continue
+        source, made = node.input[0], node.output[0]
+        if source in wanted and made in wanted and idx.is_float_activation(source):
+            out[made] = source
     return out
