@@ -167,11 +167,14 @@ def _instrument_onnxq(timings: _Timings) -> None:
     to split its time (onnxq itself is unchanged)."""
     import onnxq.calibration.calibrate as cal
     import onnxq.calibration.collect as collect
+    import onnxq.calibration.passplan as passplan
 
     for name in ("load_model", "open_data", "prepare"):
         setattr(cal, name, timings.wrap(name, getattr(cal, name)))
-    for name in ("candidate_tensors", "with_outputs", "finish"):
+    for name in ("candidate_tensors", "with_outputs"):
         setattr(collect, name, timings.wrap(name, getattr(collect, name)))
+    for name in ("finish", "finish_rectified"):  # both the range search: "finish"
+        setattr(passplan, name, timings.wrap("finish", getattr(passplan, name)))
     session = collect.FloatSession
     session.sample_bytes = timings.wrap("probe", session.sample_bytes)  # type: ignore[method-assign]
     streaming = {"on": False}

