@@ -352,3 +352,35 @@ def scale_model(factor: float) -> onnx.ModelProto:
         ),
         opset_imports=[helper.make_opsetid("", 17)],
     )
+
+
+def gelu_mlp(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """MatMul + bias, an Erf GELU written out (Div, Erf, Add 1, Mul by x, Mul 0.5), a
+    SiLU of the bias output (Sigmoid, Mul) added to it, and a MatMul: element-wise maths
+    the planner never quantizes, beside a bias Add it may."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    inits = [
+        _init("w1", rng.normal(0, 0.3, (16, 32)).astype(f32)),
+        _init("b1", rng.normal(0, 0.1, 32).astype(f32)),
+        _init("w2", rng.normal(0, 0.3, (32, 16)).astype(f32)),
+        _init("sqrt2", np.array(np.sqrt(2.0), f32)),
+        _init("one", np.array(1.0, f32)),
+        _init("half", np.array(0.5, f32)),
+    ]
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+        n("Add", ["m1", "b1"], ["h"], name="fc1_bias"),
+        n("Div", ["h", "sqrt2"], ["hs"], name="gelu_div"),
+        n("Erf", ["hs"], ["e"], name="gelu_erf"),
+        n("Add", ["e", "one"], ["e1"], name="gelu_add"),
+        n("Mul", ["h", "e1"], ["he"], name="gelu_mul"),
+        n("Mul", ["he", "half"], ["g"], name="gelu_half"),
+        n("Sigmoid", ["h"], ["s"], name="silu_sigmoid"),
+        n("Mul", ["h", "s"], ["silu"], name="silu_mul"),
+        n("Add", ["g", "silu"], ["both"], name="sum"),
+        n("MatMul", ["both", "w2"], ["y"], name="fc2"),
+    ]
+    model = _model(nodes, [_vi("x", ["N", 8, 16])], [_vi("y", ["N", 8, 16])], inits)
+    return model, {"x": rng.normal(0, 1, (24, 8, 16)).astype(f32)}

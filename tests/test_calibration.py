@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,10 +14,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from onnxq import (
+    ActivationSpec,
     CalibrationConfig,
     Granularity,
     OptimizeFor,
     QuantConfig,
+    Scheme,
     calibrate,
     quantize,
     read_ranges,
@@ -26,6 +29,8 @@ from onnxq.errors import RangesError
 
 import models
 from helpers import NO_CHECK, count_float_runs
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 values = hnp.arrays(
     np.float32,
@@ -341,3 +346,108 @@ def test_relu_outputs_are_read_off_their_inputs_exactly(cnn_files, granularity, 
     fetched.clear()
     calibrate(cnn_files["model"], cnn_files["data"], replace(config, moving_average=0.1))
     assert {"r1", "r2"} <= fetched
+
+
+def test_calibration_skips_the_tensors_of_element_wise_maths_no_setting_quantizes():
+    """An Erf GELU written out: its Add and Muls read a node that is never integer (Erf,
+    or one of them), so no setting quantizes them and their tensors are not calibrated;
+    the bias Add after the MatMul, and the tensors the MatMuls read, are."""
+    from onnxq.graph.activations import candidate_tensors, never_quantized
+    from onnxq.stages.prepare import prepare
+
+    model = prepare(models.gelu_mlp()[0]).model
+    assert never_quantized(model) == {"gelu_add", "gelu_mul", "gelu_half", "silu_mul", "sum"}
+    cands = set(candidate_tensors(model))
+    assert {"x", "m1", "h", "both"} <= cands  # MatMul and bias Add tensors
+    assert not {"hs", "e", "e1", "he"} & cands  # only element-wise maths reads or makes them
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        QuantConfig(),
+        QuantConfig(activations=ActivationSpec(scheme=Scheme.SYM)),
+        QuantConfig(activations=ActivationSpec(bits=16)),
+    ],
+    ids=["asym", "sym", "int16"],
+)
+def test_every_range_a_plan_needs_is_calibrated_and_skipped_nodes_stay_float(config):
+    """The graph-only reading of the planner's rule (never_quantized) against the planner:
+    on every test model, each node it names is planned float and every tensor the plan
+    needs a range for is a calibration candidate."""
+    from onnxq.graph.activations import candidate_tensors, never_quantized
+    from onnxq.graph.plan import make_plan
+    from onnxq.stages.prepare import prepare
+
+    built = [
+        models.cnn(),
+        models.gelu_mlp()[0],
+        models.tiny_encoder()[0],
+        models.masked_attention()[0],
+        models.embedding_model()[0],
+        models.outlier_cnn(),
+        onnx.load(str(SAMPLES / "digits_cnn.onnx")),
+    ]
+    skipped = 0
+    for raw in built:
+        model = prepare(raw).model
+        never = never_quantized(model)
+        plan = make_plan(model, config)
+        decided = {d.name: d for d in plan.decisions}
+        assert not [n for n in never if decided[n].quantized]
+        needed = {plan.root_of(t) for t in plan.roots} | set(plan.roots)
+        assert needed <= set(candidate_tensors(model))
+        skipped += len(never)
+    assert skipped >= 5  # the rule did skip nodes
+
+
+def test_a_product_by_a_power_of_two_is_read_off_its_input(tmp_path, monkeypatch):
+    """Scores scaled by 1/4 are the MatMul's values times 1/4, exactly: their min and max
+    come from the MatMul's observer, and they are not fetched; by 1/3 they are."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    import onnxq.calibration.collect as collect
+    from onnxq.graph.outputs import with_outputs
+
+    rng = np.random.default_rng(3)
+    f32 = np.float32
+
+    def model(factor: float) -> onnx.ModelProto:
+        inits = [
+            numpy_helper.from_array(rng.normal(0, 1, (8, 8)).astype(f32), "w"),
+            numpy_helper.from_array(np.array(factor, f32), "c"),
+        ]
+        nodes = [
+            helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+            helper.make_node("Mul", ["m", "c"], ["s"], name="scale"),
+            helper.make_node("MatMul", ["s", "w"], ["y"], name="mm2"),
+        ]
+        info = helper.make_tensor_value_info
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [info("x", onnx.TensorProto.FLOAT, ["N", 8])],
+            [info("y", onnx.TensorProto.FLOAT, ["N", 8])],
+            inits,
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    fetched: set[str] = set()
+    real_observe = collect.observe_shard
+
+    def spy(run, dataset, task, progress=None):
+        fetched.update(task.tensors)
+        return real_observe(run, dataset, task, progress)
+
+    monkeypatch.setattr(collect, "observe_shard", spy)
+    x = rng.normal(0, 1, (40, 8)).astype(f32)
+    np.savez(tmp_path / "d.npz", x=x)
+    for factor, derived in ((0.25, True), (1 / 3, False)):
+        m = model(factor)
+        onnx.save(m, str(tmp_path / "m.onnx"))
+        fetched.clear()
+        ranges = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz").tensors
+        assert ("s" not in fetched) is derived and "m" in fetched
+        s = ort.InferenceSession(with_outputs(m, ["s"]).SerializeToString()).run(["s"], {"x": x})
+        assert (float(ranges["s"].min), float(ranges["s"].max)) == (s[0].min(), s[0].max())

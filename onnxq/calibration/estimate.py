@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from onnxq.calibration.histogram import Histogram, HistogramObserver
-from onnxq.calibration.methods import entropy_range, mse_range, percentile_range, range_sqnr
+from onnxq.calibration.methods import entropy_range, mse_range, percentile_range, range_sqnrs
 from onnxq.calibration.observers import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -22,6 +22,7 @@ __all__ = [
     "TensorObserver",
     "finish",
     "finish_rectified",
+    "finish_scaled",
     "make_observer",
     "rectifiable",
     "sampling_for",
@@ -177,6 +178,27 @@ def finish_rectified(observer: TensorObserver, config: CalibrationConfig) -> Ten
     return _estimated(clamped, _rectified(observer.hist.result()), True, config)
 
 
+def finish_scaled(
+    observer: TensorObserver, config: CalibrationConfig, factor: float
+) -> TensorRange:
+    """What :func:`finish` gives for ``x · factor`` (a positive power of two:
+    :func:`onnxq.graph.activations.scaled_sources`) from the plain min/max observer of
+    ``x`` (:func:`rectifiable`): every value scaled exactly, so min and max are the
+    input's times ``factor`` and the histogram is the input's on a grid ``factor`` times
+    as wide, bin for bin."""
+    if not observer.sampled:  # a plain min/max observer (rectifiable)
+        raise ValueError("only a plain min/max observer gives the range of a scaled tensor")
+    assert observer.minmax is not None
+    base = observer.minmax.result()
+    f = np.float32(factor)
+    scaled = TensorRange(
+        (base.min * f).astype(np.float32), (base.max * f).astype(np.float32), base.axis
+    )
+    hist = observer.hist.result()
+    moved = Histogram(hist.counts.copy(), hist.width * factor, hist.min * factor, hist.max * factor)
+    return _estimated(scaled, moved, True, config)
+
+
 def _rectified(hist: Histogram) -> Histogram:
     """``hist`` of ``x`` as the histogram of ``max(x, 0)`` on the same grid."""
     counts = hist.counts.copy()
@@ -196,9 +218,9 @@ def _estimated(
     seen = whole if sampled and finite else TensorRange(f32(hist.min), f32(hist.max))
     qtype = config.scheme.qtype(config.bits)
     symmetric = config.scheme is Scheme.SYM
-    sqnr = range_sqnr(hist, float(whole.min), float(whole.max), qtype, symmetric=symmetric)
     r_lo, r_hi = mse_range(hist, qtype, symmetric=symmetric)
-    r_sqnr = range_sqnr(hist, r_lo, r_hi, qtype, symmetric=symmetric)
+    lows, highs = [float(whole.min), r_lo], [float(whole.max), r_hi]
+    sqnr, r_sqnr = range_sqnrs(hist, lows, highs, qtype, symmetric=symmetric).tolist()
     quality = RangeQuality(sqnr, r_lo, r_hi, r_sqnr)
     return TensorRange(
         base.min,

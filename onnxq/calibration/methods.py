@@ -7,13 +7,14 @@ the clipping range, never wider than the observed ``[min, max]``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from onnxq.calibration.histogram import Histogram
 from onnxq.quant.qtypes import QType
 
-__all__ = ["entropy_range", "mse_range", "percentile_range", "range_sqnr"]
+__all__ = ["entropy_range", "mse_range", "percentile_range", "range_sqnr", "range_sqnrs"]
 
 _EPS = 1e-4  # count given to a Q bin that has none where P has some
 
@@ -204,13 +205,14 @@ def _compact(hist: Histogram, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
     if group == 1:
         keep = counts > 0
         return centers[keep], counts[keep]
-    pad = (-counts.size) % group
-    counts = np.pad(counts, (0, pad))
-    centers = np.pad(centers, (0, pad))
-    c = counts.reshape(-1, group)
+    groups = -(-counts.size // group)
+    c = np.zeros((groups, group))
+    c.reshape(-1)[: counts.size] = counts
+    x = np.zeros((groups, group))
+    x.reshape(-1)[: centers.size] = centers
     mass = c.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(mass > 0, (c * centers.reshape(-1, group)).sum(axis=1) / mass, 0.0)
+        mean = np.where(mass > 0, (c * x).sum(axis=1) / mass, 0.0)
     keep = mass > 0
     return mean[keep], mass[keep]
 
@@ -227,20 +229,38 @@ def range_sqnr(
     """Estimated SQNR in dB of quantizing the histogram's values with range [lo, hi]:
     uniform rounding noise ``S² / 12`` for each value inside the range plus the exact
     clipping error of each bin outside it (bin centres)."""
+    found = range_sqnrs(hist, [lo], [hi], qtype, symmetric=symmetric, restricted=restricted)
+    return float(found[0])
+
+
+def range_sqnrs(
+    hist: Histogram,
+    lows: Sequence[float],
+    highs: Sequence[float],
+    qtype: QType,
+    *,
+    symmetric: bool,
+    restricted: bool = False,
+) -> np.ndarray:
+    """:func:`range_sqnr` of each range ``[lows[i], highs[i]]`` (one set of qparams and
+    one pass over the occupied bins for all: calibration estimates two per tensor)."""
     from onnxq.quant.qparams import compute_qparams
 
     if hist.total == 0:
-        return math.inf
-    qp = compute_qparams(lo, hi, qtype, symmetric=symmetric, restricted=restricted)
-    scale, zp = float(qp.scale), float(qp.zero_point)
-    low = (qtype.min(restricted=restricted) - zp) * scale
-    high = (qtype.max - zp) * scale
-    centers, counts = hist.centers(), hist.counts.astype(np.float64)
-    clipped = np.clip(centers, low, high)
+        return np.full(len(lows), math.inf)
+    lo, hi = np.asarray(lows, np.float64), np.asarray(highs, np.float64)
+    qp = compute_qparams(lo, hi, qtype, symmetric=symmetric, restricted=restricted, axis=0)
+    scale = qp.scale.astype(np.float64)
+    zp = qp.zero_point.astype(np.float64)
+    low = ((qtype.min(restricted=restricted) - zp) * scale)[:, None]
+    high = ((qtype.max - zp) * scale)[:, None]
+    occupied = np.flatnonzero(hist.counts)  # empty bins add nothing to any sum
+    counts = hist.counts[occupied].astype(np.float64)
+    centers = (occupied - hist.bins + 0.5) * hist.width
     inside = (centers >= low) & (centers <= high)
-    noise = float(np.sum(counts[inside])) * scale**2 / 12.0
-    noise += float(np.sum(counts * (centers - clipped) ** 2))
-    signal = float(np.sum(counts * centers**2))
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(max(signal, 1e-300) / noise)
+    noise = (inside @ counts) * scale * scale / 12.0
+    noise += np.square(centers - np.clip(centers, low, high)) @ counts
+    signal = max(float(counts @ np.square(centers)), 1e-300)
+    with np.errstate(divide="ignore"):
+        out: np.ndarray = np.where(noise == 0.0, math.inf, 10.0 * np.log10(signal / noise))
+    return out

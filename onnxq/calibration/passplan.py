@@ -10,11 +10,22 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxq.calibration.estimate import TensorObserver, finish, finish_rectified, rectifiable
+from onnxq.calibration.estimate import (
+    TensorObserver,
+    finish,
+    finish_rectified,
+    finish_scaled,
+    rectifiable,
+)
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.shards import Shard, ShardTask
 from onnxq.config import CalibrationConfig, Granularity
-from onnxq.graph.activations import channel_axis, rectified_sources, value_aliases
+from onnxq.graph.activations import (
+    channel_axis,
+    rectified_sources,
+    scaled_sources,
+    value_aliases,
+)
 from onnxq.graph.rules import GraphIndex
 
 __all__ = ["PassPlan"]
@@ -25,11 +36,14 @@ class PassPlan:
     """``task``: the tensors observed (the whole stream as one shard); ``aliases``: each
     rearranged copy -> the first tensor of its chain (per-tensor statistics only: per
     channel they run along an axis the rearrangement moves); ``rectified``: each Relu
-    output -> its input (:func:`onnxq.calibration.estimate.finish_rectified`)."""
+    output -> its input (:func:`onnxq.calibration.estimate.finish_rectified`); ``scaled``:
+    each product by a power of two -> its input and the factor (``finish_scaled``). Both
+    plain min/max only, and only of an input observed itself."""
 
     task: ShardTask
     aliases: Mapping[str, str]
     rectified: Mapping[str, str]
+    scaled: Mapping[str, tuple[str, float]]
 
     @classmethod
     def of(
@@ -48,16 +62,20 @@ class PassPlan:
         # conv16, 64 samples: 16 of its 36 tensors are Relu outputs; run + observe
         # 0.078 -> 0.059 s without them
         rectified: dict[str, str] = {}
+        scaled: dict[str, tuple[str, float]] = {}
         if rectifiable(config):
-            sources = rectified_sources(model, observed)
-            rectified = {
-                r: x for r, x in sources.items() if x not in sources and axes[r] == axes[x]
+            relu = rectified_sources(model, observed)
+            times = scaled_sources(model, observed)
+            derived = relu.keys() | times.keys()
+            rectified = {r: x for r, x in relu.items() if x not in derived and axes[r] == axes[x]}
+            scaled = {
+                r: (x, f) for r, (x, f) in times.items() if x not in derived and axes[r] == axes[x]
             }
-        kept = tuple(t for t in observed if t not in rectified)
+        kept = tuple(t for t in observed if t not in rectified and t not in scaled)
         task = ShardTask(
             kept, {t: axes[t] for t in kept}, config, batch_size, batches, Shard(0, batches)
         )
-        return cls(task, aliases, rectified)
+        return cls(task, aliases, rectified, scaled)
 
     def ranges(
         self,
@@ -75,4 +93,6 @@ class PassPlan:
                 progress(i + 1, len(observers))
         for made, source in self.rectified.items():
             found[made] = finish_rectified(observers[source], config)
+        for made, (source, factor) in self.scaled.items():
+            found[made] = finish_scaled(observers[source], config, factor)
         return {t: found[self.aliases.get(t, t)] for t in tensors}

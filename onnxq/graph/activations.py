@@ -4,9 +4,11 @@ calibration depends on the graph rules, never on the planner)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import onnx
+from onnx import numpy_helper
 
 from onnxq.graph.rules import (
     ACTIVATION_FUSIONS,
@@ -28,6 +30,7 @@ __all__ = [
     "never_quantized",
     "origin_node",
     "rectified_sources",
+    "scaled_sources",
     "value_aliases",
 ]
 
@@ -158,3 +161,39 @@ def rectified_sources(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[st
         if source in wanted and made in wanted and idx.is_float_activation(source):
             out[made] = source
     return out
+
+
+def scaled_sources(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, tuple[str, float]]:
+    """Each of ``tensors`` that a Mul or Div by a positive power-of-two scalar constant
+    makes of another of ``tensors``, mapped to that input and the factor: scaling a float
+    by a power of two is exact (short of overflow and subnormals), so its min, max and
+    histogram are the input's scaled, bin for bin on a grid a power of two apart
+    (:func:`onnxq.calibration.estimate.finish_scaled`). Attention scores scaled by
+    1/sqrt(64) = 1/8."""
+    wanted = set(tensors)
+    idx = GraphIndex(model)
+    out: dict[str, tuple[str, float]] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Mul", "Div") or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.input) != 2 or node.output[0] not in wanted:
+            continue
+        order = [(0, 1), (1, 0)] if node.op_type == "Mul" else [(0, 1)]
+        for data, const in order:
+            source, value = node.input[data], _scalar(node.input[const], idx)
+            if source not in wanted or value is None or not idx.is_float_activation(source):
+                continue
+            factor = 1.0 / value if node.op_type == "Div" else value
+            mantissa, _ = math.frexp(factor)
+            if factor > 0.0 and mantissa == 0.5 and 2.0**-60 <= factor <= 2.0**60:
+                out[node.output[0]] = (source, factor)
+                break
+    return out
+
+
+def _scalar(name: str, idx: GraphIndex) -> float | None:
+    """The value of a float32 scalar constant (one element), else None."""
+    if not idx.is_float_constant(name):
+        return None
+    value = numpy_helper.to_array(idx.initializers[name])
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
