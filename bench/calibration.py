@@ -169,7 +169,7 @@ def _instrument_onnxq(timings: _Timings) -> None:
     import onnxq.calibration.collect as collect
     import onnxq.calibration.passplan as passplan
 
-    for name in ("load_model", "open_data", "prepare"):
+    for name in ("load_model", "open_data", "prepare", "calibrated_tensors"):
         setattr(cal, name, timings.wrap(name, getattr(cal, name)))
     for name in ("candidate_tensors", "with_outputs"):
         setattr(collect, name, timings.wrap(name, getattr(collect, name)))
@@ -223,7 +223,8 @@ def _child_onnxq(spec: Result) -> Result:
         start = time.perf_counter()
         ranges = onnxq.calibrate(spec["model"], spec["data"], config, threads=THREADS)
         seconds = time.perf_counter() - start
-        s = {k: 0.0 for k in ("candidate_tensors", "with_outputs", "probe", "session")}
+        keys = ("candidate_tensors", "calibrated_tensors", "with_outputs", "probe", "session")
+        s = {k: 0.0 for k in keys}
         s.update(timings.seconds)
         split = {
             # the probe (one sample's bytes, to size the batches) makes the session
@@ -232,6 +233,7 @@ def _child_onnxq(spec: Result) -> Result:
             + s["open_data"]
             + s["prepare"]
             + s["candidate_tensors"]
+            + s["calibrated_tensors"]
             + s["probe"],
             "prepare": s["prepare"],
             "session": s["session"],

@@ -352,12 +352,12 @@ def test_calibration_skips_the_tensors_of_element_wise_maths_no_setting_quantize
     """An Erf GELU written out: its Add and Muls read a node that is never integer (Erf,
     or one of them), so no setting quantizes them and their tensors are not calibrated;
     the bias Add after the MatMul, and the tensors the MatMuls read, are."""
-    from onnxq.graph.activations import candidate_tensors, never_quantized
+    from onnxq.graph.activations import calibrated_tensors, never_quantized
     from onnxq.stages.prepare import prepare
 
     model = prepare(models.gelu_mlp()[0]).model
     assert never_quantized(model) == {"gelu_add", "gelu_mul", "gelu_half", "silu_mul", "sum"}
-    cands = set(candidate_tensors(model))
+    cands = set(calibrated_tensors(model))
     assert {"x", "m1", "h", "both"} <= cands  # MatMul and bias Add tensors
     assert not {"hs", "e", "e1", "he"} & cands  # only element-wise maths reads or makes them
 
@@ -375,7 +375,7 @@ def test_every_range_a_plan_needs_is_calibrated_and_skipped_nodes_stay_float(con
     """The graph-only reading of the planner's rule (never_quantized) against the planner:
     on every test model, each node it names is planned float and every tensor the plan
     needs a range for is a calibration candidate."""
-    from onnxq.graph.activations import candidate_tensors, never_quantized
+    from onnxq.graph.activations import calibrated_tensors, never_quantized
     from onnxq.graph.plan import make_plan
     from onnxq.stages.prepare import prepare
 
@@ -396,7 +396,7 @@ def test_every_range_a_plan_needs_is_calibrated_and_skipped_nodes_stay_float(con
         decided = {d.name: d for d in plan.decisions}
         assert not [n for n in never if decided[n].quantized]
         needed = {plan.root_of(t) for t in plan.roots} | set(plan.roots)
-        assert needed <= set(candidate_tensors(model))
+        assert needed <= set(calibrated_tensors(model))
         skipped += len(never)
     assert skipped >= 5  # the rule did skip nodes
 

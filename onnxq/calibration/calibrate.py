@@ -11,6 +11,7 @@ from onnxq.calibration.parallel import ModelOrigin
 from onnxq.calibration.ranges import RangesFile
 from onnxq.config import CalibrationConfig
 from onnxq.data import DataSource, Preprocess, open_data
+from onnxq.graph.activations import calibrated_tensors
 from onnxq.graph.model_io import input_specs, load_model
 from onnxq.stages.prepare import MIN_OPSET, prepare
 
@@ -35,7 +36,8 @@ def calibrate(
     prepared = prepare(model)
     origin = ModelOrigin(str(Path(model_path).resolve()), MIN_OPSET)
     floats = FloatSession(prepared.model, threads=threads, origin=origin)
-    ranges = floats.observe(dataset, floats.candidates, config, progress)
+    tensors = calibrated_tensors(prepared.model)
+    ranges = floats.observe(dataset, tensors, config, progress)
     return RangesFile(
         model_fingerprint=prepared.fingerprint,
         model_path=str(model_path),

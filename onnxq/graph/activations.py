@@ -24,6 +24,7 @@ from onnxq.graph.rules import (
 
 __all__ = [
     "REARRANGING",
+    "calibrated_tensors",
     "candidate_tensors",
     "channel_axis",
     "in_graph_order",
@@ -64,15 +65,25 @@ def channel_axis(tensor: str, idx: GraphIndex) -> int:
 
 
 def candidate_tensors(model: onnx.ModelProto) -> list[str]:
-    """Every float activation that some quantization setting may need a range for:
-    inputs and outputs of nodes with a rule, passthrough or fusable activation, but not of
-    the element-wise nodes no setting quantizes (:func:`never_quantized`)."""
+    """Every float activation of a node with a rule, passthrough or fusable activation:
+    the tensors a float session fetches activations from (its outputs, and so the bytes
+    a run of it allocates, by which later stages size their batches)."""
+    return _tensors_of(model, GraphIndex(model), frozenset())
+
+
+def calibrated_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float activation that some quantization setting may need a range for (what
+    ``onnxq calibrate`` keeps): the :func:`candidate_tensors` of the nodes other than the
+    element-wise ones no setting quantizes (:func:`never_quantized`)."""
     idx = GraphIndex(model)
+    return _tensors_of(model, idx, frozenset(never_quantized(model, idx)))
+
+
+def _tensors_of(model: onnx.ModelProto, idx: GraphIndex, skipped: frozenset[str]) -> list[str]:
     kinds = set(RULES) | TRANSPARENT | ACTIVATION_FUSIONS
-    never = never_quantized(model, idx)
     wanted: set[str] = set()
     for node in model.graph.node:
-        if node.op_type in kinds and node.domain in ("", "ai.onnx") and node.name not in never:
+        if node.op_type in kinds and node.domain in ("", "ai.onnx") and node.name not in skipped:
             wanted.update(t for t in (*node.input, *node.output) if idx.is_float_activation(t))
     return in_graph_order(model, wanted)
 
