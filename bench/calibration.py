@@ -173,8 +173,7 @@ def _instrument_onnxq(timings: _Timings) -> None:
         setattr(cal, name, timings.wrap(name, getattr(cal, name)))
     for name in ("candidate_tensors", "with_outputs"):
         setattr(collect, name, timings.wrap(name, getattr(collect, name)))
-    for name in ("finish", "finish_rectified", "finish_scaled"):  # all the range search
-        setattr(passplan, name, timings.wrap("finish", getattr(passplan, name)))
+    passplan.finish = timings.wrap("finish", passplan.finish)  # type: ignore[attr-defined]
     session = collect.FloatSession
     session.sample_bytes = timings.wrap("probe", session.sample_bytes)  # type: ignore[method-assign]
     streaming = {"on": False}

@@ -321,6 +321,7 @@ def test_relu_outputs_are_read_off_their_inputs_exactly(cnn_files, granularity, 
     import onnxruntime as ort
 
     import onnxq.calibration.collect as collect
+    import onnxq.calibration.passplan as passplan
     from onnxq.graph.outputs import with_outputs
 
     fetched: set[str] = set()
@@ -343,6 +344,11 @@ def test_relu_outputs_are_read_off_their_inputs_exactly(cnn_files, granularity, 
         assert np.array_equal(got.min, value.min(axis=axes)), name
         assert np.array_equal(got.max, value.max(axis=axes)), name
         assert got.quality is not None and got.quality.robust_min >= 0.0
+    # bit for bit what observing the outputs themselves gives, quality included
+    monkeypatch.setattr(passplan, "rectified_sources", lambda model, tensors: {})
+    observed = calibrate(cnn_files["model"], cnn_files["data"], config).tensors
+    for name in ("r1", "r2"):
+        assert observed[name].quality == ranges[name].quality, name
     fetched.clear()
     calibrate(cnn_files["model"], cnn_files["data"], replace(config, moving_average=0.1))
     assert {"r1", "r2"} <= fetched
@@ -408,19 +414,20 @@ def test_a_product_by_a_power_of_two_is_read_off_its_input(tmp_path, monkeypatch
     from onnx import helper, numpy_helper
 
     import onnxq.calibration.collect as collect
+    import onnxq.calibration.passplan as passplan
     from onnxq.graph.outputs import with_outputs
 
     rng = np.random.default_rng(3)
     f32 = np.float32
 
-    def model(factor: float) -> onnx.ModelProto:
+    def model(factor: float, op: str = "Mul") -> onnx.ModelProto:
         inits = [
             numpy_helper.from_array(rng.normal(0, 1, (8, 8)).astype(f32), "w"),
             numpy_helper.from_array(np.array(factor, f32), "c"),
         ]
         nodes = [
             helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
-            helper.make_node("Mul", ["m", "c"], ["s"], name="scale"),
+            helper.make_node(op, ["m", "c"], ["s"], name="scale"),
             helper.make_node("MatMul", ["s", "w"], ["y"], name="mm2"),
         ]
         info = helper.make_tensor_value_info
@@ -443,11 +450,19 @@ def test_a_product_by_a_power_of_two_is_read_off_its_input(tmp_path, monkeypatch
     monkeypatch.setattr(collect, "observe_shard", spy)
     x = rng.normal(0, 1, (40, 8)).astype(f32)
     np.savez(tmp_path / "d.npz", x=x)
-    for factor, derived in ((0.25, True), (1 / 3, False)):
-        m = model(factor)
+    cases = [(0.25, "Mul", True), (4.0, "Div", True), (-0.25, "Mul", False), (1 / 3, "Mul", False)]
+    for factor, op, derived in cases:
+        m = model(factor, op)
         onnx.save(m, str(tmp_path / "m.onnx"))
         fetched.clear()
         ranges = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz").tensors
         assert ("s" not in fetched) is derived and "m" in fetched
         s = ort.InferenceSession(with_outputs(m, ["s"]).SerializeToString()).run(["s"], {"x": x})
         assert (float(ranges["s"].min), float(ranges["s"].max)) == (s[0].min(), s[0].max())
+        if derived:  # bit for bit what observing it gives, quality included
+            monkeypatch.setattr(passplan, "scaled_sources", lambda model, tensors: {})
+            observed = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz").tensors["s"]
+            monkeypatch.undo()
+            monkeypatch.setattr(collect, "observe_shard", spy)
+            assert observed.quality == ranges["s"].quality
+            assert np.array_equal(observed.observed_max, ranges["s"].observed_max)

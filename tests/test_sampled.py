@@ -9,7 +9,7 @@ import importlib
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
@@ -19,8 +19,8 @@ from onnxq import QuantConfig, quantize
 from onnxq.calibration.estimate import TensorObserver, finish
 from onnxq.calibration.histogram import HistogramObserver
 from onnxq.calibration.methods import mse_range
-from onnxq.calibration.sampled import SampledHistogram, Sampling
-from onnxq.config import CalibrationConfig, CalibrationMethod
+from onnxq.calibration.sampled import SampledHistogram, Sampling, _picked_rows
+from onnxq.config import CalibrationConfig, CalibrationMethod, Granularity
 from onnxq.data import open_dataset
 from onnxq.graph.model_io import input_specs
 from onnxq.quant import QType
@@ -147,6 +147,7 @@ def test_observer_samples_only_beside_plain_minmax(monkeypatch):
     assert isinstance(wide.hist, SampledHistogram)
     # two rows in all: one of every fifth batch, batches 0 and 5
     assert (wide.hist.sampling.stride, wide.hist.sampling.rows) == (5, 1)
+    assert wide.hist.sampling.picks == 2
     percentile = TensorObserver(CalibrationConfig(method=CalibrationMethod.PERCENTILE), None)
     percentile.update(x, batches=10)
     assert isinstance(percentile.hist, HistogramObserver)  # its range is read from it
@@ -406,25 +407,69 @@ def test_a_batch_that_is_not_the_recorded_one_runs_the_session():
     assert again.served == 1
 
 
-@settings(max_examples=60, deadline=None)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     seed=st.integers(0, 10_000),
     shift=st.floats(-3.0, 3.0),
-    spread=st.floats(1e-3, 1e3),
+    spread=st.sampled_from([1e-3, 1.0, 1e3]),
+    factor=st.sampled_from([None, 0.125, 0.5, 4.0]),
+    channel=st.booleans(),
+    heavy=st.integers(1, 11),
 )
-def test_the_rectified_histogram_is_the_histogram_of_the_relu_output(seed, shift, spread):
-    """Moving the negative counts to the bin holding zero gives exactly the histogram of
-    max(x, 0) on x's grid (a histogram of the output alone may sit on a finer grid:
-    coarsened to x's, the counts are equal)."""
-    from onnxq.calibration.estimate import _rectified
+def test_a_derived_observer_is_the_observer_of_the_tensor_itself(
+    seed, shift, spread, factor, channel, heavy, monkeypatch
+):
+    """Fed its source's batch extremes and a batch made only where read, the observer of
+    max(x, 0) or x · 2^k gives bit for bit what observing the values themselves gives:
+    ranges, observed range and quality (a sampled histogram with rare heavy batches)."""
+    from onnxq.calibration.derived import Derivation, DerivedBatch
 
-    x = (np.random.default_rng(seed).normal(shift, 1.0, 500) * spread).astype(f32)
-    x[0] = abs(x[0]) + spread  # some positive value: the output's grid is set
-    of_x, of_relu = HistogramObserver(64), HistogramObserver(64)
-    of_x.update(x)
-    of_relu.update(np.maximum(x, f32(0)))
-    assert of_x.exponent is not None and of_relu.exponent is not None
-    of_relu._coarsen_to(of_x.exponent)
-    got = _rectified(of_x.result())
-    assert np.array_equal(got.counts, of_relu.result().counts)
-    assert (got.min, got.max) == (max(float(x.min()), 0.0), float(x.max()))
+    monkeypatch.setattr(estimate, "QUALITY_VALUES", 2000)
+    rng = np.random.default_rng(seed)
+    how = Derivation("x", factor)
+    config = CalibrationConfig(granularity=Granularity.CHANNEL if channel else Granularity.TENSOR)
+    axis = 1 if channel else None
+    source, derived, direct = (TensorObserver(config, axis) for _ in range(3))
+    for b in range(12):
+        x = (rng.normal(shift, 1.0, (6, 4, 50)) * spread).astype(f32)
+        if b == heavy:
+            x[2, 1, :5] = spread * 80.0
+            x[3, 2, :5] = -spread * 90.0
+        source.update(x, 12)
+        assert source.minmax is not None and source.minmax.last is not None
+        derived.update(DerivedBatch(x, how), 12, how.extremes(*source.minmax.last))
+        direct.update(how.values(x), 12)
+    assert isinstance(direct.hist, SampledHistogram) and direct.hist.sampling.stride >= 1
+    assert derived.sampling == direct.sampling
+    a, b = finish(derived, config), finish(direct, config)
+    for field in ("min", "max", "observed_min", "observed_max"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    assert a.quality == b.quality
+
+
+def test_rows_too_large_for_the_budget_are_binned_apart_and_blank_ones_keep_the_grid(
+    monkeypatch,
+):
+    """One row would hold the quality budget: at least MIN_ROWS (2) rows are binned, from
+    different batches and rows (not the first sample alone). When every row binned is
+    blank (zeros), the histogram keeps the grid that holds batch 0 (edge / bins), not a
+    width of 1 that would put the skipped bulk in a bin wider than the tensor."""
+    monkeypatch.setattr(estimate, "QUALITY_VALUES", 4096)
+    rng = np.random.default_rng(2)
+    batches = [rng.normal(0, 0.01, (4, 8192)).astype(f32) for _ in range(16)]
+    probe = TensorObserver(CalibrationConfig(), None)
+    probe.update(batches[0], 16)
+    sampling = probe.sampling
+    assert sampling is not None and sampling.picks == 2 and sampling.stride == 8
+    hist = SampledHistogram(512, sampling)
+    picked = [_picked_rows(4, sampling, i) for i in (0, 8)]
+    assert picked[0].tolist() != picked[1].tolist()
+    for i, b in enumerate(batches):
+        if i % sampling.stride == 0:
+            b[_picked_rows(4, sampling, i)] = 0.0
+        hist.update(b, (float(b.min()), float(b.max())))
+    result = hist.result()
+    assert sampling.edge is not None and result.width == sampling.edge / 512
+    assert result.total == sum(b.size for b in batches)

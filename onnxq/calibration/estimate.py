@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from onnxq.calibration.derived import DerivedBatch
 from onnxq.calibration.histogram import Histogram, HistogramObserver
 from onnxq.calibration.methods import entropy_range, mse_range, percentile_range, range_sqnrs
 from onnxq.calibration.observers import (
@@ -21,10 +22,8 @@ __all__ = [
     "Sampling",
     "TensorObserver",
     "finish",
-    "finish_rectified",
-    "finish_scaled",
     "make_observer",
-    "rectifiable",
+    "derivable",
     "sampling_for",
 ]
 
@@ -37,28 +36,35 @@ QUALITY_BINS = 512  # histogram kept beside min/max to judge how well a range fi
 # and binning batch 0 whole still most of observing (conv16, 64 samples: 8 of 9 rows
 # binned were batch 0's, 0.02 s of 0.04 s)
 QUALITY_VALUES = 2**16
+MIN_ROWS = 2  # rows binned whole over the stream, however large a row (one would be the
+# first sample's: a blank first input would stand for the whole tensor)
 
 
-def sampling_for(x: np.ndarray, bounds: tuple[float, float] | None, batches: int) -> Sampling:
+def sampling_for(
+    x: np.ndarray | DerivedBatch, bounds: tuple[float, float] | None, batches: int
+) -> Sampling:
     """The sampling of a stream of about ``batches`` batches whose batch 0 is ``x`` (with
     min and max ``bounds`` when known): about QUALITY_VALUES values in whole rows (at
-    least one row), spread over the stream from batch 0 on: rows of every batch while
-    the stream has fewer batches than rows wanted, else one row of every ``stride``-th
-    batch. All values when that is all of them, or when batch 0 has no finite non-zero
-    value to place the edge by."""
-    arr = np.asarray(x)
+    least MIN_ROWS rows), spread over the stream from batch 0 on: rows of every batch
+    while the stream has fewer batches than rows wanted, else one row of every
+    ``stride``-th batch. All values when that is all of them, or when batch 0 has no
+    finite non-zero value to place the edge by."""
+    arr = x if isinstance(x, DerivedBatch) else np.asarray(x)  # a derived one: not made
     if arr.size * max(batches, 1) <= QUALITY_VALUES or arr.ndim == 0:
         return Sampling()
     edge = edge_above(arr, bounds)
     if edge is None:
         return Sampling()
     count = max(arr.shape[0], 1)
-    wanted = max(1, math.ceil(QUALITY_VALUES * count / arr.size))  # rows in all
+    # rows in all, at least MIN_ROWS
+    wanted = max(MIN_ROWS, math.ceil(QUALITY_VALUES * count / arr.size))
     batches = max(batches, 1)
     if wanted >= batches:
         rows = math.ceil(wanted / batches)
         return Sampling() if rows >= count else Sampling(1, edge, rows, rows * batches)
     stride = batches // wanted
+    if stride == 1 and count == 1:  # every row of every batch
+        return Sampling()
     return Sampling(stride, edge, 1, math.ceil(batches / stride))
 
 
@@ -94,19 +100,33 @@ class TensorObserver:
         if not self.sampling.samples_all:
             self.hist = SampledHistogram(QUALITY_BINS, self.sampling, start=start)
 
-    def update(self, x: np.ndarray, batches: int = 1) -> None:
+    def update(
+        self,
+        x: np.ndarray | DerivedBatch,
+        batches: int = 1,
+        extremes: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """Observe the next of about ``batches`` batches. Min and max see every value;
         the quality histogram sees whole rows (every channel: a subsample within rows
         would miss the few outlying channels, e.g. of transformer LayerNorm and FFN
         outputs, that decide whether one scale can hold a tensor) and every value beyond
-        its edge."""
-        bounds = self.minmax.update(x) if self.minmax is not None else None
-        if np.asarray(x).dtype != np.float32:  # min/max are taken in float32
+        its edge. ``extremes``: the batch's min and max (per channel when this observer's
+        are), known already (a derived tensor's: onnxq.calibration.derived)."""
+        bounds = None
+        if self.minmax is not None:
+            if extremes is not None:
+                bounds = self.minmax.update_range(*extremes)
+            else:
+                bounds = self.minmax.update(np.asarray(x))
+        if x.dtype != np.float32:  # min/max are taken in float32
             bounds = None
         if self.sampling is None:
             self.plan(sampling_for(x, bounds, batches))
         self.seen += 1
-        self.hist.update(x, bounds)
+        if isinstance(self.hist, SampledHistogram):
+            self.hist.update(x, bounds)
+        else:
+            self.hist.update(np.asarray(x), bounds)
 
     def merge(self, other: TensorObserver) -> None:
         """Add the observer of the next shard of the stream (shards merged in order)."""
@@ -151,60 +171,11 @@ def finish(observer: TensorObserver, config: CalibrationConfig) -> TensorRange:
     return _estimated(base, hist, observer.sampled, config)
 
 
-def rectifiable(config: CalibrationConfig) -> bool:
-    """Whether :func:`finish_rectified` can read Relu(x) off the observer of ``x`` under
-    ``config``: plain min/max only (a moving average of clamped batch extremes is not the
-    clamped average, and a method's histogram sets its range, which moving its counts
-    would change)."""
+def derivable(config: CalibrationConfig) -> bool:
+    """Whether a derived tensor's observer can be fed its source's batch extremes
+    (:mod:`onnxq.calibration.derived`) under ``config``: plain min/max only (a moving
+    average has its own per-batch state; a method's histogram sees every value)."""
     return not config.method.uses_histogram and config.moving_average is None
-
-
-def finish_rectified(observer: TensorObserver, config: CalibrationConfig) -> TensorRange:
-    """What :func:`finish` gives for ``Relu(x)`` from the observer of ``x``
-    (:func:`rectifiable`): ``max(x, 0)`` element by element, so min and max (per tensor or
-    per channel) are exact, and the quality histogram is ``x``'s with its negative counts
-    moved to the bin holding zero (exact on ``x``'s grid, which is up to ``|min| / max``
-    times coarser than a histogram of the output's own)."""
-    if not observer.sampled:  # a plain min/max observer (rectifiable)
-        raise ValueError("only a plain min/max observer gives the range of Relu(x)")
-    assert observer.minmax is not None
-    base = observer.minmax.result()
-    zero = np.float32(0.0)
-    clamped = TensorRange(
-        np.maximum(base.min, zero).astype(np.float32),
-        np.maximum(base.max, zero).astype(np.float32),
-        base.axis,
-    )
-    return _estimated(clamped, _rectified(observer.hist.result()), True, config)
-
-
-def finish_scaled(
-    observer: TensorObserver, config: CalibrationConfig, factor: float
-) -> TensorRange:
-    """What :func:`finish` gives for ``x · factor`` (a positive power of two:
-    :func:`onnxq.graph.activations.scaled_sources`) from the plain min/max observer of
-    ``x`` (:func:`rectifiable`): every value scaled exactly, so min and max are the
-    input's times ``factor`` and the histogram is the input's on a grid ``factor`` times
-    as wide, bin for bin."""
-    if not observer.sampled:  # a plain min/max observer (rectifiable)
-        raise ValueError("only a plain min/max observer gives the range of a scaled tensor")
-    assert observer.minmax is not None
-    base = observer.minmax.result()
-    f = np.float32(factor)
-    scaled = TensorRange(
-        (base.min * f).astype(np.float32), (base.max * f).astype(np.float32), base.axis
-    )
-    hist = observer.hist.result()
-    moved = Histogram(hist.counts.copy(), hist.width * factor, hist.min * factor, hist.max * factor)
-    return _estimated(scaled, moved, True, config)
-
-
-def _rectified(hist: Histogram) -> Histogram:
-    """``hist`` of ``x`` as the histogram of ``max(x, 0)`` on the same grid."""
-    counts = hist.counts.copy()
-    counts[hist.bins] += counts[: hist.bins].sum()
-    counts[: hist.bins] = 0
-    return Histogram(counts, hist.width, max(hist.min, 0.0), max(hist.max, 0.0))
 
 
 def _estimated(

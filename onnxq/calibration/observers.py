@@ -56,10 +56,20 @@ class MinMaxObserver:
         self._min: np.ndarray = np.asarray(np.inf, np.float32)
         self._max: np.ndarray = np.asarray(-np.inf, np.float32)
         self.count = 0
+        # the last batch's min and max (per tensor or per channel), None before any or
+        # after an empty one: a derived tensor's are read off them (onnxq.calibration.derived)
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
 
     def update(self, x: np.ndarray) -> tuple[float, float] | None:
         """Observe a batch; returns its min and max over the whole tensor (None if empty)."""
-        lo, hi = _batch_range(x, self.axis)
+        return self.update_range(*_batch_range(x, self.axis))
+
+    def update_range(
+        self, lo: np.ndarray | None, hi: np.ndarray | None
+    ) -> tuple[float, float] | None:
+        """Observe a batch by its min and max (per tensor, or per index of the axis;
+        None: an empty batch), kept as :attr:`last`; returns them over the whole tensor."""
+        self.last = None if lo is None or hi is None else (lo, hi)
         if lo is None or hi is None:
             return None
         self._min = np.minimum(self._min, lo, dtype=np.float32)

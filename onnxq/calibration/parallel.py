@@ -112,7 +112,7 @@ def _sampling(floats: FloatSession, dataset: Dataset, task: ShardTask) -> dict[s
     observer may sample)."""
     probe = TensorObserver(task.config, None)
     if not probe.sampled:
-        return {t: Sampling() for t in task.tensors}
+        return {t: Sampling() for t in task.observed}
     first = next(dataset.batches(task.batch_size))
     return sampling_of(floats.run(first.feed, list(task.tensors)), task)
 

@@ -24,10 +24,10 @@ to a whole count). NaN and inf are never binned, as in :class:`HistogramObserver
 max cover every finite value seen.
 
 With ``stride == 1`` and all rows it is exactly :class:`HistogramObserver`. Shards of one
-stream merge exactly when each is given the stream's ``edge`` and ``rows`` (from its batch
-0) and the global index of its first batch (``start``): each batch is then binned as in
-one pass, and the parts the result reads (both histograms, the bulk count, min and max)
-are sums and extremes.
+stream merge exactly when each is given the stream's sampling (``edge``, ``rows``,
+``stride``, ``picks``: from its batch 0) and the global index of its first batch
+(``start``): each batch is then binned as in one pass, and the parts the result reads
+(both histograms, the bulk count, min and max) are sums and extremes.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxq.calibration.derived import DerivedBatch
 from onnxq.calibration.histogram import Histogram, HistogramObserver
 
 __all__ = ["SampledHistogram", "Sampling", "edge_above"]
@@ -44,10 +45,11 @@ __all__ = ["SampledHistogram", "Sampling", "edge_above"]
 
 @dataclass(frozen=True)
 class Sampling:
-    """What the quality histogram of one tensor bins whole: batch 0, and ``rows`` rows
-    (axis 0, spread; None: all) of every ``stride``-th batch after it (by index in the
-    whole stream), and of the rest the values with ``|x| >= edge`` (None: placed by the
-    first batch seen). Chosen on batch 0 alone
+    """What the quality histogram of one tensor bins whole: ``rows`` rows (axis 0; None:
+    all) of every ``stride``-th batch from batch 0 on (by index in the whole stream),
+    spread over the rows and over the stream as ``picks`` rows in all ask
+    (:func:`_picked_rows`), and of the rest the values with ``|x| >= edge`` (None: placed
+    by the first batch seen, which is then binned whole). Chosen on batch 0 alone
     (:func:`onnxq.calibration.estimate.sampling_for`), so that every shard of the stream
     can be given the same choice."""
 
@@ -79,21 +81,24 @@ class SampledHistogram:
         self.index = start
         self.lo, self.hi = math.inf, -math.inf  # of the rest
 
-    def update(self, x: np.ndarray, bounds: tuple[float, float] | None = None) -> None:
+    def update(
+        self, x: np.ndarray | DerivedBatch, bounds: tuple[float, float] | None = None
+    ) -> None:
         """Observe the next batch; ``bounds`` are its min and max when known already."""
         index, self.index = self.index, self.index + 1
-        arr = np.asarray(x)
+        # a derived batch (onnxq.calibration.derived) is made only where read
+        arr = x if isinstance(x, DerivedBatch) else np.asarray(x)
         if self.sampling.samples_all or arr.size == 0 or arr.ndim == 0:
-            self.whole.update(arr, bounds)
+            self.whole.update(np.asarray(arr), bounds)
             return
         if self.edge is None:  # not planned: the edge from this batch, binned whole
             self.edge = edge_above(arr, bounds)
-            self.whole.update(arr, bounds)
+            self.whole.update(np.asarray(arr), bounds)
             return
         picked: np.ndarray | None = None
         if index % self.sampling.stride == 0:
             picked = _picked_rows(arr.shape[0], self.sampling, index)
-            self.whole.update(arr[picked])
+            self.whole.update(arr[picked], bounds)  # the batch's: they hold the rows'
         if bounds is not None and -self.edge < bounds[0] and bounds[1] < self.edge:
             # nothing beyond the edge: the rest is not read
             binned = 0 if picked is None else picked.size * (arr.size // arr.shape[0])
@@ -124,8 +129,8 @@ class SampledHistogram:
     def merge(self, other: SampledHistogram) -> None:
         """Add a shard sampled with the same stride, rows and edge (see the module
         docstring)."""
-        mine = (self.sampling.stride, self.sampling.rows, self.edge, self.bins)
-        if mine != (other.sampling.stride, other.sampling.rows, other.edge, other.bins):
+        mine = (self.sampling, self.edge, self.bins)
+        if mine != (other.sampling, other.edge, other.bins):
             raise ValueError("histograms sampled with different strides or edges cannot be merged")
         self.whole.merge(other.whole)
         self.tail.merge(other.tail)
@@ -139,8 +144,12 @@ class SampledHistogram:
             return whole  # nothing but whole batches seen
         tail = self.tail.result()
         exponents = [e for e in (self.whole.exponent, self.tail.exponent) if e is not None]
-        width = math.ldexp(1.0, max(exponents)) if exponents else whole.width
-        sampled = _counts_at(whole, width)
+        if exponents:
+            width = math.ldexp(1.0, max(exponents))
+        else:  # only zeros binned (blank rows): the grid that holds batch 0 by the edge
+            width = self.edge / self.bins if self.edge else whole.width
+        # only zeros binned whole: they sit in the zero bin of any grid
+        sampled = _counts_at(whole, width) if self.whole.exponent is not None else whole.counts
         beyond = _counts_at(tail, width) if self.tail.exponent is not None else 0 * sampled
         edge = self.edge
         assert edge is not None  # a batch beside the binned ones was seen: batch 0 set it
@@ -172,7 +181,9 @@ def _picked_rows(count: int, sampling: Sampling, index: int) -> np.ndarray:
     return np.asarray((np.arange(first, first + rows) * step) % count, np.intp)
 
 
-def edge_above(x: np.ndarray, bounds: tuple[float, float] | None = None) -> float | None:
+def edge_above(
+    x: np.ndarray | DerivedBatch, bounds: tuple[float, float] | None = None
+) -> float | None:
     """The smallest power of two above the largest finite magnitude of ``x`` (None when
     it has no finite non-zero value); ``bounds``: its min and max when known."""
     if bounds is None or not np.isfinite(bounds).all():

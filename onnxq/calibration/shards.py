@@ -22,10 +22,11 @@ A moving average of batch extremes depends on batch order by definition and is r
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxq.calibration.derived import Derivation, DerivedBatch
 from onnxq.calibration.estimate import Sampling, TensorObserver, make_observer
 from onnxq.config import CalibrationConfig
 from onnxq.data import Dataset
@@ -84,6 +85,14 @@ class ShardTask:
     batches: int
     shard: Shard
     sampling: Mapping[str, Sampling] | None = None
+    # tensors observed without a fetch, each from one of ``tensors`` (with its axis in
+    # ``axes``): onnxq.calibration.derived
+    derived: Mapping[str, Derivation] = field(default_factory=dict)
+
+    @property
+    def observed(self) -> tuple[str, ...]:
+        """Every tensor with an observer: the fetched ones and the derived ones."""
+        return (*self.tensors, *self.derived)
 
 
 def observe_shard(
@@ -91,7 +100,7 @@ def observe_shard(
 ) -> dict[str, TensorObserver]:
     """The observers of ``task.tensors`` over the shard's batches (``progress``: called
     with each batch's sample count)."""
-    observers = {t: make_observer(task.config, task.axes[t]) for t in task.tensors}
+    observers = {t: make_observer(task.config, task.axes[t]) for t in task.observed}
     if task.sampling is not None:
         for name, observer in observers.items():
             observer.plan(task.sampling[name], task.shard.start)
@@ -102,6 +111,12 @@ def observe_shard(
         values = run(batch.feed, names)
         for name, value in values.items():
             observers[name].update(value, task.batches)
+        for name, how in task.derived.items():
+            source = observers[how.source].minmax
+            last = source.last if source is not None else None
+            extremes = None if last is None else how.extremes(*last)
+            derived = DerivedBatch(values[how.source], how)
+            observers[name].update(derived, task.batches, extremes)
         del values  # before the next run allocates its outputs
         if progress is not None:
             progress(batch.size)
@@ -112,7 +127,9 @@ def sampling_of(values: Mapping[str, np.ndarray], task: ShardTask) -> dict[str, 
     """The sampling each tensor's observer chooses on batch 0 of the stream (``values``):
     the choice the first shard makes itself, for the shards after it."""
     out = {}
-    for name, value in values.items():
+    batch: dict[str, np.ndarray | DerivedBatch] = dict(values)
+    batch |= {n: DerivedBatch(values[how.source], how) for n, how in task.derived.items()}
+    for name, value in batch.items():
         probe = make_observer(task.config, task.axes[name])
         probe.update(value, task.batches)
         assert probe.sampling is not None

@@ -157,11 +157,9 @@ def value_aliases(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, s
 
 def rectified_sources(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, str]:
     """Each of ``tensors`` that a Relu makes of another of ``tensors``, mapped to that
-    input: ``max(x, 0)`` element by element, so its minimum and maximum (per tensor or per
-    channel of the same axis) are the input's clamped at zero and its histogram is the
-    input's with the negative bins moved to the one holding zero
-    (:func:`onnxq.calibration.estimate.finish_rectified`). The Conv -> Relu pairs of a
-    CNN: half the tensors it calibrates."""
+    input: ``max(x, 0)`` element by element, so its values follow from the input's without
+    a fetch (:mod:`onnxq.calibration.derived`). The Conv -> Relu pairs of a CNN: half the
+    tensors it calibrates."""
     wanted = set(tensors)
     idx = GraphIndex(model)
     out: dict[str, str] = {}
@@ -177,10 +175,9 @@ def rectified_sources(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[st
 def scaled_sources(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, tuple[str, float]]:
     """Each of ``tensors`` that a Mul or Div by a positive power-of-two scalar constant
     makes of another of ``tensors``, mapped to that input and the factor: scaling a float
-    by a power of two is exact (short of overflow and subnormals), so its min, max and
-    histogram are the input's scaled, bin for bin on a grid a power of two apart
-    (:func:`onnxq.calibration.estimate.finish_scaled`). Attention scores scaled by
-    1/sqrt(64) = 1/8."""
+    by a power of two rounds as the float maths does, so the values follow from the
+    input's without a fetch (:mod:`onnxq.calibration.derived`). Attention scores scaled
+    by 1/sqrt(64) = 1/8."""
     wanted = set(tensors)
     idx = GraphIndex(model)
     out: dict[str, tuple[str, float]] = {}
@@ -194,6 +191,11 @@ def scaled_sources(model: onnx.ModelProto, tensors: Iterable[str]) -> dict[str, 
             source, value = node.input[data], _scalar(node.input[const], idx)
             if source not in wanted or value is None or not idx.is_float_activation(source):
                 continue
+            if not math.isfinite(value) or value == 0.0:
+                continue
+            rank = idx.ranks.get(source)
+            if rank is None or rank != idx.ranks.get(node.output[0]):
+                continue  # a constant of higher rank broadcasts the axes apart
             factor = 1.0 / value if node.op_type == "Div" else value
             mantissa, _ = math.frexp(factor)
             if factor > 0.0 and mantissa == 0.5 and 2.0**-60 <= factor <= 2.0**60:
