@@ -68,6 +68,10 @@ class LatencyCheck:
     # candidates not timed: onnxruntime runs them as the float model's very kernels (a
     # weights-only model whose integer weights all fold at load); float's time stands
     untimed: tuple[CandidateKind, ...] = ()
+    # whether the timing had runs enough to tell a tie (onnxq.stages.timing.SETTLE_RUNS):
+    # when not, int8 stood unless another model ran faster by the noise margin alone, not
+    # by the choice's (worth)
+    resolved: bool = True
 
     @property
     def ratio(self) -> float:
@@ -91,7 +95,7 @@ class LatencyCheck:
         text = f"latency on one sample: float {self.float_ms:.3g} ms, {tried} ({self.runs} runs)"
         if self.replaced:
             int8_ms = self.tried[INT8]
-            margin = worth(self.optimize_for)
+            margin = worth(self.optimize_for) if self.resolved else SLOWER
             tie = not is_slower(int8_ms, self.float_ms) and not is_faster(
                 int8_ms, self.float_ms, margin
             )

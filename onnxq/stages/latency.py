@@ -129,7 +129,9 @@ def latency_choice(
     same = candidates[written] is checked.candidate  # its check's runs: of this model
     outputs = checked.outputs if same else None
     chosen = Checked(candidates[written], checked.report, sessions[written], outputs)
-    timing = LatencyCheck(config.optimize_for, float_ms, tried, written, runs, untimed)
+    timing = LatencyCheck(
+        config.optimize_for, float_ms, tried, written, runs, untimed, resolved=resolved
+    )
     return chosen, timing
 
 
