@@ -113,20 +113,13 @@ def test_rearranged_copies_take_their_source_statistics_without_a_fetch(tmp_path
     max of kt), and calibration never fetches kt; per channel it is observed itself."""
     import onnxruntime as ort
 
-    import onnxq.calibration.collect as collect
     from onnxq.graph.outputs import with_outputs
 
     model, data = models.tiny_encoder()
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "d.npz", **data)
     fetched: set[str] = set()
-    real_observe = collect.observe_shard
-
-    def spy(run, dataset, task, progress=None):  # what the pass fetches, not the probe
-        fetched.update(task.tensors)
-        return real_observe(run, dataset, task, progress)
-
-    monkeypatch.setattr(collect, "observe_shard", spy)
+    _spy_fetches(monkeypatch, fetched)
     ranges = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz").tensors
     assert "k" in fetched and "kt" not in fetched
     kt = ort.InferenceSession(with_outputs(model, ["kt"]).SerializeToString()).run(["kt"], data)[0]
@@ -320,18 +313,11 @@ def test_relu_outputs_are_read_off_their_inputs_exactly(cnn_files, granularity, 
     moving average (of clamped batch extremes, not the clamped average) observes it."""
     import onnxruntime as ort
 
-    import onnxq.calibration.collect as collect
     import onnxq.calibration.passplan as passplan
     from onnxq.graph.outputs import with_outputs
 
     fetched: set[str] = set()
-    real_observe = collect.observe_shard
-
-    def spy(run, dataset, task, progress=None):
-        fetched.update(task.tensors)
-        return real_observe(run, dataset, task, progress)
-
-    monkeypatch.setattr(collect, "observe_shard", spy)
+    _spy_fetches(monkeypatch, fetched)
     config = CalibrationConfig(granularity=granularity, batch_size=3)
     ranges = calibrate(cnn_files["model"], cnn_files["data"], config).tensors
     assert {"c1", "c2"} <= fetched and not {"r1", "r2"} & fetched
@@ -413,7 +399,6 @@ def test_a_product_by_a_power_of_two_is_read_off_its_input(tmp_path, monkeypatch
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    import onnxq.calibration.collect as collect
     import onnxq.calibration.passplan as passplan
     from onnxq.graph.outputs import with_outputs
 
@@ -441,13 +426,7 @@ def test_a_product_by_a_power_of_two_is_read_off_its_input(tmp_path, monkeypatch
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
     fetched: set[str] = set()
-    real_observe = collect.observe_shard
-
-    def spy(run, dataset, task, progress=None):
-        fetched.update(task.tensors)
-        return real_observe(run, dataset, task, progress)
-
-    monkeypatch.setattr(collect, "observe_shard", spy)
+    _spy_fetches(monkeypatch, fetched)
     x = rng.normal(0, 1, (40, 8)).astype(f32)
     np.savez(tmp_path / "d.npz", x=x)
     cases = [(0.25, "Mul", True), (4.0, "Div", True), (-0.25, "Mul", False), (1 / 3, "Mul", False)]
@@ -463,6 +442,19 @@ def test_a_product_by_a_power_of_two_is_read_off_its_input(tmp_path, monkeypatch
             monkeypatch.setattr(passplan, "scaled_sources", lambda model, tensors: {})
             observed = calibrate(tmp_path / "m.onnx", tmp_path / "d.npz").tensors["s"]
             monkeypatch.undo()
-            monkeypatch.setattr(collect, "observe_shard", spy)
+            _spy_fetches(monkeypatch, fetched)
             assert observed.quality == ranges["s"].quality
             assert np.array_equal(observed.observed_max, ranges["s"].observed_max)
+
+
+def _spy_fetches(monkeypatch, fetched: set[str]) -> None:
+    """Record in ``fetched`` the tensors each calibration pass fetches (not the probe)."""
+    import onnxq.calibration.collect as collect
+
+    real_observe = collect.observe_shard
+
+    def spy(run, dataset, task, progress=None):
+        fetched.update(task.tensors)
+        return real_observe(run, dataset, task, progress)
+
+    monkeypatch.setattr(collect, "observe_shard", spy)

@@ -119,6 +119,11 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         self.count += 1
         return extremes
 
+    def update_range(
+        self, lo: np.ndarray | None, hi: np.ndarray | None
+    ) -> tuple[float, float] | None:
+        raise ValueError("a moving average is fed batches, not their extremes")
+
     def merge(self, other: MinMaxObserver) -> None:
         raise ValueError("moving-average ranges depend on batch order and cannot be merged")
 

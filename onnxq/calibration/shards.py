@@ -115,8 +115,7 @@ def observe_shard(
             source = observers[how.source].minmax
             last = source.last if source is not None else None
             extremes = None if last is None else how.extremes(*last)
-            derived = DerivedBatch(values[how.source], how)
-            observers[name].update(derived, task.batches, extremes)
+            observers[name].update(DerivedBatch(values[how.source], how), task.batches, extremes)
         del values  # before the next run allocates its outputs
         if progress is not None:
             progress(batch.size)
