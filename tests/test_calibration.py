@@ -335,6 +335,9 @@ def test_relu_outputs_are_read_off_their_inputs_exactly(cnn_files, granularity, 
     observed = calibrate(cnn_files["model"], cnn_files["data"], config).tensors
     for name in ("r1", "r2"):
         assert observed[name].quality == ranges[name].quality, name
+        for field in ("min", "max", "observed_min", "observed_max"):
+            mine, theirs = getattr(ranges[name], field), getattr(observed[name], field)
+            assert np.array_equal(mine, theirs), (name, field)
     fetched.clear()
     calibrate(cnn_files["model"], cnn_files["data"], replace(config, moving_average=0.1))
     assert {"r1", "r2"} <= fetched
@@ -458,3 +461,45 @@ def _spy_fetches(monkeypatch, fetched: set[str]) -> None:
         return real_observe(run, dataset, task, progress)
 
     monkeypatch.setattr(collect, "observe_shard", spy)
+
+
+def test_only_positive_power_of_two_scalars_of_the_same_rank_are_read_off_their_input():
+    """scaled_sources names x·2^k, 2^k·x and x/2^k; never a Div by zero, a constant over
+    x, a negative, non-finite or out-of-range factor, a factor that is not a power of
+    two, or a constant of higher rank (it broadcasts the tensor into more axes)."""
+    from onnx import helper, numpy_helper
+
+    from onnxq.graph.activations import scaled_sources
+
+    f32 = np.float32
+    cases = {  # output: (op, inputs, constant's value and shape)
+        "mul": ("Mul", ["x", "c_mul"], 0.125, ()),
+        "left": ("Mul", ["c_left", "x"], 4.0, ()),
+        "div": ("Div", ["x", "c_div"], 8.0, (1,)),
+        "div0": ("Div", ["x", "c_div0"], 0.0, ()),
+        "over": ("Div", ["c_over", "x"], 2.0, ()),
+        "neg": ("Mul", ["x", "c_neg"], -0.5, ()),
+        "inf": ("Mul", ["x", "c_inf"], np.inf, ()),
+        "tiny": ("Mul", ["x", "c_tiny"], 2.0**-70, ()),
+        "third": ("Mul", ["x", "c_third"], 1 / 3, ()),
+        "raise": ("Mul", ["x", "c_raise"], 0.5, (1, 1, 1)),
+    }
+    nodes = [helper.make_node(op, ins, [out], name=out) for out, (op, ins, _, _) in cases.items()]
+    inits = [
+        numpy_helper.from_array(np.full(shape, value, f32), ins[0] if ins[0] != "x" else ins[1])
+        for _, (_, ins, value, shape) in cases.items()
+    ]
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [info("x", onnx.TensorProto.FLOAT, ["N", 8])],
+        [info(out, onnx.TensorProto.FLOAT, None) for out in cases],
+        inits,
+    )
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
+    found = scaled_sources(model, ["x", *cases])
+    assert found == {"mul": ("x", 0.125), "left": ("x", 4.0), "div": ("x", 0.125)}
+    assert scaled_sources(model, list(cases)) == {}  # the input itself not wanted: none

@@ -440,7 +440,8 @@ def test_a_derived_observer_is_the_observer_of_the_tensor_itself(
         source.update(x, 12)
         assert source.minmax is not None and source.minmax.last is not None
         derived.update(DerivedBatch(x, how), 12, how.extremes(*source.minmax.last))
-        direct.update(how.values(x), 12)
+        # the values written out here, not by the map under test
+        direct.update(np.maximum(x, f32(0)) if factor is None else x * f32(factor), 12)
     assert isinstance(direct.hist, SampledHistogram) and direct.hist.sampling.stride >= 1
     assert derived.sampling == direct.sampling
     a, b = finish(derived, config), finish(direct, config)
@@ -473,3 +474,12 @@ def test_rows_too_large_for_the_budget_are_binned_apart_and_blank_ones_keep_the_
     result = hist.result()
     assert sampling.edge is not None and result.width == sampling.edge / 512
     assert result.total == sum(b.size for b in batches)
+    # without the batches' bounds the binned rows' grid comes from their values alone:
+    # all zeros give none, and the fallback to batch 0's grid decides the width
+    unbounded = SampledHistogram(512, sampling)
+    for b in batches:
+        unbounded.update(b)
+    assert unbounded.whole.exponent is None and unbounded.tail.exponent is None
+    blank = unbounded.result()
+    assert blank.width == sampling.edge / 512
+    assert blank.total == result.total and blank.counts[512] > 0  # the zeros' bin

@@ -120,6 +120,9 @@ def test_any_split_merges_to_the_ranges_of_one_pass(
 
     task = _task(floats, dataset, config)
     assert task.batches == (14 if in_folder else 13)  # the folder's files end in short batches
+    # the sample CNN's Relu outputs are read off their inputs under plain min/max, so the
+    # shards carry derived observers too; a method's histogram observes them itself
+    assert bool(task.derived) is (config.method is CalibrationMethod.MINMAX)
     bounds = [0, *sorted(c for c in cuts if c < task.batches), task.batches]
     shards = [Shard(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
     first = next(dataset.batches(task.batch_size))
