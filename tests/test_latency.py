@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -61,6 +62,39 @@ def _sixteen_bit(optimize_for: OptimizeFor) -> QuantConfig:
     )
     assert config.activations.bits == 16
     return config
+
+
+def test_a_weights_only_model_with_int8_embedding_lookups_is_not_timed(tmp_path, monkeypatch):
+    """Its optimized graph is the float model's plus one decode (Gather, Cast, Unsqueeze,
+    Mul) per int8 lookup: to the runtime it is the float model, so it is not timed; a
+    graph with any other difference is."""
+    import onnxq.stages.latency as latency_stage
+    from onnxq.graph.passes.embeddings import quantized_lookups
+
+    model, feed = models.embedding_model()
+    onnx.save(model, str(tmp_path / "emb.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    report = quantize(
+        tmp_path / "emb.onnx",
+        tmp_path / "q.onnx",
+        _sixteen_bit(OptimizeFor.BALANCED),
+        data=tmp_path / "d.npz",
+    )
+    lat = report.latency
+    assert lat is not None and lat.written == WEIGHTS_ONLY
+    assert quantized_lookups(onnx.load(str(tmp_path / "q.onnx"))) == 1
+    assert lat.untimed == (WEIGHTS_ONLY,) and lat.tried[WEIGHTS_ONLY] == lat.float_ms
+    # one op more than the decode: timed
+    monkeypatch.setattr(
+        latency_stage, "LOOKUP_DECODE", latency_stage.LOOKUP_DECODE + Counter({"Cast": 1})
+    )
+    report = quantize(
+        tmp_path / "emb.onnx",
+        tmp_path / "q2.onnx",
+        _sixteen_bit(OptimizeFor.BALANCED),
+        data=tmp_path / "d.npz",
+    )
+    assert report.latency is not None and report.latency.untimed == ()
 
 
 def test_balanced_writes_weights_only_when_int8_is_slower(wide_files):
@@ -498,7 +532,7 @@ def test_int8_written_after_the_weights_only_timing_has_its_session_back(cnn_fil
         return float_ms, dict.fromkeys(tried, float_ms), 1000  # int8 ties float
 
     monkeypatch.setattr(latency_stage, "timed", timing)
-    monkeypatch.setattr(latency_stage, "_float_kernels", lambda sessions, floats: ())
+    monkeypatch.setattr(latency_stage, "_float_kernels", lambda sessions, candidates, floats: ())
     out = cnn_files["dir"] / "q3.onnx"
     config = QuantConfig(target=FidelityTarget(sqnr_db=0))
     report = quantize(cnn_files["model"], out, config, data=cnn_files["data"])

@@ -11,6 +11,8 @@ Rows get one symmetric range each (int8, zero point 0). The nodes are standard O
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -25,7 +27,11 @@ from onnxq.quant import QParams, QType, quantize
 from onnxq.quant.methods import CalibrationMethod, Granularity
 from onnxq.quant.weights import WeightLayout, in_slabs, slicer, weight_qparams
 
-__all__ = ["quantize_embeddings"]
+__all__ = ["LOOKUP_DECODE", "quantize_embeddings", "quantized_lookups"]
+
+# the ops one quantized lookup adds to the graph (its Gather becomes two, see above): a
+# Cast and a Mul over the gathered rows, the same size as the lookup's output
+LOOKUP_DECODE = Counter({"Gather": 1, "Cast": 1, "Unsqueeze": 1, "Mul": 1})
 
 
 def quantize_embeddings(model: onnx.ModelProto, decisions: tuple[NodeDecision, ...]) -> PassResult:
@@ -98,3 +104,12 @@ def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, QParams]:
     w = w.astype(np.float32, copy=False)
     qp = weight_qparams(w, layout, CalibrationMethod.MINMAX, QType.INT8, symmetric=True)
     return quantize(w, qp), qp
+
+
+def quantized_lookups(model: onnx.ModelProto) -> int:
+    """How many Gathers of ``model`` read an int8 table (each decoded as above)."""
+    int8 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    return sum(
+        n.op_type == "Gather" and n.domain in ("", "ai.onnx") and n.input[0] in int8
+        for n in model.graph.node
+    )
