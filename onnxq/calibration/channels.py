@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from onnxq.calibration.positions import rows_at
+
 __all__ = ["ChannelFolder", "Fold", "Moments", "Sum"]
 
 
@@ -20,16 +22,22 @@ class ChannelFolder:
         self.fold = fold
         self.acc: dict[str, tuple[np.ndarray, int]] = {}
 
-    def add(self, values: Mapping[str, np.ndarray]) -> None:
+    def add(self, values: Mapping[str, np.ndarray], real: np.ndarray | None = None) -> None:
+        """Fold one batch; ``real``: its real positions (:mod:`onnxq.calibration.positions`),
+        the only rows folded of the tensors laid out by position."""
         for name, axis in self.axes.items():
             arr = np.asarray(values[name])
             if arr.ndim < 2 or not np.issubdtype(arr.dtype, np.floating):
                 continue
             axis %= arr.ndim
-            part = self.fold.reduce(arr, axis)
+            rows = rows_at(arr, axis, real)
+            if rows is None:
+                part = self.fold.reduce(arr, axis)
+                count = arr.size // max(arr.shape[axis], 1)
+            else:
+                part, count = self.fold(np.asarray(rows, np.float64)), rows.shape[0]
             prior = self.acc.get(name)
             folded = part if prior is None else self.fold.merge(prior[0], part)
-            count = arr.size // max(arr.shape[axis], 1)
             self.acc[name] = (folded, (prior[1] if prior else 0) + count)
 
 
@@ -51,6 +59,10 @@ class Fold:
 
 class Sum(Fold):
     """Column sums; inf - inf gives NaN silently (the caller drops non-finite means)."""
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.asarray(rows.sum(axis=0))
 
     def reduce(self, arr: np.ndarray, axis: int) -> np.ndarray:
         """Summed over the other axes in place, in float64, without a rearranged copy."""

@@ -30,6 +30,7 @@ from onnxq.calibration.channels import ChannelFolder, Fold, Moments, Sum
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.parallel import ModelOrigin, observe_sharded
 from onnxq.calibration.passplan import PassPlan
+from onnxq.calibration.positions import padding_mask, real_positions, rows_at
 from onnxq.calibration.reference import CachedReference, OutputRecorder
 from onnxq.calibration.shards import Run, RunResult, observe_shard
 from onnxq.config import CalibrationConfig
@@ -89,6 +90,9 @@ class FloatSession:
         self.outputs = tuple(o.name for o in model.graph.output)
         self.external = uses_external_data(model)  # then one (wide) session only
         self._fetchable = tuple(dict.fromkeys((*self.candidates, *extra)))
+        # the input marking a padded batch's real positions: means and second moments
+        # are taken over those (onnxq.calibration.positions)
+        self.mask = padding_mask(model)
         self._narrow = frozenset((*self.outputs, *extra))
         self._runner: Runner | None = None
         self._reference_runner: Runner | None = None
@@ -295,7 +299,7 @@ class FloatSession:
             if done() >= means.samples:
                 return run(feed, names)
             values = run(feed, list(dict.fromkeys([*names, *axes])))
-            folder.add(values)
+            folder.add(values, real_positions(feed, self.mask))
             return {n: values[n] for n in names}
 
         return summing
@@ -347,13 +351,17 @@ class FloatSession:
         batch_size: int,
         progress: Progress | None = None,
     ) -> dict[str, np.ndarray]:
-        """``Σ xᵀx`` over all rows of each tensor (its last axis is the reduction width);
-        inf or NaN where the float model computes them (callers skip those tensors)."""
+        """``Σ xᵀx`` over all rows of each tensor (its last axis is the reduction width;
+        a padded batch's real positions only, :mod:`onnxq.calibration.positions`); inf
+        or NaN where the float model computes them (callers skip those tensors)."""
         sums: dict[str, np.ndarray] = {}
         done = 0
         for batch in dataset.batches(batch_size):
+            real = real_positions(batch.feed, self.mask)
             for name, value in self.run(batch.feed, list(tensors)).items():
-                rows = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
+                picked = rows_at(value, -1, real)
+                rows = np.asarray(value if picked is None else picked, np.float64)
+                rows = rows.reshape(-1, value.shape[-1])
                 with np.errstate(invalid="ignore", over="ignore"):
                     sums[name] = sums.get(name, 0.0) + rows.T @ rows
             done += batch.size
@@ -374,7 +382,7 @@ class FloatSession:
         if kept is not None and kept[0] is dataset and kept[1:3] == (batch_size, samples):
             sums = {n: v for n, v in kept[3].acc.items() if n in axes}
         missing = {n: a for n, a in axes.items() if n not in sums}
-        sums |= self._per_channel(dataset, missing, samples, batch_size, Sum())
+        sums |= self._per_channel(dataset, missing, samples, batch_size, Sum(), positions=True)
         means = {n: total / count for n, (total, count) in sums.items() if count}
         return {n: m for n, m in means.items() if np.isfinite(m).all()}
 
@@ -401,14 +409,18 @@ class FloatSession:
         samples: int,
         batch_size: int,
         fold: Fold,
+        *,
+        positions: bool = False,
     ) -> dict[str, tuple[np.ndarray, int]]:
         """``fold`` of each tensor's rows (one row per position, one column per channel of
-        ``axes[name]``) over the first ``samples`` samples, and the rows counted."""
+        ``axes[name]``) over the first ``samples`` samples, and the rows counted;
+        ``positions``: the real positions' rows only (``self.mask``)."""
         names = list(axes)
         folder = ChannelFolder(axes, fold)
         done = 0
         for batch in dataset.batches(batch_size) if names else ():
-            folder.add(self.run(batch.feed, names))
+            real = real_positions(batch.feed, self.mask) if positions else None
+            folder.add(self.run(batch.feed, names), real)
             done += batch.size
             if done >= samples:
                 break

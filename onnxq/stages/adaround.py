@@ -50,12 +50,14 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TypeAlias
 
 import numpy as np
 import onnx
 
 from onnxq.calibration.collect import FloatSession, Progress, batch_for
+from onnxq.calibration.positions import real_positions, rows_at
 from onnxq.config import QuantConfig
 from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
@@ -192,7 +194,9 @@ def adaround_codes(
     codes: dict[str, tuple[np.ndarray, QParams]] = {}
     done: list[Change] = []
     for keys in _passes([layer.key for layer in layers], budget_bytes):
-        moments = _collect(keys, data, floats.run, fetch_q, batch, max_rows, config.seed)
+        moments = _collect(
+            keys, data, floats.run, fetch_q, batch, max_rows, config.seed, floats.mask
+        )
         for layer in (la for la in layers if la.key in moments):
             m = moments[layer.key]
             if not (np.isfinite(m.gram).all() and np.isfinite(m.cross).all()):
@@ -429,23 +433,34 @@ def _collect(
     batch_size: int,
     max_rows: int,
     seed: int,
+    mask: str | None = None,
 ) -> dict[_Key, _Moments]:
     """One pass over ``data``: the moments of every key (of the float inputs alone
-    when ``fetch_q`` is None)."""
+    when ``fetch_q`` is None); a MatMul's over the real positions of a padded batch
+    (``mask``: its padding mask input, :mod:`onnxq.calibration.positions`)."""
     moments = {key: key.moments(max_rows, seed) for key in keys}
     xf_names = sorted({k.x_f for k in keys})
     xq_names = sorted({k.x_q for k in keys})
     for batch in data.batches(batch_size):
+        real = real_positions(batch.feed, mask)
+        rows = partial(_real_rows, real=real)
         x_f = _fetch(fetch_f, batch.feed, xf_names)
         if fetch_q is None:
             for key, m in moments.items():
-                m.update(x_f[key.x_f])
+                m.update(rows(key, x_f[key.x_f]))
             continue
         x_q = _fetch(fetch_q, batch.feed, xq_names)
         for key, m in moments.items():
-            m.update(x_q[key.x_q], x_f[key.x_f])
+            m.update(rows(key, x_q[key.x_q]), rows(key, x_f[key.x_f]))
         del x_f, x_q  # before the next run allocates its outputs
     return moments
+
+
+def _real_rows(key: _Key, x: np.ndarray, real: np.ndarray | None) -> np.ndarray:
+    """A MatMul input's rows at the real positions ``real`` (all of ``x`` when it is not
+    laid out by position, or for a Conv)."""
+    picked = rows_at(x, -1, real) if key.conv is None else None
+    return x if picked is None else picked
 
 
 # --- rounding ---------------------------------------------------------------------------
