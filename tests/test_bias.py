@@ -425,3 +425,48 @@ def test_a_correction_that_helps_is_kept_beside_an_int8_embedding_table(tmp_path
         plain[on] = r.fidelity.outputs[0].sqnr_db
     assert plain[True] > plain[False]  # the correction helps here
     assert checked.fidelity.outputs[0].sqnr_db >= plain[True]
+
+
+def test_the_simulation_switches_corrected_biases_with_their_weights(tmp_path):
+    """All weights on: the simulation is the written weights-only model, corrected biases
+    included (conv1's added bias, conv2's, the Add after mm3); all off: the float model;
+    built without corrections, all on is the uncorrected rewrite."""
+    from onnxq.calibration.collect import FloatSession
+    from onnxq.data import open_dataset
+    from onnxq.graph.model_io import input_specs
+    from onnxq.graph.passes.bias_correction import bias_inputs, correct_biases
+    from onnxq.graph.plan import make_plan
+    from onnxq.graph.rewrite_qdq import rewrite_qdq
+    from onnxq.graph.simulate import build_simulation
+    from onnxq.runtime import OptLevel, Runner
+    from onnxq.stages.prepare import prepare
+
+    model, feed = _biased_model()
+    np.savez(tmp_path / "d.npz", **feed)
+    prepared = prepare(model).model
+    config = QuantConfig(weights_only=True, target=NO_CHECK)
+    plan = make_plan(prepared, config)
+    data = open_dataset(tmp_path / "d.npz", input_specs(prepared))
+    means = FloatSession(prepared).means(
+        data, bias_inputs(prepared, plan), samples=64, batch_size=16
+    )
+    plain = rewrite_qdq(prepared, plan, {}, config)
+    fixed = correct_biases(plain.model, prepared, means)
+    assert fixed.changed
+
+    def outputs(m: onnx.ModelProto, extra: dict | None = None) -> list[np.ndarray]:
+        got = Runner(m, level=OptLevel.BASIC).run({**feed, **(extra or {})})
+        return [got["y"], got["z"]]
+
+    for corrections, written in ((True, fixed.model), (False, plain.model)):
+        sim = build_simulation(prepared, plan, fixed.model, {}, corrections=corrections)
+        assert len(sim.units) == 4
+        on = outputs(sim.model, sim.feed(frozenset(range(4))))
+        off = outputs(sim.model, sim.feed(frozenset()))
+        for a, b in zip(on, outputs(written), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        for a, b in zip(off, run(model, feed), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # the corrections differ from float biases: the comparison above could tell them apart
+    with_fix, without = outputs(fixed.model), outputs(plain.model)
+    assert np.abs(with_fix[0] - without[0]).max() > 1e-3
