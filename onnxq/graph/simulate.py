@@ -9,9 +9,8 @@ units, without re-planning or re-loading anything. Activations are quantized wit
 qparams after the activation node they are fused with (a Relu stays in the graph, the Q/DQ
 sits on its output: the same values as the fused clamp); weights use the very
 DequantizeLinear nodes and codes of the rewritten model (GPTQ included; a codebook weight
-its decode subgraph); a weight whose node's bias the rewrite corrected
-(:mod:`onnxq.graph.passes.bias_correction`) switches that bias with it, so a switched-on
-weights-only node is the written node. Integer biases are
+its decode subgraph), with their float biases (bias corrections,
+:mod:`onnxq.graph.bias`, are not simulated). Integer biases are
 not simulated (their rounding error is far below the activation's), nor are embedding
 tables; passthrough nodes run on the simulated float values, which equals running them on
 the integers for MaxPool and shape ops (a linear Resize on integers also rounds).
@@ -73,12 +72,9 @@ def build_simulation(  # noqa: C901 - one walk over the graph; split it when it 
     plan: QuantPlan,
     quantized: onnx.ModelProto,
     qparams: Mapping[str, QParams],
-    *,
-    corrections: bool = True,
 ) -> Simulation:
     """The switchable simulation of ``quantized`` (the rewrite of the prepared float
-    ``model`` under ``plan`` with activation ``qparams``); ``corrections``: a weight unit
-    switches its node's corrected bias with it (else biases stay float)."""
+    ``model`` under ``plan`` with activation ``qparams``)."""
     sim = onnx.ModelProto()
     sim.CopyFrom(model)
     g = sim.graph
@@ -183,23 +179,6 @@ def build_simulation(  # noqa: C901 - one walk over the graph; split it when it 
         for node_name, index in readers:
             by_name[node_name].input[index] = out
         units.append(Unit(UnitKind.WEIGHT, tensor, nodes, mask))
-    if corrections:
-        masks = {n: u.mask for u in units if u.kind is UnitKind.WEIGHT for n in u.nodes}
-        for node_name, slot, corrected in _corrected_biases(quantized, q_idx, masks, by_name):
-            node = by_name[node_name]
-            exact = node.input[slot] if slot < len(node.input) else ""
-            if not exact:  # a bias the correction added: zero when switched off
-                value = numpy_helper.to_array(q_idx.initializers[corrected])
-                exact = names.new(f"{node_name}_sim_no_bias")
-                new_inits.append(numpy_helper.from_array(np.zeros_like(value), exact))
-            new_inits.append(q_idx.initializers[corrected])
-            out = names.new(f"{node_name}_sim_bias")
-            ident = helper.make_node("Identity", [corrected], [out], names.new(f"{out}_on"))
-            mask = masks[node_name] if node.op_type != "Add" else _reader_mask(node, idx, masks)
-            switch(exact, [ident], mask, out)
-            while len(node.input) <= slot:
-                node.input.append("")
-            node.input[slot] = out
 
     position = {n.name: i for i, n in enumerate(model.graph.node)}
     made_by = {o: position[n.name] for n in model.graph.node for o in n.output}
@@ -224,50 +203,6 @@ def _stored_weight(idx: GraphIndex, weight: str) -> list[onnx.NodeProto] | None:
         return [node]
     book = find_codebook(idx, weight)
     return None if book is None else list(book.nodes)
-
-
-def _corrected_biases(
-    quantized: onnx.ModelProto,
-    q_idx: GraphIndex,
-    masks: Mapping[str, str],
-    by_name: Mapping[str, onnx.NodeProto],
-) -> list[tuple[str, int, str]]:
-    """(node, input slot, corrected initializer) of each bias the rewritten model
-    corrected (:mod:`onnxq.graph.passes.bias_correction`): a Conv or Gemm of a weight unit
-    whose bias input names a float initializer the float model's node does not read, or
-    the Add after a MatMul of a weight unit whose constant does so."""
-    found = []
-    for node in quantized.graph.node:
-        if node.name in masks and node.op_type in ("Conv", "Gemm"):
-            slot = 2
-        elif node.op_type == "Add" and node.name in by_name:
-            readers = [i for i, x in enumerate(node.input) if _made_by_unit_matmul(x, q_idx, masks)]
-            if len(readers) != 1:
-                continue
-            slot = 1 - readers[0]
-        else:
-            continue
-        mine = node.input[slot] if slot < len(node.input) else ""
-        before = by_name[node.name].input
-        theirs = before[slot] if slot < len(before) else ""
-        init = q_idx.initializers.get(mine)
-        if mine and mine != theirs and init is not None and init.data_type == TensorProto.FLOAT:
-            found.append((node.name, slot, mine))
-    return found
-
-
-def _made_by_unit_matmul(tensor: str, idx: GraphIndex, masks: Mapping[str, str]) -> bool:
-    producer = idx.producer.get(tensor)
-    return producer is not None and producer.op_type == "MatMul" and producer.name in masks
-
-
-def _reader_mask(add: onnx.NodeProto, idx: GraphIndex, masks: Mapping[str, str]) -> str:
-    """The mask of the weight unit whose MatMul the (simulation's) ``add`` reads."""
-    for x in add.input:
-        producer = idx.producer.get(x)
-        if producer is not None and producer.name in masks:
-            return masks[producer.name]
-    raise ValueError(f"no weight unit's MatMul feeds {add.name}")
 
 
 def _float_info(name: str) -> onnx.ValueInfoProto:

@@ -214,10 +214,7 @@ def fit_target(
         assert uncorrected is not None  # else no alternative was made
         build, best, best_result, best_kept = uncorrected, None, alt.result, alt.kept
     del alt  # its models and session, before the simulation is built
-    # the search's candidates are built with the correction unless it was undone: the
-    # simulation switches the corrected biases with their weights likewise
-    corrections = gain is None
-    sim = build_simulation(model, plan, first.switchable, qparams, corrections=corrections)
+    sim = build_simulation(model, plan, first.switchable, qparams)
     if not sim.units:
         best, best_runner = _built(best, uncorrected, plan, check, threads, first_runner)
         report = FitReport(target, before, best_result, (), (), 0, 0, uncorrected_db=gain)
@@ -228,7 +225,7 @@ def fit_target(
     planned = (model, plan, first.switchable, qparams)
 
     def proto() -> onnx.ModelProto:
-        return built.pop() if built else build_simulation(*planned, corrections=corrections).model
+        return built.pop() if built else build_simulation(*planned).model
 
     def simulation() -> Runner:  # built when a round needs it, released before re-planning
         return _simulation_runner(proto, probe.outputs, threads)
