@@ -269,6 +269,7 @@ def fit_target(
         )
         if _score(result, target) > _score(best_result, target):
             best, best_result, best_runner, best_kept = candidate, result, runner, kept
+            session.wait(runner)  # unloaded while a later round's simulation runs
             best_parts = (tuple(float_tensors), tuple(float_nodes))
         del candidate, runner  # a losing candidate's session: not beside the next simulation
         if result.meets(target) or len(keep) >= cap:
@@ -278,7 +279,7 @@ def fit_target(
     report = FitReport(
         target, before, best_result, *best_parts, measure.passes, done, uncorrected_db=undone
     )
-    session.finish(best_runner, first.model)
+    session.finish()  # the best candidate's session is loaded again by _built
     best, best_runner = _built(best, uncorrected, plan, check, threads, best_runner)
     return Fitted(best, report, best_runner, check.known(best_kept))
 
@@ -416,9 +417,10 @@ def _simulation_runner(
 class _Lazy:
     """The simulation's session, made when first needed and released (and made again)
     between rounds: it holds a float and an integer copy of the weights. While it is
-    alive the first candidate's session is unloaded and ``release`` has dropped the
-    caller's sessions that the search does not run (MiniLM: the check's peak 1061 ->
-    about 800 MB)."""
+    alive the best candidate so far (the first one, then a round's) waits with its
+    session unloaded, and ``release`` has dropped the caller's sessions that the search
+    does not run (MiniLM: the check's peak 1061 -> about 800 MB; a second round's
+    simulation beside round 1's candidate: 1007 MB)."""
 
     def __init__(
         self,
@@ -427,13 +429,17 @@ class _Lazy:
         release: Callable[[], None] | None,
     ) -> None:
         self.make = make
-        self.first = first
+        self.waiting = first
         self.release_others = release
         self.runner: Runner | None = None
 
+    def wait(self, best: Runner) -> None:
+        """``best`` is the candidate to unload while the simulation is alive."""
+        self.waiting = best
+
     def get(self) -> Runner:
         if self.runner is None:
-            self.first.unload()
+            self.waiting.unload()
             if self.release_others is not None:
                 self.release_others()
             return_freed()  # what they held, before the simulation loads
@@ -445,13 +451,10 @@ class _Lazy:
             self.runner = None
             return_freed()  # before the next candidate is built
 
-    def finish(self, chosen: Runner, first_model: onnx.ModelProto) -> None:
-        """Release the simulation; load the waiting candidate's session (``first``: the
-        best before the search, of ``first_model``) again when it is ``chosen`` (written
-        and evaluated as it is)."""
-        self.runner = None
-        if chosen is self.first:
-            self.first.reload(first_model)
+    def finish(self) -> None:
+        """Release the simulation (the waiting candidate's session is loaded again by
+        whoever writes it: :func:`_built`)."""
+        self.release()
 
 
 def _describe(result: CheckResult, target: FidelityTarget) -> str:
