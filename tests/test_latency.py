@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 
 import numpy as np
 import onnx
@@ -64,37 +63,69 @@ def _sixteen_bit(optimize_for: OptimizeFor) -> QuantConfig:
     return config
 
 
+def _lookup_then_wide(width: int = 1024) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """ids -> Gather from a [5000, 32] table -> MatMul to ``width`` -> Relu -> MatMul:
+    the rows looked up are about 1 % of a sample's activations."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    inits = [
+        onnx.numpy_helper.from_array(rng.normal(0, 1, (5000, 32)).astype(f32), "table"),
+        onnx.numpy_helper.from_array(rng.normal(0, 0.2, (32, width)).astype(f32), "w1"),
+        onnx.numpy_helper.from_array(rng.normal(0, 0.05, (width, width)).astype(f32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed", axis=0),
+        helper.make_node("MatMul", ["emb", "w1"], ["h"], name="up"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="out"),
+    ]
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "lookup",
+        [info("ids", TensorProto.INT64, ["N", 12])],
+        [info("y", TensorProto.FLOAT, ["N", 12, width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model, {"ids": rng.integers(0, 5000, (32, 12)).astype(np.int64)}
+
+
 def test_a_weights_only_model_with_int8_embedding_lookups_is_not_timed(tmp_path, monkeypatch):
     """Its optimized graph is the float model's plus one decode (Gather, Cast, Unsqueeze,
-    Mul) per int8 lookup: to the runtime it is the float model, so it is not timed; a
-    graph with any other difference is."""
-    import onnxq.stages.latency as latency_stage
-    from onnxq.graph.passes.embeddings import quantized_lookups
+    Mul) per int8 lookup, and the rows decoded are a small share of the activations: to
+    the runtime it is the float model, so it is not timed. Timed: a model of little more
+    than its lookup, a share over the limit, a graph with any other difference."""
+    from types import MappingProxyType
 
-    model, feed = models.embedding_model()
-    onnx.save(model, str(tmp_path / "emb.onnx"))
-    np.savez(tmp_path / "d.npz", **feed)
-    report = quantize(
-        tmp_path / "emb.onnx",
-        tmp_path / "q.onnx",
-        _sixteen_bit(OptimizeFor.BALANCED),
-        data=tmp_path / "d.npz",
-    )
-    lat = report.latency
-    assert lat is not None and lat.written == WEIGHTS_ONLY
-    assert quantized_lookups(onnx.load(str(tmp_path / "q.onnx"))) == 1
+    import onnxq.stages.latency as latency_stage
+
+    def timing(model: onnx.ModelProto, feed: dict, name: str) -> LatencyCheck:
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+        np.savez(tmp_path / f"{name}.npz", **feed)
+        report = quantize(
+            tmp_path / f"{name}.onnx",
+            tmp_path / f"{name}.q.onnx",
+            _sixteen_bit(OptimizeFor.BALANCED),
+            data=tmp_path / f"{name}.npz",
+        )
+        lat = report.latency
+        assert lat is not None and lat.written == WEIGHTS_ONLY and WEIGHTS_ONLY in lat.tried
+        written = onnx.load(str(tmp_path / f"{name}.q.onnx"))
+        int8 = {t.name for t in written.graph.initializer if t.data_type == TensorProto.INT8}
+        assert any(n.op_type == "Gather" and n.input[0] in int8 for n in written.graph.node)
+        return lat
+
+    wide, feed = _lookup_then_wide()
+    lat = timing(wide, feed, "wide")
     assert lat.untimed == (WEIGHTS_ONLY,) and lat.tried[WEIGHTS_ONLY] == lat.float_ms
-    # one op more than the decode: timed
-    monkeypatch.setattr(
-        latency_stage, "LOOKUP_DECODE", latency_stage.LOOKUP_DECODE + Counter({"Cast": 1})
-    )
-    report = quantize(
-        tmp_path / "emb.onnx",
-        tmp_path / "q2.onnx",
-        _sixteen_bit(OptimizeFor.BALANCED),
-        data=tmp_path / "d.npz",
-    )
-    assert report.latency is not None and report.latency.untimed == ()
+    assert timing(*models.embedding_model(), "lookup").untimed == ()  # the lookup is most of it
+    monkeypatch.setattr(latency_stage, "DECODE_SHARE", 0.001)
+    assert timing(wide, feed, "share").untimed == ()
+    monkeypatch.undo()
+    decode = {**latency_stage.LOOKUP_DECODE, "Cast": 2}  # one op more than the decode
+    monkeypatch.setattr(latency_stage, "LOOKUP_DECODE", MappingProxyType(decode))
+    assert timing(wide, feed, "other").untimed == ()
 
 
 def test_balanced_writes_weights_only_when_int8_is_slower(wide_files):
@@ -532,7 +563,9 @@ def test_int8_written_after_the_weights_only_timing_has_its_session_back(cnn_fil
         return float_ms, dict.fromkeys(tried, float_ms), 1000  # int8 ties float
 
     monkeypatch.setattr(latency_stage, "timed", timing)
-    monkeypatch.setattr(latency_stage, "_float_kernels", lambda sessions, candidates, floats: ())
+    monkeypatch.setattr(
+        latency_stage, "_float_kernels", lambda sessions, candidates, floats, data: ()
+    )
     out = cnn_files["dir"] / "q3.onnx"
     config = QuantConfig(target=FidelityTarget(sqnr_db=0))
     report = quantize(cnn_files["model"], out, config, data=cnn_files["data"])

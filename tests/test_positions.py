@@ -14,10 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq import QuantConfig, quantize
 from onnxq.calibration.collect import FloatSession, MeansWanted
-from onnxq.calibration.positions import padding_mask, real_positions, rows_at
+from onnxq.calibration.positions import real_positions, rows_at
 from onnxq.config import CalibrationConfig
 from onnxq.data import open_dataset
 from onnxq.graph.model_io import input_specs
+from onnxq.graph.padding import padding_mask
 
 from helpers import NO_CHECK, run
 
@@ -25,7 +26,9 @@ f32 = np.float32
 S, C = 6, 16
 
 
-def _token_model(mask_name: str = "attention_mask") -> onnx.ModelProto:
+def _token_model(
+    mask_name: str = "attention_mask", mask_type: int = TensorProto.INT64
+) -> onnx.ModelProto:
     """x [N, S, C] -> MatMul W -> Add b -> times the mask (padding zeroed, as pooling
     does) -> y; the mask an int64 [N, S] input."""
     rng = np.random.default_rng(0)
@@ -45,7 +48,7 @@ def _token_model(mask_name: str = "attention_mask") -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "tokens",
-        [info("x", TensorProto.FLOAT, ["N", S, C]), info(mask_name, TensorProto.INT64, ["N", S])],
+        [info("x", TensorProto.FLOAT, ["N", S, C]), info(mask_name, mask_type, ["N", S])],
         [info("y", TensorProto.FLOAT, ["N", S, C])],
         inits,
     )
@@ -87,18 +90,36 @@ def test_rows_at_takes_the_rows_of_the_real_positions(batch, positions, extra, s
     assert rows_at(arr, -1, np.ones((batch, positions + 1), bool)) is None  # not its layout
 
 
-def test_a_padding_mask_is_a_rank_two_mask_input_of_zeros_and_ones():
+def test_a_padding_mask_is_an_attention_mask_input_of_zeros_and_ones():
     assert padding_mask(_token_model()) == "attention_mask"
     assert padding_mask(_token_model("input_mask")) == "input_mask"
-    assert padding_mask(_token_model("lengths")) is None  # not named a mask
+    assert padding_mask(_token_model("Attention_Mask", TensorProto.BOOL)) == "Attention_Mask"
+    # 1 where padded, another meaning, or not a mask: never guessed at
+    for name in ("key_padding_mask", "bool_masked_pos", "head_mask", "lengths"):
+        assert padding_mask(_token_model(name)) is None, name
+    assert padding_mask(_token_model("encoder_attention_mask")) is None
     two = _token_model()
-    two.graph.input.append(helper.make_tensor_value_info("other_mask", TensorProto.INT64, ["N", S]))
+    two.graph.input.append(
+        helper.make_tensor_value_info("ATTENTION_MASK", TensorProto.INT64, ["N", S])
+    )
     assert padding_mask(two) is None  # which one marks the positions: not guessed
     mask = np.array([[1, 1, 0], [1, 0, 0]])
     np.testing.assert_array_equal(real_positions({"m": mask}, "m"), mask.astype(bool))
+    floats = mask.astype(f32)
+    np.testing.assert_array_equal(real_positions({"m": floats}, "m"), mask.astype(bool))
     assert real_positions({"m": np.array([[1, 2, 0]])}, "m") is None  # counts, not a mask
     assert real_positions({"m": np.ones((2, 3))}, "m") is None  # nothing padded
     assert real_positions({"m": mask}, None) is None
+
+
+def test_flattened_positions_before_a_gemm_take_the_real_rows():
+    rng = np.random.default_rng(0)
+    real = rng.random((3, 5)) < 0.5
+    real[0, 0] = True
+    flat = rng.normal(size=(15, 4)).astype(f32)
+    np.testing.assert_array_equal(rows_at(flat, -1, real), flat[real.reshape(-1)])
+    assert rows_at(flat, 0, real) is None  # the channels are the columns
+    assert rows_at(flat[:3], 1, real) is None  # [batch, channels]: not by position
 
 
 def test_means_and_moments_are_over_the_real_positions(tmp_path):
@@ -117,6 +138,7 @@ def test_means_and_moments_are_over_the_real_positions(tmp_path):
     passed = FloatSession(model)
     wanted = MeansWanted({"x": -1}, 48)
     passed.observe(data, list(passed.candidates), CalibrationConfig(batch_size=16), means=wanted)
+    assert id(data) in passed._summed  # the pass summed them: means reads those
     summed = passed.means(data, {"x": -1}, samples=48, batch_size=16)
     np.testing.assert_array_equal(summed["x"], own["x"])
     moments = floats.moments(data, ["x"], batch_size=16)["x"]
@@ -167,3 +189,22 @@ def test_adaround_moments_of_a_matmul_input_are_over_the_real_positions(tmp_path
     np.testing.assert_allclose(got.gram, tokens.T @ tokens, rtol=1e-9)
     every = _collect([key], data, floats.run, None, 16, 10**6, 0, None)[key]
     assert every.rows == 48 * S  # without the mask: every position
+
+
+def test_bool_and_float_masks_and_samples_that_are_all_padding(tmp_path):
+    """A bool or float 0/1 mask marks the same positions as an integer one; a sample
+    that is all padding adds no rows, and a batch that is all padding adds nothing."""
+    feed = _padded(32, seed=5)
+    feed["attention_mask"][:16] = 0  # the first batch of 16: all padding
+    feed["attention_mask"][20] = 0  # one more sample with no real token
+    real = feed["attention_mask"].astype(bool)
+    tokens = feed["x"][real].astype(np.float64)
+    for mask_type, dtype in ((TensorProto.BOOL, bool), (TensorProto.FLOAT, f32)):
+        model = _token_model(mask_type=mask_type)
+        typed = {"x": feed["x"], "attention_mask": feed["attention_mask"].astype(dtype)}
+        np.savez(tmp_path / "d.npz", **typed)
+        floats = FloatSession(model)
+        assert floats.mask == "attention_mask"
+        data = open_dataset(tmp_path / "d.npz", input_specs(model))
+        got = floats.means(data, {"x": -1}, samples=32, batch_size=16)["x"]
+        np.testing.assert_allclose(got, tokens.mean(axis=0), rtol=1e-6)

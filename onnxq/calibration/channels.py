@@ -34,6 +34,8 @@ class ChannelFolder:
             if rows is None:
                 part = self.fold.reduce(arr, axis)
                 count = arr.size // max(arr.shape[axis], 1)
+            elif rows.shape[0] == 0:  # every position padding: nothing to fold
+                continue
             else:
                 part, count = self.fold(np.asarray(rows, np.float64)), rows.shape[0]
             prior = self.acc.get(name)

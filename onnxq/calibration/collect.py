@@ -30,7 +30,7 @@ from onnxq.calibration.channels import ChannelFolder, Fold, Moments, Sum
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.parallel import ModelOrigin, observe_sharded
 from onnxq.calibration.passplan import PassPlan
-from onnxq.calibration.positions import padding_mask, real_positions, rows_at
+from onnxq.calibration.positions import real_positions, rows_at
 from onnxq.calibration.reference import CachedReference, OutputRecorder
 from onnxq.calibration.shards import Run, RunResult, observe_shard
 from onnxq.config import CalibrationConfig
@@ -38,6 +38,7 @@ from onnxq.data import Dataset
 from onnxq.graph.activations import candidate_tensors
 from onnxq.graph.external import uses_external_data
 from onnxq.graph.outputs import with_outputs
+from onnxq.graph.padding import padding_mask
 from onnxq.runtime import Runner, loadable, op_counts, optimized_op_types, return_freed
 
 __all__ = [
@@ -93,6 +94,8 @@ class FloatSession:
         # the input marking a padded batch's real positions: means and second moments
         # are taken over those (onnxq.calibration.positions)
         self.mask = padding_mask(model)
+        if self.mask is not None:
+            log.info("weight statistics over the positions input '%s' marks real", self.mask)
         self._narrow = frozenset((*self.outputs, *extra))
         self._runner: Runner | None = None
         self._reference_runner: Runner | None = None
@@ -191,11 +194,22 @@ class FloatSession:
             return 0
         return sum(self._tensor_bytes(dataset).values())
 
+    def measured_bytes(self, dataset: Dataset) -> Mapping[str, int] | None:
+        """Bytes of each float activation on one sample of ``dataset`` when
+        :meth:`sample_bytes` has measured them for its inputs' shapes already (None: not
+        measured; nothing is run)."""
+        return self._probed.get(self._probe_key(dataset))
+
+    @staticmethod
+    def _probe_key(dataset: Dataset) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        probe = next(dataset.batches(1))
+        return tuple((k, v.shape, v.dtype.str) for k, v in sorted(probe.feed.items()))
+
     def _tensor_bytes(self, dataset: Dataset) -> dict[str, int]:
         """Bytes of each output of the wide session on one sample of ``dataset`` (the run
         :meth:`sample_bytes` measures)."""
         probe = next(dataset.batches(1))
-        key = tuple((k, v.shape, v.dtype.str) for k, v in sorted(probe.feed.items()))
+        key = self._probe_key(dataset)
         if key not in self._probed:
             values = self.runner.run(probe.feed, list(self._fetchable))
             size = max(probe.size, 1)

@@ -28,7 +28,8 @@ from onnxq.config import Mode, OptimizeFor, QuantConfig
 from onnxq.data import Dataset
 from onnxq.errors import ConfigError
 from onnxq.graph.candidate import Candidate
-from onnxq.graph.passes.embeddings import LOOKUP_DECODE, quantized_lookups
+from onnxq.graph.passes.embeddings import LOOKUP_DECODE, lookups_of
+from onnxq.graph.passes.result import ChangeKind
 from onnxq.report.latency import (
     DYNAMIC,
     INT8,
@@ -57,6 +58,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# a weights-only model decoding int8 embedding rows is not timed when those rows are at most
+# this share of a sample's activations (_float_kernels)
+DECODE_SHARE = 0.02
 
 
 def latency_choice(
@@ -113,7 +118,7 @@ def latency_choice(
         candidates.update(more)
         others = {k: _session(c.model, threads) for k, c in more.items()}
         sessions.update(others)
-        untimed = _float_kernels(others, more, floats)
+        untimed = _float_kernels(others, more, floats, data)
         to_time = {k: r for k, r in others.items() if k not in untimed}
         if DYNAMIC in to_time:  # int8 and dynamic, both integer models, timed side by side
             float_ms, tried, runs = timed(reference, {INT8: sessions[INT8], **to_time}, feed, gain)
@@ -228,25 +233,32 @@ def _float_kernels(
     sessions: Mapping[CandidateKind, Runner],
     candidates: Mapping[CandidateKind, Candidate],
     floats: FloatSession,
+    data: Dataset,
 ) -> tuple[CandidateKind, ...]:
     """The weights-only candidates that onnxruntime runs as the float model's kernels:
     their optimized graph holds the same op types as the float model's, every integer
     weight folded into a float one at load, besides the decode of each int8 embedding
-    lookup (:data:`~onnxq.graph.passes.embeddings.LOOKUP_DECODE`: a Cast and a Mul over
-    the rows gathered, as large as the lookup's own output; MiniLM: two lookups of
-    [batch, 128, 384] beside 8 ms of encoder). Such a model is the float model to the
-    runtime; timing it against float measures only noise (PP-OCR cls: 0.93 to 1.16× on
-    20 runs; MiniLM 0.98×), which could report it slower than float, and costs up to a
-    second."""
+    lookup (:data:`~onnxq.graph.passes.embeddings.LOOKUP_DECODE`) when the rows decoded
+    are at most :data:`DECODE_SHARE` of the activations of a sample (MiniLM: two lookups of
+    384 floats a token, 0.6 % of 32 MB; a model of little more than a lookup is timed).
+    Such a model is the float model to the runtime; timing it against float measures only
+    noise (PP-OCR cls: 0.93 to 1.16× on 20 runs; MiniLM 0.98×), which could report it
+    slower than float, and costs up to a second."""
     kinds = [k for k, r in sessions.items() if k is WEIGHTS_ONLY and r.optimized_nodes]
     if not kinds:
         return ()
     float_ops = floats.optimized_op_types()
 
     def as_float(kind: CandidateKind) -> bool:
-        decode = Counter(
-            {op: n * quantized_lookups(candidates[kind].model) for op, n in LOOKUP_DECODE.items()}
-        )
+        tables = candidates[kind].result.names(ChangeKind.EMBEDDING_QUANTIZED)
+        lookups = lookups_of(floats.model, tables)
+        if lookups:
+            sizes = floats.measured_bytes(data)  # the batch-sizing probe's; None: timed
+            if sizes is None or any(t not in sizes for t in lookups):
+                return False
+            if sum(sizes[t] for t in lookups) > DECODE_SHARE * sum(sizes.values()):
+                return False
+        decode = Counter({op: n * len(lookups) for op, n in LOOKUP_DECODE.items()})
         return op_counts(sessions[kind].optimized_nodes or ()) == float_ops + decode
 
     return tuple(k for k in kinds if as_float(k))

@@ -11,7 +11,8 @@ Rows get one symmetric range each (int8, zero point 0). The nodes are standard O
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 import numpy as np
 import onnx
@@ -27,11 +28,13 @@ from onnxq.quant import QParams, QType, quantize
 from onnxq.quant.methods import CalibrationMethod, Granularity
 from onnxq.quant.weights import WeightLayout, in_slabs, slicer, weight_qparams
 
-__all__ = ["LOOKUP_DECODE", "quantize_embeddings", "quantized_lookups"]
+__all__ = ["LOOKUP_DECODE", "lookups_of", "quantize_embeddings"]
 
-# the ops one quantized lookup adds to the graph (its Gather becomes two, see above): a
-# Cast and a Mul over the gathered rows, the same size as the lookup's output
-LOOKUP_DECODE = Counter({"Gather": 1, "Cast": 1, "Unsqueeze": 1, "Mul": 1})
+# the op types one quantized lookup adds to the graph, counted (its Gather becomes two, see
+# above; a Cast and a Mul run over the gathered rows, as large as the lookup's output)
+LOOKUP_DECODE: Mapping[str, int] = MappingProxyType(
+    {"Gather": 1, "Cast": 1, "Unsqueeze": 1, "Mul": 1}
+)
 
 
 def quantize_embeddings(model: onnx.ModelProto, decisions: tuple[NodeDecision, ...]) -> PassResult:
@@ -106,10 +109,12 @@ def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, QParams]:
     return quantize(w, qp), qp
 
 
-def quantized_lookups(model: onnx.ModelProto) -> int:
-    """How many Gathers of ``model`` read an int8 table (each decoded as above)."""
-    int8 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
-    return sum(
-        n.op_type == "Gather" and n.domain in ("", "ai.onnx") and n.input[0] in int8
+def lookups_of(model: onnx.ModelProto, tables: Iterable[str]) -> list[str]:
+    """The outputs of ``model``'s Gathers that read one of ``tables`` (a candidate's
+    EMBEDDING_QUANTIZED changes name them): the lookups whose rows it decodes."""
+    wanted = set(tables)
+    return [
+        n.output[0]
         for n in model.graph.node
-    )
+        if n.op_type == "Gather" and n.domain in ("", "ai.onnx") and n.input[0] in wanted
+    ]
