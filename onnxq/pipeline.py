@@ -97,7 +97,10 @@ def quantize(
     settings = _settings(request, latency)
     written = save(checked.candidate, prepared.value_info, request, settings, equal.rescaled)
     fidelity, equal = _fidelity(request, inputs, floats, equal, runner, checked)
-    facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal, warned, latency)
+    positions = floats.mask if _weight_statistics(request.config, checked.candidate) else None
+    facts = _Facts(
+        ranges_source, runtime, written, fidelity, settings, equal, warned, latency, positions
+    )
     return _report(request, inputs, prepared, checked, facts)
 
 
@@ -211,6 +214,8 @@ class _Facts:
     equalization: Equalized
     ranges_warnings: tuple[str, ...]  # a --ranges file against the data
     latency: LatencyCheck | None  # the written model timed against float
+    # the input whose 0s left padded positions out of the written weights' statistics
+    padding_mask: str | None = None
 
 
 def _report(
@@ -244,7 +249,14 @@ def _report(
         float_change=facts.equalization.float_change,
         ranges_warnings=facts.ranges_warnings,
         latency=facts.latency,
+        padding_mask=facts.padding_mask,
     )
+
+
+def _weight_statistics(config: QuantConfig, candidate: Candidate) -> bool:
+    """Whether the written weights come from input statistics over positions (bias
+    correction's means, GPTQ's or AdaRound's moments: onnxq.calibration.positions)."""
+    return bool(candidate.corrected_biases) or config.gptq or config.rounding is Rounding.ADAROUND
 
 
 def _method_changes(candidate: Candidate) -> tuple[Change, ...]:

@@ -162,6 +162,9 @@ def test_bias_correction_of_a_padded_model_gives_the_tokens_their_mean_back(tmp_
     )
     fixed = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", cfg, data=tmp_path / "d.npz")
     assert fixed.corrected_biases == ("proj",)
+    # the report names the mask behind the corrected weights; nothing used it without
+    assert fixed.to_dict()["padding_mask"] == "attention_mask"
+    assert plain.to_dict()["padding_mask"] is None
     real = feed["attention_mask"].astype(bool)
     ref = run(_token_model(), feed)[0][real]
 
@@ -208,3 +211,17 @@ def test_bool_and_float_masks_and_samples_that_are_all_padding(tmp_path):
         data = open_dataset(tmp_path / "d.npz", input_specs(model))
         got = floats.means(data, {"x": -1}, samples=32, batch_size=16)["x"]
         np.testing.assert_allclose(got, tokens.mean(axis=0), rtol=1e-6)
+
+
+def test_a_gptq_report_names_the_mask_its_moments_skipped_padding_by(tmp_path):
+    feed = _padded(32, seed=7)
+    onnx.save(_token_model(), str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    cfg = QuantConfig(weights_only=True, target=NO_CHECK, gptq=True, bias_correction=False)
+    report = quantize(tmp_path / "m.onnx", tmp_path / "g.onnx", cfg, data=tmp_path / "d.npz")
+    assert report.corrected_biases == () and report.padding_mask == "attention_mask"
+    other = _token_model("lengths")  # no padding mask: nothing to name
+    onnx.save(other, str(tmp_path / "o.onnx"))
+    np.savez(tmp_path / "o.npz", x=feed["x"], lengths=feed["attention_mask"])
+    report = quantize(tmp_path / "o.onnx", tmp_path / "o.q.onnx", cfg, data=tmp_path / "o.npz")
+    assert report.padding_mask is None

@@ -335,6 +335,11 @@ def _quantization_notes(report: QuantizeReport) -> list[str]:
             f"bias correction: {len(report.corrected_biases)} weights-only nodes "
             "(mean shift of their rounded weights taken back)"
         )
+    if report.padding_mask is not None:
+        lines.append(
+            f"weight statistics over the positions '{report.padding_mask}' marks real "
+            "(padding left out)"
+        )
     if report.check is not None:
         lines.append(_check_line(report.check))
     return lines + _method_lines(report)

@@ -43,6 +43,9 @@ class QuantizeReport:
     float_change: Fidelity | None = None  # equalisation's ReLU6 -> Relu, float vs float
     ranges_warnings: tuple[str, ...] = ()  # --ranges ranges that miss the data's values
     latency: LatencyCheck | None = None  # the written model timed against float
+    # the input (attention_mask) whose 0s left padded positions out of the statistics
+    # behind the written weights (bias-correction means, GPTQ / AdaRound moments)
+    padding_mask: str | None = None
 
     def method_changes(self, kind: ChangeKind) -> tuple[Change, ...]:
         return tuple(c for c in self.methods if c.kind is kind)

@@ -75,6 +75,7 @@ def quantize_document(report: QuantizeReport) -> dict[str, Any]:
         "qdq_pairs": report.qdq_pairs,
         "float_biases": list(report.float_biases),
         "corrected_biases": list(report.corrected_biases),
+        "padding_mask": report.padding_mask,
         "folded_weights": report.folded_weights,
         "output_check": None if report.check is None else report.check.to_dict(),
         "ranges": report.ranges_source,
