@@ -97,11 +97,8 @@ def quantize(
     settings = _settings(request, latency)
     written = save(checked.candidate, prepared.value_info, request, settings, equal.rescaled)
     fidelity, equal = _fidelity(request, inputs, floats, equal, runner, checked)
-    positions = floats.mask if _weight_statistics(request.config, checked.candidate) else None
-    facts = _Facts(
-        ranges_source, runtime, written, fidelity, settings, equal, warned, latency, positions
-    )
-    return _report(request, inputs, prepared, checked, facts)
+    facts = _Facts(ranges_source, runtime, written, fidelity, settings, equal, warned, latency)
+    return _report(request, inputs, prepared, checked, replace(facts, padding_mask=floats.mask))
 
 
 def _prepared(request: QuantizeRequest, model: onnx.ModelProto) -> PreparedModel:
@@ -214,7 +211,7 @@ class _Facts:
     equalization: Equalized
     ranges_warnings: tuple[str, ...]  # a --ranges file against the data
     latency: LatencyCheck | None  # the written model timed against float
-    # the input whose 0s left padded positions out of the written weights' statistics
+    # the model's padding mask input (reported when the written weights' statistics used it)
     padding_mask: str | None = None
 
 
@@ -249,7 +246,7 @@ def _report(
         float_change=facts.equalization.float_change,
         ranges_warnings=facts.ranges_warnings,
         latency=facts.latency,
-        padding_mask=facts.padding_mask,
+        padding_mask=facts.padding_mask if _weight_statistics(request.config, c) else None,
     )
 
 
