@@ -11,7 +11,8 @@ Rows get one symmetric range each (int8, zero point 0). The nodes are standard O
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
 import numpy as np
@@ -29,12 +30,6 @@ from onnxq.quant.methods import CalibrationMethod, Granularity
 from onnxq.quant.weights import WeightLayout, in_slabs, slicer, weight_qparams
 
 __all__ = ["LOOKUP_DECODE", "lookups_of", "quantize_embeddings"]
-
-# the op types one quantized lookup adds to the graph, counted (its Gather becomes two, see
-# above; a Cast and a Mul run over the gathered rows, as large as the lookup's output)
-LOOKUP_DECODE: Mapping[str, int] = MappingProxyType(
-    {"Gather": 1, "Cast": 1, "Unsqueeze": 1, "Mul": 1}
-)
 
 
 def quantize_embeddings(model: onnx.ModelProto, decisions: tuple[NodeDecision, ...]) -> PassResult:
@@ -72,26 +67,9 @@ def quantize_embeddings(model: onnx.ModelProto, decisions: tuple[NodeDecision, .
             tables[data] = (q_name, s_name)
         q_name, s_name = tables[data]
         ids, y = node.input[1], node.output[0]
-        rows, rows_f, scale, scale1, axes = (
-            names.new(f"{y}_{k}") for k in ("rows_int8", "rows", "scale", "row_scale", "axes")
-        )
+        axes = names.new(f"{y}_axes")
         out.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), axes))
-        base = node.name
-        nodes += [
-            helper.make_node(
-                "Gather", [q_name, ids], [rows], name=names.new(f"{base}_rows"), axis=0
-            ),
-            helper.make_node(
-                "Cast", [rows], [rows_f], name=names.new(f"{base}_Cast"), to=onnx.TensorProto.FLOAT
-            ),
-            helper.make_node(
-                "Gather", [s_name, ids], [scale], name=names.new(f"{base}_scales"), axis=0
-            ),
-            helper.make_node(
-                "Unsqueeze", [scale, axes], [scale1], name=names.new(f"{base}_Unsqueeze")
-            ),
-            helper.make_node("Mul", [rows_f, scale1], [y], name=names.new(f"{base}_Scale")),
-        ]
+        nodes += _decode(q_name, s_name, ids, y, axes, node.name, names.new)
     if not tables:
         return PassResult.unchanged(model)
     del out.graph.node[:]
@@ -99,6 +77,25 @@ def quantize_embeddings(model: onnx.ModelProto, decisions: tuple[NodeDecision, .
     drop_unused_initializers(out)
     changes = tuple(Change(ChangeKind.EMBEDDING_QUANTIZED, t, "int8 rows") for t in tables)
     return PassResult(out, True, changes)
+
+
+def _decode(
+    table: str, scales: str, ids: str, y: str, axes: str, base: str, new: Callable[[str], str]
+) -> list[onnx.NodeProto]:
+    """The nodes that make lookup ``y`` from the int8 ``table`` and its row ``scales``
+    (``axes``: the constant [-1]; ``new`` makes unique names from a stem)."""
+    rows, rows_f, scale, scale1 = (
+        new(f"{y}_{k}") for k in ("rows_int8", "rows", "scale", "row_scale")
+    )
+    return [
+        helper.make_node("Gather", [table, ids], [rows], name=new(f"{base}_rows"), axis=0),
+        helper.make_node(
+            "Cast", [rows], [rows_f], name=new(f"{base}_Cast"), to=onnx.TensorProto.FLOAT
+        ),
+        helper.make_node("Gather", [scales, ids], [scale], name=new(f"{base}_scales"), axis=0),
+        helper.make_node("Unsqueeze", [scale, axes], [scale1], name=new(f"{base}_Unsqueeze")),
+        helper.make_node("Mul", [rows_f, scale1], [y], name=new(f"{base}_Scale")),
+    ]
 
 
 def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, QParams]:
@@ -118,3 +115,13 @@ def lookups_of(model: onnx.ModelProto, tables: Iterable[str]) -> list[str]:
         for n in model.graph.node
         if n.op_type == "Gather" and n.domain in ("", "ai.onnx") and n.input[0] in wanted
     ]
+
+
+# the op types one quantized lookup adds to the graph, counted: the decode's nodes less the
+# Gather they replace (a Cast and a Mul run over the gathered rows, as large as the output)
+LOOKUP_DECODE: Mapping[str, int] = MappingProxyType(
+    dict(
+        Counter(n.op_type for n in _decode("t", "s", "i", "y", "a", "g", lambda stem: stem))
+        - Counter({"Gather": 1})
+    )
+)
