@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,12 +11,14 @@ from onnx import numpy_helper
 
 from onnxq.calibration.collect import FloatSession
 from onnxq.calibration.remedy import activation_qparams
-from onnxq.config import CalibrationConfig, FidelityTarget, QuantConfig
+from onnxq.config import CalibrationConfig, FidelityTarget, QuantConfig, WeightSpec
 from onnxq.data import open_dataset
 from onnxq.graph.model_io import input_specs
 from onnxq.graph.passes.result import PassResult
 from onnxq.graph.plan import QuantPlan, make_plan
 from onnxq.graph.rewrite_qdq import rewrite_qdq
+from onnxq.pipeline import quantize
+from onnxq.report.quantize_report import QuantizeReport
 from onnxq.stages.prepare import prepare
 
 # tests of one mechanism switch the output check off, so that it cannot mask the mechanism
@@ -93,3 +97,21 @@ def count_float_runs(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(collect.FloatSession, "run", counting)
     return runs
+
+
+def corrected_pair(model: onnx.ModelProto, feed: dict, tmp_path) -> tuple[QuantizeReport, ...]:
+    """``model`` quantized weights-only with 4-bit weights (coarse rounding), output
+    check off, on ``feed``: without bias correction (``a.onnx``) and with it
+    (``b.onnx``), in ``tmp_path``."""
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **feed)
+    cfg = QuantConfig(weights_only=True, target=NO_CHECK, weights=WeightSpec(bits=4))
+    return tuple(
+        quantize(
+            tmp_path / "m.onnx",
+            tmp_path / out,
+            replace(cfg, bias_correction=correct),
+            data=tmp_path / "d.npz",
+        )
+        for out, correct in (("a.onnx", False), ("b.onnx", True))
+    )

@@ -21,7 +21,7 @@ from onnxq.graph.outputs import with_outputs
 from onnxq.quant.bias_correction import conv_shift, matmul_shift
 
 import models
-from helpers import NO_CHECK, graph_bytes, run
+from helpers import NO_CHECK, corrected_pair, graph_bytes, run
 
 f32 = np.float32
 
@@ -117,18 +117,7 @@ def _biased_model(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]
 
 def test_weights_only_nodes_get_their_mean_back(tmp_path):
     model, feed = _biased_model()
-    onnx.save(model, str(tmp_path / "m.onnx"))
-    np.savez(tmp_path / "d.npz", **feed)
-    cfg = QuantConfig(
-        weights_only=True, target=NO_CHECK, weights=WeightSpec(bits=4)
-    )  # coarse rounding
-    plain = quantize(
-        tmp_path / "m.onnx",
-        tmp_path / "a.onnx",
-        replace(cfg, bias_correction=False),
-        data=tmp_path / "d.npz",
-    )
-    fixed = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", cfg, data=tmp_path / "d.npz")
+    plain, fixed = corrected_pair(model, feed, tmp_path)  # 4-bit: coarse rounding
     assert plain.corrected_biases == ()
     # conv1 had no bias (one is added); mm3's goes into the Add; mm4 has nowhere to put it
     assert set(fixed.corrected_biases) == {"conv1", "conv2", "mm3"}

@@ -4,8 +4,6 @@ marks as padding."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import onnx
 from hypothesis import given
@@ -20,7 +18,7 @@ from onnxq.data import open_dataset
 from onnxq.graph.model_io import input_specs
 from onnxq.graph.padding import padding_mask
 
-from helpers import NO_CHECK, run
+from helpers import NO_CHECK, corrected_pair, run
 
 f32 = np.float32
 S, C = 6, 16
@@ -148,19 +146,8 @@ def test_means_and_moments_are_over_the_real_positions(tmp_path):
 def test_bias_correction_of_a_padded_model_gives_the_tokens_their_mean_back(tmp_path):
     """Weights-only 4-bit: the corrected model's outputs at the real positions have the
     float model's mean again (the padding, zeroed at the output, does not pull it off)."""
-    from onnxq.config import WeightSpec
-
     feed = _padded(64, seed=3)
-    onnx.save(_token_model(), str(tmp_path / "m.onnx"))
-    np.savez(tmp_path / "d.npz", **feed)
-    cfg = QuantConfig(weights_only=True, target=NO_CHECK, weights=WeightSpec(bits=4))
-    plain = quantize(
-        tmp_path / "m.onnx",
-        tmp_path / "a.onnx",
-        replace(cfg, bias_correction=False),
-        data=tmp_path / "d.npz",
-    )
-    fixed = quantize(tmp_path / "m.onnx", tmp_path / "b.onnx", cfg, data=tmp_path / "d.npz")
+    plain, fixed = corrected_pair(_token_model(), feed, tmp_path)
     assert fixed.corrected_biases == ("proj",)
     # the report names the mask behind the corrected weights; nothing used it without
     assert fixed.to_dict()["padding_mask"] == "attention_mask"
