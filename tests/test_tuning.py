@@ -603,7 +603,7 @@ def test_the_best_candidate_so_far_waits_unloaded_while_the_simulation_runs():
     lazy.release()
     lazy.wait(second)  # round 1's candidate is now the best
     assert lazy.get() is made[1] and second._session is None
-    lazy.finish()
+    lazy.release()
     assert lazy.runner is None
     second.reload(model)
     np.testing.assert_allclose(second.run(feed)[model.graph.output[0].name], run(model, feed)[0])

@@ -30,7 +30,7 @@ from onnxq.calibration.channels import ChannelFolder, Fold, Moments, Sum
 from onnxq.calibration.observers import TensorRange
 from onnxq.calibration.parallel import ModelOrigin, observe_sharded
 from onnxq.calibration.passplan import PassPlan
-from onnxq.calibration.positions import real_positions, rows_at
+from onnxq.calibration.positions import at_real, real_positions
 from onnxq.calibration.reference import CachedReference, OutputRecorder
 from onnxq.calibration.shards import Run, RunResult, observe_shard
 from onnxq.config import CalibrationConfig
@@ -198,18 +198,13 @@ class FloatSession:
         """Bytes of each float activation on one sample of ``dataset`` when
         :meth:`sample_bytes` has measured them for its inputs' shapes already (None: not
         measured; nothing is run)."""
-        return self._probed.get(self._probe_key(dataset))
-
-    @staticmethod
-    def _probe_key(dataset: Dataset) -> tuple[tuple[str, tuple[int, ...], str], ...]:
-        probe = next(dataset.batches(1))
-        return tuple((k, v.shape, v.dtype.str) for k, v in sorted(probe.feed.items()))
+        return self._probed.get(_probe_key(next(dataset.batches(1)).feed))
 
     def _tensor_bytes(self, dataset: Dataset) -> dict[str, int]:
         """Bytes of each output of the wide session on one sample of ``dataset`` (the run
         :meth:`sample_bytes` measures)."""
         probe = next(dataset.batches(1))
-        key = self._probe_key(dataset)
+        key = _probe_key(probe.feed)
         if key not in self._probed:
             values = self.runner.run(probe.feed, list(self._fetchable))
             size = max(probe.size, 1)
@@ -373,9 +368,7 @@ class FloatSession:
         for batch in dataset.batches(batch_size):
             real = real_positions(batch.feed, self.mask)
             for name, value in self.run(batch.feed, list(tensors)).items():
-                picked = rows_at(value, -1, real)
-                rows = np.asarray(value if picked is None else picked, np.float64)
-                rows = rows.reshape(-1, value.shape[-1])
+                rows = np.asarray(at_real(value, real), np.float64).reshape(-1, value.shape[-1])
                 with np.errstate(invalid="ignore", over="ignore"):
                     sums[name] = sums.get(name, 0.0) + rows.T @ rows
             done += batch.size
@@ -439,6 +432,11 @@ class FloatSession:
             if done >= samples:
                 break
         return folder.acc
+
+
+def _probe_key(feed: Mapping[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    """What a sample's activation sizes depend on: its inputs' names, shapes and types."""
+    return tuple((k, v.shape, v.dtype.str) for k, v in sorted(feed.items()))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["real_positions", "rows_at"]
+__all__ = ["at_real", "real_positions", "rows_at"]
 
 
 def real_positions(feed: Mapping[str, np.ndarray], name: str | None) -> np.ndarray | None:
@@ -52,3 +52,10 @@ def rows_at(arr: np.ndarray, axis: int, real: np.ndarray | None) -> np.ndarray |
     picked = np.moveaxis(arr[real], axis - 1, -1)  # [real positions, ..., channels]
     rows: np.ndarray = picked.reshape(-1, arr.shape[axis])
     return rows
+
+
+def at_real(x: np.ndarray, real: np.ndarray | None) -> np.ndarray:
+    """A layer input's rows (the last axis its channels) at the real positions
+    (:func:`rows_at`), or ``x`` itself when it is not laid out by position."""
+    picked = rows_at(x, -1, real)
+    return x if picked is None else picked

@@ -57,7 +57,7 @@ import numpy as np
 import onnx
 
 from onnxq.calibration.collect import FloatSession, Progress, batch_for
-from onnxq.calibration.positions import real_positions, rows_at
+from onnxq.calibration.positions import at_real, real_positions
 from onnxq.config import QuantConfig
 from onnxq.data import Dataset
 from onnxq.graph.candidate import Candidate
@@ -457,10 +457,9 @@ def _collect(
 
 
 def _real_rows(key: _Key, x: np.ndarray, real: np.ndarray | None) -> np.ndarray:
-    """A MatMul input's rows at the real positions ``real`` (all of ``x`` when it is not
-    laid out by position, or for a Conv)."""
-    picked = rows_at(x, -1, real) if key.conv is None else None
-    return x if picked is None else picked
+    """A MatMul input's rows at the real positions ``real`` (:func:`at_real`); a Conv's
+    input whole (its patches are not rows of positions)."""
+    return at_real(x, real) if key.conv is None else x
 
 
 # --- rounding ---------------------------------------------------------------------------

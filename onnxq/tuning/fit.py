@@ -279,7 +279,7 @@ def fit_target(
     report = FitReport(
         target, before, best_result, *best_parts, measure.passes, done, uncorrected_db=undone
     )
-    session.finish()  # the best candidate's session is loaded again by _built
+    session.release()  # the best candidate's session is loaded again by _built
     best, best_runner = _built(best, uncorrected, plan, check, threads, best_runner)
     return Fitted(best, report, best_runner, check.known(best_kept))
 
@@ -450,11 +450,6 @@ class _Lazy:
         if self.runner is not None:
             self.runner = None
             return_freed()  # before the next candidate is built
-
-    def finish(self) -> None:
-        """Release the simulation (the waiting candidate's session is loaded again by
-        whoever writes it: :func:`_built`)."""
-        self.release()
 
 
 def _describe(result: CheckResult, target: FidelityTarget) -> str:
